@@ -1,0 +1,242 @@
+// Runtime binding: argument conversion, GIL handling and future resolution. Rules kept here:
+// - every blocking or non-trivial core call runs with the GIL released;
+// - a completion owns one strong reference to its sink (a concurrent.futures.Future or an
+//   asyncio adapter), taken under the GIL at submit and released under the GIL when it runs;
+// - completions run through the delivery hook, which takes the GIL once per batch; the core
+//   calls it with no core lock held, so the GIL and core locks never nest the other way.
+#include <pybind11/stl.h>
+#include <torch/extension.h>
+
+#include "bindings.h"
+#include "gpulanes/model/torchscript.h"
+#include "gpulanes/runtime/runtime.h"
+
+namespace gpulanes::bindings {
+namespace {
+
+py::object to_python(const c10::IValue& v) {
+  if (v.isTensor()) return py::cast(v.toTensor());
+  if (v.isTuple()) {
+    const auto& elems = v.toTupleRef().elements();
+    py::tuple out(elems.size());
+    for (std::size_t i = 0; i < elems.size(); ++i) out[i] = to_python(elems[i]);
+    return out;
+  }
+  if (v.isList()) {
+    py::list out;
+    for (const auto& e : v.toList()) out.append(to_python(e));
+    return out;
+  }
+  if (v.isNone()) return py::none();
+  throw Error(ErrorCode::kModelError, "cannot convert model output of type " + v.tagKind());
+}
+
+// Runs with the GIL held (delivery hook). Steals the reference taken at submit.
+void resolve(PyObject* sink_ref, Outcome&& outcome) {
+  py::object sink = py::reinterpret_steal<py::object>(sink_ref);
+  try {
+    if (outcome.ok()) {
+      sink.attr("set_result")(to_python(outcome.output));
+    } else {
+      sink.attr("set_exception")(make_error(outcome.code, outcome.message));
+    }
+  } catch (py::error_already_set& e) {
+    e.discard_as_unraisable("gpulanes: resolving a request's future");
+  } catch (const std::exception& e) {
+    try {
+      sink.attr("set_exception")(make_error(ErrorCode::kModelError, e.what()));
+    } catch (py::error_already_set& e2) {
+      e2.discard_as_unraisable("gpulanes: resolving a request's future");
+    }
+  }
+}
+
+std::vector<at::Tensor> tensors_from(const py::sequence& seq, const char* what) {
+  std::vector<at::Tensor> out;
+  out.reserve(py::len(seq));
+  std::size_t i = 0;
+  for (py::handle item : seq) {
+    if (!THPVariable_Check(item.ptr())) {
+      throw Error(ErrorCode::kInvalidInput, std::string(what) + " " + std::to_string(i) + " is a " +
+                                                std::string(py::str(py::type::of(item).attr("__name__"))) +
+                                                ", not a torch.Tensor");
+    }
+    out.push_back(THPVariable_Unpack(item.ptr()));
+    ++i;
+  }
+  return out;
+}
+
+py::dict summary_ms(const LogHistogram& h) {
+  py::dict d;
+  d["count"] = h.count();
+  d["mean"] = to_ms(static_cast<DurationNs>(h.mean()));
+  d["p50"] = h.percentile(0.50) / 1e6;
+  d["p90"] = h.percentile(0.90) / 1e6;
+  d["p99"] = h.percentile(0.99) / 1e6;
+  d["p999"] = h.percentile(0.999) / 1e6;
+  d["max"] = to_ms(h.max());
+  return d;
+}
+
+py::dict stats_dict(const ModelStats& s) {
+  py::dict d;
+  d["submitted"] = s.submitted;
+  d["completed"] = s.completed;
+  d["met"] = s.met;
+  d["missed"] = s.missed;
+  d["dropped"] = s.dropped;
+  d["rejected"] = s.rejected;
+  d["failed"] = s.failed;
+  d["in_flight"] = s.in_flight;
+  d["batches"] = s.batches;
+  d["elapsed_s"] = s.elapsed_s;
+  d["goodput"] = s.goodput;
+  d["throughput"] = s.throughput;
+  d["latency_ms"] = summary_ms(s.latency_ns);
+  d["queue_ms"] = summary_ms(s.queue_ns);
+  d["exec_ms"] = summary_ms(s.exec_ns);
+  py::dict sizes;
+  std::uint64_t n = 0, total = 0;
+  for (const auto& [size, count] : s.batch_sizes) {
+    sizes[py::int_(size)] = count;
+    n += count;
+    total += static_cast<std::uint64_t>(size) * count;
+  }
+  d["batch_sizes"] = sizes;
+  d["mean_batch_size"] = n ? static_cast<double>(total) / n : 0.0;
+  return d;
+}
+
+// Owns the core runtime; makes sure it is destroyed (threads joined) without the GIL.
+class PyRuntime {
+ public:
+  PyRuntime(std::string device, std::string policy, int cpu_lanes, bool outputs_on_device,
+            int warmup_rounds) {
+    RuntimeOptions o;
+    o.device = std::move(device);
+    o.policy = std::move(policy);
+    o.cpu_lanes = cpu_lanes;
+    o.outputs_on_device = outputs_on_device;
+    o.warmup_rounds = warmup_rounds;
+    core_ = std::make_unique<Runtime>(std::move(o));
+    core_->set_delivery_hook([](const std::function<void()>& deliver) {
+      if (!Py_IsInitialized()) return;  // interpreter gone: no future left to resolve
+      py::gil_scoped_acquire gil;
+      deliver();
+    });
+  }
+
+  ~PyRuntime() {
+    py::gil_scoped_release nogil;
+    core_.reset();
+  }
+
+  int register_model(const std::string& name, const std::string& kind, const std::string& source,
+                     const py::sequence& example_inputs, std::int64_t slo_ns, int max_batch_size,
+                     std::int64_t max_queue) {
+    std::vector<at::Tensor> examples = tensors_from(example_inputs, "example input");
+    ModelSpec spec;
+    spec.name = name;
+    spec.slo = slo_ns;
+    spec.max_batch_size = max_batch_size;
+    spec.max_queue = max_queue > 0 ? static_cast<std::size_t>(max_queue) : 0;
+    std::vector<at::Tensor> samples;
+    for (std::size_t i = 0; i < examples.size(); ++i) {
+      const at::Tensor& t = examples[i];
+      if (t.dim() < 1 || t.size(0) < 1) {
+        throw Error(ErrorCode::kInvalidInput,
+                    "example input " + std::to_string(i) + " of model '" + name +
+                        "' needs a leading batch dimension of size >= 1");
+      }
+      spec.inputs.push_back({t.sizes().slice(1).vec(), t.scalar_type()});
+      samples.push_back(t.select(0, 0).detach().to(c10::kCPU).clone());
+    }
+    py::gil_scoped_release nogil;
+    torch::jit::Module module = kind == "path" ? load_torchscript_file(source)
+                                               : load_torchscript_bytes(source);
+    return core_->register_model(std::move(spec), std::move(module), std::move(samples));
+  }
+
+  void start() {
+    py::gil_scoped_release nogil;
+    core_->start();
+  }
+
+  void submit(const std::string& model, const py::sequence& inputs,
+              std::optional<std::int64_t> deadline_ns, int priority, const py::object& sink) {
+    std::vector<at::Tensor> tensors = tensors_from(inputs, "input");
+    PyObject* ref = sink.ptr();
+    Py_INCREF(ref);
+    try {
+      py::gil_scoped_release nogil;
+      core_->submit(model, std::move(tensors), deadline_ns, priority,
+                    [ref](Outcome&& o) { resolve(ref, std::move(o)); });
+    } catch (...) {
+      Py_DECREF(ref);  // the completion will never run; the GIL is held again here
+      throw;
+    }
+  }
+
+  void shutdown(bool drain) {
+    py::gil_scoped_release nogil;
+    core_->shutdown(drain);
+  }
+
+  py::list stats() const {
+    std::vector<ModelStats> all;
+    {
+      py::gil_scoped_release nogil;
+      all = core_->stats();
+    }
+    py::list out;
+    for (const auto& s : all) {
+      py::dict d = stats_dict(s);
+      d["name"] = s.name;
+      out.append(d);
+    }
+    return out;
+  }
+
+  py::list lanes() const {
+    py::list out;
+    for (const auto& l : core_->lanes()) {
+      py::dict d;
+      d["index"] = l.index;
+      d["kind"] = l.kind;
+      d["device"] = l.device;
+      out.append(d);
+    }
+    return out;
+  }
+
+  std::int64_t now_ns() const { return core_->clock().now(); }
+  bool running() const { return core_->running(); }
+
+ private:
+  std::unique_ptr<Runtime> core_;
+};
+
+}  // namespace
+
+void init_runtime(py::module_& m) {
+  py::class_<PyRuntime>(m, "Runtime")
+      .def(py::init<std::string, std::string, int, bool, int>(), py::arg("device"),
+           py::arg("policy"), py::arg("cpu_lanes"), py::arg("outputs_on_device"),
+           py::arg("warmup_rounds"))
+      .def("register_model", &PyRuntime::register_model, py::arg("name"), py::arg("kind"),
+           py::arg("source"), py::arg("example_inputs"), py::arg("slo_ns"),
+           py::arg("max_batch_size"), py::arg("max_queue"))
+      .def("start", &PyRuntime::start)
+      .def("submit", &PyRuntime::submit, py::arg("model"), py::arg("inputs"),
+           py::arg("deadline_ns"), py::arg("priority"), py::arg("sink"))
+      .def("shutdown", &PyRuntime::shutdown, py::arg("drain"))
+      .def("stats", &PyRuntime::stats)
+      .def("lanes", &PyRuntime::lanes)
+      .def("now_ns", &PyRuntime::now_ns)
+      .def_property_readonly("running", &PyRuntime::running);
+  m.def("cuda_lane_support", [] { return cuda_device_count() > 0; },
+        "Whether this build has CUDA lanes and a usable GPU.");
+}
+
+}  // namespace gpulanes::bindings

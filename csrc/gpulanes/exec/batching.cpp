@@ -1,0 +1,88 @@
+#include "gpulanes/exec/batching.h"
+
+#include <ATen/ATen.h>
+
+#include <string>
+
+#include "gpulanes/core/error.h"
+
+namespace gpulanes {
+
+std::vector<c10::IValue> stack_inputs(const std::vector<RequestPtr>& requests) {
+  std::vector<c10::IValue> out;
+  if (requests.empty()) return out;
+  const std::size_t arity = requests.front()->inputs.size();
+  out.reserve(arity);
+  std::vector<at::Tensor> column(requests.size());
+  for (std::size_t k = 0; k < arity; ++k) {
+    for (std::size_t i = 0; i < requests.size(); ++i) column[i] = requests[i]->inputs[k];
+    out.emplace_back(at::stack(column, 0));
+  }
+  return out;
+}
+
+namespace {
+
+c10::IValue slice_row(const c10::IValue& v, std::size_t n, std::int64_t row) {
+  if (v.isTensor()) {
+    const at::Tensor& t = v.toTensor();
+    if (t.dim() == 0 || t.size(0) != static_cast<std::int64_t>(n)) {
+      throw Error(ErrorCode::kModelError,
+                  "model output tensor has shape " + c10::str(t.sizes()) +
+                      "; its first dimension must be the batch size " + std::to_string(n));
+    }
+    return t.select(0, row);
+  }
+  if (v.isTuple()) {
+    const auto& elems = v.toTupleRef().elements();
+    std::vector<c10::IValue> parts;
+    parts.reserve(elems.size());
+    for (const auto& e : elems) parts.push_back(slice_row(e, n, row));
+    return c10::ivalue::Tuple::create(std::move(parts));
+  }
+  if (v.isTensorList()) {
+    c10::List<at::Tensor> parts;
+    for (const at::Tensor& t : v.toTensorVector()) parts.push_back(slice_row(t, n, row).toTensor());
+    return parts;
+  }
+  if (v.isList()) {
+    auto parts = c10::impl::GenericList(v.toList().elementType());
+    for (const auto& e : v.toList()) parts.push_back(slice_row(e, n, row));
+    return parts;
+  }
+  throw Error(ErrorCode::kModelError, "model output of type " + v.tagKind() +
+                                          " is not supported; return a tensor or a tuple/list "
+                                          "of tensors with the batch as first dimension");
+}
+
+}  // namespace
+
+std::vector<c10::IValue> split_output(const c10::IValue& output, std::size_t n) {
+  std::vector<c10::IValue> out;
+  out.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) out.push_back(slice_row(output, n, static_cast<std::int64_t>(i)));
+  return out;
+}
+
+c10::IValue map_tensors(const c10::IValue& value,
+                        const std::function<at::Tensor(const at::Tensor&)>& fn) {
+  if (value.isTensor()) return fn(value.toTensor());
+  if (value.isTuple()) {
+    std::vector<c10::IValue> parts;
+    for (const auto& e : value.toTupleRef().elements()) parts.push_back(map_tensors(e, fn));
+    return c10::ivalue::Tuple::create(std::move(parts));
+  }
+  if (value.isTensorList()) {
+    c10::List<at::Tensor> parts;
+    for (const at::Tensor& t : value.toTensorVector()) parts.push_back(fn(t));
+    return parts;
+  }
+  if (value.isList()) {
+    auto parts = c10::impl::GenericList(value.toList().elementType());
+    for (const auto& e : value.toList()) parts.push_back(map_tensors(e, fn));
+    return parts;
+  }
+  return value;
+}
+
+}  // namespace gpulanes

@@ -1,0 +1,27 @@
+// Turning samples into a batch and a batch output back into per-request outputs.
+#pragma once
+
+#include <ATen/core/ivalue.h>
+
+#include <cstddef>
+#include <functional>
+#include <vector>
+
+#include "gpulanes/core/request.h"
+
+namespace gpulanes {
+
+// Stacks input k of every request along a new leading dimension: one batched tensor per
+// forward() argument. All requests are for the same model, so shapes and dtypes agree.
+std::vector<c10::IValue> stack_inputs(const std::vector<RequestPtr>& requests);
+
+// Splits a batch output (a tensor, or a tuple/list of them, nested) into `n` per-request outputs
+// of the same structure by selecting row i of every tensor. Throws Error(kModelError) when the
+// output holds something else or a tensor's leading dimension is not `n`.
+std::vector<c10::IValue> split_output(const c10::IValue& output, std::size_t n);
+
+// Applies `fn` to every tensor of a tensor / tuple / list structure, keeping the structure.
+c10::IValue map_tensors(const c10::IValue& value,
+                        const std::function<at::Tensor(const at::Tensor&)>& fn);
+
+}  // namespace gpulanes

@@ -1,0 +1,40 @@
+// The device-specific half of a lane: holds the lane's copy of every model on its device and
+// runs one forward pass. Executors never decide anything; the event loop does. A lane's worker
+// thread is the only caller of run() once the lane is started; load()/run() for warm-up happen
+// on the starting thread before that.
+#pragma once
+
+#include <ATen/core/ivalue.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace torch::jit { struct Module; }
+
+namespace gpulanes {
+
+class Executor {
+ public:
+  virtual ~Executor() = default;
+  // "cpu", "cuda:0", ...
+  virtual std::string device() const = 0;
+  // Makes model `index` runnable here (a shared CPU module or a copy moved to the device).
+  virtual void load(int index, const torch::jit::Module& module) = 0;
+  // Runs forward on a batch whose inputs are stacked tensors (on any device). Returns the output
+  // with tensors on the CPU, or on the executor's device when outputs_on_device was asked for.
+  // Throws whatever the model throws.
+  virtual c10::IValue run(int index, std::vector<c10::IValue> inputs) = 0;
+};
+
+// Forward passes on the calling thread with torch's intra-op thread pool.
+std::unique_ptr<Executor> make_cpu_executor();
+
+// Forward passes on a dedicated CUDA stream of `device`. Throws Error(kInvalidInput) when this
+// build of gpulanes has no CUDA support.
+std::unique_ptr<Executor> make_cuda_stream_executor(int device, bool outputs_on_device);
+
+// Whether this build can run CUDA lanes (and the machine has a usable GPU).
+int cuda_device_count();
+
+}  // namespace gpulanes

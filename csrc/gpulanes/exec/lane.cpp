@@ -1,0 +1,78 @@
+#include "gpulanes/exec/lane.h"
+
+#include <exception>
+#include <stdexcept>
+
+#include "gpulanes/core/clock.h"
+#include "gpulanes/core/error.h"
+#include "gpulanes/exec/batching.h"
+
+namespace gpulanes {
+
+Lane::Lane(int index, std::string kind, std::unique_ptr<Executor> executor, const Clock& clock)
+    : index_(index), kind_(std::move(kind)), executor_(std::move(executor)), clock_(clock) {}
+
+Lane::~Lane() { stop(); }
+
+void Lane::start(LaneListener* listener) {
+  listener_ = listener;
+  thread_ = std::thread([this] { worker(); });
+}
+
+void Lane::dispatch(Batch&& batch) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (next_) throw std::logic_error("Lane::dispatch while a batch is pending");
+    next_ = std::make_unique<Batch>(std::move(batch));
+  }
+  cv_.notify_one();
+}
+
+void Lane::stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_one();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Lane::worker() {
+  while (true) {
+    std::unique_ptr<Batch> batch;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return next_ != nullptr || stop_; });
+      if (!next_) return;  // stopping and nothing left to run
+      batch = std::move(next_);
+    }
+    run_batch(std::move(*batch));
+  }
+}
+
+void Lane::run_batch(Batch&& batch) {
+  BatchReport report;
+  report.lane = index_;
+  report.start = clock_.now();
+  const std::size_t n = batch.requests.size();
+  std::vector<Outcome> outcomes;
+  outcomes.reserve(n);
+  try {
+    std::vector<c10::IValue> inputs = stack_inputs(batch.requests);
+    const TimeNs t0 = clock_.now();
+    c10::IValue output = executor_->run(batch.model, std::move(inputs));
+    report.exec_ns = clock_.now() - t0;
+    for (c10::IValue& row : split_output(output, n)) outcomes.push_back(Outcome::success(std::move(row)));
+    report.ok = true;
+  } catch (const std::exception& e) {
+    // The model's failure is its requests' failure only; the lane keeps serving.
+    outcomes.clear();
+    const auto* typed = dynamic_cast<const Error*>(&e);
+    std::string msg = typed ? e.what() : "forward() raised: " + std::string(e.what()).substr(0, 4000);
+    for (std::size_t i = 0; i < n; ++i) outcomes.push_back(Outcome::failure(ErrorCode::kModelError, msg));
+  }
+  report.end = clock_.now();
+  listener_->on_batch_finished(std::move(batch), std::move(outcomes), report);
+}
+
+}  // namespace gpulanes

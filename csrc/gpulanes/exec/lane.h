@@ -1,0 +1,84 @@
+// A lane runs batches one at a time on one executor (a CPU thread pool, a CUDA stream, later a
+// GPU partition). It owns one worker thread. Threads: the event loop calls dispatch(); the
+// worker thread runs the batch and reports to the LaneListener; start/stop come from the
+// runtime's control thread. Shutdown is: set flag, notify, join (a running batch finishes).
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gpulanes/core/request.h"
+#include "gpulanes/core/time.h"
+#include "gpulanes/exec/executor.h"
+
+namespace gpulanes {
+
+class Clock;
+
+struct Batch {
+  std::uint64_t id = 0;               // unique per runtime
+  int model = -1;                     // every request in a batch is for this model
+  std::vector<RequestPtr> requests;   // EDF order
+};
+
+// What a lane reports about a finished batch, with one outcome per request.
+struct BatchReport {
+  int lane = -1;
+  TimeNs start = 0;        // when the worker took the batch
+  TimeNs end = 0;          // when outputs were ready (before delivery)
+  DurationNs exec_ns = 0;  // the executor's forward (+ copies) time
+  bool ok = false;         // false when the model raised or its output could not be split
+};
+
+class LaneListener {
+ public:
+  virtual ~LaneListener() = default;
+  // Called on the lane's worker thread, with no lane lock held. `outcomes[i]` belongs to
+  // `batch.requests[i]`. The lane takes no new batch before this returns.
+  virtual void on_batch_finished(Batch&& batch, std::vector<Outcome>&& outcomes,
+                                 const BatchReport& report) = 0;
+};
+
+class Lane {
+ public:
+  Lane(int index, std::string kind, std::unique_ptr<Executor> executor, const Clock& clock);
+  ~Lane();
+  Lane(const Lane&) = delete;
+  Lane& operator=(const Lane&) = delete;
+
+  int index() const { return index_; }
+  const std::string& kind() const { return kind_; }
+  std::string device() const { return executor_->device(); }
+  Executor& executor() { return *executor_; }
+
+  // Spawns the worker. `listener` must outlive stop().
+  void start(LaneListener* listener);
+  // Hands the lane its next batch. Only the event loop calls this, and only while the lane is
+  // idle (it has reported its previous batch).
+  void dispatch(Batch&& batch);
+  // Lets a batch in progress (and one already dispatched) finish, then joins the worker.
+  void stop();
+
+ private:
+  void worker();
+  void run_batch(Batch&& batch);
+
+  const int index_;                     // position in the runtime's lane list
+  const std::string kind_;              // "cpu", "cuda-stream", ...
+  std::unique_ptr<Executor> executor_;  // device-specific forward
+  const Clock& clock_;                  // the runtime's clock
+  LaneListener* listener_ = nullptr;    // receives finished batches; set by start()
+
+  std::mutex mu_;                // guards the fields below
+  std::condition_variable cv_;   // signals next_ or stop_
+  std::unique_ptr<Batch> next_;  // dispatched, not yet taken by the worker
+  bool stop_ = false;            // set by stop()
+  std::thread thread_;           // the worker
+};
+
+}  // namespace gpulanes

@@ -1,0 +1,52 @@
+#include "gpulanes/model/model_spec.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <sstream>
+
+#include "gpulanes/core/error.h"
+
+namespace gpulanes {
+
+std::string describe(const TensorSpec& spec) {
+  std::ostringstream os;
+  os << c10::toString(spec.dtype) << "[";
+  for (std::size_t i = 0; i < spec.shape.size(); ++i) os << (i ? ", " : "") << spec.shape[i];
+  os << "]";
+  return os.str();
+}
+
+void validate_inputs(const ModelSpec& spec, const std::vector<at::Tensor>& inputs) {
+  if (inputs.size() != spec.inputs.size()) {
+    throw Error(ErrorCode::kInvalidInput,
+                "model '" + spec.name + "' takes " + std::to_string(spec.inputs.size()) +
+                    " input(s) per request, got " + std::to_string(inputs.size()));
+  }
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    const at::Tensor& t = inputs[i];
+    const TensorSpec& want = spec.inputs[i];
+    if (!t.defined()) {
+      throw Error(ErrorCode::kInvalidInput,
+                  "model '" + spec.name + "' input " + std::to_string(i) + " is undefined");
+    }
+    TensorSpec got{t.sizes().vec(), t.scalar_type()};
+    if (got.dtype != want.dtype || got.shape != want.shape) {
+      throw Error(ErrorCode::kInvalidInput,
+                  "model '" + spec.name + "' input " + std::to_string(i) + " must be one sample " +
+                      describe(want) + " (no batch dimension), got " + describe(got));
+    }
+  }
+}
+
+void validate_spec(const ModelSpec& spec) {
+  auto bad = [&](const std::string& why) {
+    throw Error(ErrorCode::kInvalidInput, "cannot register model '" + spec.name + "': " + why);
+  };
+  if (spec.name.empty()) bad("the name is empty");
+  if (spec.inputs.empty()) bad("example_inputs is empty");
+  if (spec.slo <= 0) bad("slo must be > 0");
+  if (spec.max_batch_size < 1) bad("max_batch_size must be >= 1");
+  if (spec.max_queue < 1) bad("max_queue must be >= 1");
+}
+
+}  // namespace gpulanes

@@ -1,0 +1,39 @@
+// What the runtime knows about a registered model besides its weights: name, per-sample input
+// signature (from example_inputs, batch dimension removed), SLO and batching/queue bounds.
+#pragma once
+
+#include <c10/core/ScalarType.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "gpulanes/core/time.h"
+
+namespace at { class Tensor; }
+
+namespace gpulanes {
+
+struct TensorSpec {
+  std::vector<std::int64_t> shape;  // per-sample shape (no batch dimension)
+  c10::ScalarType dtype = c10::ScalarType::Float;
+};
+
+struct ModelSpec {
+  std::string name;                 // unique key used by submit
+  std::vector<TensorSpec> inputs;   // positional forward() arguments, one sample each
+  DurationNs slo = from_ms(100);    // default relative deadline
+  int max_batch_size = 32;          // largest batch a lane may run
+  std::size_t max_queue = 10000;    // bound of the model's EDF queue
+};
+
+// Throws Error(kInvalidInput) naming the model, the argument and what differs.
+void validate_inputs(const ModelSpec& spec, const std::vector<at::Tensor>& inputs);
+
+// Throws Error(kInvalidInput) when the spec itself is unusable (empty name, no inputs, ...).
+void validate_spec(const ModelSpec& spec);
+
+std::string describe(const TensorSpec& spec);
+
+}  // namespace gpulanes

@@ -1,0 +1,127 @@
+#include "gpulanes/runtime/event_loop.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <exception>
+
+#include "gpulanes/core/clock.h"
+
+namespace gpulanes {
+
+EventLoop::EventLoop(const Clock& clock, SchedulingState state, std::vector<Lane*> lanes,
+                     BatchPolicy& policy, LoopSink& sink)
+    : clock_(clock),
+      state_(state),
+      lanes_(std::move(lanes)),
+      policy_(policy),
+      sink_(sink),
+      lane_idle_(lanes_.size(), 1) {}
+
+EventLoop::~EventLoop() {
+  if (thread_.joinable()) stop(false);
+}
+
+void EventLoop::start() { thread_ = std::thread([this] { run(); }); }
+
+void EventLoop::wake() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_ = true;
+  }
+  cv_.notify_one();
+}
+
+void EventLoop::lane_idle(int lane) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    lane_idle_[lane] = 1;
+    pending_ = true;
+  }
+  cv_.notify_one();
+}
+
+void EventLoop::stop(bool drain) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    drain_ = drain;
+    pending_ = true;
+  }
+  cv_.notify_one();
+  if (thread_.joinable()) thread_.join();
+}
+
+bool EventLoop::finished_locked() const {
+  if (!stopping_) return false;
+  for (char idle : lane_idle_) if (!idle) return false;
+  for (const auto& q : state_.queues) if (q->size() > 0) return false;
+  return true;
+}
+
+TimeNs EventLoop::step_locked(TimeNs now, std::vector<Failure>& failures) {
+  // 1. Requests that can no longer finish in time are dropped before anything runs them.
+  for (auto& q : state_.queues) {
+    auto due = q->pop_due(now);
+    if (!due.empty()) {
+      failures.push_back({std::move(due), ErrorCode::kDeadlineExceeded,
+                          "deadline passed before the request could start"});
+    }
+  }
+  if (stopping_ && !drain_) {
+    for (auto& q : state_.queues) {
+      auto all = q->drain();
+      if (!all.empty()) {
+        failures.push_back({std::move(all), ErrorCode::kRuntimeClosed,
+                            "runtime shut down (drain=False) before the request ran"});
+      }
+    }
+  }
+  // 2. Every idle lane gets the batch the policy picks for it.
+  TimeNs wake_at = kNever;
+  for (std::size_t i = 0; i < lanes_.size(); ++i) {
+    if (!lane_idle_[i]) continue;
+    Batch batch = policy_.next_batch(*lanes_[i], state_, now, &wake_at);
+    if (batch.requests.empty()) continue;
+    batch.id = next_batch_id_++;
+    for (auto& r : batch.requests) r->started = now;
+    lane_idle_[i] = 0;
+    lanes_[i]->dispatch(std::move(batch));
+  }
+  // 3. Wake up again when the most urgent queued request expires, to drop it promptly.
+  for (const auto& q : state_.queues) {
+    if (auto d = q->earliest_deadline()) wake_at = std::min(wake_at, *d);
+  }
+  return wake_at;
+}
+
+void EventLoop::run() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    pending_ = false;
+    std::vector<Failure> failures;
+    TimeNs wake_at = kNever;
+    try {
+      wake_at = step_locked(clock_.now(), failures);
+    } catch (const std::exception& e) {
+      // A policy bug must not kill the loop (that would strand every future); report it.
+      std::fprintf(stderr, "gpulanes: scheduling round failed: %s\n", e.what());
+    }
+    const bool done = finished_locked();
+    if (!failures.empty()) {
+      lock.unlock();
+      for (auto& f : failures) sink_.fail(std::move(f.requests), f.code, f.why);
+      lock.lock();
+    }
+    if (done) return;
+    if (pending_) continue;
+    if (wake_at == kNever) {
+      cv_.wait(lock, [&] { return pending_; });
+    } else {
+      const auto tp = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(wake_at));
+      cv_.wait_until(lock, tp, [&] { return pending_; });
+    }
+  }
+}
+
+}  // namespace gpulanes

@@ -1,0 +1,75 @@
+// The event loop owns every scheduling decision. It reacts to arrivals (wake), lanes going idle
+// (lane_idle), timers (deadline expiry, policy wake-ups) and stop. Each round, under its lock, it
+// drops queued requests whose deadline has passed, then asks the policy for a batch for every
+// idle lane and dispatches it. Failures it produces are handed to the LoopSink after the lock is
+// released, so no completion ever runs under a core lock.
+//
+// Threads: one loop thread (start/stop); any thread may call wake(); lane workers call
+// lane_idle(). step() is the whole decision round without waiting, so a simulator can drive it
+// on virtual time.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gpulanes/sched/batch_policy.h"
+
+namespace gpulanes {
+
+class Clock;
+
+class LoopSink {
+ public:
+  virtual ~LoopSink() = default;
+  // Requests the loop failed without running them. Called with no core lock held.
+  virtual void fail(std::vector<RequestPtr>&& requests, ErrorCode code, const std::string& why) = 0;
+};
+
+class EventLoop {
+ public:
+  EventLoop(const Clock& clock, SchedulingState state, std::vector<Lane*> lanes,
+            BatchPolicy& policy, LoopSink& sink);
+  ~EventLoop();
+
+  void start();
+  // Something changed (a request arrived): run a decision round soon.
+  void wake();
+  // `lane` finished its batch and can take another.
+  void lane_idle(int lane);
+  // Stops the loop. drain: keep scheduling until the queues are empty; otherwise fail queued
+  // requests with RuntimeClosed. Either way returns once every lane is idle. Submissions must
+  // already be closed.
+  void stop(bool drain);
+
+ private:
+  struct Failure {
+    std::vector<RequestPtr> requests;
+    ErrorCode code;
+    std::string why;
+  };
+  void run();
+  // One decision round at `now`; returns when the loop next needs to run without an event.
+  TimeNs step_locked(TimeNs now, std::vector<Failure>& failures);
+  bool finished_locked() const;
+
+  const Clock& clock_;         // time source for decisions
+  SchedulingState state_;      // models and queues (queues are themselves thread-safe)
+  std::vector<Lane*> lanes_;   // by lane index; owned by the runtime
+  BatchPolicy& policy_;        // decides batches; called only under mu_
+  LoopSink& sink_;             // receives failures
+
+  std::mutex mu_;                 // guards the fields below and every policy call
+  std::condition_variable cv_;    // signals pending_
+  bool pending_ = false;          // an event arrived since the last round
+  bool stopping_ = false;         // stop() was called
+  bool drain_ = true;             // with stopping_: finish queued work first
+  std::vector<char> lane_idle_;   // per lane: may be dispatched to
+  std::uint64_t next_batch_id_ = 1;
+  std::thread thread_;            // the loop
+};
+
+}  // namespace gpulanes

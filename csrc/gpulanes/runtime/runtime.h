@@ -1,0 +1,103 @@
+// The Runtime facade: registers models, creates lanes for the chosen device, runs the event loop
+// and accounts every request. It owns the models, the queues, the lanes, the loop and the
+// metrics. Threads: any thread may submit() and read stats(); register/start/shutdown are control
+// calls (serialized internally); lane workers and the loop call back into it through the
+// LaneListener / LoopSink interfaces, never holding a core lock.
+//
+// Contract for completions: if submit() throws, `done` is never called; otherwise it is called
+// exactly once, through the delivery hook, on a lane worker or the loop thread.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <string>
+#include <vector>
+
+#include "gpulanes/core/clock.h"
+#include "gpulanes/metrics/model_metrics.h"
+#include "gpulanes/runtime/event_loop.h"
+
+namespace torch::jit { struct Module; }
+
+namespace gpulanes {
+
+struct RuntimeOptions {
+  std::string device = "auto";    // "auto" (CUDA if usable, else CPU), "cpu", "cuda", "cuda:N"
+  std::string policy = "deadline";
+  int cpu_lanes = 1;              // lanes when running on the CPU
+  bool outputs_on_device = false; // CUDA lanes: leave outputs on the GPU
+  int warmup_rounds = 2;          // forward passes per (lane, model, batch size) at start()
+};
+
+struct LaneInfo {
+  int index;
+  std::string kind;    // "cpu", "cuda-stream"
+  std::string device;  // "cpu", "cuda:0"
+};
+
+// Runs `deliver` (which resolves futures) in whatever context completions need; the Python
+// binding takes the GIL here once per batch. Never called with a core lock held.
+using DeliveryHook = std::function<void(const std::function<void()>& deliver)>;
+
+class Runtime final : private LaneListener, private LoopSink {
+ public:
+  explicit Runtime(RuntimeOptions options, std::shared_ptr<Clock> clock = nullptr);
+  ~Runtime() override;
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  // Before start() only. `example` holds one sample per input (no batch dimension).
+  int register_model(ModelSpec spec, torch::jit::Module module, std::vector<at::Tensor> example);
+  // Before start() only.
+  void set_delivery_hook(DeliveryHook hook);
+  // Creates lanes, loads every model onto each, warms them up, starts the loop. Throws
+  // Error(kModelError) if a model fails its warm-up forward.
+  void start();
+
+  // Validates and queues one request. `deadline` is absolute (CLOCK_MONOTONIC ns); none means
+  // now + the model's SLO. Throws Error: kUnknownModel, kInvalidInput, kDeadlineExceeded (already
+  // past), kQueueFull, kRuntimeClosed (not started or shut down).
+  void submit(const std::string& model, std::vector<at::Tensor> inputs,
+              std::optional<TimeNs> deadline, int priority, CompletionFn done);
+
+  // Closes submission, then finishes (drain) or fails with RuntimeClosed (no drain) all queued
+  // requests, waits for running batches and joins every thread. Idempotent.
+  void shutdown(bool drain);
+
+  std::vector<ModelStats> stats() const;
+  std::vector<LaneInfo> lanes() const;
+  const Clock& clock() const { return *clock_; }
+  bool running() const { return accepting_.load(std::memory_order_acquire); }
+
+ private:
+  void on_batch_finished(Batch&& batch, std::vector<Outcome>&& outcomes,
+                         const BatchReport& report) override;
+  void fail(std::vector<RequestPtr>&& requests, ErrorCode code, const std::string& why) override;
+  void create_lanes();
+  void warm_up(Lane& lane);
+  void deliver(const std::function<void()>& fn) const;
+
+  const RuntimeOptions options_;
+  std::shared_ptr<Clock> clock_;                     // SteadyClock unless a test injects one
+  ModelRegistry models_;                             // immutable after start()
+  std::vector<std::unique_ptr<RequestQueue>> queues_;          // per model
+  std::vector<std::unique_ptr<ModelMetrics>> metrics_;         // per model
+  std::vector<std::unique_ptr<Lane>> lanes_;         // created by start()
+  std::unique_ptr<BatchPolicy> policy_;              // used only by the loop
+  std::unique_ptr<EventLoop> loop_;                  // created by start()
+  DeliveryHook delivery_hook_;                       // empty: call directly
+
+  std::mutex control_mu_;                 // serializes register/start/shutdown
+  bool started_ = false;                  // start() succeeded
+  bool shut_down_ = false;                // shutdown() ran
+  mutable std::shared_mutex submit_mu_;   // submit/stats (shared) vs register/close (exclusive)
+  std::atomic<bool> accepting_{false};    // between start() and shutdown()
+  std::atomic<std::uint64_t> next_id_{1}; // request ids
+  std::atomic<TimeNs> started_at_{0};     // for rates in stats()
+};
+
+}  // namespace gpulanes

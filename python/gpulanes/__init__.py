@@ -1,0 +1,35 @@
+"""gpulanes: serve many PyTorch models on shared GPUs with a deadline for every request.
+
+>>> import gpulanes as gl
+>>> rt = gl.Runtime(device="auto")
+>>> rt.register("net", scripted, slo_ms=50, example_inputs=(torch.randn(1, 16),))
+>>> with rt:
+...     y = rt.infer("net", torch.randn(16))
+"""
+
+import torch  # noqa: F401  (must be imported before the extension: it loads libtorch)
+
+from . import _C  # noqa: F401
+from .errors import (
+    DeadlineExceeded,
+    GpuLanesError,
+    InvalidInput,
+    ModelError,
+    QueueFull,
+    RuntimeClosed,
+    UnknownModel,
+)
+from .runtime import Runtime
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Runtime",
+    "GpuLanesError",
+    "DeadlineExceeded",
+    "QueueFull",
+    "InvalidInput",
+    "UnknownModel",
+    "ModelError",
+    "RuntimeClosed",
+]

@@ -1,0 +1,48 @@
+"""Typed errors raised by gpulanes.
+
+Errors detectable when a request is submitted (bad input, unknown model, a deadline already
+past, a full queue, a closed runtime) are raised by ``submit`` itself. Errors that happen later
+(the deadline passes while queued, the model raises, ``shutdown(drain=False)``) are set on the
+request's future.
+"""
+
+__all__ = [
+    "GpuLanesError",
+    "DeadlineExceeded",
+    "QueueFull",
+    "InvalidInput",
+    "UnknownModel",
+    "ModelError",
+    "RuntimeClosed",
+]
+
+
+class GpuLanesError(Exception):
+    """Base class of every gpulanes error."""
+
+
+class DeadlineExceeded(GpuLanesError):
+    """The request's deadline passed, or could not be met, before it ran."""
+
+
+class QueueFull(GpuLanesError):
+    """The model's queue holds ``max_queue`` requests already."""
+
+
+class InvalidInput(GpuLanesError, ValueError):
+    """Wrong number, shape or dtype of inputs, or an invalid argument."""
+
+
+class UnknownModel(GpuLanesError, KeyError):
+    """No model is registered under that name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelError(GpuLanesError, RuntimeError):
+    """The model could not be loaded, or its forward pass raised."""
+
+
+class RuntimeClosed(GpuLanesError, RuntimeError):
+    """The runtime is not started or has been shut down."""

@@ -1,0 +1,257 @@
+"""The public Runtime: a thin layer over the C++ core (gpulanes._C).
+
+Every scheduling decision is made in the core's event loop; this module only converts
+arguments, creates futures and documents the contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import io
+import os
+import time
+import weakref
+from concurrent.futures import Future
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+
+from . import _C
+from .errors import InvalidInput
+
+__all__ = ["Runtime"]
+
+ModelSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, torch.jit.ScriptModule]
+
+_POLICIES = ("deadline",)
+_PARTITIONING = ("auto", "none", "cpu")
+_PREDICTORS = ("none", "static", "ewma", "sgd", "rls")
+
+# Runtimes still running at interpreter exit are shut down (without draining) before Python
+# finalizes, so no core thread ever waits for a GIL that is gone.
+_live: "weakref.WeakSet[Runtime]" = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_all() -> None:
+    for rt in list(_live):
+        rt.shutdown(drain=False)
+
+
+class _AsyncSink:
+    """Resolves an asyncio future from a core thread, on the future's own event loop."""
+
+    __slots__ = ("_loop", "_fut")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future) -> None:
+        self._loop = loop
+        self._fut = fut
+
+    def set_result(self, value: Any) -> None:
+        self._post(_set_result, value)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._post(_set_exception, exc)
+
+    def _post(self, fn, arg) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, self._fut, arg)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+
+def _set_result(fut: asyncio.Future, value: Any) -> None:
+    if not fut.done():  # the awaiting task may have been cancelled
+        fut.set_result(value)
+
+
+def _set_exception(fut: asyncio.Future, exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+class Runtime:
+    """Serves registered TorchScript models with a deadline for every request.
+
+    Args:
+        device: ``"auto"`` (CUDA when usable, else CPU), ``"cpu"``, ``"cuda"`` (one lane per
+            GPU) or ``"cuda:N"``.
+        partitioning: how GPUs are split into lanes. Only whole-device lanes exist so far
+            (``"auto"``, ``"none"``; ``"cpu"`` on CPU).
+        policy: batch scheduling policy; ``"deadline"``: earliest deadline first, batches up to
+            ``max_batch_size`` whenever a lane is free, requests whose deadline has passed are
+            failed with :class:`DeadlineExceeded` without running.
+        predictor: latency predictor name, recorded for later use by the deadline policy.
+        cpu_lanes: number of CPU lanes (worker threads) when running on the CPU.
+        output_device: ``"cpu"`` (default) or ``"cuda"`` to leave outputs on the GPU.
+        warmup_rounds: forward passes per (lane, model, batch size) during :meth:`start`.
+
+    Outputs are computed under ``torch.inference_mode()``: they are inference tensors, so
+    ``clone()`` one before modifying it in place outside inference mode.
+    """
+
+    def __init__(
+        self,
+        device: str = "auto",
+        partitioning: str = "auto",
+        policy: str = "deadline",
+        predictor: str = "rls",
+        *,
+        cpu_lanes: int = 1,
+        output_device: str = "cpu",
+        warmup_rounds: int = 2,
+    ) -> None:
+        if policy not in _POLICIES:
+            raise InvalidInput(f"policy must be one of {_POLICIES}, got {policy!r}")
+        if partitioning not in _PARTITIONING:
+            raise InvalidInput(f"partitioning must be one of {_PARTITIONING}, got {partitioning!r}")
+        if predictor not in _PREDICTORS:
+            raise InvalidInput(f"predictor must be one of {_PREDICTORS}, got {predictor!r}")
+        if output_device not in ("cpu", "cuda"):
+            raise InvalidInput(f"output_device must be 'cpu' or 'cuda', got {output_device!r}")
+        self.device = device
+        self.partitioning = partitioning
+        self.policy = policy
+        self.predictor = predictor
+        self._core = _C.Runtime(device, policy, int(cpu_lanes), output_device == "cuda",
+                                int(warmup_rounds))
+        self._slo_ms: Dict[str, float] = {}
+        _live.add(self)
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        model: ModelSource,
+        *,
+        slo_ms: float,
+        example_inputs: Union[torch.Tensor, Sequence[torch.Tensor]],
+        max_batch_size: int = 32,
+        max_queue: int = 10_000,
+    ) -> None:
+        """Registers a TorchScript model before :meth:`start`.
+
+        ``model`` is a path to a ``torch.jit.save`` file, its bytes, or a
+        ``torch.jit.ScriptModule`` (copied: later changes to it do not reach the runtime).
+        ``example_inputs`` are batched tensors (leading batch dimension); a request is one sample
+        of each, i.e. the same shapes without the batch dimension and the same dtypes.
+        Raises :class:`ModelError` for a missing or corrupt model, :class:`InvalidInput` for bad
+        arguments or a duplicate name.
+        """
+        if isinstance(model, torch.jit.ScriptModule):
+            buf = io.BytesIO()
+            torch.jit.save(model, buf)
+            kind, source = "bytes", buf.getvalue()
+        elif isinstance(model, (bytes, bytearray, memoryview)):
+            kind, source = "bytes", bytes(model)
+        elif isinstance(model, (str, os.PathLike)):
+            kind, source = "path", os.fspath(model)
+        elif isinstance(model, torch.nn.Module):
+            raise TypeError("register a TorchScript model: pass torch.jit.script(model) or "
+                            "torch.jit.trace(model, example_inputs)")
+        else:
+            raise TypeError(f"model must be a path, bytes or torch.jit.ScriptModule, "
+                            f"not {type(model).__name__}")
+        if isinstance(example_inputs, torch.Tensor):
+            example_inputs = (example_inputs,)
+        if slo_ms <= 0:
+            raise InvalidInput(f"slo_ms must be > 0, got {slo_ms}")
+        self._core.register_model(name, kind, source, tuple(example_inputs),
+                                  int(slo_ms * 1e6), int(max_batch_size), int(max_queue))
+        self._slo_ms[name] = float(slo_ms)
+
+    def start(self) -> "Runtime":
+        """Creates the lanes, loads and warms up every model on each, starts serving."""
+        self._core.start()
+        return self
+
+    def __enter__(self) -> "Runtime":
+        if not self._core.running:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.shutdown(drain=exc_info[0] is None)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _deadline_ns(self, deadline_ms: Optional[float], deadline: Optional[float]) -> Optional[int]:
+        if deadline_ms is not None and deadline is not None:
+            raise InvalidInput("give deadline_ms (relative) or deadline (absolute), not both")
+        if deadline_ms is not None:
+            return time.monotonic_ns() + int(deadline_ms * 1e6)
+        if deadline is not None:
+            return int(deadline * 1e9)
+        return None  # the model's SLO from now
+
+    def submit(self, model: str, *inputs: torch.Tensor, deadline_ms: Optional[float] = None,
+               deadline: Optional[float] = None, priority: int = 0) -> Future:
+        """Queues one request and returns a :class:`concurrent.futures.Future` of its output.
+
+        ``inputs`` are one sample per model input (no batch dimension). The deadline is
+        ``deadline_ms`` from now, or ``deadline`` in ``time.monotonic()`` seconds, or the
+        model's SLO from now. Raises at once :class:`UnknownModel`, :class:`InvalidInput`,
+        :class:`DeadlineExceeded` (already past), :class:`QueueFull` or :class:`RuntimeClosed`.
+        The future fails later with :class:`DeadlineExceeded`, :class:`ModelError` or
+        :class:`RuntimeClosed`. It cannot be cancelled once submitted.
+        """
+        fut: Future = Future()
+        fut.set_running_or_notify_cancel()
+        self._core.submit(model, inputs, self._deadline_ns(deadline_ms, deadline), priority, fut)
+        return fut
+
+    def infer(self, model: str, *inputs: torch.Tensor, deadline_ms: Optional[float] = None,
+              deadline: Optional[float] = None, priority: int = 0,
+              timeout: Optional[float] = None) -> Any:
+        """Submits one request and waits for its output (the GIL is free while waiting)."""
+        return self.submit(model, *inputs, deadline_ms=deadline_ms, deadline=deadline,
+                           priority=priority).result(timeout)
+
+    async def infer_async(self, model: str, *inputs: torch.Tensor,
+                          deadline_ms: Optional[float] = None, deadline: Optional[float] = None,
+                          priority: int = 0) -> Any:
+        """Awaitable :meth:`infer`: no thread is blocked while the request is served."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._core.submit(model, inputs, self._deadline_ns(deadline_ms, deadline), priority,
+                          _AsyncSink(loop, fut))
+        return await fut
+
+    # -- observation and teardown ------------------------------------------------------------
+
+    def stats(self) -> Dict[str, Dict[str, Any]]:
+        """Per model: submitted, completed, met, missed, dropped, rejected, failed, in_flight,
+        goodput and throughput (per second since start), latency/queue/exec percentiles in ms,
+        batch-size histogram and mean batch size."""
+        out = {}
+        for s in self._core.stats():
+            name = s.pop("name")
+            s["slo_ms"] = self._slo_ms.get(name)
+            out[name] = s
+        return out
+
+    def lanes(self) -> List[Dict[str, Any]]:
+        """The lanes the runtime created: index, kind and device."""
+        return self._core.lanes()
+
+    @property
+    def models(self) -> List[str]:
+        return list(self._slo_ms)
+
+    @property
+    def running(self) -> bool:
+        return self._core.running
+
+    def shutdown(self, drain: bool = True) -> None:
+        """Stops accepting requests. ``drain=True`` finishes queued requests first;
+        ``drain=False`` fails them with :class:`RuntimeClosed`. Running batches always finish.
+        Idempotent."""
+        self._core.shutdown(bool(drain))
+        _live.discard(self)
+
+    def __del__(self) -> None:
+        core = getattr(self, "_core", None)
+        if core is not None:
+            core.shutdown(False)

@@ -1,0 +1,129 @@
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <random>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "gpulanes/queue/edf_queue.h"
+
+using namespace gpulanes;
+
+namespace {
+struct Item {
+  std::uint64_t id;
+  TimeNs deadline;
+};
+std::unique_ptr<Item> item(std::uint64_t id, TimeNs d) { return std::make_unique<Item>(Item{id, d}); }
+}  // namespace
+
+TEST(EdfQueue, PopsEarliestDeadlineFirstTiesByArrival) {
+  EdfQueue<Item> q(100);
+  const TimeNs deadlines[] = {50, 10, 30, 10, 40, 20, 30};
+  for (std::uint64_t i = 0; i < 7; ++i) {
+    auto p = item(i, deadlines[i]);
+    ASSERT_TRUE(q.try_push(p));
+    EXPECT_EQ(p, nullptr);
+  }
+  EXPECT_EQ(q.earliest_deadline(), 10);
+  auto first = q.pop_up_to(3);
+  ASSERT_EQ(first.size(), 3u);
+  EXPECT_EQ(first[0]->id, 1u);  // deadline 10, earlier arrival
+  EXPECT_EQ(first[1]->id, 3u);  // deadline 10
+  EXPECT_EQ(first[2]->id, 5u);  // deadline 20
+  auto rest = q.drain();
+  std::vector<std::uint64_t> ids;
+  for (auto& r : rest) ids.push_back(r->id);
+  EXPECT_EQ(ids, (std::vector<std::uint64_t>{2, 6, 4, 0}));
+  EXPECT_EQ(q.size(), 0u);
+  EXPECT_FALSE(q.earliest_deadline().has_value());
+}
+
+TEST(EdfQueue, BoundRefusesAndLeavesItemWithCaller) {
+  EdfQueue<Item> q(3);
+  for (std::uint64_t i = 0; i < 3; ++i) {
+    auto p = item(i, 100 - i);
+    ASSERT_TRUE(q.try_push(p));
+  }
+  auto extra = item(99, 1);
+  EXPECT_FALSE(q.try_push(extra));
+  ASSERT_NE(extra, nullptr);
+  EXPECT_EQ(extra->id, 99u);
+  EXPECT_EQ(q.size(), 3u);
+  q.pop_up_to(1);
+  EXPECT_TRUE(q.try_push(extra));
+  EXPECT_EQ(q.earliest_deadline(), 1);
+}
+
+TEST(EdfQueue, PopDueTakesOnlyExpired) {
+  EdfQueue<Item> q(10);
+  for (std::uint64_t i = 0; i < 6; ++i) {
+    auto p = item(i, static_cast<TimeNs>(i * 10));
+    q.try_push(p);
+  }
+  auto due = q.pop_due(25);
+  ASSERT_EQ(due.size(), 3u);  // deadlines 0, 10, 20
+  EXPECT_EQ(due.back()->deadline, 20);
+  EXPECT_EQ(q.pop_due(29).size(), 0u);
+  EXPECT_EQ(q.pop_due(30).size(), 1u);  // deadline == t is due
+  EXPECT_EQ(q.size(), 2u);
+}
+
+TEST(EdfQueue, ManyProducersOneConsumerLoseNothingAndStayOrdered) {
+  constexpr int kProducers = 8, kPerProducer = 20000;
+  EdfQueue<Item> q(kProducers * kPerProducer);
+  std::atomic<std::uint64_t> next{0};
+  std::atomic<bool> done{false};
+  std::vector<std::uint64_t> seen;
+  std::thread consumer([&] {
+    while (true) {
+      auto batch = q.pop_up_to(64);
+      for (std::size_t i = 1; i < batch.size(); ++i) {
+        ASSERT_LE(batch[i - 1]->deadline, batch[i]->deadline);
+      }
+      for (auto& b : batch) seen.push_back(b->id);
+      if (batch.empty() && done.load()) {
+        if (q.size() == 0) return;
+      }
+    }
+  });
+  std::vector<std::thread> producers;
+  for (int p = 0; p < kProducers; ++p) {
+    producers.emplace_back([&, p] {
+      std::mt19937_64 rng(p);
+      for (int i = 0; i < kPerProducer; ++i) {
+        auto it = item(next.fetch_add(1), static_cast<TimeNs>(rng() % 1000000));
+        ASSERT_TRUE(q.try_push(it));
+      }
+    });
+  }
+  for (auto& t : producers) t.join();
+  done = true;
+  consumer.join();
+  ASSERT_EQ(seen.size(), static_cast<std::size_t>(kProducers * kPerProducer));
+  std::set<std::uint64_t> unique(seen.begin(), seen.end());
+  EXPECT_EQ(unique.size(), seen.size());
+  EXPECT_EQ(*unique.rbegin(), static_cast<std::uint64_t>(kProducers * kPerProducer - 1));
+}
+
+TEST(EdfQueue, ConcurrentPushesNeverExceedCapacity) {
+  constexpr std::size_t kCap = 1000;
+  EdfQueue<Item> q(kCap);
+  std::atomic<int> accepted{0}, refused{0};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 8; ++t) {
+    ts.emplace_back([&, t] {
+      for (int i = 0; i < 500; ++i) {
+        auto it = item(t * 1000 + i, i);
+        (q.try_push(it) ? accepted : refused)++;
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(accepted.load(), static_cast<int>(kCap));
+  EXPECT_EQ(refused.load(), 8 * 500 - static_cast<int>(kCap));
+  EXPECT_EQ(q.size(), kCap);
+}

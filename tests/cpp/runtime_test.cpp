@@ -1,0 +1,229 @@
+// Request lifecycle through the whole core on CPU lanes, with TorchScript modules defined here.
+#include <gtest/gtest.h>
+#include <torch/script.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "gpulanes/runtime/runtime.h"
+
+using namespace gpulanes;
+
+namespace {
+
+// forward(x) = 2x + 1, after `iters` rounds of busy work (to make batches take time).
+torch::jit::Module affine_module(int iters) {
+  torch::jit::Module m("Affine");
+  m.register_attribute("iters", c10::IntType::get(), iters);
+  m.define(R"JIT(
+    def forward(self, x):
+        a = torch.ones(160, 160)
+        for i in range(self.iters):
+            a = torch.tanh(a @ a * 0.01)
+        return x * 2.0 + 1.0 + a.sum() * 0.0
+  )JIT");
+  return m;
+}
+
+// Raises when any sample in the batch is negative.
+torch::jit::Module picky_module() {
+  torch::jit::Module m("Picky");
+  m.define(R"JIT(
+    def forward(self, x):
+        assert bool((x >= 0.0).all()), "negative input"
+        return x + 1.0
+  )JIT");
+  return m;
+}
+
+ModelSpec spec(const std::string& name, int max_batch = 8, std::size_t max_queue = 10000) {
+  ModelSpec s;
+  s.name = name;
+  s.inputs = {TensorSpec{{4}, c10::kFloat}};
+  s.slo = from_ms(5000);
+  s.max_batch_size = max_batch;
+  s.max_queue = max_queue;
+  return s;
+}
+
+// Collects outcomes by key and counts how often each key completed.
+struct Collector {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::map<int, Outcome> outcomes;
+  std::map<int, int> calls;
+
+  CompletionFn fn(int key) {
+    return [this, key](Outcome&& o) {
+      std::lock_guard<std::mutex> lock(mu);
+      outcomes[key] = std::move(o);
+      calls[key]++;
+      cv.notify_all();
+    };
+  }
+  void wait_for(std::size_t n) {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(60), [&] { return outcomes.size() >= n; }));
+  }
+};
+
+at::Tensor sample(float v) { return torch::full({4}, v); }
+
+}  // namespace
+
+TEST(Runtime, ResultsMatchDirectForwardAndAreCounted) {
+  Runtime rt(RuntimeOptions{.device = "cpu"});
+  rt.register_model(spec("affine"), affine_module(0), {sample(0)});
+  rt.start();
+  Collector c;
+  constexpr int kN = 500;
+  for (int i = 0; i < kN; ++i) rt.submit("affine", {sample(static_cast<float>(i))}, std::nullopt, 0, c.fn(i));
+  c.wait_for(kN);
+  for (int i = 0; i < kN; ++i) {
+    ASSERT_EQ(c.calls[i], 1);
+    ASSERT_TRUE(c.outcomes[i].ok()) << c.outcomes[i].message;
+    ASSERT_TRUE(torch::equal(c.outcomes[i].output.toTensor(), sample(2.0f * i + 1.0f)));
+  }
+  rt.shutdown(true);
+  ModelStats s = rt.stats().at(0);
+  EXPECT_EQ(s.submitted, static_cast<std::uint64_t>(kN));
+  EXPECT_EQ(s.met, static_cast<std::uint64_t>(kN));
+  EXPECT_EQ(s.in_flight, 0u);
+  std::uint64_t in_batches = 0;
+  for (auto [size, count] : s.batch_sizes) {
+    EXPECT_LE(size, 8);
+    in_batches += static_cast<std::uint64_t>(size) * count;
+  }
+  EXPECT_EQ(in_batches, static_cast<std::uint64_t>(kN));
+}
+
+TEST(Runtime, RequestsPastTheirDeadlineAreDroppedWithoutRunning) {
+  Runtime rt(RuntimeOptions{.device = "cpu", .warmup_rounds = 1});
+  rt.register_model(spec("slow", /*max_batch=*/1), affine_module(400), {sample(0)});
+  rt.start();
+  Collector c;
+  rt.submit("slow", {sample(1)}, std::nullopt, 0, c.fn(0));  // occupies the lane
+  std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  const TimeNs soon = rt.clock().now() + from_ms(1);
+  for (int i = 1; i <= 5; ++i) rt.submit("slow", {sample(1)}, soon, 0, c.fn(i));
+  c.wait_for(6);
+  EXPECT_TRUE(c.outcomes[0].ok());
+  for (int i = 1; i <= 5; ++i) EXPECT_EQ(c.outcomes[i].code, ErrorCode::kDeadlineExceeded);
+  ModelStats s = rt.stats().at(0);
+  EXPECT_EQ(s.dropped, 5u);
+  EXPECT_EQ(s.batches, 1u);  // the dropped ones never ran
+  rt.shutdown(true);
+}
+
+TEST(Runtime, ShutdownWithoutDrainFailsQueuedWithRuntimeClosed) {
+  Runtime rt(RuntimeOptions{.device = "cpu", .warmup_rounds = 1});
+  rt.register_model(spec("slow", 1), affine_module(200), {sample(0)});
+  rt.start();
+  Collector c;
+  constexpr int kN = 30;
+  for (int i = 0; i < kN; ++i) rt.submit("slow", {sample(1)}, std::nullopt, 0, c.fn(i));
+  rt.shutdown(false);
+  c.wait_for(kN);
+  int ok = 0, closed = 0;
+  for (int i = 0; i < kN; ++i) {
+    ASSERT_EQ(c.calls[i], 1);
+    if (c.outcomes[i].ok()) ok++;
+    if (c.outcomes[i].code == ErrorCode::kRuntimeClosed) closed++;
+  }
+  EXPECT_EQ(ok + closed, kN);
+  EXPECT_GE(closed, kN - 3);  // at most the batch in flight (and one racing) ran
+  ModelStats s = rt.stats().at(0);
+  EXPECT_EQ(s.met + s.missed + s.failed, static_cast<std::uint64_t>(kN));
+  try {
+    rt.submit("slow", {sample(1)}, std::nullopt, 0, c.fn(999));
+    FAIL() << "submit after shutdown must throw";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kRuntimeClosed);
+  }
+}
+
+TEST(Runtime, ShutdownWithDrainFinishesEverything) {
+  Runtime rt(RuntimeOptions{.device = "cpu", .warmup_rounds = 1});
+  rt.register_model(spec("slow", 4), affine_module(20), {sample(0)});
+  rt.start();
+  Collector c;
+  for (int i = 0; i < 40; ++i) rt.submit("slow", {sample(i)}, std::nullopt, 0, c.fn(i));
+  rt.shutdown(true);
+  ASSERT_EQ(c.outcomes.size(), 40u);  // shutdown(drain) returns after the last completion
+  for (int i = 0; i < 40; ++i) ASSERT_TRUE(c.outcomes[i].ok());
+}
+
+TEST(Runtime, ModelErrorFailsOnlyItsBatchAndServingContinues) {
+  Runtime rt(RuntimeOptions{.device = "cpu"});
+  rt.register_model(spec("picky", 1), picky_module(), {sample(0)});
+  rt.register_model(spec("affine"), affine_module(0), {sample(0)});
+  rt.start();
+  Collector c;
+  rt.submit("picky", {sample(-1)}, std::nullopt, 0, c.fn(0));
+  rt.submit("picky", {sample(3)}, std::nullopt, 0, c.fn(1));
+  rt.submit("affine", {sample(3)}, std::nullopt, 0, c.fn(2));
+  c.wait_for(3);
+  EXPECT_EQ(c.outcomes[0].code, ErrorCode::kModelError);
+  EXPECT_NE(c.outcomes[0].message.find("negative input"), std::string::npos);
+  EXPECT_TRUE(torch::equal(c.outcomes[1].output.toTensor(), sample(4)));
+  EXPECT_TRUE(torch::equal(c.outcomes[2].output.toTensor(), sample(7)));
+  EXPECT_EQ(rt.stats().at(0).failed, 1u);
+}
+
+TEST(Runtime, SubmitRefusalsAreTypedAndNeverCallTheCompletion) {
+  Runtime rt(RuntimeOptions{.device = "cpu", .warmup_rounds = 1});
+  rt.register_model(spec("slow", 1, /*max_queue=*/2), affine_module(300), {sample(0)});
+  std::atomic<int> calls{0};
+  auto count = [&](Outcome&&) { calls++; };
+  auto code_of = [&](auto&& fn) {
+    try {
+      fn();
+    } catch (const Error& e) {
+      return e.code();
+    }
+    return ErrorCode::kOk;
+  };
+  EXPECT_EQ(code_of([&] { rt.submit("slow", {sample(0)}, std::nullopt, 0, count); }),
+            ErrorCode::kRuntimeClosed);  // not started
+  rt.start();
+  EXPECT_EQ(code_of([&] { rt.submit("nope", {sample(0)}, std::nullopt, 0, count); }),
+            ErrorCode::kUnknownModel);
+  EXPECT_EQ(code_of([&] { rt.submit("slow", {torch::zeros({5})}, std::nullopt, 0, count); }),
+            ErrorCode::kInvalidInput);
+  EXPECT_EQ(code_of([&] { rt.submit("slow", {torch::zeros({4}, torch::kInt64)}, std::nullopt, 0, count); }),
+            ErrorCode::kInvalidInput);
+  EXPECT_EQ(code_of([&] { rt.submit("slow", {sample(0), sample(0)}, std::nullopt, 0, count); }),
+            ErrorCode::kInvalidInput);
+  EXPECT_EQ(code_of([&] { rt.submit("slow", {sample(0)}, rt.clock().now() - 1, 0, count); }),
+            ErrorCode::kDeadlineExceeded);
+  // One runs, two wait; the fourth finds the queue full (the lane is busy for ~10+ ms).
+  Collector c;
+  rt.submit("slow", {sample(0)}, std::nullopt, 0, c.fn(0));
+  std::this_thread::sleep_for(std::chrono::milliseconds(3));
+  rt.submit("slow", {sample(0)}, std::nullopt, 0, c.fn(1));
+  rt.submit("slow", {sample(0)}, std::nullopt, 0, c.fn(2));
+  EXPECT_EQ(code_of([&] { rt.submit("slow", {sample(0)}, std::nullopt, 0, count); }),
+            ErrorCode::kQueueFull);
+  c.wait_for(3);
+  EXPECT_EQ(calls.load(), 0);
+  ModelStats s = rt.stats().at(0);
+  EXPECT_EQ(s.rejected, 6u);  // not started, 3 invalid, past deadline, queue full
+  EXPECT_EQ(s.submitted, s.met + s.missed + s.dropped + s.rejected + s.failed + s.in_flight);
+  rt.shutdown(true);
+}
+
+TEST(Runtime, RegistrationErrors) {
+  Runtime rt(RuntimeOptions{.device = "cpu"});
+  rt.register_model(spec("a"), affine_module(0), {sample(0)});
+  EXPECT_THROW(rt.register_model(spec("a"), affine_module(0), {sample(0)}), Error);  // duplicate
+  EXPECT_THROW(rt.register_model(spec("b"), affine_module(0), {torch::zeros({3})}), Error);  // example
+  rt.start();
+  EXPECT_THROW(rt.register_model(spec("c"), affine_module(0), {sample(0)}), Error);  // after start
+  EXPECT_THROW(Runtime(RuntimeOptions{.device = "tpu"}).start(), Error);
+  EXPECT_THROW(Runtime(RuntimeOptions{.policy = "nope"}), Error);
+  rt.shutdown(true);
+}
