@@ -165,7 +165,12 @@ class PyRuntime {
 
   void submit(const std::string& model, const py::sequence& inputs,
               std::optional<std::int64_t> deadline_ns, int priority, const py::object& sink) {
-    std::vector<at::Tensor> tensors = tensors_from(inputs, "input");
+    std::vector<at::Tensor> tensors;
+    try {
+      tensors = tensors_from(inputs, "input");
+    } catch (const Error& e) {
+      core_->refuse(model, e.code(), e.what());
+    }
     PyObject* ref = sink.ptr();
     Py_INCREF(ref);
     try {

@@ -35,7 +35,7 @@ def unraisable():
 def affine_rt():
     rt = gl.Runtime(device="cpu")
     rt.register("affine", scripted(Affine()), slo_ms=10_000, example_inputs=torch.zeros(1, 4),
-                max_batch_size=16)
+                max_batch_size=16, max_queue=100_000)
     with rt:
         yield rt
 

@@ -24,21 +24,29 @@ EventLoop::~EventLoop() {
 
 void EventLoop::start() { thread_ = std::thread([this] { run(); }); }
 
-void EventLoop::wake() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    pending_ = true;
-  }
-  cv_.notify_one();
-}
+void EventLoop::wake() { on_event(-1); }
 
-void EventLoop::lane_idle(int lane) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    lane_idle_[lane] = 1;
+void EventLoop::lane_idle(int lane) { on_event(lane); }
+
+void EventLoop::on_event(int idle_lane) {
+  std::unique_lock<std::mutex> lock(mu_, std::try_to_lock);
+  if (!lock.owns_lock() || stopping_ || !thread_.joinable()) {
+    // The loop thread (or another inline round) will see the event.
+    if (!lock.owns_lock()) lock.lock();
+    if (idle_lane >= 0) lane_idle_[idle_lane] = 1;
     pending_ = true;
+    lock.unlock();
+    cv_.notify_one();
+    return;
   }
-  cv_.notify_one();
+  if (idle_lane >= 0) lane_idle_[idle_lane] = 1;
+  std::vector<Failure> failures;
+  const TimeNs wake_at = step_locked(clock_.now(), failures);
+  const bool hand_over = wake_at < loop_wake_at_;  // the loop thread must re-arm its timer
+  if (hand_over) pending_ = true;
+  lock.unlock();
+  if (hand_over) cv_.notify_one();
+  for (auto& f : failures) sink_.fail(std::move(f.requests), f.code, f.why);
 }
 
 void EventLoop::stop(bool drain) {
@@ -115,12 +123,14 @@ void EventLoop::run() {
     }
     if (done) return;
     if (pending_) continue;
+    loop_wake_at_ = wake_at;
     if (wake_at == kNever) {
       cv_.wait(lock, [&] { return pending_; });
     } else {
       const auto tp = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(wake_at));
       cv_.wait_until(lock, tp, [&] { return pending_; });
     }
+    loop_wake_at_ = kNever;  // awake: rounds run here until it sleeps again
   }
 }
 

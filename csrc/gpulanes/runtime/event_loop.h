@@ -4,9 +4,12 @@
 // idle lane and dispatches it. Failures it produces are handed to the LoopSink after the lock is
 // released, so no completion ever runs under a core lock.
 //
-// Threads: one loop thread (start/stop); any thread may call wake(); lane workers call
-// lane_idle(). step() is the whole decision round without waiting, so a simulator can drive it
-// on virtual time.
+// Threads: one loop thread (start/stop) that sleeps until the next timer or event; any thread
+// may call wake(); lane workers call lane_idle(). To save a thread hop on the latency path, the
+// thread that brings an event runs the decision round itself when the loop lock is free (same
+// step_locked(), same state, same lock), and only hands over to the loop thread when the lock is
+// busy, when stopping, or when the round moved the next timer earlier. step_locked() is the
+// whole decision round without waiting, so a simulator can drive it on virtual time.
 #pragma once
 
 #include <condition_variable>
@@ -52,6 +55,8 @@ class EventLoop {
     std::string why;
   };
   void run();
+  // Records an event; runs the round on the calling thread when the lock is free.
+  void on_event(int idle_lane);
   // One decision round at `now`; returns when the loop next needs to run without an event.
   TimeNs step_locked(TimeNs now, std::vector<Failure>& failures);
   bool finished_locked() const;
@@ -68,6 +73,7 @@ class EventLoop {
   bool stopping_ = false;         // stop() was called
   bool drain_ = true;             // with stopping_: finish queued work first
   std::vector<char> lane_idle_;   // per lane: may be dispatched to
+  TimeNs loop_wake_at_ = kNever;  // when the sleeping loop thread will next wake by itself
   std::uint64_t next_batch_id_ = 1;
   std::thread thread_;            // the loop
 };

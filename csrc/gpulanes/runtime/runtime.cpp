@@ -164,6 +164,17 @@ void Runtime::submit(const std::string& model, std::vector<at::Tensor> inputs,
   loop_->wake();
 }
 
+void Runtime::refuse(const std::string& model, ErrorCode code, const std::string& why) {
+  {
+    std::shared_lock<std::shared_mutex> lock(submit_mu_);
+    const int m = models_.find(model);
+    if (m < 0) throw Error(ErrorCode::kUnknownModel, "no model named '" + model + "' is registered");
+    metrics_[m]->on_submitted();
+    metrics_[m]->on_rejected();
+  }
+  throw Error(code, why);
+}
+
 void Runtime::deliver(const std::function<void()>& fn) const {
   if (delivery_hook_) {
     delivery_hook_(fn);

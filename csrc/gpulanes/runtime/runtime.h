@@ -64,6 +64,10 @@ class Runtime final : private LaneListener, private LoopSink {
   void submit(const std::string& model, std::vector<at::Tensor> inputs,
               std::optional<TimeNs> deadline, int priority, CompletionFn done);
 
+  // Counts a submission the caller refused before it could reach submit() (e.g. an input that
+  // is not a tensor) as submitted + rejected, then throws Error(code, why).
+  [[noreturn]] void refuse(const std::string& model, ErrorCode code, const std::string& why);
+
   // Closes submission, then finishes (drain) or fails with RuntimeClosed (no drain) all queued
   // requests, waits for running batches and joins every thread. Idempotent.
   void shutdown(bool drain);

@@ -1,0 +1,120 @@
+"""Many submitters, asyncio, and the GIL."""
+
+import asyncio
+import threading
+import time
+
+import torch
+
+import gpulanes as gl
+from conftest import busy_runtime
+
+
+def test_threads_all_resolve_exactly_once_with_right_result(affine_rt, unraisable):
+    n_threads, per_thread = 8, 2000
+    results = {}
+    done_calls = {}
+    lock = threading.Lock()
+    errors = []
+
+    def worker(t):
+        futs = []
+        for i in range(per_thread):
+            key = t * per_thread + i
+            f = affine_rt.submit("affine", torch.full((4,), float(key)))
+
+            def on_done(_f, key=key):
+                with lock:
+                    done_calls[key] = done_calls.get(key, 0) + 1
+            f.add_done_callback(on_done)
+            futs.append((key, f))
+        for key, f in futs:
+            try:
+                results[key] = f.result(timeout=120)
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append((key, e))
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    total = n_threads * per_thread
+    assert len(results) == total
+    for key, y in results.items():
+        assert torch.equal(y, torch.full((4,), 2.0 * key + 1.0)), key
+    time.sleep(0.05)  # done-callbacks of the last futures run right after result() returns
+    assert len(done_calls) == total and set(done_calls.values()) == {1}
+    assert not unraisable  # no future was resolved twice
+    s = affine_rt.stats()["affine"]
+    assert s["submitted"] == total and s["met"] == total and s["in_flight"] == 0
+
+
+def test_asyncio_thousand_concurrent_without_a_thread_each(affine_rt):
+    threads_before = threading.active_count()
+    peak = [threads_before]
+
+    async def one(i):
+        y = await affine_rt.infer_async("affine", torch.full((4,), float(i)))
+        peak[0] = max(peak[0], threading.active_count())
+        return i, y
+
+    async def main():
+        return await asyncio.gather(*(one(i) for i in range(1000)))
+
+    out = asyncio.run(main())
+    assert len(out) == 1000
+    for i, y in out:
+        assert torch.equal(y, torch.full((4,), 2.0 * i + 1.0))
+    assert peak[0] <= threads_before + 2  # no thread per request
+
+
+def test_asyncio_errors_are_raised_on_await(affine_rt):
+    async def main():
+        try:
+            await affine_rt.infer_async("affine", torch.zeros(3))
+        except gl.InvalidInput:
+            return "invalid"
+    assert asyncio.run(main()) == "invalid"
+
+
+def test_other_python_threads_run_while_one_waits_on_result():
+    rt = busy_runtime(iters=600)
+    try:
+        fut = rt.submit("busy", torch.zeros(4))
+        ticks = [0]
+        stop = threading.Event()
+
+        def spin():
+            while not stop.is_set():
+                ticks[0] += 1
+
+        t = threading.Thread(target=spin)
+        t.start()
+        start = time.perf_counter()
+        fut.result(timeout=60)
+        waited = time.perf_counter() - start
+        stop.set()
+        t.join()
+        assert waited > 0.005  # the request really kept this thread waiting
+        assert ticks[0] > 1000  # ...while the other thread kept running Python code
+    finally:
+        rt.shutdown()
+
+
+def test_stats_counts_add_up_under_concurrency(affine_rt):
+    futs = [affine_rt.submit("affine", torch.zeros(4)) for _ in range(300)]
+    for bad in range(20):
+        try:
+            affine_rt.submit("affine", torch.zeros(5))
+        except gl.InvalidInput:
+            pass
+    for f in futs:
+        f.result(timeout=60)
+    s = affine_rt.stats()["affine"]
+    assert s["rejected"] == 20
+    assert s["submitted"] == s["met"] + s["missed"] + s["dropped"] + s["rejected"] + s["failed"] + s["in_flight"]
+    assert s["latency_ms"]["count"] == s["completed"] == 300
+    assert sum(k * v for k, v in s["batch_sizes"].items()) == 300
+    assert 0 < s["latency_ms"]["p50"] <= s["latency_ms"]["p99"] <= s["latency_ms"]["max"]

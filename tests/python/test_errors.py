@@ -1,0 +1,193 @@
+"""Every typed error of the contract is raised where it should be, and nothing else breaks."""
+
+import time
+
+import pytest
+import torch
+
+import gpulanes as gl
+from conftest import busy_runtime
+from models import Affine, Picky, TwoInputsTupleOut, scripted
+
+
+def test_error_hierarchy_matches_core_codes():
+    assert issubclass(gl.InvalidInput, ValueError)
+    assert issubclass(gl.UnknownModel, KeyError)
+    for cls in (gl.DeadlineExceeded, gl.QueueFull, gl.InvalidInput, gl.UnknownModel,
+                gl.ModelError, gl.RuntimeClosed):
+        assert issubclass(cls, gl.GpuLanesError)
+    for name in gl._C.error_code_names():
+        if name not in ("Ok", "Internal"):
+            assert isinstance(getattr(gl, name), type), name
+
+
+@pytest.fixture
+def two_rt():
+    rt = gl.Runtime(device="cpu")
+    rt.register("two", scripted(TwoInputsTupleOut()), slo_ms=1000,
+                example_inputs=(torch.randn(1, 4, 6), torch.ones(1, 4, dtype=torch.int64)))
+    with rt:
+        yield rt
+
+
+@pytest.mark.parametrize("inputs, match", [
+    ((torch.randn(4, 5), torch.ones(4, dtype=torch.int64)), r"Float\[4, 6\].*got Float\[4, 5\]"),
+    ((torch.randn(1, 4, 6), torch.ones(1, 4, dtype=torch.int64)), "no batch dimension"),
+    ((torch.randn(4, 6), torch.ones(4, dtype=torch.int32)), r"Long\[4\].*got Int\[4\]"),
+    ((torch.randn(4, 6, dtype=torch.float64), torch.ones(4, dtype=torch.int64)), "Double"),
+    ((torch.randn(4, 6),), "takes 2 input"),
+    ((torch.randn(4, 6), torch.ones(4, dtype=torch.int64), torch.ones(4)), "got 3"),
+    ((torch.randn(4, 6), [1, 0, 1, 1]), "list, not a torch.Tensor"),
+])
+def test_bad_inputs_are_refused_at_submit(two_rt, inputs, match):
+    with pytest.raises(gl.InvalidInput, match=match):
+        two_rt.submit("two", *inputs)
+    assert two_rt.stats()["two"]["rejected"] == 1
+
+
+def test_unknown_model(two_rt):
+    with pytest.raises(gl.UnknownModel, match="no model named 'nope'"):
+        two_rt.submit("nope", torch.zeros(1))
+    with pytest.raises(KeyError):
+        two_rt.infer("nope", torch.zeros(1))
+
+
+def test_deadline_already_past(affine_rt):
+    x = torch.zeros(4)
+    for kwargs in ({"deadline_ms": 0}, {"deadline_ms": -5}, {"deadline": time.monotonic() - 1}):
+        with pytest.raises(gl.DeadlineExceeded, match="already passed"):
+            affine_rt.submit("affine", x, **kwargs)
+    with pytest.raises(gl.InvalidInput, match="not both"):
+        affine_rt.submit("affine", x, deadline_ms=10, deadline=time.monotonic() + 1)
+    with pytest.raises(gl.InvalidInput, match="priority"):
+        affine_rt.submit("affine", x, priority=7)
+    # an absolute deadline in the future is honoured
+    assert torch.equal(affine_rt.infer("affine", x, deadline=time.monotonic() + 5), torch.ones(4))
+
+
+def test_full_queue_raises_queue_full():
+    rt = busy_runtime(iters=400, max_batch_size=1, max_queue=2)
+    try:
+        first = rt.submit("busy", torch.zeros(4))
+        time.sleep(0.02)  # the first is running now; two more fill the queue
+        queued = [rt.submit("busy", torch.zeros(4)) for _ in range(2)]
+        with pytest.raises(gl.QueueFull, match="max_queue=2"):
+            rt.submit("busy", torch.zeros(4))
+        for f in [first, *queued]:
+            assert torch.equal(f.result(timeout=60), torch.ones(4))
+    finally:
+        rt.shutdown()
+
+
+def test_deadline_passing_in_queue_fails_future_without_running():
+    rt = busy_runtime(iters=400, max_batch_size=1)
+    try:
+        first = rt.submit("busy", torch.zeros(4))
+        time.sleep(0.005)
+        late = [rt.submit("busy", torch.zeros(4), deadline_ms=2) for _ in range(3)]
+        first.result(timeout=60)
+        for f in late:
+            with pytest.raises(gl.DeadlineExceeded):
+                f.result(timeout=60)
+        s = rt.stats()["busy"]
+        assert s["dropped"] == 3 and s["batches"] == 1 and s["met"] == 1
+    finally:
+        rt.shutdown()
+
+
+def test_closed_runtime():
+    rt = gl.Runtime(device="cpu")
+    rt.register("affine", scripted(Affine()), slo_ms=1000, example_inputs=torch.zeros(1, 4))
+    with pytest.raises(gl.RuntimeClosed, match="not started"):
+        rt.submit("affine", torch.zeros(4))
+    rt.start()
+    rt.shutdown()
+    with pytest.raises(gl.RuntimeClosed, match="shut down"):
+        rt.submit("affine", torch.zeros(4))
+    rt.shutdown()  # idempotent
+
+
+def test_shutdown_without_drain_fails_queued_with_runtime_closed():
+    rt = busy_runtime(iters=200, max_batch_size=1)
+    futs = [rt.submit("busy", torch.zeros(4)) for _ in range(30)]
+    rt.shutdown(drain=False)
+    outcomes = []
+    for f in futs:
+        exc = f.exception(timeout=60)
+        outcomes.append(type(exc).__name__ if exc else "ok")
+    assert outcomes.count("RuntimeClosed") >= 27
+    assert set(outcomes) <= {"ok", "RuntimeClosed"}
+
+
+def test_shutdown_with_drain_and_context_manager_finish_everything():
+    rt = busy_runtime(iters=10, max_batch_size=4)
+    futs = [rt.submit("busy", torch.zeros(4)) for _ in range(40)]
+    with rt:  # already started: the context manager only drains at exit
+        pass
+    assert all(f.done() for f in futs)
+    assert all(torch.equal(f.result(), torch.ones(4)) for f in futs)
+
+
+def test_forward_that_raises_fails_only_its_requests():
+    rt = gl.Runtime(device="cpu")
+    rt.register("picky", scripted(Picky()), slo_ms=5000, example_inputs=torch.zeros(1, 3),
+                max_batch_size=1)
+    rt.register("affine", scripted(Affine()), slo_ms=5000, example_inputs=torch.zeros(1, 3))
+    with rt:
+        bad = rt.submit("picky", torch.full((3,), -1.0))
+        good = [rt.submit("picky", torch.full((3,), float(i))) for i in range(5)]
+        other = rt.submit("affine", torch.ones(3))
+        with pytest.raises(gl.ModelError, match="negative input"):
+            bad.result(timeout=60)
+        for i, f in enumerate(good):
+            assert torch.equal(f.result(timeout=60), torch.full((3,), i + 1.0))
+        assert torch.equal(other.result(timeout=60), torch.full((3,), 3.0))
+        assert rt.infer("picky", torch.zeros(3)).sum() == 3  # still serving afterwards
+        s = rt.stats()["picky"]
+        assert s["failed"] == 1 and s["met"] == 6
+
+
+def test_model_failing_warm_up_fails_start():
+    rt = gl.Runtime(device="cpu")
+    rt.register("picky", scripted(Picky()), slo_ms=1000, example_inputs=-torch.ones(1, 3))
+    with pytest.raises(gl.ModelError, match="warm-up"):
+        rt.start()
+
+
+def test_corrupt_or_missing_model_files(tmp_path):
+    rt = gl.Runtime(device="cpu")
+    ex = torch.zeros(1, 4)
+    with pytest.raises(gl.ModelError, match="cannot load"):
+        rt.register("corrupt", b"this is not a torchscript archive", slo_ms=10, example_inputs=ex)
+    bad = tmp_path / "truncated.pt"
+    good = tmp_path / "good.pt"
+    torch.jit.save(scripted(Affine()), str(good))
+    bad.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(gl.ModelError):
+        rt.register("truncated", bad, slo_ms=10, example_inputs=ex)
+    with pytest.raises(gl.ModelError):
+        rt.register("missing", tmp_path / "nope.pt", slo_ms=10, example_inputs=ex)
+    with pytest.raises(TypeError, match="torch.jit.script"):
+        rt.register("eager", Affine(), slo_ms=10, example_inputs=ex)
+    # the runtime is still usable after those failures
+    rt.register("ok", good, slo_ms=1000, example_inputs=ex)
+    with rt:
+        assert torch.equal(rt.infer("ok", torch.zeros(4)), torch.ones(4))
+
+
+def test_registration_and_construction_errors():
+    rt = gl.Runtime(device="cpu")
+    rt.register("a", scripted(Affine()), slo_ms=100, example_inputs=torch.zeros(1, 4))
+    with pytest.raises(gl.InvalidInput, match="already registered"):
+        rt.register("a", scripted(Affine()), slo_ms=100, example_inputs=torch.zeros(1, 4))
+    with pytest.raises(gl.InvalidInput, match="batch dimension"):
+        rt.register("b", scripted(Affine()), slo_ms=100, example_inputs=torch.tensor(1.0))
+    with pytest.raises(gl.InvalidInput, match="slo_ms"):
+        rt.register("c", scripted(Affine()), slo_ms=0, example_inputs=torch.zeros(1, 4))
+    with rt:
+        with pytest.raises(gl.InvalidInput, match="before start"):
+            rt.register("d", scripted(Affine()), slo_ms=100, example_inputs=torch.zeros(1, 4))
+    with pytest.raises(gl.InvalidInput, match="policy"):
+        gl.Runtime(policy="no-such-policy")
+    with pytest.raises(gl.InvalidInput, match="unknown device"):
+        gl.Runtime(device="tpu").start()
