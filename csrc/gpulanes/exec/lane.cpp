@@ -1,6 +1,9 @@
 #include "gpulanes/exec/lane.h"
 
+#include <ATen/Parallel.h>
+
 #include <exception>
+#include <future>
 #include <stdexcept>
 
 #include "gpulanes/core/clock.h"
@@ -14,9 +17,28 @@ Lane::Lane(int index, std::string kind, std::unique_ptr<Executor> executor, cons
 
 Lane::~Lane() { stop(); }
 
-void Lane::start(LaneListener* listener) {
+void Lane::start(LaneListener* listener, const std::function<void()>& init) {
   listener_ = listener;
-  thread_ = std::thread([this] { worker(); });
+  std::promise<void> ready;
+  std::future<void> ready_f = ready.get_future();
+  thread_ = std::thread([this, &init, &ready] {
+    // As torch does for its own threads: set this thread's OpenMP/MKL thread counts.
+    at::init_num_threads();
+    try {
+      init();
+      ready.set_value();
+    } catch (...) {
+      ready.set_exception(std::current_exception());
+      return;
+    }
+    worker();
+  });
+  try {
+    ready_f.get();
+  } catch (...) {
+    thread_.join();
+    throw;
+  }
 }
 
 void Lane::dispatch(Batch&& batch) {

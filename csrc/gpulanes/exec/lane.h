@@ -6,6 +6,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -56,8 +57,11 @@ class Lane {
   std::string device() const { return executor_->device(); }
   Executor& executor() { return *executor_; }
 
-  // Spawns the worker. `listener` must outlive stop().
-  void start(LaneListener* listener);
+  // Spawns the worker, which first runs `init` (loading and warming up models, so that thread-
+  // local state such as the CPU thread pool's team belongs to the serving thread) and then
+  // serves. Blocks until `init` has run; rethrows what it threw (the worker is joined then).
+  // `listener` must outlive stop().
+  void start(LaneListener* listener, const std::function<void()>& init);
   // Hands the lane its next batch. Only the event loop calls this, and only while the lane is
   // idle (it has reported its previous batch).
   void dispatch(Batch&& batch);

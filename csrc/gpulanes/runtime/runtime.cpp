@@ -100,17 +100,23 @@ void Runtime::start() {
   if (shut_down_) throw Error(ErrorCode::kRuntimeClosed, "runtime was shut down");
   if (started_) throw Error(ErrorCode::kInvalidInput, "runtime already started");
   create_lanes();
-  try {
-    for (auto& lane : lanes_) warm_up(*lane);
-  } catch (...) {
-    lanes_.clear();
-    throw;
-  }
   std::vector<Lane*> lane_ptrs;
   for (auto& lane : lanes_) lane_ptrs.push_back(lane.get());
+  // The loop exists before any lane serves (a lane reports to it), but runs only after all
+  // lanes are warm.
   loop_ = std::make_unique<EventLoop>(*clock_, SchedulingState{models_, queues_}, lane_ptrs,
                                       *policy_, static_cast<LoopSink&>(*this));
-  for (auto& lane : lanes_) lane->start(static_cast<LaneListener*>(this));
+  try {
+    for (auto& lane : lanes_) {
+      Lane* l = lane.get();
+      lane->start(static_cast<LaneListener*>(this), [this, l] { warm_up(*l); });
+    }
+  } catch (...) {
+    for (auto& lane : lanes_) lane->stop();
+    lanes_.clear();
+    loop_.reset();
+    throw;
+  }
   loop_->start();
   started_at_.store(clock_->now(), std::memory_order_release);
   started_ = true;

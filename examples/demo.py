@@ -1,0 +1,167 @@
+"""gpulanes demo: three models with SLOs under Poisson load on the default device.
+
+Builds ResNet-18, MobileNetV3-Small (torchvision, random weights) and a small Transformer
+encoder, turns them into TorchScript, registers them with SLOs derived from their measured
+batch-1 latency, drives open-loop Poisson arrivals for about 20 s at a rate the machine can
+hold, and prints per-model results from ``Runtime.stats()``.
+
+    python examples/demo.py [--seconds 20] [--device auto|cpu|cuda] [--load 0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import threading
+import time
+import warnings
+
+import torch
+import torchvision
+from torch import nn
+from tqdm import tqdm
+
+import gpulanes as gl
+
+warnings.filterwarnings("ignore", category=FutureWarning)   # torch.jit deprecation notice
+warnings.filterwarnings("ignore", category=UserWarning)     # nested-tensor fast-path notice
+
+
+class TextClassifier(nn.Module):
+    """A small Transformer encoder over token ids: embedding, 2 layers, mean-pool, linear."""
+
+    def __init__(self, vocab: int = 1000, dim: int = 128, classes: int = 10) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        layer = nn.TransformerEncoderLayer(dim, nhead=4, dim_feedforward=256, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.emb(ids)).mean(dim=1))
+
+
+def build_models(image: int):
+    """name -> (TorchScript module, example batch of one)."""
+    torch.manual_seed(0)
+    specs = {
+        "resnet18": (torchvision.models.resnet18(weights=None), torch.randn(1, 3, image, image)),
+        "mobilenet_v3": (torchvision.models.mobilenet_v3_small(weights=None),
+                         torch.randn(1, 3, image, image)),
+        "transformer": (TextClassifier(), torch.randint(0, 1000, (1, 32))),
+    }
+    out = {}
+    for name, (model, example) in specs.items():
+        with torch.no_grad():
+            out[name] = (torch.jit.trace(model.eval(), example, check_trace=False), example)
+    return out
+
+
+def batch1_latency_ms(module, example, device: str, reps: int = 15) -> float:
+    """Median forward time of one sample on `device`, measured directly (no gpulanes)."""
+    mod = module.to(device) if device != "cpu" else module
+    x = example.to(device)
+    times = []
+    with torch.inference_mode():
+        for i in range(reps + 3):
+            t0 = time.perf_counter()
+            mod(x)
+            if device != "cpu":
+                torch.cuda.synchronize()
+            if i >= 3:
+                times.append((time.perf_counter() - t0) * 1e3)
+    if device != "cpu":
+        module.to("cpu")
+    return statistics.median(times)
+
+
+def poisson_schedule(rates: dict, seconds: float, seed: int = 0):
+    """Sorted (time offset s, model) arrivals: independent Poisson processes per model."""
+    rng = random.Random(seed)
+    arrivals = []
+    for name, rate in rates.items():
+        t = rng.expovariate(rate)
+        while t < seconds:
+            arrivals.append((t, name))
+            t += rng.expovariate(rate)
+    arrivals.sort()
+    return arrivals
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--load", type=float, default=0.5,
+                    help="offered load as a fraction of what one lane serves at batch size 1")
+    args = ap.parse_args()
+
+    device = ("cuda" if torch.cuda.is_available() and gl._C.cuda_lane_support() else "cpu") \
+        if args.device == "auto" else args.device
+    image = 224 if device == "cuda" else 128
+    print(f"gpulanes {gl.__version__} | torch {torch.__version__} | device {device}"
+          + (f" ({torch.cuda.get_device_name(0)})" if device == "cuda" else
+             f" ({torch.get_num_threads()} intra-op threads)"))
+
+    models = build_models(image)
+    lat1 = {n: batch1_latency_ms(m, ex, device) for n, (m, ex) in models.items()}
+    # One lane serves all three models in time, so a request may wait behind a batch of the
+    # slowest model: SLO = max(10x own batch-1 latency, 4x the slowest one's), at least 20 ms.
+    # Every model gets the same rate, chosen so that batch-1 work would fill `load` of the lane.
+    slowest = max(lat1.values())
+    slo = {n: max(20.0, round(max(10 * l, 4 * slowest), -1)) for n, l in lat1.items()}
+    rate = args.load / (sum(lat1.values()) / 1e3)
+    rates = {n: rate for n in models}
+
+    rt = gl.Runtime(device=device)
+    for name, (module, example) in models.items():
+        rt.register(name, module, slo_ms=slo[name], example_inputs=example, max_batch_size=8)
+    print("warming up ...", flush=True)
+    rt.start()
+
+    arrivals = poisson_schedule(rates, args.seconds)
+    samples = {n: ex[0] for n, (_, ex) in models.items()}
+    futures = []
+    late_ms = []
+    t0 = time.monotonic()
+    with tqdm(total=len(arrivals), desc="serving", unit="req", ncols=90, mininterval=1.0) as bar:
+        for i, (offset, name) in enumerate(arrivals):
+            delay = t0 + offset - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                late_ms.append(-delay * 1e3)
+            try:
+                futures.append(rt.submit(name, samples[name]))
+            except gl.GpuLanesError:
+                pass  # counted as rejected in stats()
+            if time.monotonic() - bar.last_print_t >= 1.0:
+                bar.set_postfix(met=sum(s["met"] for s in rt.stats().values()), refresh=False)
+                bar.update(i + 1 - bar.n)
+        bar.update(len(arrivals) - bar.n)
+    for f in futures:
+        try:
+            f.result(timeout=60)
+        except gl.GpuLanesError:
+            pass  # dropped or failed: counted in stats()
+    wall = time.monotonic() - t0
+    stats = rt.stats()
+    rt.shutdown()
+
+    header = (f"{'model':<14}{'SLO ms':>8}{'rate/s':>8}{'requests':>10}{'met':>8}{'met %':>8}"
+              f"{'p50 ms':>9}{'p99 ms':>9}{'batch':>7}{'thru/s':>8}")
+    print("\n" + header + "\n" + "-" * len(header))
+    for name, s in stats.items():
+        pct = 100.0 * s["met"] / s["submitted"] if s["submitted"] else 0.0
+        print(f"{name:<14}{slo[name]:>8.0f}{rates[name]:>8.1f}{s['submitted']:>10}{s['met']:>8}"
+              f"{pct:>8.1f}{s['latency_ms']['p50']:>9.2f}{s['latency_ms']['p99']:>9.2f}"
+              f"{s['mean_batch_size']:>7.2f}{s['completed'] / wall:>8.1f}")
+    late = f"{statistics.median(late_ms):.2f} ms median when late" if late_ms else "never late"
+    print(f"\n{len(arrivals)} Poisson arrivals in {args.seconds:.0f} s on {device}; submitter was "
+          f"late for {len(late_ms)} of them ({late}). Batch-1 latency measured directly: "
+          + ", ".join(f"{n} {l:.1f} ms" for n, l in lat1.items()))
+
+
+if __name__ == "__main__":
+    main()
