@@ -4,6 +4,7 @@ import asyncio
 import threading
 import time
 
+import pytest
 import torch
 
 import gpulanes as gl
@@ -79,10 +80,12 @@ def test_asyncio_errors_are_raised_on_await(affine_rt):
     assert asyncio.run(main()) == "invalid"
 
 
-def test_other_python_threads_run_while_one_waits_on_result():
+@pytest.mark.parametrize("path", ["future", "infer"])
+def test_other_python_threads_run_while_one_waits_on_result(path):
     rt = busy_runtime(iters=600)
     try:
-        fut = rt.submit("busy", torch.zeros(4))
+        wait = (lambda: rt.submit("busy", torch.zeros(4)).result(timeout=60)) if path == "future" \
+            else (lambda: rt.infer("busy", torch.zeros(4), timeout=60))
         ticks = [0]
         stop = threading.Event()
 
@@ -93,7 +96,7 @@ def test_other_python_threads_run_while_one_waits_on_result():
         t = threading.Thread(target=spin)
         t.start()
         start = time.perf_counter()
-        fut.result(timeout=60)
+        assert torch.equal(wait(), torch.ones(4))
         waited = time.perf_counter() - start
         stop.set()
         t.join()
@@ -118,3 +121,15 @@ def test_stats_counts_add_up_under_concurrency(affine_rt):
     assert s["latency_ms"]["count"] == s["completed"] == 300
     assert sum(k * v for k, v in s["batch_sizes"].items()) == 300
     assert 0 < s["latency_ms"]["p50"] <= s["latency_ms"]["p99"] <= s["latency_ms"]["max"]
+
+
+def test_infer_timeout_leaves_request_in_flight():
+    rt = busy_runtime(iters=600)
+    try:
+        with pytest.raises(TimeoutError):
+            rt.infer("busy", torch.zeros(4), timeout=0.001)
+        assert torch.equal(rt.infer("busy", torch.zeros(4)), torch.ones(4))
+        s = rt.stats()["busy"]
+        assert s["met"] == 2  # the timed-out request still ran and was counted
+    finally:
+        rt.shutdown()

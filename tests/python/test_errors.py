@@ -85,12 +85,14 @@ def test_deadline_passing_in_queue_fails_future_without_running():
         first = rt.submit("busy", torch.zeros(4))
         time.sleep(0.005)
         late = [rt.submit("busy", torch.zeros(4), deadline_ms=2) for _ in range(3)]
+        with pytest.raises(gl.DeadlineExceeded):
+            rt.infer("busy", torch.zeros(4), deadline_ms=2)
         first.result(timeout=60)
         for f in late:
             with pytest.raises(gl.DeadlineExceeded):
                 f.result(timeout=60)
         s = rt.stats()["busy"]
-        assert s["dropped"] == 3 and s["batches"] == 1 and s["met"] == 1
+        assert s["dropped"] == 4 and s["batches"] == 1 and s["met"] == 1
     finally:
         rt.shutdown()
 
@@ -143,8 +145,10 @@ def test_forward_that_raises_fails_only_its_requests():
             assert torch.equal(f.result(timeout=60), torch.full((3,), i + 1.0))
         assert torch.equal(other.result(timeout=60), torch.full((3,), 3.0))
         assert rt.infer("picky", torch.zeros(3)).sum() == 3  # still serving afterwards
+        with pytest.raises(gl.ModelError, match="negative input"):  # the native infer() path
+            rt.infer("picky", torch.full((3,), -2.0))
         s = rt.stats()["picky"]
-        assert s["failed"] == 1 and s["met"] == 6
+        assert s["failed"] == 2 and s["met"] == 6
 
 
 def test_model_failing_warm_up_fails_start():

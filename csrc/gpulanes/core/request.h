@@ -40,6 +40,7 @@ struct Request {
   TimeNs arrival = 0;                 // when submit accepted it
   TimeNs deadline = kNever;           // absolute; a result after this is a miss
   int priority = 0;                   // 0 = latency-critical, 1 = best effort
+  bool native_completion = false;     // on_done needs no delivery hook (e.g. a C++ waiter)
   TimeNs started = 0;                 // when its batch was handed to a lane (0 = not yet)
 
   // Runs the completion callback the first and only time; later calls return false and do

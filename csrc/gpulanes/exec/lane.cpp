@@ -2,6 +2,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <chrono>
 #include <exception>
 #include <future>
 #include <stdexcept>
@@ -11,9 +12,25 @@
 #include "gpulanes/exec/batching.h"
 
 namespace gpulanes {
+namespace {
 
-Lane::Lane(int index, std::string kind, std::unique_ptr<Executor> executor, const Clock& clock)
-    : index_(index), kind_(std::move(kind)), executor_(std::move(executor)), clock_(clock) {}
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+}  // namespace
+
+Lane::Lane(int index, std::string kind, std::unique_ptr<Executor> executor, const Clock& clock,
+           DurationNs spin_ns)
+    : index_(index),
+      kind_(std::move(kind)),
+      executor_(std::move(executor)),
+      clock_(clock),
+      spin_ns_(spin_ns) {}
 
 Lane::~Lane() { stop(); }
 
@@ -46,6 +63,7 @@ void Lane::dispatch(Batch&& batch) {
     std::lock_guard<std::mutex> lock(mu_);
     if (next_) throw std::logic_error("Lane::dispatch while a batch is pending");
     next_ = std::make_unique<Batch>(std::move(batch));
+    has_next_.store(true, std::memory_order_release);
   }
   cv_.notify_one();
 }
@@ -62,11 +80,19 @@ void Lane::stop() {
 void Lane::worker() {
   while (true) {
     std::unique_ptr<Batch> batch;
+    if (spin_ns_ > 0 && !has_next_.load(std::memory_order_acquire)) {
+      // Steady clock, not clock_: spinning is about wall time even under a virtual clock.
+      const auto until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns_);
+      while (!has_next_.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < until) {
+        cpu_relax();
+      }
+    }
     {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [&] { return next_ != nullptr || stop_; });
       if (!next_) return;  // stopping and nothing left to run
       batch = std::move(next_);
+      has_next_.store(false, std::memory_order_relaxed);
     }
     run_batch(std::move(*batch));
   }

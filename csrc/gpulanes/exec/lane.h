@@ -4,6 +4,7 @@
 // runtime's control thread. Shutdown is: set flag, notify, join (a running batch finishes).
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -47,7 +48,10 @@ class LaneListener {
 
 class Lane {
  public:
-  Lane(int index, std::string kind, std::unique_ptr<Executor> executor, const Clock& clock);
+  // `spin_ns`: how long an idle worker polls for its next batch before it sleeps; a batch that
+  // arrives meanwhile starts without a thread wake-up (tens of microseconds on a VM).
+  Lane(int index, std::string kind, std::unique_ptr<Executor> executor, const Clock& clock,
+       DurationNs spin_ns = 0);
   ~Lane();
   Lane(const Lane&) = delete;
   Lane& operator=(const Lane&) = delete;
@@ -77,6 +81,8 @@ class Lane {
   std::unique_ptr<Executor> executor_;  // device-specific forward
   const Clock& clock_;                  // the runtime's clock
   LaneListener* listener_ = nullptr;    // receives finished batches; set by start()
+  const DurationNs spin_ns_;            // idle polling budget before sleeping
+  std::atomic<bool> has_next_{false};   // next_ is set; lets the idle worker poll without mu_
 
   std::mutex mu_;                // guards the fields below
   std::condition_variable cv_;   // signals next_ or stop_

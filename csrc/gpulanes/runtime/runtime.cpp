@@ -44,11 +44,12 @@ void Runtime::create_lanes() {
   auto add_cuda = [&](int d) {
     lanes_.push_back(std::make_unique<Lane>(static_cast<int>(lanes_.size()), "cuda-stream",
                                             make_cuda_stream_executor(d, options_.outputs_on_device),
-                                            *clock_));
+                                            *clock_, from_us(options_.spin_us)));
   };
   if (dev == "cpu" || (dev == "auto" && gpus == 0)) {
     for (int i = 0; i < options_.cpu_lanes; ++i) {
-      lanes_.push_back(std::make_unique<Lane>(i, "cpu", make_cpu_executor(), *clock_));
+      lanes_.push_back(std::make_unique<Lane>(i, "cpu", make_cpu_executor(), *clock_,
+                                            from_us(options_.spin_us)));
     }
   } else if (dev == "cuda" || dev == "auto") {
     if (gpus == 0) throw Error(ErrorCode::kInvalidInput, "device='cuda' but no usable CUDA GPU");
@@ -124,7 +125,8 @@ void Runtime::start() {
 }
 
 void Runtime::submit(const std::string& model, std::vector<at::Tensor> inputs,
-                     std::optional<TimeNs> deadline, int priority, CompletionFn done) {
+                     std::optional<TimeNs> deadline, int priority, CompletionFn done,
+                     bool native) {
   // Shared with other submitters; exclusive only while registering or closing, so nothing is
   // pushed after the loop's final drain and no lookup races a registration.
   std::shared_lock<std::shared_mutex> lock(submit_mu_);
@@ -162,6 +164,7 @@ void Runtime::submit(const std::string& model, std::vector<at::Tensor> inputs,
   req->deadline = due;
   req->priority = priority;
   req->on_done = std::move(done);
+  req->native_completion = native;
   if (!queues_[m]->try_push(req)) {
     req->on_done = nullptr;  // the caller keeps ownership of what `done` captured
     reject(ErrorCode::kQueueFull, "queue of model '" + model + "' is full (max_queue=" +
@@ -181,12 +184,21 @@ void Runtime::refuse(const std::string& model, ErrorCode code, const std::string
   throw Error(code, why);
 }
 
-void Runtime::deliver(const std::function<void()>& fn) const {
-  if (delivery_hook_) {
-    delivery_hook_(fn);
-  } else {
-    fn();
+void Runtime::deliver(std::vector<RequestPtr>& requests, std::vector<Outcome>& outcomes) const {
+  bool hooked = false;
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    if (requests[i]->native_completion || !delivery_hook_) {
+      requests[i]->complete(std::move(outcomes[i]));
+    } else {
+      hooked = true;
+    }
   }
+  if (!hooked) return;
+  delivery_hook_([&] {
+    for (std::size_t i = 0; i < requests.size(); ++i) {
+      if (!requests[i]->completed()) requests[i]->complete(std::move(outcomes[i]));
+    }
+  });
 }
 
 void Runtime::on_batch_finished(Batch&& batch, std::vector<Outcome>&& outcomes,
@@ -202,11 +214,7 @@ void Runtime::on_batch_finished(Batch&& batch, std::vector<Outcome>&& outcomes,
     }
   }
   metrics.on_batch(static_cast<int>(batch.requests.size()), report.exec_ns);
-  deliver([&] {
-    for (std::size_t i = 0; i < batch.requests.size(); ++i) {
-      batch.requests[i]->complete(std::move(outcomes[i]));
-    }
-  });
+  deliver(batch.requests, outcomes);
   loop_->lane_idle(report.lane);
 }
 
@@ -214,9 +222,10 @@ void Runtime::fail(std::vector<RequestPtr>&& requests, ErrorCode code, const std
   for (const auto& r : requests) {
     metrics_[r->model]->on_failure(code == ErrorCode::kDeadlineExceeded);
   }
-  deliver([&] {
-    for (auto& r : requests) r->complete(Outcome::failure(code, why));
-  });
+  std::vector<Outcome> outcomes;
+  outcomes.reserve(requests.size());
+  for (std::size_t i = 0; i < requests.size(); ++i) outcomes.push_back(Outcome::failure(code, why));
+  deliver(requests, outcomes);
 }
 
 void Runtime::shutdown(bool drain) {

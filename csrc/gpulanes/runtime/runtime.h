@@ -31,6 +31,7 @@ struct RuntimeOptions {
   int cpu_lanes = 1;              // lanes when running on the CPU
   bool outputs_on_device = false; // CUDA lanes: leave outputs on the GPU
   int warmup_rounds = 2;          // forward passes per (lane, model, batch size) at start()
+  double spin_us = 50;            // idle lane polls this long for work before sleeping
 };
 
 struct LaneInfo {
@@ -61,8 +62,11 @@ class Runtime final : private LaneListener, private LoopSink {
   // Validates and queues one request. `deadline` is absolute (CLOCK_MONOTONIC ns); none means
   // now + the model's SLO. Throws Error: kUnknownModel, kInvalidInput, kDeadlineExceeded (already
   // past), kQueueFull, kRuntimeClosed (not started or shut down).
+  // `native`: `done` is safe to call outside the delivery hook (it touches no host runtime,
+  // e.g. it wakes a C++ waiter), so a batch of such requests is delivered without the hook.
   void submit(const std::string& model, std::vector<at::Tensor> inputs,
-              std::optional<TimeNs> deadline, int priority, CompletionFn done);
+              std::optional<TimeNs> deadline, int priority, CompletionFn done,
+              bool native = false);
 
   // Counts a submission the caller refused before it could reach submit() (e.g. an input that
   // is not a tensor) as submitted + rejected, then throws Error(code, why).
@@ -83,7 +87,8 @@ class Runtime final : private LaneListener, private LoopSink {
   void fail(std::vector<RequestPtr>&& requests, ErrorCode code, const std::string& why) override;
   void create_lanes();
   void warm_up(Lane& lane);
-  void deliver(const std::function<void()>& fn) const;
+  // Completes `requests[i]` with `outcomes[i]`: native ones directly, the rest in one hook call.
+  void deliver(std::vector<RequestPtr>& requests, std::vector<Outcome>& outcomes) const;
 
   const RuntimeOptions options_;
   std::shared_ptr<Clock> clock_;                     // SteadyClock unless a test injects one
