@@ -164,6 +164,21 @@ WaitResult wait_for_slot(SyncSlot& slot, DurationNs spin_ns, std::optional<doubl
   return WaitResult::kReady;
 }
 
+// Set (after the future was resolved) so that a thread about to block in Future.result() can
+// poll for it without the GIL instead of paying a thread wake-up.
+struct ResolvedFlag {
+  std::atomic<bool> done{false};
+
+  // Polls up to `spin_us`; true when the future is resolved. Called without the GIL.
+  bool poll(double spin_us) const {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(from_us(spin_us));
+    do {
+      if (done.load(std::memory_order_acquire)) return true;
+    } while (std::chrono::steady_clock::now() < until);
+    return false;
+  }
+};
+
 // Owns the core runtime; makes sure it is destroyed (threads joined) without the GIL.
 class PyRuntime {
  public:
@@ -222,7 +237,8 @@ class PyRuntime {
   }
 
   void submit(const std::string& model, const py::sequence& inputs,
-              std::optional<std::int64_t> deadline_ns, int priority, const py::object& sink) {
+              std::optional<std::int64_t> deadline_ns, int priority, const py::object& sink,
+              std::shared_ptr<ResolvedFlag> resolved) {
     std::vector<at::Tensor> tensors;
     try {
       tensors = tensors_from(inputs, "input");
@@ -234,7 +250,10 @@ class PyRuntime {
     try {
       py::gil_scoped_release nogil;
       core_->submit(model, std::move(tensors), deadline_ns, priority,
-                    [ref](Outcome&& o) { resolve(ref, std::move(o)); });
+                    [ref, resolved = std::move(resolved)](Outcome&& o) {
+                      resolve(ref, std::move(o));
+                      if (resolved) resolved->done.store(true, std::memory_order_release);
+                    });
     } catch (...) {
       Py_DECREF(ref);  // the completion will never run; the GIL is held again here
       throw;
@@ -328,7 +347,8 @@ void init_runtime(py::module_& m) {
            py::arg("max_batch_size"), py::arg("max_queue"))
       .def("start", &PyRuntime::start)
       .def("submit", &PyRuntime::submit, py::arg("model"), py::arg("inputs"),
-           py::arg("deadline_ns"), py::arg("priority"), py::arg("sink"))
+           py::arg("deadline_ns"), py::arg("priority"), py::arg("sink"),
+           py::arg("resolved") = nullptr)
       .def("infer", &PyRuntime::infer, py::arg("model"), py::arg("inputs"),
            py::arg("deadline_ns"), py::arg("priority"), py::arg("timeout"))
       .def("shutdown", &PyRuntime::shutdown, py::arg("drain"))
@@ -336,6 +356,12 @@ void init_runtime(py::module_& m) {
       .def("lanes", &PyRuntime::lanes)
       .def("now_ns", &PyRuntime::now_ns)
       .def_property_readonly("running", &PyRuntime::running);
+  py::class_<ResolvedFlag, std::shared_ptr<ResolvedFlag>>(m, "ResolvedFlag")
+      .def(py::init<>())
+      .def("poll", [](const ResolvedFlag& f, double spin_us) {
+        py::gil_scoped_release nogil;
+        return f.poll(spin_us);
+      }, py::arg("spin_us"), "Polls (GIL released) up to spin_us for the future to be resolved.");
   m.def("cuda_lane_support", [] { return cuda_device_count() > 0; },
         "Whether this build has CUDA lanes and a usable GPU.");
 }

@@ -71,6 +71,31 @@ def _set_exception(fut: asyncio.Future, exc: BaseException) -> None:
         fut.set_exception(exc)
 
 
+class _Future(Future):
+    """A concurrent.futures.Future whose first wait polls briefly, GIL released, before sleeping.
+
+    The lane thread resolves the future and then sets a native flag; a caller that is already
+    waiting sees the flag within the polling window and skips a thread wake-up.
+    """
+
+    def __init__(self, spin_us: float) -> None:
+        super().__init__()
+        self._spin_us = spin_us
+        self._resolved = _C.ResolvedFlag() if spin_us > 0 else None
+
+    def _poll(self) -> None:
+        if self._resolved is not None and not self.done():
+            self._resolved.poll(self._spin_us)
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        self._poll()
+        return super().result(timeout)
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+        self._poll()
+        return super().exception(timeout)
+
+
 class Runtime:
     """Serves registered TorchScript models with a deadline for every request.
 
@@ -122,6 +147,7 @@ class Runtime:
             raise InvalidInput(f"spin_us must be >= 0, got {spin_us}")
         self._core = _C.Runtime(device, policy, int(cpu_lanes), output_device == "cuda",
                                 int(warmup_rounds), float(spin_us))
+        self._spin_us = float(spin_us)
         self._slo_ms: Dict[str, float] = {}
         _live.add(self)
 
@@ -203,9 +229,10 @@ class Runtime:
         The future fails later with :class:`DeadlineExceeded`, :class:`ModelError` or
         :class:`RuntimeClosed`. It cannot be cancelled once submitted.
         """
-        fut: Future = Future()
+        fut = _Future(self._spin_us)
         fut.set_running_or_notify_cancel()
-        self._core.submit(model, inputs, self._deadline_ns(deadline_ms, deadline), priority, fut)
+        self._core.submit(model, inputs, self._deadline_ns(deadline_ms, deadline), priority, fut,
+                          fut._resolved)
         return fut
 
     def infer(self, model: str, *inputs: torch.Tensor, deadline_ms: Optional[float] = None,

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Run ON a lent GPU machine, in one call of the device tool:
+#   (here, once)  bash scripts/gpu_prepare.sh
+#   (device)      run(command="bash scripts/gpu_check.sh", carry=[".deps"])
+# Builds gpulanes against that machine's torch (no network: --no-index), then runs the C++ tests,
+# the whole pytest suite with the GPU tests, the overhead benchmark and the demo on CUDA. Logs and
+# JSON results land in $OUT; commit the JSON files to benchmarks/results/.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT="${OUT:-/tmp/gpulanes-gpu-out}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)"
+LOG="$OUT/gpu_check.log"
+status=0
+step() { echo "== $* ==" | tee -a "$LOG"; }
+
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
+} 2>&1 | tee -a "$LOG"
+
+step build
+"$PY" -m pip install -q --no-build-isolation --no-deps --no-index -e . \
+  -Cbuild-dir=build/gpu -Ccmake.build-type=Release \
+  -Ccmake.define.GPULANES_BUILD_TESTS=ON \
+  -Ccmake.define.GPULANES_GTEST_SRC="$PWD/.deps/googletest" \
+  -Ccmake.define.Eigen3_DIR="$PWD/.deps/eigen/share/eigen3/cmake" 2>&1 | tail -30 | tee -a "$LOG" \
+  || { echo "build failed" | tee -a "$LOG"; exit 1; }
+
+step "C++ tests"
+build/gpu/gpulanes_cpp_tests --gtest_brief=1 2>&1 | tail -15 | tee -a "$LOG" || status=1
+
+step "pytest (GPU tests included)"
+"$PY" -m pytest -q -p no:cacheprovider -rs 2>&1 | tail -25 | tee -a "$LOG" || status=1
+"$PY" -m pytest -q -p no:cacheprovider -m gpu 2>&1 | tail -5 | tee -a "$LOG" || status=1
+
+step "overhead benchmark (cuda)"
+"$PY" benchmarks/overhead.py --device cuda --out "$OUT" 2>&1 | tee -a "$LOG" || status=1
+
+step "demo (cuda)"
+"$PY" examples/demo.py --device cuda --seconds 20 2>&1 | tail -10 | tee -a "$LOG" || status=1
+
+echo "gpu_check status: $status" | tee -a "$LOG"
+exit "$status"
