@@ -1,7 +1,9 @@
 """Runtime overhead per request on a trivial model, and submit throughput.
 
 Added latency = submit-to-result latency minus the forward time the lane measured (its median),
-for requests sent one at a time so that nothing queues. Throughput = back-to-back submits from
+for requests sent one at a time so that nothing queues. The three request paths are measured in
+interleaved rounds (so that machine noise hits each alike); percentiles pool all rounds, and the
+range of per-round medians shows the spread. Throughput = back-to-back submits from
 1 and 4 Python threads (open loop), then waiting for all results.
 
     python benchmarks/overhead.py [--device auto|cpu|cuda] [--requests 5000]
@@ -39,11 +41,14 @@ def pct(values, q):
     return s[min(len(s) - 1, max(0, int(round(q * len(s))) - 1))]
 
 
-def summarize_us(samples_ns, forward_us):
-    e2e = [v / 1e3 for v in samples_ns]
+def summarize_us(rounds_ns, forward_us):
+    e2e = [v / 1e3 for r in rounds_ns for v in r]
     p50, p99 = statistics.median(e2e), pct(e2e, 0.99)
+    round_medians = [statistics.median(r) / 1e3 - forward_us for r in rounds_ns]
     return {"e2e_p50_us": round(p50, 2), "e2e_p99_us": round(p99, 2),
-            "added_p50_us": round(p50 - forward_us, 2), "added_p99_us": round(p99 - forward_us, 2)}
+            "added_p50_us": round(p50 - forward_us, 2), "added_p99_us": round(p99 - forward_us, 2),
+            "added_p50_us_per_round": [round(v, 2) for v in round_medians],
+            "requests": len(e2e)}
 
 
 def sequential(rt, x, n, mode):
@@ -98,21 +103,26 @@ def throughput(rt, x, threads, per_thread):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--requests", type=int, default=5000)
+    ap.add_argument("--requests", type=int, default=2000, help="per path and round")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--spin-us", type=float, default=50.0, help="Runtime(spin_us=...)")
     ap.add_argument("--throughput-requests", type=int, default=40000)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     device = ("cuda" if torch.cuda.is_available() and gl._C.cuda_lane_support() else "cpu") \
         if args.device == "auto" else args.device
 
-    rt = gl.Runtime(device=device)
+    rt = gl.Runtime(device=device, spin_us=args.spin_us)
     rt.register("trivial", torch.jit.script(Trivial()), slo_ms=10_000,
                 example_inputs=torch.zeros(1, 16), max_batch_size=64, max_queue=1_000_000)
     x = torch.randn(16)
     results = {}
     with rt:
         sequential(rt, x, 500, "future")  # warm caches and code paths
-        seq = {mode: sequential(rt, x, args.requests, mode) for mode in ("future", "infer", "async")}
+        seq = {mode: [] for mode in ("future", "infer", "async")}
+        for _ in range(args.rounds):
+            for mode in seq:
+                seq[mode].append(sequential(rt, x, args.requests, mode))
         forward_us = rt.stats()["trivial"]["exec_ms"]["p50"] * 1e3
         results["forward_p50_us"] = round(forward_us, 2)
         for mode, samples in seq.items():
@@ -121,6 +131,7 @@ def main() -> None:
         results["throughput_1_thread"] = throughput(rt, x, 1, per)
         results["throughput_4_threads"] = throughput(rt, x, 4, per // 4)
         s = rt.stats()["trivial"]
+        results["spin_us"] = args.spin_us
         results["mean_batch_size"] = round(s["mean_batch_size"], 2)
         results["all_met"] = s["met"] == s["submitted"]
     env = environment(device)
@@ -129,11 +140,15 @@ def main() -> None:
 
     print(f"device {device} ({env.get('gpu', env['cpu'])}), torch {torch.__version__}")
     print(f"forward (lane-measured median): {results['forward_p50_us']:.1f} us")
-    print(f"{'path':<22}{'e2e p50':>10}{'e2e p99':>10}{'added p50':>11}{'added p99':>11}  (us)")
-    for mode, label in (("future", "submit().result()"), ("infer", "infer()"), ("async", "await infer_async()")):
+    print(f"| path | e2e p50 | e2e p99 | added p50 | added p99 | added p50 per round |\n"
+          f"|---|---:|---:|---:|---:|---|")
+    for mode, label in (("future", "`submit().result()`"), ("infer", "`infer()`"),
+                        ("async", "`await infer_async()`")):
         r = results[f"sequential_{mode}"]
-        print(f"{label:<22}{r['e2e_p50_us']:>10.1f}{r['e2e_p99_us']:>10.1f}"
-              f"{r['added_p50_us']:>11.1f}{r['added_p99_us']:>11.1f}")
+        spread = f"{min(r['added_p50_us_per_round']):.1f} - {max(r['added_p50_us_per_round']):.1f}"
+        print(f"| {label} | {r['e2e_p50_us']:.1f} | {r['e2e_p99_us']:.1f} | "
+              f"{r['added_p50_us']:.1f} | {r['added_p99_us']:.1f} | {spread} |")
+    print("(microseconds)")
     for key in ("throughput_1_thread", "throughput_4_threads"):
         r = results[key]
         print(f"{r['threads']} thread(s): {r['submits_per_s']:,} submits/s, "

@@ -179,6 +179,10 @@ struct ResolvedFlag {
   }
 };
 
+// Flags of futures resolved during the current delivery; set only after the GIL is released, so
+// a polling waiter that sees its flag can take the GIL at once instead of queueing for it.
+thread_local std::vector<std::shared_ptr<ResolvedFlag>> t_resolved_in_delivery;
+
 // Owns the core runtime; makes sure it is destroyed (threads joined) without the GIL.
 class PyRuntime {
  public:
@@ -195,8 +199,19 @@ class PyRuntime {
     core_ = std::make_unique<Runtime>(std::move(o));
     core_->set_delivery_hook([](const std::function<void()>& deliver) {
       if (!Py_IsInitialized()) return;  // interpreter gone: no future left to resolve
-      py::gil_scoped_acquire gil;
-      deliver();
+      {
+        py::gil_scoped_acquire gil;
+        // Keep this core thread's Python thread state for its later deliveries: creating and
+        // destroying one per batch costs more than the rest of the delivery.
+        thread_local bool keep_state = false;
+        if (!keep_state) {
+          gil.inc_ref();
+          keep_state = true;
+        }
+        deliver();
+      }
+      for (auto& flag : t_resolved_in_delivery) flag->done.store(true, std::memory_order_release);
+      t_resolved_in_delivery.clear();
     });
   }
 
@@ -251,8 +266,8 @@ class PyRuntime {
       py::gil_scoped_release nogil;
       core_->submit(model, std::move(tensors), deadline_ns, priority,
                     [ref, resolved = std::move(resolved)](Outcome&& o) {
-                      resolve(ref, std::move(o));
-                      if (resolved) resolved->done.store(true, std::memory_order_release);
+                      resolve(ref, std::move(o));  // runs inside the delivery hook
+                      if (resolved) t_resolved_in_delivery.push_back(resolved);
                     });
     } catch (...) {
       Py_DECREF(ref);  // the completion will never run; the GIL is held again here
