@@ -102,14 +102,9 @@ py::dict stats_dict(const ModelStats& s) {
   d["queue_ms"] = summary_ms(s.queue_ns);
   d["exec_ms"] = summary_ms(s.exec_ns);
   py::dict sizes;
-  std::uint64_t n = 0, total = 0;
-  for (const auto& [size, count] : s.batch_sizes) {
-    sizes[py::int_(size)] = count;
-    n += count;
-    total += static_cast<std::uint64_t>(size) * count;
-  }
+  for (const auto& [size, count] : s.batch_sizes) sizes[py::int_(size)] = count;
   d["batch_sizes"] = sizes;
-  d["mean_batch_size"] = n ? static_cast<double>(total) / n : 0.0;
+  d["mean_batch_size"] = s.mean_batch_size;
   return d;
 }
 

@@ -99,6 +99,7 @@ TEST(Runtime, ResultsMatchDirectForwardAndAreCounted) {
     in_batches += static_cast<std::uint64_t>(size) * count;
   }
   EXPECT_EQ(in_batches, static_cast<std::uint64_t>(kN));
+  EXPECT_DOUBLE_EQ(s.mean_batch_size, static_cast<double>(kN) / s.batches);
 }
 
 TEST(Runtime, RequestsPastTheirDeadlineAreDroppedWithoutRunning) {

@@ -36,18 +36,20 @@ Lane::~Lane() { stop(); }
 
 void Lane::start(LaneListener* listener, const std::function<void()>& init) {
   listener_ = listener;
-  std::promise<void> ready;
-  std::future<void> ready_f = ready.get_future();
-  thread_ = std::thread([this, &init, &ready] {
+  // The worker owns the promise and its copy of `init`: start() may return (and unwind) while
+  // set_value() is still finishing on the worker.
+  auto ready = std::make_shared<std::promise<void>>();
+  std::future<void> ready_f = ready->get_future();
+  thread_ = std::thread([this, init, ready] {
     // As torch does for its own threads: set this thread's OpenMP/MKL thread counts.
     at::init_num_threads();
     try {
       init();
-      ready.set_value();
     } catch (...) {
-      ready.set_exception(std::current_exception());
+      ready->set_exception(std::current_exception());
       return;
     }
+    ready->set_value();
     worker();
   });
   try {

@@ -44,6 +44,9 @@ ModelStats ModelMetrics::snapshot(TimeNs now, TimeNs started_at) const {
   s.queue_ns = queue_ns_;
   s.exec_ns = exec_ns_;
   s.batch_sizes = batch_sizes_;
+  std::uint64_t in_batches = 0;
+  for (const auto& [size, count] : batch_sizes_) in_batches += static_cast<std::uint64_t>(size) * count;
+  s.mean_batch_size = batches_ ? static_cast<double>(in_batches) / batches_ : 0.0;
   return s;
 }
 

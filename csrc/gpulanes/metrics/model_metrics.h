@@ -34,6 +34,7 @@ struct ModelStats {
   LogHistogram queue_ns;        // arrival -> batch start, requests that ran
   LogHistogram exec_ns;         // forward time per batch
   std::map<int, std::uint64_t> batch_sizes;  // batch size -> batches
+  double mean_batch_size = 0;                // requests per batch run
 };
 
 class ModelMetrics {
