@@ -93,6 +93,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--policy", default="deadline", choices=["deadline", "fifo", "max_delay", "aimd"])
+    ap.add_argument("--no-wait", action="store_true",
+                    help="deadline policy: never idle a lane to let a larger batch form")
     ap.add_argument("--load", type=float, default=0.5,
                     help="offered load as a fraction of what one lane serves at batch size 1")
     args = ap.parse_args()
@@ -114,7 +117,8 @@ def main() -> None:
     rate = args.load / (sum(lat1.values()) / 1e3)
     rates = {n: rate for n in models}
 
-    rt = gl.Runtime(device=device)
+    options = {"wait_for_batch": False} if args.no_wait and args.policy == "deadline" else {}
+    rt = gl.Runtime(device=device, policy=args.policy, policy_options=options)
     for name, (module, example) in models.items():
         rt.register(name, module, slo_ms=slo[name], example_inputs=example, max_batch_size=8)
     print("warming up ...", flush=True)
@@ -149,13 +153,14 @@ def main() -> None:
     stats = rt.stats()
     rt.shutdown()
 
-    header = (f"{'model':<14}{'SLO ms':>8}{'rate/s':>8}{'requests':>10}{'met':>8}{'met %':>8}"
-              f"{'p50 ms':>9}{'p99 ms':>9}{'batch':>7}{'thru/s':>8}")
+    header = (f"{'model':<14}{'SLO ms':>8}{'rate/s':>8}{'requests':>10}{'met':>7}{'met %':>7}"
+              f"{'late':>6}{'dropped':>8}{'p50 ms':>8}{'p99 ms':>8}{'batch':>7}{'thru/s':>8}")
     print("\n" + header + "\n" + "-" * len(header))
     for name, s in stats.items():
         pct = 100.0 * s["met"] / s["submitted"] if s["submitted"] else 0.0
-        print(f"{name:<14}{slo[name]:>8.0f}{rates[name]:>8.1f}{s['submitted']:>10}{s['met']:>8}"
-              f"{pct:>8.1f}{s['latency_ms']['p50']:>9.2f}{s['latency_ms']['p99']:>9.2f}"
+        print(f"{name:<14}{slo[name]:>8.0f}{rates[name]:>8.1f}{s['submitted']:>10}{s['met']:>7}"
+              f"{pct:>7.1f}{s['missed']:>6}{s['dropped'] + s['rejected']:>8}"
+              f"{s['latency_ms']['p50']:>8.2f}{s['latency_ms']['p99']:>8.2f}"
               f"{s['mean_batch_size']:>7.2f}{s['completed'] / wall:>8.1f}")
     late = f"{statistics.median(late_ms):.2f} ms median when late" if late_ms else "never late"
     print(f"\n{len(arrivals)} Poisson arrivals in {args.seconds:.0f} s on {device}; submitter was "

@@ -178,14 +178,32 @@ struct ResolvedFlag {
 // a polling waiter that sees its flag can take the GIL at once instead of queueing for it.
 thread_local std::vector<std::shared_ptr<ResolvedFlag>> t_resolved_in_delivery;
 
+// The policy knobs from Python's `policy_options` (already validated and renamed there).
+PolicyConfig policy_config_from(const py::dict& o) {
+  PolicyConfig c;
+  auto us = [](const py::handle& v) { return from_us(v.cast<double>()); };
+  if (o.contains("preferred_batch_size")) c.preferred_batch_sizes = o["preferred_batch_size"].cast<std::vector<int>>();
+  if (o.contains("max_queue_delay_microseconds")) c.max_queue_delay_ns = us(o["max_queue_delay_microseconds"]);
+  if (o.contains("default_timeout_microseconds")) c.queue_timeout_ns = us(o["default_timeout_microseconds"]);
+  if (o.contains("additive_increase")) c.aimd_increase = o["additive_increase"].cast<int>();
+  if (o.contains("multiplicative_decrease")) c.aimd_decrease = o["multiplicative_decrease"].cast<double>();
+  if (o.contains("min_margin_us")) c.min_margin_ns = us(o["min_margin_us"]);
+  if (o.contains("margin_quantile")) c.margin_quantile = o["margin_quantile"].cast<double>();
+  if (o.contains("margin_window")) c.margin_window = o["margin_window"].cast<int>();
+  if (o.contains("wait_for_batch")) c.wait_for_batch = o["wait_for_batch"].cast<bool>();
+  return c;
+}
+
 // Owns the core runtime; makes sure it is destroyed (threads joined) without the GIL.
 class PyRuntime {
  public:
-  PyRuntime(std::string device, std::string policy, int cpu_lanes, bool outputs_on_device,
-            int warmup_rounds, double spin_us)
+  PyRuntime(std::string device, std::string policy, const py::dict& policy_options, int cpu_lanes,
+            bool outputs_on_device, int warmup_rounds, double spin_us, int profile_reps)
       : spin_ns_(from_us(spin_us)) {
     RuntimeOptions o;
     o.spin_us = spin_us;
+    o.profile_reps = profile_reps;
+    o.policy_config = policy_config_from(policy_options);
     o.device = std::move(device);
     o.policy = std::move(policy);
     o.cpu_lanes = cpu_lanes;
@@ -241,9 +259,50 @@ class PyRuntime {
     return core_->register_model(std::move(spec), std::move(module), std::move(samples));
   }
 
-  void start() {
+  // `progress(done, total, what)` is called from the lane threads while start() runs.
+  void start(const py::object& progress) {
+    ProgressFn fn;
+    if (!progress.is_none()) {
+      fn = [&progress](int done, int total, const std::string& what) {
+        py::gil_scoped_acquire gil;
+        try {
+          progress(done, total, what);
+        } catch (py::error_already_set& e) {
+          e.discard_as_unraisable("gpulanes: start() progress callback");
+        }
+      };
+    }
     py::gil_scoped_release nogil;
-    core_->start();
+    core_->start(fn);
+  }
+
+  py::list profile(const std::string& model) const {
+    py::list out;
+    for (const LatencyPoint& p : core_->profile(model)) {
+      py::dict d;
+      d["batch_size"] = p.batch_size;
+      d["mean_us"] = p.mean_us;
+      d["p50_us"] = p.p50_us;
+      d["p99_us"] = p.p99_us;
+      d["samples"] = p.samples;
+      out.append(d);
+    }
+    return out;
+  }
+
+  void set_profile(const std::string& model, const py::list& points) {
+    std::vector<LatencyPoint> pts;
+    for (py::handle h : points) {
+      py::dict d = py::reinterpret_borrow<py::dict>(h);
+      LatencyPoint p;
+      p.batch_size = d["batch_size"].cast<int>();
+      p.p50_us = d["p50_us"].cast<double>();
+      p.mean_us = d.contains("mean_us") ? d["mean_us"].cast<double>() : p.p50_us;
+      p.p99_us = d.contains("p99_us") ? d["p99_us"].cast<double>() : p.p50_us;
+      p.samples = d.contains("samples") ? d["samples"].cast<int>() : 0;
+      pts.push_back(p);
+    }
+    core_->set_profile(model, pts);
   }
 
   void submit(const std::string& model, const py::sequence& inputs,
@@ -349,13 +408,16 @@ class PyRuntime {
 
 void init_runtime(py::module_& m) {
   py::class_<PyRuntime>(m, "Runtime")
-      .def(py::init<std::string, std::string, int, bool, int, double>(), py::arg("device"),
-           py::arg("policy"), py::arg("cpu_lanes"), py::arg("outputs_on_device"),
-           py::arg("warmup_rounds"), py::arg("spin_us"))
+      .def(py::init<std::string, std::string, py::dict, int, bool, int, double, int>(),
+           py::arg("device"), py::arg("policy"), py::arg("policy_options"), py::arg("cpu_lanes"),
+           py::arg("outputs_on_device"), py::arg("warmup_rounds"), py::arg("spin_us"),
+           py::arg("profile_reps"))
       .def("register_model", &PyRuntime::register_model, py::arg("name"), py::arg("kind"),
            py::arg("source"), py::arg("example_inputs"), py::arg("slo_ns"),
            py::arg("max_batch_size"), py::arg("max_queue"))
-      .def("start", &PyRuntime::start)
+      .def("start", &PyRuntime::start, py::arg("progress") = py::none())
+      .def("profile", &PyRuntime::profile, py::arg("model"))
+      .def("set_profile", &PyRuntime::set_profile, py::arg("model"), py::arg("points"))
       .def("submit", &PyRuntime::submit, py::arg("model"), py::arg("inputs"),
            py::arg("deadline_ns"), py::arg("priority"), py::arg("sink"),
            py::arg("resolved") = nullptr)

@@ -24,7 +24,15 @@ __all__ = ["Runtime"]
 
 ModelSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, torch.jit.ScriptModule]
 
-_POLICIES = ("deadline",)
+# Each policy's options (Triton's configuration names for max_delay) and their defaults.
+_POLICY_OPTIONS = {
+    "deadline": {"min_margin_us": 200.0, "margin_quantile": 0.99, "margin_window": 256,
+                 "wait_for_batch": False},
+    "fifo": {},
+    "max_delay": {"preferred_batch_size": [], "max_queue_delay_microseconds": 0,
+                  "default_timeout_microseconds": 0},
+    "aimd": {"additive_increase": 1, "multiplicative_decrease": 0.9},
+}
 _PARTITIONING = ("auto", "none", "cpu")
 _PREDICTORS = ("none", "static", "ewma", "sgd", "rls")
 
@@ -104,13 +112,30 @@ class Runtime:
             GPU) or ``"cuda:N"``.
         partitioning: how GPUs are split into lanes. Only whole-device lanes exist so far
             (``"auto"``, ``"none"``; ``"cpu"`` on CPU).
-        policy: batch scheduling policy; ``"deadline"``: earliest deadline first, batches up to
-            ``max_batch_size`` whenever a lane is free, requests whose deadline has passed are
-            failed with :class:`DeadlineExceeded` without running.
+        policy: how batches are formed, all in the C++ core:
+
+            - ``"deadline"`` (ours): earliest deadline first; the largest batch whose predicted
+              completion (profiled latency + an adaptive safety margin) meets the earliest
+              deadline in it; waits for a larger batch only while arrivals continue and the
+              deadline allows (``wait_for_batch``; off by default: work-conserving measured
+              better on a shared lane); drops requests expected to miss, without running them;
+              refuses at submit a deadline that even an idle lane cannot meet.
+            - ``"fifo"``: arrival order, no batching.
+            - ``"max_delay"``: Triton's dynamic batcher. Options use Triton's names:
+              ``preferred_batch_size`` (list), ``max_queue_delay_microseconds``,
+              ``default_timeout_microseconds`` (queue timeout, rejects; 0 = none).
+            - ``"aimd"``: Clipper's additive-increase/multiplicative-decrease batch cap against
+              the SLO (``additive_increase``, ``multiplicative_decrease``).
+
+            Only ``deadline`` knows deadlines: the baselines run late requests (counted missed).
+        policy_options: the chosen policy's options (see above); ``deadline`` takes
+            ``min_margin_us``, ``margin_quantile``, ``margin_window`` and ``wait_for_batch``
+            (True: may idle a lane to let a larger batch form).
         predictor: latency predictor name, recorded for later use by the deadline policy.
         cpu_lanes: number of CPU lanes (worker threads) when running on the CPU.
         output_device: ``"cpu"`` (default) or ``"cuda"`` to leave outputs on the GPU.
         warmup_rounds: forward passes per (lane, model, batch size) during :meth:`start`.
+        profile_reps: timed forward passes per batch size when :meth:`start` profiles a model.
         spin_us: how long an idle lane, and a caller blocked in :meth:`infer`, poll before
             sleeping. Polling saves a thread wake-up (tens of microseconds) when work follows
             soon; 0 turns it off (lowest CPU use).
@@ -126,13 +151,20 @@ class Runtime:
         policy: str = "deadline",
         predictor: str = "rls",
         *,
+        policy_options: Optional[Dict[str, Any]] = None,
         cpu_lanes: int = 1,
         output_device: str = "cpu",
         warmup_rounds: int = 2,
         spin_us: float = 50.0,
+        profile_reps: int = 10,
     ) -> None:
-        if policy not in _POLICIES:
-            raise InvalidInput(f"policy must be one of {_POLICIES}, got {policy!r}")
+        if policy not in _POLICY_OPTIONS:
+            raise InvalidInput(f"policy must be one of {tuple(_POLICY_OPTIONS)}, got {policy!r}")
+        unknown = set(policy_options or {}) - set(_POLICY_OPTIONS[policy])
+        if unknown:
+            raise InvalidInput(f"policy {policy!r} has no option(s) {sorted(unknown)}; "
+                               f"it takes {sorted(_POLICY_OPTIONS[policy])}")
+        self.policy_options = {**_POLICY_OPTIONS[policy], **(policy_options or {})}
         if partitioning not in _PARTITIONING:
             raise InvalidInput(f"partitioning must be one of {_PARTITIONING}, got {partitioning!r}")
         if predictor not in _PREDICTORS:
@@ -145,8 +177,9 @@ class Runtime:
         self.predictor = predictor
         if spin_us < 0:
             raise InvalidInput(f"spin_us must be >= 0, got {spin_us}")
-        self._core = _C.Runtime(device, policy, int(cpu_lanes), output_device == "cuda",
-                                int(warmup_rounds), float(spin_us))
+        self._core = _C.Runtime(device, policy, self.policy_options, int(cpu_lanes),
+                                output_device == "cuda", int(warmup_rounds), float(spin_us),
+                                int(profile_reps))
         self._spin_us = float(spin_us)
         self._slo_ms: Dict[str, float] = {}
         _live.add(self)
@@ -194,10 +227,38 @@ class Runtime:
                                   int(slo_ms * 1e6), int(max_batch_size), int(max_queue))
         self._slo_ms[name] = float(slo_ms)
 
-    def start(self) -> "Runtime":
-        """Creates the lanes, loads and warms up every model on each, starts serving."""
-        self._core.start()
+    def start(self, progress: Optional[bool] = None) -> "Runtime":
+        """Creates the lanes, loads and warms up every model on each, measures the latency
+        profile (per batch size 1, 2, 4, ..., max) of each model that has none, starts serving.
+
+        ``progress``: show a progress bar (default: when stderr is a terminal).
+        """
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="gpulanes start", unit="step", disable=None if progress is None
+                   else not progress, leave=False)
+
+        def update(done: int, total: int, what: str) -> None:
+            bar.total = total
+            bar.n = done
+            bar.set_postfix_str(what, refresh=False)
+            bar.refresh()
+
+        try:
+            self._core.start(update)
+        finally:
+            bar.close()
         return self
+
+    def profile(self, model: str) -> List[Dict[str, float]]:
+        """The latency profile ``model`` is scheduled with: per profiled batch size its mean,
+        p50 and p99 latency (microseconds, stack + forward + split on one lane) and samples."""
+        return self._core.profile(model)
+
+    def set_profile(self, model: str, points: Sequence[Dict[str, float]]) -> None:
+        """Before :meth:`start`: use these points (``batch_size``, ``p50_us``; optionally
+        ``mean_us``, ``p99_us``, ``samples``) instead of measuring ``model``'s profile."""
+        self._core.set_profile(model, list(points))
 
     def __enter__(self) -> "Runtime":
         if not self._core.running:

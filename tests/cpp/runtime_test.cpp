@@ -10,24 +10,12 @@
 #include <thread>
 
 #include "gpulanes/runtime/runtime.h"
+#include "test_support.h"
 
 using namespace gpulanes;
+using namespace gpulanes::testing;
 
 namespace {
-
-// forward(x) = 2x + 1, after `iters` rounds of busy work (to make batches take time).
-torch::jit::Module affine_module(int iters) {
-  torch::jit::Module m("Affine");
-  m.register_attribute("iters", c10::IntType::get(), iters);
-  m.define(R"JIT(
-    def forward(self, x):
-        a = torch.ones(160, 160)
-        for i in range(self.iters):
-            a = torch.tanh(a @ a * 0.01)
-        return x * 2.0 + 1.0 + a.sum() * 0.0
-  )JIT");
-  return m;
-}
 
 // Raises when any sample in the batch is negative.
 torch::jit::Module picky_module() {
@@ -39,39 +27,6 @@ torch::jit::Module picky_module() {
   )JIT");
   return m;
 }
-
-ModelSpec spec(const std::string& name, int max_batch = 8, std::size_t max_queue = 10000) {
-  ModelSpec s;
-  s.name = name;
-  s.inputs = {TensorSpec{{4}, c10::kFloat}};
-  s.slo = from_ms(5000);
-  s.max_batch_size = max_batch;
-  s.max_queue = max_queue;
-  return s;
-}
-
-// Collects outcomes by key and counts how often each key completed.
-struct Collector {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::map<int, Outcome> outcomes;
-  std::map<int, int> calls;
-
-  CompletionFn fn(int key) {
-    return [this, key](Outcome&& o) {
-      std::lock_guard<std::mutex> lock(mu);
-      outcomes[key] = std::move(o);
-      calls[key]++;
-      cv.notify_all();
-    };
-  }
-  void wait_for(std::size_t n) {
-    std::unique_lock<std::mutex> lock(mu);
-    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(60), [&] { return outcomes.size() >= n; }));
-  }
-};
-
-at::Tensor sample(float v) { return torch::full({4}, v); }
 
 }  // namespace
 
@@ -109,7 +64,9 @@ TEST(Runtime, RequestsPastTheirDeadlineAreDroppedWithoutRunning) {
   Collector c;
   rt.submit("slow", {sample(1)}, std::nullopt, 0, c.fn(0));  // occupies the lane
   std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  const TimeNs soon = rt.clock().now() + from_ms(1);
+  // Feasible alone on an idle lane (admitted), not after waiting for the running batch.
+  const DurationNs alone = static_cast<DurationNs>(rt.profile("slow").at(0).p50_us * 1e3);
+  const TimeNs soon = rt.clock().now() + alone + alone / 2;
   for (int i = 1; i <= 5; ++i) rt.submit("slow", {sample(1)}, soon, 0, c.fn(i));
   c.wait_for(6);
   EXPECT_TRUE(c.outcomes[0].ok());

@@ -79,20 +79,37 @@ def test_full_queue_raises_queue_full():
         rt.shutdown()
 
 
+def test_deadline_an_idle_lane_cannot_meet_is_refused_at_submit():
+    rt = busy_runtime(iters=400, max_batch_size=1)
+    try:
+        alone_ms = rt.profile("busy")[0]["p50_us"] / 1e3
+        with pytest.raises(gl.DeadlineExceeded, match="even by a batch of one"):
+            rt.submit("busy", torch.zeros(4), deadline_ms=alone_ms / 4)
+        with pytest.raises(gl.DeadlineExceeded, match="even by a batch of one"):
+            rt.infer("busy", torch.zeros(4), deadline_ms=alone_ms / 4)
+        s = rt.stats()["busy"]
+        assert s["rejected"] == 2 and s["batches"] == 0
+    finally:
+        rt.shutdown()
+
+
 def test_deadline_passing_in_queue_fails_future_without_running():
     rt = busy_runtime(iters=400, max_batch_size=1)
     try:
-        first = rt.submit("busy", torch.zeros(4))
+        alone_ms = rt.profile("busy")[0]["p50_us"] / 1e3
+        first = [rt.submit("busy", torch.zeros(4)) for _ in range(2)]  # ~2 x alone of work
         time.sleep(0.005)
-        late = [rt.submit("busy", torch.zeros(4), deadline_ms=2) for _ in range(3)]
-        with pytest.raises(gl.DeadlineExceeded):
-            rt.infer("busy", torch.zeros(4), deadline_ms=2)
-        first.result(timeout=60)
+        # Admitted (an idle lane could make it), but not behind the two running/queued ones.
+        late = [rt.submit("busy", torch.zeros(4), deadline_ms=1.5 * alone_ms) for _ in range(3)]
+        with pytest.raises(gl.DeadlineExceeded, match="dropped before running"):
+            rt.infer("busy", torch.zeros(4), deadline_ms=1.5 * alone_ms)
+        for f in first:
+            f.result(timeout=60)
         for f in late:
             with pytest.raises(gl.DeadlineExceeded):
                 f.result(timeout=60)
         s = rt.stats()["busy"]
-        assert s["dropped"] == 4 and s["batches"] == 1 and s["met"] == 1
+        assert s["dropped"] == 4 and s["batches"] == 2 and s["met"] == 2
     finally:
         rt.shutdown()
 
@@ -193,5 +210,7 @@ def test_registration_and_construction_errors():
             rt.register("d", scripted(Affine()), slo_ms=100, example_inputs=torch.zeros(1, 4))
     with pytest.raises(gl.InvalidInput, match="policy"):
         gl.Runtime(policy="no-such-policy")
+    with pytest.raises(gl.InvalidInput, match="max_queue_delay_microseconds"):
+        gl.Runtime(policy="max_delay", policy_options={"max_queue_delay_us": 10})
     with pytest.raises(gl.InvalidInput, match="unknown device"):
         gl.Runtime(device="tpu").start()

@@ -24,7 +24,7 @@ inline void cpu_relax() {
 
 }  // namespace
 
-Lane::Lane(int index, std::string kind, std::unique_ptr<Executor> executor, const Clock& clock,
+WorkerLane::WorkerLane(int index, std::string kind, std::unique_ptr<Executor> executor, const Clock& clock,
            DurationNs spin_ns)
     : index_(index),
       kind_(std::move(kind)),
@@ -32,9 +32,9 @@ Lane::Lane(int index, std::string kind, std::unique_ptr<Executor> executor, cons
       clock_(clock),
       spin_ns_(spin_ns) {}
 
-Lane::~Lane() { stop(); }
+WorkerLane::~WorkerLane() { stop(); }
 
-void Lane::start(LaneListener* listener, const std::function<void()>& init) {
+void WorkerLane::start(LaneListener* listener, const std::function<void()>& init) {
   listener_ = listener;
   // The worker owns the promise and its copy of `init`: start() may return (and unwind) while
   // set_value() is still finishing on the worker.
@@ -60,7 +60,7 @@ void Lane::start(LaneListener* listener, const std::function<void()>& init) {
   }
 }
 
-void Lane::dispatch(Batch&& batch) {
+void WorkerLane::dispatch(Batch&& batch) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (next_) throw std::logic_error("Lane::dispatch while a batch is pending");
@@ -70,7 +70,7 @@ void Lane::dispatch(Batch&& batch) {
   cv_.notify_one();
 }
 
-void Lane::stop() {
+void WorkerLane::stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
@@ -79,7 +79,7 @@ void Lane::stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-void Lane::worker() {
+void WorkerLane::worker() {
   while (true) {
     std::unique_ptr<Batch> batch;
     if (spin_ns_ > 0 && !has_next_.load(std::memory_order_acquire)) {
@@ -100,10 +100,11 @@ void Lane::worker() {
   }
 }
 
-void Lane::run_batch(Batch&& batch) {
+void WorkerLane::run_batch(Batch&& batch) {
   BatchReport report;
   report.lane = index_;
   report.start = clock_.now();
+  report.predicted_ns = batch.predicted_ns;
   const std::size_t n = batch.requests.size();
   std::vector<Outcome> outcomes;
   outcomes.reserve(n);

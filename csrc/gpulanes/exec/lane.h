@@ -1,7 +1,6 @@
-// A lane runs batches one at a time on one executor (a CPU thread pool, a CUDA stream, later a
-// GPU partition). It owns one worker thread. Threads: the event loop calls dispatch(); the
-// worker thread runs the batch and reports to the LaneListener; start/stop come from the
-// runtime's control thread. Shutdown is: set flag, notify, join (a running batch finishes).
+// A lane runs batches one at a time: a CPU thread pool, a CUDA stream, later a GPU partition, or
+// a simulated device. The event loop hands it a batch only while it is idle; the lane reports
+// every finished batch to its LaneListener.
 #pragma once
 
 #include <atomic>
@@ -25,7 +24,8 @@ class Clock;
 struct Batch {
   std::uint64_t id = 0;               // unique per runtime
   int model = -1;                     // every request in a batch is for this model
-  std::vector<RequestPtr> requests;   // EDF order
+  std::vector<RequestPtr> requests;   // in queue order
+  DurationNs predicted_ns = 0;        // the policy's latency prediction (0: none)
 };
 
 // What a lane reports about a finished batch, with one outcome per request.
@@ -35,6 +35,7 @@ struct BatchReport {
   TimeNs end = 0;          // when outputs were ready (before delivery)
   DurationNs exec_ns = 0;  // the executor's forward (+ copies) time
   bool ok = false;         // false when the model raised or its output could not be split
+  DurationNs predicted_ns = 0;  // the policy's prediction for this batch (0: none)
 };
 
 class LaneListener {
@@ -48,29 +49,46 @@ class LaneListener {
 
 class Lane {
  public:
-  // `spin_ns`: how long an idle worker polls for its next batch before it sleeps; a batch that
-  // arrives meanwhile starts without a thread wake-up (tens of microseconds on a VM).
-  Lane(int index, std::string kind, std::unique_ptr<Executor> executor, const Clock& clock,
-       DurationNs spin_ns = 0);
-  ~Lane();
-  Lane(const Lane&) = delete;
-  Lane& operator=(const Lane&) = delete;
-
-  int index() const { return index_; }
-  const std::string& kind() const { return kind_; }
-  std::string device() const { return executor_->device(); }
-  Executor& executor() { return *executor_; }
-
-  // Spawns the worker, which first runs `init` (loading and warming up models, so that thread-
-  // local state such as the CPU thread pool's team belongs to the serving thread) and then
-  // serves. Blocks until `init` has run; rethrows what it threw (the worker is joined then).
-  // `listener` must outlive stop().
-  void start(LaneListener* listener, const std::function<void()>& init);
+  virtual ~Lane() = default;
+  virtual int index() const = 0;
+  virtual const std::string& kind() const = 0;  // "cpu", "cuda-stream", "virtual", ...
+  virtual std::string device() const = 0;       // "cpu", "cuda:0", ...
+  // The executor that runs forward passes, or null for a lane without one (virtual).
+  virtual Executor* executor() { return nullptr; }
+  // Begins serving; runs `init` on the lane's own thread first when it has one. `listener`
+  // must outlive stop(). Rethrows what `init` threw.
+  virtual void start(LaneListener* listener, const std::function<void()>& init) = 0;
   // Hands the lane its next batch. Only the event loop calls this, and only while the lane is
   // idle (it has reported its previous batch).
-  void dispatch(Batch&& batch);
-  // Lets a batch in progress (and one already dispatched) finish, then joins the worker.
-  void stop();
+  virtual void dispatch(Batch&& batch) = 0;
+  // Lets a batch in progress finish, then stops. Idempotent.
+  virtual void stop() = 0;
+};
+
+// A lane with one worker thread that runs batches on an Executor. Threads: the event loop calls
+// dispatch(); the worker runs the batch and reports to the LaneListener; start/stop come from the
+// runtime's control thread. Shutdown is: set flag, notify, join (a batch in progress finishes).
+class WorkerLane final : public Lane {
+ public:
+  // `spin_ns`: how long an idle worker polls for its next batch before it sleeps; a batch that
+  // arrives meanwhile starts without a thread wake-up (tens of microseconds on a VM).
+  WorkerLane(int index, std::string kind, std::unique_ptr<Executor> executor, const Clock& clock,
+             DurationNs spin_ns = 0);
+  ~WorkerLane() override;
+  WorkerLane(const WorkerLane&) = delete;
+  WorkerLane& operator=(const WorkerLane&) = delete;
+
+  int index() const override { return index_; }
+  const std::string& kind() const override { return kind_; }
+  std::string device() const override { return executor_->device(); }
+  Executor* executor() override { return executor_.get(); }
+
+  // The worker first runs `init` (loading and warming up models, so that thread-local state such
+  // as the CPU thread pool's team belongs to the serving thread), then serves. Blocks until
+  // `init` has run; if it threw, joins the worker and rethrows.
+  void start(LaneListener* listener, const std::function<void()>& init) override;
+  void dispatch(Batch&& batch) override;
+  void stop() override;
 
  private:
   void worker();

@@ -57,7 +57,11 @@ void EventLoop::stop(bool drain) {
     pending_ = true;
   }
   cv_.notify_one();
-  if (thread_.joinable()) thread_.join();
+  if (thread_.joinable()) {
+    thread_.join();
+  } else {
+    run_round();  // driven externally: apply the stop (fail the queue unless draining) now
+  }
 }
 
 bool EventLoop::finished_locked() const {
@@ -68,13 +72,13 @@ bool EventLoop::finished_locked() const {
 }
 
 TimeNs EventLoop::step_locked(TimeNs now, std::vector<Failure>& failures) {
-  // 1. Requests that can no longer finish in time are dropped before anything runs them.
-  for (auto& q : state_.queues) {
-    auto due = q->pop_due(now);
-    if (!due.empty()) {
-      failures.push_back({std::move(due), ErrorCode::kDeadlineExceeded,
-                          "deadline passed before the request could start"});
-    }
+  // 1. Requests the policy will not run fail before anything else happens.
+  std::vector<RequestPtr> expired;
+  TimeNs wake_at = policy_.expire(state_, now, expired);
+  if (!expired.empty()) {
+    failures.push_back({std::move(expired), ErrorCode::kDeadlineExceeded,
+                        "deadline cannot be met: dropped before running (policy " +
+                            policy_.name() + ")"});
   }
   if (stopping_ && !drain_) {
     for (auto& q : state_.queues) {
@@ -86,7 +90,6 @@ TimeNs EventLoop::step_locked(TimeNs now, std::vector<Failure>& failures) {
     }
   }
   // 2. Every idle lane gets the batch the policy picks for it.
-  TimeNs wake_at = kNever;
   for (std::size_t i = 0; i < lanes_.size(); ++i) {
     if (!lane_idle_[i]) continue;
     Batch batch = policy_.next_batch(*lanes_[i], state_, now, &wake_at);
@@ -96,11 +99,24 @@ TimeNs EventLoop::step_locked(TimeNs now, std::vector<Failure>& failures) {
     lane_idle_[i] = 0;
     lanes_[i]->dispatch(std::move(batch));
   }
-  // 3. Wake up again when the most urgent queued request expires, to drop it promptly.
-  for (const auto& q : state_.queues) {
-    if (auto d = q->earliest_deadline()) wake_at = std::min(wake_at, *d);
-  }
   return wake_at;
+}
+
+TimeNs EventLoop::run_round() {
+  std::vector<Failure> failures;
+  TimeNs wake_at;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_ = false;
+    wake_at = step_locked(clock_.now(), failures);
+  }
+  for (auto& f : failures) sink_.fail(std::move(f.requests), f.code, f.why);
+  return wake_at;
+}
+
+void EventLoop::observe(const BatchObservation& obs) {
+  std::lock_guard<std::mutex> lock(mu_);
+  policy_.observe(obs);
 }
 
 void EventLoop::run() {

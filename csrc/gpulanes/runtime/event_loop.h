@@ -1,6 +1,6 @@
 // The event loop owns every scheduling decision. It reacts to arrivals (wake), lanes going idle
-// (lane_idle), timers (deadline expiry, policy wake-ups) and stop. Each round, under its lock, it
-// drops queued requests whose deadline has passed, then asks the policy for a batch for every
+// (lane_idle), timers (expiry, policy wake-ups) and stop. Each round, under its lock, it lets the
+// policy fail the queued requests that must not run, then asks the policy for a batch for every
 // idle lane and dispatches it. Failures it produces are handed to the LoopSink after the lock is
 // released, so no completion ever runs under a core lock.
 //
@@ -38,7 +38,14 @@ class EventLoop {
             BatchPolicy& policy, LoopSink& sink);
   ~EventLoop();
 
+  // Runs the loop on its own thread (real time). Without start(), the owner drives it with
+  // run_round() (virtual time).
   void start();
+  // One decision round at the clock's current time, on the calling thread; delivers the
+  // failures it produces. Returns when the loop next needs a round without an event.
+  TimeNs run_round();
+  // Feedback for the policy after a batch (any thread).
+  void observe(const BatchObservation& obs);
   // Something changed (a request arrived): run a decision round soon.
   void wake();
   // `lane` finished its batch and can take another.

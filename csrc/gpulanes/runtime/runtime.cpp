@@ -12,7 +12,7 @@ namespace gpulanes {
 Runtime::Runtime(RuntimeOptions options, std::shared_ptr<Clock> clock)
     : options_(std::move(options)),
       clock_(clock ? std::move(clock) : std::make_shared<SteadyClock>()),
-      policy_(make_policy(options_.policy)) {
+      policy_(make_policy(options_.policy, options_.policy_config)) {
   if (options_.cpu_lanes < 1) throw Error(ErrorCode::kInvalidInput, "cpu_lanes must be >= 1");
 }
 
@@ -27,8 +27,10 @@ int Runtime::register_model(ModelSpec spec, torch::jit::Module module, std::vect
   const std::string name = spec.name;
   const std::size_t cap = spec.max_queue;
   const int idx = models_.add(std::move(spec), std::move(module), std::move(example));
-  queues_.push_back(std::make_unique<RequestQueue>(cap));
+  queues_.push_back(std::make_unique<RequestQueue>(cap, policy_->queue_order()));
   metrics_.push_back(std::make_unique<ModelMetrics>(name));
+  profiles_.emplace_back();
+  rates_.push_back(std::make_unique<ArrivalRate>());
   return idx;
 }
 
@@ -38,18 +40,41 @@ void Runtime::set_delivery_hook(DeliveryHook hook) {
   delivery_hook_ = std::move(hook);
 }
 
+void Runtime::set_profile(const std::string& model, const std::vector<LatencyPoint>& points) {
+  std::lock_guard<std::mutex> lock(control_mu_);
+  if (started_) throw Error(ErrorCode::kInvalidInput, "set profiles before start()");
+  const int m = models_.find(model);
+  if (m < 0) throw Error(ErrorCode::kUnknownModel, "no model named '" + model + "' is registered");
+  try {
+    profiles_[m] = LatencyProfile(points);
+  } catch (const std::invalid_argument& e) {
+    throw Error(ErrorCode::kInvalidInput, "bad profile for '" + model + "': " + e.what());
+  }
+}
+
+SchedulingState Runtime::scheduling_state() {
+  return SchedulingState{models_, queues_, profiles_, rates_};
+}
+
 void Runtime::create_lanes() {
   const std::string& dev = options_.device;
   const int gpus = cuda_device_count();
   auto add_cuda = [&](int d) {
-    lanes_.push_back(std::make_unique<Lane>(static_cast<int>(lanes_.size()), "cuda-stream",
+    lanes_.push_back(std::make_unique<WorkerLane>(static_cast<int>(lanes_.size()), "cuda-stream",
                                             make_cuda_stream_executor(d, options_.outputs_on_device),
                                             *clock_, from_us(options_.spin_us)));
   };
-  if (dev == "cpu" || (dev == "auto" && gpus == 0)) {
+  if (dev == "virtual") {
+    if (!clock_->is_virtual() || !options_.virtual_latency) {
+      throw Error(ErrorCode::kInvalidInput, "device 'virtual' needs a VirtualClock and a latency function");
+    }
+    for (int i = 0; i < std::max(1, options_.virtual_lanes); ++i) {
+      lanes_.push_back(std::make_unique<VirtualLane>(i, "virtual", *clock_, options_.virtual_latency));
+    }
+  } else if (dev == "cpu" || (dev == "auto" && gpus == 0)) {
     for (int i = 0; i < options_.cpu_lanes; ++i) {
-      lanes_.push_back(std::make_unique<Lane>(i, "cpu", make_cpu_executor(), *clock_,
-                                            from_us(options_.spin_us)));
+      lanes_.push_back(std::make_unique<WorkerLane>(i, "cpu", make_cpu_executor(), *clock_,
+                                                  from_us(options_.spin_us)));
     }
   } else if (dev == "cuda" || dev == "auto") {
     if (gpus == 0) throw Error(ErrorCode::kInvalidInput, "device='cuda' but no usable CUDA GPU");
@@ -68,35 +93,89 @@ void Runtime::create_lanes() {
   }
 }
 
-void Runtime::warm_up(Lane& lane) {
+namespace {
+
+// `b` copies of each example sample, stacked: a realistic batch for warm-up and profiling.
+std::vector<c10::IValue> example_batch(const RegisteredModel& model, int b) {
+  std::vector<c10::IValue> batched;
+  for (const at::Tensor& sample : model.example) {
+    std::vector<std::int64_t> reps(sample.dim() + 1, 1);
+    reps[0] = b;
+    batched.emplace_back(sample.unsqueeze(0).repeat(reps));
+  }
+  return batched;
+}
+
+// 1, 2, 4, ... and max_batch_size itself.
+std::vector<int> profiled_sizes(int max_batch) {
+  std::vector<int> sizes;
+  for (int b = 1; b < max_batch; b *= 2) sizes.push_back(b);
+  sizes.push_back(max_batch);
+  return sizes;
+}
+
+}  // namespace
+
+LatencyPoint Runtime::measure_batch(Lane& lane, int m, int b) {
+  // What a served batch costs on the lane: stacking, forward (with its copies), splitting.
+  const RegisteredModel& model = models_.at(m);
+  SteadyClock wall;
+  std::vector<DurationNs> samples;
+  const TimeNs budget_end = wall.now() + static_cast<DurationNs>(options_.profile_budget_s * 1e9);
+  for (int i = 0; i < std::max(3, options_.profile_reps); ++i) {
+    std::vector<c10::IValue> inputs = example_batch(model, b);
+    const TimeNs t0 = wall.now();
+    split_output(lane.executor()->run(m, std::move(inputs)), static_cast<std::size_t>(b));
+    samples.push_back(wall.now() - t0);
+    if (i >= 2 && wall.now() > budget_end) break;
+  }
+  return summarize_samples(b, std::move(samples));
+}
+
+void Runtime::prepare_lane(Lane& lane, bool measure, const ProgressFn& progress) {
   // Loads every model onto the lane and runs it at batch 1 and max batch: this surfaces broken
   // models at start() instead of on live traffic, checks the output can be split per request,
-  // and takes the TorchScript executor's profiling runs out of the serving path.
+  // and takes the TorchScript executor's profiling runs out of the serving path. Then measures
+  // the latency profile of each model that has none.
+  int total = 0, done = 0;
+  for (int m = 0; m < models_.size(); ++m) {
+    total += 1 + (measure && profiles_[m].empty()
+                      ? static_cast<int>(profiled_sizes(models_.at(m).spec.max_batch_size).size())
+                      : 0);
+  }
   for (int m = 0; m < models_.size(); ++m) {
     const RegisteredModel& model = models_.at(m);
+    std::string step = "warm-up " + model.spec.name;
     try {
-      lane.executor().load(m, *model.module);
+      if (progress) progress(done, total, step);
+      lane.executor()->load(m, *model.module);
       std::vector<int> sizes{1};
       if (model.spec.max_batch_size > 1) sizes.push_back(model.spec.max_batch_size);
       for (int round = 0; round < std::max(1, options_.warmup_rounds); ++round) {
         for (int b : sizes) {
-          std::vector<c10::IValue> batched;
-          for (const at::Tensor& sample : model.example) {
-            std::vector<std::int64_t> reps(sample.dim() + 1, 1);
-            reps[0] = b;
-            batched.emplace_back(sample.unsqueeze(0).repeat(reps));
-          }
-          split_output(lane.executor().run(m, std::move(batched)), static_cast<std::size_t>(b));
+          split_output(lane.executor()->run(m, example_batch(model, b)), static_cast<std::size_t>(b));
         }
       }
+      ++done;
+      if (!measure || !profiles_[m].empty()) continue;
+      std::vector<LatencyPoint> points;
+      for (int b : profiled_sizes(model.spec.max_batch_size)) {
+        step = "profile " + model.spec.name + " batch " + std::to_string(b);
+        if (progress) progress(done, total, step);
+        points.push_back(measure_batch(lane, m, b));
+        ++done;
+      }
+      profiles_[m] = LatencyProfile(points);
     } catch (const std::exception& e) {
-      throw Error(ErrorCode::kModelError, "model '" + model.spec.name + "' failed its warm-up on " +
-                                              lane.device() + ": " + std::string(e.what()).substr(0, 4000));
+      throw Error(ErrorCode::kModelError, "model '" + model.spec.name + "' failed its " + step +
+                                              " on " + lane.device() + ": " +
+                                              std::string(e.what()).substr(0, 4000));
     }
   }
+  if (progress) progress(done, total, "ready");
 }
 
-void Runtime::start() {
+void Runtime::start(const ProgressFn& progress) {
   std::lock_guard<std::mutex> lock(control_mu_);
   if (shut_down_) throw Error(ErrorCode::kRuntimeClosed, "runtime was shut down");
   if (started_) throw Error(ErrorCode::kInvalidInput, "runtime already started");
@@ -105,12 +184,17 @@ void Runtime::start() {
   for (auto& lane : lanes_) lane_ptrs.push_back(lane.get());
   // The loop exists before any lane serves (a lane reports to it), but runs only after all
   // lanes are warm.
-  loop_ = std::make_unique<EventLoop>(*clock_, SchedulingState{models_, queues_}, lane_ptrs,
-                                      *policy_, static_cast<LoopSink&>(*this));
+  loop_ = std::make_unique<EventLoop>(*clock_, scheduling_state(), lane_ptrs, *policy_,
+                                      static_cast<LoopSink&>(*this));
   try {
     for (auto& lane : lanes_) {
       Lane* l = lane.get();
-      lane->start(static_cast<LaneListener*>(this), [this, l] { warm_up(*l); });
+      std::function<void()> init;
+      if (l->executor()) {
+        const bool measure = l->index() == 0;  // one profile per model, from the first lane
+        init = [this, l, measure, &progress] { prepare_lane(*l, measure, progress); };
+      }
+      lane->start(static_cast<LaneListener*>(this), init);
     }
   } catch (...) {
     for (auto& lane : lanes_) lane->stop();
@@ -118,7 +202,7 @@ void Runtime::start() {
     loop_.reset();
     throw;
   }
-  loop_->start();
+  if (!clock_->is_virtual()) loop_->start();  // on virtual time, a driver calls run_round()
   started_at_.store(clock_->now(), std::memory_order_release);
   started_ = true;
   accepting_.store(true, std::memory_order_release);
@@ -156,6 +240,13 @@ void Runtime::submit(const std::string& model, std::vector<at::Tensor> inputs,
     reject(ErrorCode::kDeadlineExceeded, "deadline already passed at submit (" +
                                              std::to_string(to_ms(now - due)) + " ms ago)");
   }
+  if (!policy_->admits(scheduling_state(), m, now, due)) {
+    reject(ErrorCode::kDeadlineExceeded,
+           "deadline cannot be met even by a batch of one on an idle lane (predicted " +
+               std::to_string(to_ms(profiles_[m].predict(1))) + " ms, " +
+               std::to_string(to_ms(due - now)) + " ms left)");
+  }
+  rates_[m]->on_arrival(now);
   auto req = std::make_unique<Request>();
   req->id = next_id_.fetch_add(1, std::memory_order_relaxed);
   req->model = m;
@@ -214,6 +305,15 @@ void Runtime::on_batch_finished(Batch&& batch, std::vector<Outcome>&& outcomes,
     }
   }
   metrics.on_batch(static_cast<int>(batch.requests.size()), report.exec_ns);
+  BatchObservation obs;
+  obs.model = batch.model;
+  obs.lane = report.lane;
+  obs.size = static_cast<int>(batch.requests.size());
+  obs.predicted_ns = report.predicted_ns;
+  obs.profiled_ns = profiles_[batch.model].predict(obs.size);
+  obs.actual_ns = report.end - report.start;
+  obs.slo_ns = models_.at(batch.model).spec.slo;
+  loop_->observe(obs);
   deliver(batch.requests, outcomes);
   loop_->lane_idle(report.lane);
 }
@@ -247,6 +347,27 @@ std::vector<ModelStats> Runtime::stats() const {
   const TimeNs t0 = started_at_.load(std::memory_order_acquire);
   std::vector<ModelStats> out;
   for (const auto& m : metrics_) out.push_back(m->snapshot(now, t0));
+  return out;
+}
+
+std::vector<LatencyPoint> Runtime::profile(const std::string& model) const {
+  const int m = models_.find(model);
+  if (m < 0) throw Error(ErrorCode::kUnknownModel, "no model named '" + model + "' is registered");
+  return profiles_[m].points();
+}
+
+TimeNs Runtime::run_round() {
+  if (!loop_ || !clock_->is_virtual()) {
+    throw Error(ErrorCode::kInvalidInput, "run_round() is for a started runtime on virtual time");
+  }
+  return loop_->run_round();
+}
+
+std::vector<VirtualLane*> Runtime::virtual_lanes() const {
+  std::vector<VirtualLane*> out;
+  for (const auto& lane : lanes_) {
+    if (auto* v = dynamic_cast<VirtualLane*>(lane.get())) out.push_back(v);
+  }
   return out;
 }
 

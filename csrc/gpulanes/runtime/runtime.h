@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "gpulanes/core/clock.h"
+#include "gpulanes/exec/virtual_lane.h"
 #include "gpulanes/metrics/model_metrics.h"
 #include "gpulanes/runtime/event_loop.h"
 
@@ -26,13 +27,22 @@ namespace torch::jit { struct Module; }
 namespace gpulanes {
 
 struct RuntimeOptions {
-  std::string device = "auto";    // "auto" (CUDA if usable, else CPU), "cpu", "cuda", "cuda:N"
+  std::string device = "auto";    // "auto" (CUDA if usable, else CPU), "cpu", "cuda", "cuda:N",
+                                  // "virtual" (VirtualLanes: simulated time, no forward passes)
   std::string policy = "deadline";
+  PolicyConfig policy_config;     // the policy's knobs
   int cpu_lanes = 1;              // lanes when running on the CPU
   bool outputs_on_device = false; // CUDA lanes: leave outputs on the GPU
   int warmup_rounds = 2;          // forward passes per (lane, model, batch size) at start()
   double spin_us = 50;            // idle lane polls this long for work before sleeping
+  int profile_reps = 10;          // timed runs per batch size when profiling at start()
+  double profile_budget_s = 0.5;  // ...but at most this long per batch size (>= 3 runs)
+  int virtual_lanes = 1;                   // device "virtual": how many lanes
+  VirtualLane::LatencyFn virtual_latency;  // device "virtual": batch duration by (model, size)
 };
+
+// Progress of start(): `done` of `total` steps, `what` names the current one.
+using ProgressFn = std::function<void(int done, int total, const std::string& what)>;
 
 struct LaneInfo {
   int index;
@@ -55,9 +65,12 @@ class Runtime final : private LaneListener, private LoopSink {
   int register_model(ModelSpec spec, torch::jit::Module module, std::vector<at::Tensor> example);
   // Before start() only.
   void set_delivery_hook(DeliveryHook hook);
-  // Creates lanes, loads every model onto each, warms them up, starts the loop. Throws
-  // Error(kModelError) if a model fails its warm-up forward.
-  void start();
+  // Before start() only: use this latency profile for `model` instead of measuring one.
+  void set_profile(const std::string& model, const std::vector<LatencyPoint>& points);
+  // Creates lanes, loads every model onto each and warms them up, measures the latency profile
+  // of every model that has none (on the first lane), starts the loop. Throws Error(kModelError)
+  // if a model fails its warm-up forward.
+  void start(const ProgressFn& progress = nullptr);
 
   // Validates and queues one request. `deadline` is absolute (CLOCK_MONOTONIC ns); none means
   // now + the model's SLO. Throws Error: kUnknownModel, kInvalidInput, kDeadlineExceeded (already
@@ -78,6 +91,14 @@ class Runtime final : private LaneListener, private LoopSink {
 
   std::vector<ModelStats> stats() const;
   std::vector<LaneInfo> lanes() const;
+  // The latency profile `model` is scheduled with (empty before start()).
+  std::vector<LatencyPoint> profile(const std::string& model) const;
+  std::string policy_name() const { return policy_->name(); }
+
+  // Virtual time only (device "virtual", a VirtualClock): one loop round now, and the lanes, for
+  // a driver that advances the clock (VirtualDriver).
+  TimeNs run_round();
+  std::vector<VirtualLane*> virtual_lanes() const;
   const Clock& clock() const { return *clock_; }
   bool running() const { return accepting_.load(std::memory_order_acquire); }
 
@@ -86,7 +107,10 @@ class Runtime final : private LaneListener, private LoopSink {
                          const BatchReport& report) override;
   void fail(std::vector<RequestPtr>&& requests, ErrorCode code, const std::string& why) override;
   void create_lanes();
-  void warm_up(Lane& lane);
+  // On the lane's thread: load and warm up every model; measure missing profiles if `measure`.
+  void prepare_lane(Lane& lane, bool measure, const ProgressFn& progress);
+  LatencyPoint measure_batch(Lane& lane, int model, int batch_size);
+  SchedulingState scheduling_state();
   // Completes `requests[i]` with `outcomes[i]`: native ones directly, the rest in one hook call.
   void deliver(std::vector<RequestPtr>& requests, std::vector<Outcome>& outcomes) const;
 
@@ -95,6 +119,8 @@ class Runtime final : private LaneListener, private LoopSink {
   ModelRegistry models_;                             // immutable after start()
   std::vector<std::unique_ptr<RequestQueue>> queues_;          // per model
   std::vector<std::unique_ptr<ModelMetrics>> metrics_;         // per model
+  std::vector<LatencyProfile> profiles_;             // per model; fixed once serving
+  std::vector<std::unique_ptr<ArrivalRate>> rates_;  // per model
   std::vector<std::unique_ptr<Lane>> lanes_;         // created by start()
   std::unique_ptr<BatchPolicy> policy_;              // used only by the loop
   std::unique_ptr<EventLoop> loop_;                  // created by start()

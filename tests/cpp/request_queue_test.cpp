@@ -8,7 +8,7 @@
 #include <thread>
 #include <vector>
 
-#include "gpulanes/queue/edf_queue.h"
+#include "gpulanes/queue/request_queue.h"
 
 using namespace gpulanes;
 
@@ -16,12 +16,14 @@ namespace {
 struct Item {
   std::uint64_t id;
   TimeNs deadline;
+  TimeNs arrival = 0;
 };
 std::unique_ptr<Item> item(std::uint64_t id, TimeNs d) { return std::make_unique<Item>(Item{id, d}); }
+using EdfQueue = RequestQueueT<Item>;
 }  // namespace
 
-TEST(EdfQueue, PopsEarliestDeadlineFirstTiesByArrival) {
-  EdfQueue<Item> q(100);
+TEST(RequestQueue, PopsEarliestDeadlineFirstTiesByArrival) {
+  EdfQueue q(100);
   const TimeNs deadlines[] = {50, 10, 30, 10, 40, 20, 30};
   for (std::uint64_t i = 0; i < 7; ++i) {
     auto p = item(i, deadlines[i]);
@@ -42,8 +44,8 @@ TEST(EdfQueue, PopsEarliestDeadlineFirstTiesByArrival) {
   EXPECT_FALSE(q.earliest_deadline().has_value());
 }
 
-TEST(EdfQueue, BoundRefusesAndLeavesItemWithCaller) {
-  EdfQueue<Item> q(3);
+TEST(RequestQueue, BoundRefusesAndLeavesItemWithCaller) {
+  EdfQueue q(3);
   for (std::uint64_t i = 0; i < 3; ++i) {
     auto p = item(i, 100 - i);
     ASSERT_TRUE(q.try_push(p));
@@ -58,8 +60,8 @@ TEST(EdfQueue, BoundRefusesAndLeavesItemWithCaller) {
   EXPECT_EQ(q.earliest_deadline(), 1);
 }
 
-TEST(EdfQueue, PopDueTakesOnlyExpired) {
-  EdfQueue<Item> q(10);
+TEST(RequestQueue, PopDueTakesOnlyExpired) {
+  EdfQueue q(10);
   for (std::uint64_t i = 0; i < 6; ++i) {
     auto p = item(i, static_cast<TimeNs>(i * 10));
     q.try_push(p);
@@ -72,9 +74,9 @@ TEST(EdfQueue, PopDueTakesOnlyExpired) {
   EXPECT_EQ(q.size(), 2u);
 }
 
-TEST(EdfQueue, ManyProducersOneConsumerLoseNothingAndStayOrdered) {
+TEST(RequestQueue, ManyProducersOneConsumerLoseNothingAndStayOrdered) {
   constexpr int kProducers = 8, kPerProducer = 20000;
-  EdfQueue<Item> q(kProducers * kPerProducer);
+  EdfQueue q(kProducers * kPerProducer);
   std::atomic<std::uint64_t> next{0};
   std::atomic<bool> done{false};
   std::vector<std::uint64_t> seen;
@@ -109,9 +111,9 @@ TEST(EdfQueue, ManyProducersOneConsumerLoseNothingAndStayOrdered) {
   EXPECT_EQ(*unique.rbegin(), static_cast<std::uint64_t>(kProducers * kPerProducer - 1));
 }
 
-TEST(EdfQueue, ConcurrentPushesNeverExceedCapacity) {
+TEST(RequestQueue, ConcurrentPushesNeverExceedCapacity) {
   constexpr std::size_t kCap = 1000;
-  EdfQueue<Item> q(kCap);
+  EdfQueue q(kCap);
   std::atomic<int> accepted{0}, refused{0};
   std::vector<std::thread> ts;
   for (int t = 0; t < 8; ++t) {
@@ -126,4 +128,20 @@ TEST(EdfQueue, ConcurrentPushesNeverExceedCapacity) {
   EXPECT_EQ(accepted.load(), static_cast<int>(kCap));
   EXPECT_EQ(refused.load(), 8 * 500 - static_cast<int>(kCap));
   EXPECT_EQ(q.size(), kCap);
+}
+
+TEST(RequestQueue, ArrivalOrderIgnoresDeadlinesAndPopWhileStopsAtHead) {
+  RequestQueueT<Item> q(10, QueueOrder::kArrival);
+  const TimeNs deadlines[] = {50, 10, 30, 5};
+  for (std::uint64_t i = 0; i < 4; ++i) {
+    auto p = item(i, deadlines[i]);
+    q.try_push(p);
+  }
+  EXPECT_EQ(q.head()->deadline, 50);  // the oldest, not the most urgent
+  EXPECT_TRUE(q.pop_due(20).empty());  // the head (deadline 50) is still in time
+  auto two = q.pop_while([](const Item& it) { return it.id < 2; });
+  ASSERT_EQ(two.size(), 2u);
+  EXPECT_EQ(two[0]->id, 0u);
+  EXPECT_EQ(two[1]->id, 1u);
+  EXPECT_EQ(q.pop_due(40).size(), 2u);  // heads 2 (30) and 3 (5) are both due
 }

@@ -1,0 +1,137 @@
+// `deadline`: earliest deadline first with deadline-aware adaptive batching.
+//
+// - Across the models a lane serves, the one whose most urgent request is due first goes first.
+// - Its batch is the largest b (up to max_batch_size and the queue) whose predicted completion,
+//   now + latency(b) + margin, is at or before the earliest deadline in the batch (the head's).
+//   A lone request needs only its expected completion, now + latency(1), in time: the margin
+//   guards the decision to add requests to a batch, and refusing to try a request that is
+//   expected to make it would turn a likely success into a certain failure.
+// - With wait_for_batch (off by default: on the demo's shared CPU lane it lowered attainment,
+//   see README), if every queued request fits, a batch one larger would still finish in time, and arrivals
+//   are still coming (the last one is less than two smoothed gaps old, and the next is due
+//   before the larger batch's latest start), the lane waits: until the next arrival, or until
+//   two gaps pass without one (the stream has paused), or until the larger batch's latest start
+//   less one margin, which keeps one margin of slack for the lane's wake-up. Meanwhile a
+//   later-deadline model may use the lane if its batch ends before that time.
+// - A request expected to miss even alone (now + latency(1) > deadline) is dropped without
+//   running; admission control refuses one that could not make it even on an idle lane.
+// - Predictions adapt: the profiled latency is scaled by an EWMA of measured/profiled latency
+//   of this model's recent batches (the machine under load is slower than when it was profiled
+//   idle), and the margin is a high quantile (default p99) of the recent errors of that scaled
+//   prediction (measured - predicted), never below min_margin_ns.
+#include <algorithm>
+#include <cmath>
+#include <deque>
+#include <unordered_map>
+
+#include "gpulanes/sched/policies.h"
+
+namespace gpulanes {
+namespace {
+
+class DeadlinePolicy final : public BatchPolicy {
+ public:
+  explicit DeadlinePolicy(const PolicyConfig& config) : cfg_(config) {}
+
+  std::string name() const override { return "deadline"; }
+  QueueOrder queue_order() const override { return QueueOrder::kDeadline; }
+
+  TimeNs expire(SchedulingState& s, TimeNs now, std::vector<RequestPtr>& out) override {
+    TimeNs next = kNever;
+    for (int m = 0; m < static_cast<int>(s.queues.size()); ++m) {
+      const DurationNs alone = predict(s, m, 1);
+      auto dropped = s.queues[m]->pop_while(
+          [&](const Request& r) { return now + alone > r.deadline; });
+      for (auto& r : dropped) out.push_back(std::move(r));
+      if (auto d = s.queues[m]->earliest_deadline()) next = std::min(next, *d - alone + 1);
+    }
+    return next;
+  }
+
+  Batch next_batch(const Lane&, SchedulingState& s, TimeNs now, TimeNs* wake_at) override {
+    std::vector<std::pair<TimeNs, int>> order;  // (head deadline, model), most urgent first
+    for (int m = 0; m < static_cast<int>(s.queues.size()); ++m) {
+      if (auto d = s.queues[m]->earliest_deadline()) order.emplace_back(*d, m);
+    }
+    std::sort(order.begin(), order.end());
+    TimeNs start_by = kNever;  // a more urgent model waits: whatever runs now must end by then
+    for (const auto& [deadline, m] : order) {
+      RequestQueue& q = *s.queues[m];
+      const int queued = static_cast<int>(q.size());
+      const int max_batch = s.models.at(m).spec.max_batch_size;
+      int b = std::min(queued, max_batch);
+      while (b > 1 && now + cost(s, m, b) > deadline) --b;
+      if (b == 1 && now + predict(s, m, 1) > deadline) continue;
+      if (now + cost(s, m, b) > start_by) continue;
+      if (cfg_.wait_for_batch && b == queued && queued < max_batch) {
+        // Latest start of a batch one larger, less one margin of slack for waking up.
+        const TimeNs latest = deadline - cost(s, m, queued + 1) - margin(m);
+        const DurationNs gap = s.rates[m]->mean_gap();
+        if (gap != kNever && now + gap <= latest) {
+          const TimeNs paused_at = s.rates[m]->last() + 2 * gap;  // no arrival by then: paused
+          if (now <= paused_at) {
+            *wake_at = std::min(*wake_at, std::min(latest, paused_at + 1));
+            start_by = std::min(start_by, latest);
+            continue;
+          }
+        }
+      }
+      Batch batch;
+      batch.model = m;
+      batch.requests = q.pop_up_to(static_cast<std::size_t>(b));
+      batch.predicted_ns = predict(s, m, b);
+      return batch;
+    }
+    return {};
+  }
+
+  void observe(const BatchObservation& obs) override {
+    if (obs.predicted_ns <= 0) return;
+    Errors& e = errors_[obs.model];
+    if (obs.profiled_ns > 0) {
+      const double ratio = static_cast<double>(obs.actual_ns) / obs.profiled_ns;
+      e.scale += cfg_.scale_alpha * (ratio - e.scale);
+    }
+    e.window.push_back(obs.actual_ns - obs.predicted_ns);
+    if (static_cast<int>(e.window.size()) > cfg_.margin_window) e.window.pop_front();
+    std::vector<DurationNs> sorted(e.window.begin(), e.window.end());
+    const auto k = static_cast<std::size_t>(std::ceil(cfg_.margin_quantile * sorted.size())) - 1;
+    std::nth_element(sorted.begin(), sorted.begin() + k, sorted.end());
+    e.margin = std::max(cfg_.min_margin_ns, sorted[k]);
+  }
+
+  bool admits(const SchedulingState& s, int model, TimeNs now, TimeNs deadline) const override {
+    return now + s.profiles[model].predict(1) <= deadline;
+  }
+
+ private:
+  struct Errors {
+    std::deque<DurationNs> window;  // recent measured - predicted
+    DurationNs margin = 0;          // quantile of window, floored
+    double scale = 1.0;             // EWMA of measured / profiled
+  };
+
+  DurationNs margin(int m) const {
+    auto it = errors_.find(m);
+    return it == errors_.end() ? cfg_.min_margin_ns : it->second.margin;
+  }
+  DurationNs predict(const SchedulingState& s, int m, int b) const {
+    auto it = errors_.find(m);
+    const double scale = it == errors_.end() ? 1.0 : it->second.scale;
+    return static_cast<DurationNs>(s.profiles[m].predict(b) * scale);
+  }
+  DurationNs cost(const SchedulingState& s, int m, int b) const {
+    return predict(s, m, b) + margin(m);
+  }
+
+  const PolicyConfig cfg_;
+  std::unordered_map<int, Errors> errors_;  // per model
+};
+
+}  // namespace
+
+std::unique_ptr<BatchPolicy> make_deadline_policy(const PolicyConfig& config) {
+  return std::make_unique<DeadlinePolicy>(config);
+}
+
+}  // namespace gpulanes
