@@ -1,11 +1,11 @@
 """gpulanes demo: three models with SLOs under Poisson load on the default device.
 
 Builds ResNet-18, MobileNetV3-Small (torchvision, random weights) and a small Transformer
-encoder, turns them into TorchScript, registers them with SLOs derived from their measured
-batch-1 latency, drives open-loop Poisson arrivals for about 20 s at a rate the machine can
+encoder, turns them into TorchScript, profiles them on a lane, registers them with SLOs derived
+from their batch-1 latency there, drives open-loop Poisson arrivals for about 20 s at a rate the machine can
 hold, and prints per-model results from ``Runtime.stats()``.
 
-    python examples/demo.py [--seconds 20] [--device auto|cpu|cuda] [--load 0.5]
+    python examples/demo.py [--seconds 20] [--device auto|cpu|cuda] [--load 0.4] [--policy ...]
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import threading
 import time
 import warnings
 
@@ -58,22 +57,15 @@ def build_models(image: int):
     return out
 
 
-def batch1_latency_ms(module, example, device: str, reps: int = 15) -> float:
-    """Median forward time of one sample on `device`, measured directly (no gpulanes)."""
-    mod = module.to(device) if device != "cpu" else module
-    x = example.to(device)
-    times = []
-    with torch.inference_mode():
-        for i in range(reps + 3):
-            t0 = time.perf_counter()
-            mod(x)
-            if device != "cpu":
-                torch.cuda.synchronize()
-            if i >= 3:
-                times.append((time.perf_counter() - t0) * 1e3)
-    if device != "cpu":
-        module.to("cpu")
-    return statistics.median(times)
+def calibrate(models, device: str):
+    """Latency profiles measured by gpulanes itself, on a lane, as serving will run them."""
+    rt = gl.Runtime(device=device)
+    for name, (module, example) in models.items():
+        rt.register(name, module, slo_ms=60_000, example_inputs=example, max_batch_size=8)
+    rt.start()
+    profiles = {name: rt.profile(name) for name in models}
+    rt.shutdown()
+    return profiles
 
 
 def poisson_schedule(rates: dict, seconds: float, seed: int = 0):
@@ -96,7 +88,7 @@ def main() -> None:
     ap.add_argument("--policy", default="deadline", choices=["deadline", "fifo", "max_delay", "aimd"])
     ap.add_argument("--no-wait", action="store_true",
                     help="deadline policy: never idle a lane to let a larger batch form")
-    ap.add_argument("--load", type=float, default=0.5,
+    ap.add_argument("--load", type=float, default=0.4,
                     help="offered load as a fraction of what one lane serves at batch size 1")
     args = ap.parse_args()
 
@@ -108,7 +100,9 @@ def main() -> None:
              f" ({torch.get_num_threads()} intra-op threads)"))
 
     models = build_models(image)
-    lat1 = {n: batch1_latency_ms(m, ex, device) for n, (m, ex) in models.items()}
+    print("profiling on a lane ...", flush=True)
+    profiles = calibrate(models, device)
+    lat1 = {n: p[0]["p50_us"] / 1e3 for n, p in profiles.items()}
     # One lane serves all three models in time, so a request may wait behind a batch of the
     # slowest model: SLO = max(10x own batch-1 latency, 4x the slowest one's), at least 20 ms.
     # Every model gets the same rate, chosen so that batch-1 work would fill `load` of the lane.
@@ -121,7 +115,7 @@ def main() -> None:
     rt = gl.Runtime(device=device, policy=args.policy, policy_options=options)
     for name, (module, example) in models.items():
         rt.register(name, module, slo_ms=slo[name], example_inputs=example, max_batch_size=8)
-    print("warming up ...", flush=True)
+        rt.set_profile(name, profiles[name])
     rt.start()
 
     arrivals = poisson_schedule(rates, args.seconds)
@@ -164,7 +158,7 @@ def main() -> None:
               f"{s['mean_batch_size']:>7.2f}{s['completed'] / wall:>8.1f}")
     late = f"{statistics.median(late_ms):.2f} ms median when late" if late_ms else "never late"
     print(f"\n{len(arrivals)} Poisson arrivals in {args.seconds:.0f} s on {device}; submitter was "
-          f"late for {len(late_ms)} of them ({late}). Batch-1 latency measured directly: "
+          f"late for {len(late_ms)} of them ({late}). Batch-1 latency on a lane (p50): "
           + ", ".join(f"{n} {l:.1f} ms" for n, l in lat1.items()))
 
 

@@ -213,6 +213,25 @@ TEST(DeadlinePolicy, WorkConservingByDefault) {
   for (int i = 0; i < 8; ++i) EXPECT_EQ(sim.dispatches[i].at, kT0 + ms(i));
 }
 
+TEST(DeadlinePolicy, BatchesLeaveRoomForTheOtherModelsOnTheLane) {
+  auto lat = [](int m, int b) { return m == 0 ? ms(10 * b) : ms(1); };
+  Sim sim("deadline", lat);
+  sim.add("slow", 8, ms(1000), lat);
+  sim.add("fast", 8, ms(30), lat);
+  sim.start();
+  for (int i = 0; i < 8; ++i) sim.submit_at(0, "slow", ms(500));
+  sim.submit_at(ms(25), "fast", ms(30));
+  sim.run();
+  // Alone, "slow" would run all 8 at once (80 ms). Sharing the lane with "fast" (SLO 30 ms), a
+  // batch may take at most 15 ms including the margin: one at a time, so the fast request that
+  // arrives at 25 ms starts at 30 ms and meets its deadline.
+  ASSERT_GE(sim.dispatches.size(), 4u);
+  EXPECT_EQ(sim.dispatches[0].size, 1);
+  EXPECT_EQ(sim.dispatches[3].model, 1);
+  EXPECT_EQ(sim.dispatches[3].at, kT0 + ms(30));
+  EXPECT_EQ(sim.count(ErrorCode::kOk), 9);
+}
+
 TEST(DeadlinePolicy, ObservedErrorsShrinkTheBatchesItDaresToForm) {
   // Profile L(b) = 1 + 0.5 b ms. One machine matches it; the other is 1 ms slower per batch.
   auto profile = [](int, int b) { return ms(1 + 0.5 * b); };

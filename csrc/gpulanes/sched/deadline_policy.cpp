@@ -13,6 +13,10 @@
 //   two gaps pass without one (the stream has paused), or until the larger batch's latest start
 //   less one margin, which keeps one margin of slack for the lane's wake-up. Meanwhile a
 //   later-deadline model may use the lane if its batch ends before that time.
+// - On a lane shared by several models, a batch larger than one must also (a) take at most half
+//   the smallest SLO of the other models, so that any of their requests can wait one batch and
+//   still run within its SLO (the gpu-let duty-cycle rule), and (b) end before the latest start
+//   of every other model's queued head request.
 // - A request expected to miss even alone (now + latency(1) > deadline) is dropped without
 //   running; admission control refuses one that could not make it even on an idle lane.
 // - Predictions adapt: the profiled latency is scaled by an EWMA of measured/profiled latency
@@ -59,8 +63,21 @@ class DeadlinePolicy final : public BatchPolicy {
       RequestQueue& q = *s.queues[m];
       const int queued = static_cast<int>(q.size());
       const int max_batch = s.models.at(m).spec.max_batch_size;
+      // Whatever the batch, it must leave room for the other models on the lane.
+      TimeNs others_by = kNever;
+      DurationNs others_slo = kNever;
+      for (int o = 0; o < static_cast<int>(s.queues.size()); ++o) {
+        if (o == m) continue;
+        others_slo = std::min(others_slo, s.models.at(o).spec.slo);
+        if (auto d = s.queues[o]->earliest_deadline()) others_by = std::min(others_by, *d - cost(s, o, 1));
+      }
+      auto fits = [&](int size) {
+        const DurationNs c = cost(s, m, size);
+        return now + c <= deadline && (size == 1 || (now + c <= others_by &&
+                                                     (others_slo == kNever || 2 * c <= others_slo)));
+      };
       int b = std::min(queued, max_batch);
-      while (b > 1 && now + cost(s, m, b) > deadline) --b;
+      while (b > 1 && !fits(b)) --b;
       if (b == 1 && now + predict(s, m, 1) > deadline) continue;
       if (now + cost(s, m, b) > start_by) continue;
       if (cfg_.wait_for_batch && b == queued && queued < max_batch) {
