@@ -133,7 +133,7 @@ LatencyPoint Runtime::measure_batch(Lane& lane, int m, int b) {
 }
 
 void Runtime::prepare_lane(Lane& lane, bool measure, const ProgressFn& progress) {
-  // Loads every model onto the lane and runs it at batch 1 and max batch: this surfaces broken
+  // Loads every model onto the lane and runs it at every profiled batch size: this surfaces broken
   // models at start() instead of on live traffic, checks the output can be split per request,
   // and takes the TorchScript executor's profiling runs out of the serving path. Then measures
   // the latency profile of each model that has none.
@@ -149,10 +149,10 @@ void Runtime::prepare_lane(Lane& lane, bool measure, const ProgressFn& progress)
     try {
       if (progress) progress(done, total, step);
       lane.executor()->load(m, *model.module);
-      std::vector<int> sizes{1};
-      if (model.spec.max_batch_size > 1) sizes.push_back(model.spec.max_batch_size);
+      // Every profiled size, also when a profile was given: TorchScript specializes on the
+      // shapes it sees, and the first call at a new batch size is slow.
       for (int round = 0; round < std::max(1, options_.warmup_rounds); ++round) {
-        for (int b : sizes) {
+        for (int b : profiled_sizes(model.spec.max_batch_size)) {
           split_output(lane.executor()->run(m, example_batch(model, b)), static_cast<std::size_t>(b));
         }
       }
