@@ -95,6 +95,36 @@ def serve(models, profiles, slo, device, policy, options, rate, seconds, max_bat
             "submit_lateness_p99_ms": out["submit_lateness_ms"]["p99"]}
 
 
+def plot(json_path: Path) -> Path:
+    """Attainment vs offered load per policy, from a result file; labelled with its provenance."""
+    import json
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    doc = json.loads(Path(json_path).read_text())
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    for label, r in doc["results"]["policies"].items():
+        ax.plot([p["rate"] for p in r["sweep"]], [100 * p["attainment"] for p in r["sweep"]],
+                marker="o", label=f"{label} (holds {r['max_rate_at_99']:.0f}/s)")
+    ax.axhline(99, color="gray", linestyle=":", linewidth=1)
+    ax.set_xlabel(f"offered load (requests/s, Poisson, {' + '.join(doc['results']['models'])} "
+                  "on one lane)")
+    ax.set_ylabel("SLO attainment (%)")
+    v = doc["versions"]
+    ax.set_title(f"gpulanes policies on {doc.get('gpu', doc['cpu'])}, {doc['date'][:10]}", fontsize=9)
+    fig.text(0.01, 0.01, f"torch {v['torch']}, gpulanes {v['git_commit']}, Python {v['python']}; "
+             f"{doc['command']}", fontsize=6, color="gray")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    png = Path(json_path).with_suffix(".png")
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -105,10 +135,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (CPU: 1 leaves a core to the load driver)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--replot", type=Path, help="only redraw the plot of this result file")
     args = ap.parse_args()
+    if args.replot:
+        print(f"wrote {plot(args.replot)}")
+        return
     torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() and gl._C.cuda_lane_support() else "cpu") \
         if args.device == "auto" else args.device
+    env = environment(device)  # before the run: the commit and date it started with
 
     models = build(device)
     cal = gl.Runtime(device=device, profile_reps=30)
@@ -144,30 +179,13 @@ def main() -> None:
         results[label] = {"policy": policy, "options": options, "sweep": rows,
                           "max_rate_at_99": held}
 
-    env = environment(device)
     payload = {"models": list(models), "slo_ms": slo, "batch1_ms": lat1, "profiles": profiles,
                "capacity_batch1_per_s": capacity, "seconds_per_point": args.seconds,
                "warmup_s": 1.0, "max_batch_size": args.max_batch, "torch_threads": args.threads,
                "policies": results}
     path = write_result("policies", env, payload, args.out)
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for label, r in results.items():
-        ax.plot([p["rate"] for p in r["sweep"]], [100 * p["attainment"] for p in r["sweep"]],
-                marker="o", label=label)
-    ax.axhline(99, color="gray", linestyle=":", linewidth=1)
-    ax.set_xlabel("offered load (requests/s, Poisson, 2 models on one lane)")
-    ax.set_ylabel("SLO attainment (%)")
-    ax.set_title(f"gpulanes policies on {env.get('gpu', env['cpu'])} ({env['date'][:10]})",
-                 fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    png = path.with_suffix(".png")
-    fig.savefig(png, dpi=110)
+    png = plot(path)
     print("\nhighest rate at >= 99% attainment:")
     for label, r in results.items():
         print(f"  {label:<20} {r['max_rate_at_99']:8.1f}/s")
