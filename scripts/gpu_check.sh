@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Run ON a lent GPU machine, in one call of the device tool:
+# Run ON a lent GPU machine through the device tool:
 #   (here, once)  bash scripts/gpu_prepare.sh
-#   (device)      run(command="bash scripts/gpu_check.sh", carry=[".deps"])
-# Builds gpulanes against that machine's torch (no network: --no-index), then runs the C++ tests,
-# the whole pytest suite with the GPU tests, the overhead benchmark and the demo on CUDA. Logs and
-# JSON results land in $OUT; commit the JSON files to benchmarks/results/.
+#   (device)      run(command="bash scripts/gpu_check.sh tests", carry=[".deps"])
+#   (device)      run(command="bash scripts/gpu_check.sh bench", carry=[".deps"])
+# (`all`, the default, does both in one call, which may pass the 10-minute limit of one call; a
+# warm machine keeps build/gpu between calls, so the second call does not rebuild.)
+# Builds gpulanes against that machine's torch (no network: --no-index). `tests`: the C++ tests
+# and the whole pytest suite with the GPU tests. `bench`: the overhead benchmark, the demo and the
+# policies benchmark on CUDA. Logs, JSON and plots land in $OUT; commit them to benchmarks/results/.
 set -uo pipefail
+STAGE="${1:-all}"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-/tmp/gpulanes-gpu-out}"
 mkdir -p "$OUT"
@@ -28,6 +32,7 @@ step build
   -Ccmake.define.Eigen3_DIR="$PWD/.deps/eigen/share/eigen3/cmake" 2>&1 | tail -30 | tee -a "$LOG" \
   || { echo "build failed" | tee -a "$LOG"; exit 1; }
 
+if [ "$STAGE" = all ] || [ "$STAGE" = tests ]; then
 step "C++ tests"
 build/gpu/gpulanes_cpp_tests --gtest_brief=1 2>&1 | tail -15 | tee -a "$LOG" || status=1
 
@@ -35,11 +40,18 @@ step "pytest (GPU tests included)"
 "$PY" -m pytest -q -p no:cacheprovider -rs 2>&1 | tail -25 | tee -a "$LOG" || status=1
 "$PY" -m pytest -q -p no:cacheprovider -m gpu 2>&1 | tail -5 | tee -a "$LOG" || status=1
 
+fi
+
+if [ "$STAGE" = all ] || [ "$STAGE" = bench ]; then
 step "overhead benchmark (cuda)"
 "$PY" benchmarks/overhead.py --device cuda --out "$OUT" 2>&1 | tee -a "$LOG" || status=1
 
 step "demo (cuda)"
 "$PY" examples/demo.py --device cuda --seconds 20 2>&1 | tail -10 | tee -a "$LOG" || status=1
+
+step "policies benchmark (cuda)"
+"$PY" benchmarks/policies.py --device cuda --out "$OUT" 2>&1 | tail -12 | tee -a "$LOG" || status=1
+fi
 
 echo "gpu_check status: $status" | tee -a "$LOG"
 exit "$status"
