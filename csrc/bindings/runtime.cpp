@@ -13,6 +13,7 @@
 #include <mutex>
 
 #include "bindings.h"
+#include "gpulanes/metrics/prometheus.h"
 #include "gpulanes/model/torchscript.h"
 #include "gpulanes/runtime/runtime.h"
 
@@ -384,6 +385,15 @@ class PyRuntime {
     return out;
   }
 
+  std::string metrics_text() const {
+    std::vector<ModelStats> all;
+    {
+      py::gil_scoped_release nogil;
+      all = core_->stats();
+    }
+    return prometheus_text(all);
+  }
+
   py::list lanes() const {
     py::list out;
     for (const auto& l : core_->lanes()) {
@@ -426,6 +436,7 @@ void init_runtime(py::module_& m) {
       .def("shutdown", &PyRuntime::shutdown, py::arg("drain"))
       .def("stats", &PyRuntime::stats)
       .def("lanes", &PyRuntime::lanes)
+      .def("metrics_text", &PyRuntime::metrics_text)
       .def("now_ns", &PyRuntime::now_ns)
       .def_property_readonly("running", &PyRuntime::running);
   py::class_<ResolvedFlag, std::shared_ptr<ResolvedFlag>>(m, "ResolvedFlag")

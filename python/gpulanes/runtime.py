@@ -330,6 +330,12 @@ class Runtime:
             out[name] = s
         return out
 
+    def metrics_text(self) -> str:
+        """The statistics of :meth:`stats` in the Prometheus text exposition format: request
+        outcomes as counters, in-flight and goodput as gauges, latency/queueing/batch execution
+        as summaries (seconds), batch sizes as a histogram. Serve it at ``/metrics``."""
+        return self._core.metrics_text()
+
     def lanes(self) -> List[Dict[str, Any]]:
         """The lanes the runtime created: index, kind and device."""
         return self._core.lanes()

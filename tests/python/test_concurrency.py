@@ -133,3 +133,43 @@ def test_infer_timeout_leaves_request_in_flight():
         assert s["met"] == 2  # the timed-out request still ran and was counted
     finally:
         rt.shutdown()
+
+
+def test_metrics_text_is_valid_prometheus_and_matches_stats(affine_rt):
+    import re
+
+    futs = [affine_rt.submit("affine", torch.zeros(4)) for _ in range(120)]
+    for f in futs:
+        f.result(timeout=60)
+    with pytest.raises(gl.InvalidInput):
+        affine_rt.submit("affine", torch.zeros(3))
+    text = affine_rt.metrics_text()
+    stats = affine_rt.stats()["affine"]
+    sample = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)\{((?:[a-zA-Z_]+="(?:[^"\\]|\\.)*",?)*)\} (\S+)$')
+    values, typed = {}, set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            typed.add(line.split()[2])
+            continue
+        if line.startswith("# HELP "):
+            continue
+        m = sample.match(line)
+        assert m, f"not exposition format: {line!r}"
+        labels = dict(re.findall(r'([a-zA-Z_]+)="((?:[^"\\]|\\.)*)"', m.group(2)))
+        values[(m.group(1), tuple(sorted(labels.items())))] = float(m.group(3))
+        assert any(m.group(1) == t or m.group(1).startswith(t + "_") for t in typed), line
+
+    def v(name, **labels):
+        return values[(name, tuple(sorted({"model": "affine", **labels}.items())))]
+
+    for outcome in ("met", "missed", "dropped", "rejected", "failed"):
+        assert v("gpulanes_requests_total", outcome=outcome) == stats[outcome]
+    assert v("gpulanes_requests_submitted_total") == stats["submitted"] == 121
+    assert v("gpulanes_request_latency_seconds_count") == stats["completed"] == 120
+    assert abs(v("gpulanes_request_latency_seconds", quantile="0.99") * 1e3
+               - stats["latency_ms"]["p99"]) < 1e-6
+    buckets = sorted((float(k[1][0][1]) if k[1][0][1] != "+Inf" else float("inf"), val)
+                     for k, val in values.items() if k[0] == "gpulanes_batch_size_bucket")
+    counts = [c for _, c in buckets]
+    assert counts == sorted(counts) and counts[-1] == v("gpulanes_batch_size_count") == stats["batches"]
+    assert v("gpulanes_batch_size_sum") == 120
