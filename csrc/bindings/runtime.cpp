@@ -199,9 +199,11 @@ PolicyConfig policy_config_from(const py::dict& o) {
 class PyRuntime {
  public:
   PyRuntime(std::string device, std::string policy, const py::dict& policy_options, int cpu_lanes,
-            bool outputs_on_device, int warmup_rounds, double spin_us, int profile_reps)
+            bool outputs_on_device, int warmup_rounds, double spin_us, int profile_reps,
+            bool trace)
       : spin_ns_(from_us(spin_us)) {
     RuntimeOptions o;
+    o.trace = trace;
     o.spin_us = spin_us;
     o.profile_reps = profile_reps;
     o.policy_config = policy_config_from(policy_options);
@@ -385,6 +387,40 @@ class PyRuntime {
     return out;
   }
 
+  // Column lists (not row objects): cheap to turn into a DataFrame.
+  py::dict trace() const {
+    std::vector<TraceRecord> rs;
+    {
+      py::gil_scoped_release nogil;
+      rs = core_->trace();
+    }
+    py::list id, model, arrival, start, end, deadline, batch, lane, size, outcome;
+    for (const auto& r : rs) {
+      id.append(r.request);
+      model.append(r.model);
+      arrival.append(r.arrival);
+      start.append(r.start);
+      end.append(r.end);
+      deadline.append(r.deadline);
+      batch.append(r.batch);
+      lane.append(r.lane);
+      size.append(r.batch_size);
+      outcome.append(trace_outcome_name(r.outcome));
+    }
+    py::dict d;
+    d["request_id"] = id;
+    d["model_index"] = model;
+    d["arrival_ns"] = arrival;
+    d["start_ns"] = start;
+    d["end_ns"] = end;
+    d["deadline_ns"] = deadline;
+    d["batch_id"] = batch;
+    d["lane"] = lane;
+    d["batch_size"] = size;
+    d["outcome"] = outcome;
+    return d;
+  }
+
   std::string metrics_text() const {
     std::vector<ModelStats> all;
     {
@@ -418,10 +454,10 @@ class PyRuntime {
 
 void init_runtime(py::module_& m) {
   py::class_<PyRuntime>(m, "Runtime")
-      .def(py::init<std::string, std::string, py::dict, int, bool, int, double, int>(),
+      .def(py::init<std::string, std::string, py::dict, int, bool, int, double, int, bool>(),
            py::arg("device"), py::arg("policy"), py::arg("policy_options"), py::arg("cpu_lanes"),
            py::arg("outputs_on_device"), py::arg("warmup_rounds"), py::arg("spin_us"),
-           py::arg("profile_reps"))
+           py::arg("profile_reps"), py::arg("trace"))
       .def("register_model", &PyRuntime::register_model, py::arg("name"), py::arg("kind"),
            py::arg("source"), py::arg("example_inputs"), py::arg("slo_ns"),
            py::arg("max_batch_size"), py::arg("max_queue"))
@@ -437,6 +473,7 @@ void init_runtime(py::module_& m) {
       .def("stats", &PyRuntime::stats)
       .def("lanes", &PyRuntime::lanes)
       .def("metrics_text", &PyRuntime::metrics_text)
+      .def("trace", &PyRuntime::trace)
       .def("now_ns", &PyRuntime::now_ns)
       .def_property_readonly("running", &PyRuntime::running);
   py::class_<ResolvedFlag, std::shared_ptr<ResolvedFlag>>(m, "ResolvedFlag")

@@ -136,6 +136,8 @@ class Runtime:
         output_device: ``"cpu"`` (default) or ``"cuda"`` to leave outputs on the GPU.
         warmup_rounds: forward passes per (lane, model, batch size) during :meth:`start`.
         profile_reps: timed forward passes per batch size when :meth:`start` profiles a model.
+        trace: record every request's arrival, start, end, batch, lane and outcome
+            (:meth:`trace_frame`).
         spin_us: how long an idle lane, and a caller blocked in :meth:`infer`, poll before
             sleeping. Polling saves a thread wake-up (tens of microseconds) when work follows
             soon; 0 turns it off (lowest CPU use).
@@ -157,6 +159,7 @@ class Runtime:
         warmup_rounds: int = 2,
         spin_us: float = 50.0,
         profile_reps: int = 10,
+        trace: bool = False,
     ) -> None:
         if policy not in _POLICY_OPTIONS:
             raise InvalidInput(f"policy must be one of {tuple(_POLICY_OPTIONS)}, got {policy!r}")
@@ -179,7 +182,7 @@ class Runtime:
             raise InvalidInput(f"spin_us must be >= 0, got {spin_us}")
         self._core = _C.Runtime(device, policy, self.policy_options, int(cpu_lanes),
                                 output_device == "cuda", int(warmup_rounds), float(spin_us),
-                                int(profile_reps))
+                                int(profile_reps), bool(trace))
         self._spin_us = float(spin_us)
         self._slo_ms: Dict[str, float] = {}
         _live.add(self)
@@ -335,6 +338,25 @@ class Runtime:
         outcomes as counters, in-flight and goodput as gauges, latency/queueing/batch execution
         as summaries (seconds), batch sizes as a histogram. Serve it at ``/metrics``."""
         return self._core.metrics_text()
+
+    def trace_frame(self):
+        """With ``trace=True``: a pandas DataFrame, one row per finished request, in the order
+        outcomes were decided: request_id, model, arrival_s, start_s, end_s, deadline_s (all
+        ``time.monotonic()`` seconds; start_s is NaN for requests that never ran), latency_ms,
+        batch_id and lane (-1 if never run), batch_size, outcome (met, missed, dropped,
+        rejected, failed)."""
+        import pandas as pd
+
+        cols = self._core.trace()
+        df = pd.DataFrame(cols)
+        names = list(self._slo_ms)
+        df.insert(1, "model", [names[i] for i in df.pop("model_index")])
+        for c in ("arrival", "start", "end", "deadline"):
+            df[f"{c}_s"] = df.pop(f"{c}_ns") / 1e9
+        df.loc[df["start_s"] == 0, "start_s"] = float("nan")
+        df["latency_ms"] = (df["end_s"] - df["arrival_s"]) * 1e3
+        return df[["request_id", "model", "arrival_s", "start_s", "end_s", "deadline_s",
+                   "latency_ms", "batch_id", "lane", "batch_size", "outcome"]]
 
     def lanes(self) -> List[Dict[str, Any]]:
         """The lanes the runtime created: index, kind and device."""

@@ -173,3 +173,39 @@ def test_metrics_text_is_valid_prometheus_and_matches_stats(affine_rt):
     counts = [c for _, c in buckets]
     assert counts == sorted(counts) and counts[-1] == v("gpulanes_batch_size_count") == stats["batches"]
     assert v("gpulanes_batch_size_sum") == 120
+
+
+def test_trace_frame_records_every_request():
+    from conftest import scripted
+    from models import Affine, Busy
+
+    rt = gl.Runtime(device="cpu", trace=True, profile_reps=3, warmup_rounds=1)
+    rt.register("a", scripted(Affine()), slo_ms=5_000, example_inputs=torch.zeros(1, 4))
+    rt.register("busy", scripted(Busy(300)), slo_ms=60_000, example_inputs=torch.zeros(1, 4),
+                max_batch_size=1)
+    with rt:
+        alone_ms = rt.profile("busy")[0]["p50_us"] / 1e3
+        ok = [rt.submit("a", torch.zeros(4)) for _ in range(50)]
+        for f in ok:
+            f.result(timeout=60)
+        first = [rt.submit("busy", torch.zeros(4)) for _ in range(2)]
+        time.sleep(0.005)  # the first is running: whatever comes now waits most of `alone`
+        late = rt.submit("busy", torch.zeros(4), deadline_ms=1.2 * alone_ms)  # dropped later
+        with pytest.raises(gl.InvalidInput):
+            rt.submit("a", torch.zeros(5))  # rejected
+        for f in ok + first:
+            f.result(timeout=60)
+        assert isinstance(late.exception(timeout=60), gl.DeadlineExceeded)
+    df = rt.trace_frame()
+    assert len(df) == 54
+    assert (df.groupby("outcome").size().to_dict()
+            == {"met": 52, "dropped": 1, "rejected": 1})
+    ran = df[df["outcome"] == "met"]
+    assert (ran["arrival_s"] <= ran["start_s"]).all() and (ran["start_s"] <= ran["end_s"]).all()
+    assert (ran["end_s"] <= ran["deadline_s"]).all()
+    assert ran["request_id"].is_unique and (ran["batch_id"] > 0).all()
+    assert ran.groupby("batch_id")["batch_size"].first().sum() == 52
+    dropped = df[df["outcome"] == "dropped"].iloc[0]
+    assert dropped["batch_id"] == -1 and dropped["model"] == "busy"
+    s = rt.stats()
+    assert sum(v["submitted"] for v in s.values()) == len(df)

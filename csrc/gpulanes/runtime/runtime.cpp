@@ -220,6 +220,15 @@ void Runtime::submit(const std::string& model, std::vector<at::Tensor> inputs,
   metrics.on_submitted();
   auto reject = [&](ErrorCode code, const std::string& why) {
     metrics.on_rejected();
+    if (options_.trace) {
+      const TimeNs t = clock_->now();
+      TraceRecord r;
+      r.model = m;
+      r.arrival = r.end = t;
+      r.deadline = deadline.value_or(t + models_.at(m).spec.slo);
+      r.outcome = TraceOutcome::kRejected;
+      trace_.add(r);
+    }
     throw Error(code, why);
   };
   if (!accepting_.load(std::memory_order_acquire)) {
@@ -230,9 +239,8 @@ void Runtime::submit(const std::string& model, std::vector<at::Tensor> inputs,
   if (priority != 0 && priority != 1) reject(ErrorCode::kInvalidInput, "priority must be 0 or 1");
   try {
     validate_inputs(spec, inputs);
-  } catch (const Error&) {
-    metrics.on_rejected();
-    throw;
+  } catch (const Error& e) {
+    reject(e.code(), e.what());
   }
   const TimeNs now = clock_->now();
   const TimeNs due = deadline ? *deadline : now + spec.slo;
@@ -305,6 +313,18 @@ void Runtime::on_batch_finished(Batch&& batch, std::vector<Outcome>&& outcomes,
     }
   }
   metrics.on_batch(static_cast<int>(batch.requests.size()), report.exec_ns);
+  if (options_.trace) {
+    std::vector<TraceRecord> rs;
+    for (std::size_t i = 0; i < batch.requests.size(); ++i) {
+      const Request& r = *batch.requests[i];
+      rs.push_back({r.id, r.model, r.arrival, r.started, report.end, r.deadline,
+                    static_cast<std::int64_t>(batch.id), report.lane,
+                    static_cast<int>(batch.requests.size()),
+                    !outcomes[i].ok() ? TraceOutcome::kFailed
+                    : report.end <= r.deadline ? TraceOutcome::kMet : TraceOutcome::kMissed});
+    }
+    trace_.add(rs);
+  }
   BatchObservation obs;
   obs.model = batch.model;
   obs.lane = report.lane;
@@ -319,9 +339,17 @@ void Runtime::on_batch_finished(Batch&& batch, std::vector<Outcome>&& outcomes,
 }
 
 void Runtime::fail(std::vector<RequestPtr>&& requests, ErrorCode code, const std::string& why) {
+  const TimeNs now = clock_->now();
+  std::vector<TraceRecord> rs;
   for (const auto& r : requests) {
     metrics_[r->model]->on_failure(code == ErrorCode::kDeadlineExceeded);
+    if (options_.trace) {
+      rs.push_back({r->id, r->model, r->arrival, 0, now, r->deadline, -1, -1, 0,
+                    code == ErrorCode::kDeadlineExceeded ? TraceOutcome::kDropped
+                                                         : TraceOutcome::kFailed});
+    }
   }
+  if (!rs.empty()) trace_.add(rs);
   std::vector<Outcome> outcomes;
   outcomes.reserve(requests.size());
   for (std::size_t i = 0; i < requests.size(); ++i) outcomes.push_back(Outcome::failure(code, why));

@@ -20,6 +20,7 @@
 #include "gpulanes/core/clock.h"
 #include "gpulanes/exec/virtual_lane.h"
 #include "gpulanes/metrics/model_metrics.h"
+#include "gpulanes/metrics/trace.h"
 #include "gpulanes/runtime/event_loop.h"
 
 namespace torch::jit { struct Module; }
@@ -37,6 +38,7 @@ struct RuntimeOptions {
   double spin_us = 50;            // idle lane polls this long for work before sleeping
   int profile_reps = 10;          // timed runs per batch size when profiling at start()
   double profile_budget_s = 0.5;  // ...but at most this long per batch size (>= 3 runs)
+  bool trace = false;             // record every request (trace())
   int virtual_lanes = 1;                   // device "virtual": how many lanes
   VirtualLane::LatencyFn virtual_latency;  // device "virtual": batch duration by (model, size)
 };
@@ -90,6 +92,8 @@ class Runtime final : private LaneListener, private LoopSink {
   void shutdown(bool drain);
 
   std::vector<ModelStats> stats() const;
+  // Every finished request so far, when options.trace is on (empty otherwise).
+  std::vector<TraceRecord> trace() const { return trace_.snapshot(); }
   std::vector<LaneInfo> lanes() const;
   // The latency profile `model` is scheduled with (empty before start()).
   std::vector<LatencyPoint> profile(const std::string& model) const;
@@ -121,6 +125,7 @@ class Runtime final : private LaneListener, private LoopSink {
   std::vector<std::unique_ptr<ModelMetrics>> metrics_;         // per model
   std::vector<LatencyProfile> profiles_;             // per model; fixed once serving
   std::vector<std::unique_ptr<ArrivalRate>> rates_;  // per model
+  TraceRecorder trace_;                              // used when options_.trace
   std::vector<std::unique_ptr<Lane>> lanes_;         // created by start()
   std::unique_ptr<BatchPolicy> policy_;              // used only by the loop
   std::unique_ptr<EventLoop> loop_;                  // created by start()
