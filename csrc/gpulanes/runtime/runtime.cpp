@@ -279,6 +279,14 @@ void Runtime::refuse(const std::string& model, ErrorCode code, const std::string
     if (m < 0) throw Error(ErrorCode::kUnknownModel, "no model named '" + model + "' is registered");
     metrics_[m]->on_submitted();
     metrics_[m]->on_rejected();
+    if (options_.trace) {
+      TraceRecord r;
+      r.model = m;
+      r.arrival = r.end = clock_->now();
+      r.deadline = r.arrival + models_.at(m).spec.slo;
+      r.outcome = TraceOutcome::kRejected;
+      trace_.add(r);
+    }
   }
   throw Error(code, why);
 }
