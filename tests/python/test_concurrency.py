@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import gpulanes as gl
-from conftest import busy_runtime
+from conftest import Affine, Busy, busy_runtime, scripted
 
 
 def test_threads_all_resolve_exactly_once_with_right_result(affine_rt, unraisable):
@@ -176,8 +176,6 @@ def test_metrics_text_is_valid_prometheus_and_matches_stats(affine_rt):
 
 
 def test_trace_frame_records_every_request():
-    from conftest import scripted
-    from models import Affine, Busy
 
     rt = gl.Runtime(device="cpu", trace=True, profile_reps=3, warmup_rounds=1)
     rt.register("a", scripted(Affine()), slo_ms=5_000, example_inputs=torch.zeros(1, 4))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import gpulanes as gl
-from models import Affine, ListOut, Mlp, TokenClassifier, TwoInputsTupleOut, scripted
+from conftest import Affine, ListOut, Mlp, TokenClassifier, TwoInputsTupleOut, scripted
 
 
 def _direct(module, *sample):

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 import gpulanes as gl
-from conftest import busy_runtime
-from models import Affine, Picky, TwoInputsTupleOut, scripted
+from conftest import Affine, Picky, TwoInputsTupleOut, busy_runtime, scripted
 
 
 def test_error_hierarchy_matches_core_codes():

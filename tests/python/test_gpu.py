@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import gpulanes as gl
-from models import Mlp, TwoInputsTupleOut, scripted
+from conftest import Mlp, TwoInputsTupleOut, scripted
 
 pytestmark = pytest.mark.gpu
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import gpulanes as gl
-from models import Affine, Mlp, scripted
+from conftest import Affine, Mlp, scripted
 
 
 @pytest.mark.parametrize("policy, options", [

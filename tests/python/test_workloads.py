@@ -7,7 +7,7 @@ import torch
 
 import gpulanes as gl
 from gpulanes import workloads as wl
-from models import Affine, scripted
+from conftest import Affine, scripted
 
 
 def _gaps(stream, model):
