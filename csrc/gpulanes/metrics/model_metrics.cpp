@@ -1,18 +1,6 @@
 #include "gpulanes/metrics/model_metrics.h"
-#include "gpulanes/metrics/trace.h"
 
 namespace gpulanes {
-
-const char* trace_outcome_name(TraceOutcome o) {
-  switch (o) {
-    case TraceOutcome::kMet: return "met";
-    case TraceOutcome::kMissed: return "missed";
-    case TraceOutcome::kDropped: return "dropped";
-    case TraceOutcome::kRejected: return "rejected";
-    case TraceOutcome::kFailed: return "failed";
-  }
-  return "failed";
-}
 
 void ModelMetrics::on_result(TimeNs arrival, TimeNs started, TimeNs end, TimeNs deadline) {
   std::lock_guard<std::mutex> lock(mu_);

@@ -13,7 +13,16 @@ namespace gpulanes {
 
 enum class TraceOutcome { kMet, kMissed, kDropped, kRejected, kFailed };
 
-const char* trace_outcome_name(TraceOutcome o);
+inline const char* trace_outcome_name(TraceOutcome o) {
+  switch (o) {
+    case TraceOutcome::kMet: return "met";
+    case TraceOutcome::kMissed: return "missed";
+    case TraceOutcome::kDropped: return "dropped";
+    case TraceOutcome::kRejected: return "rejected";
+    case TraceOutcome::kFailed: return "failed";
+  }
+  return "failed";
+}
 
 struct TraceRecord {
   std::uint64_t request = 0;  // request id (0 for a request refused before it got one)

@@ -220,15 +220,7 @@ void Runtime::submit(const std::string& model, std::vector<at::Tensor> inputs,
   metrics.on_submitted();
   auto reject = [&](ErrorCode code, const std::string& why) {
     metrics.on_rejected();
-    if (options_.trace) {
-      const TimeNs t = clock_->now();
-      TraceRecord r;
-      r.model = m;
-      r.arrival = r.end = t;
-      r.deadline = deadline.value_or(t + models_.at(m).spec.slo);
-      r.outcome = TraceOutcome::kRejected;
-      trace_.add(r);
-    }
+    trace_rejection(m, deadline);
     throw Error(code, why);
   };
   if (!accepting_.load(std::memory_order_acquire)) {
@@ -279,16 +271,19 @@ void Runtime::refuse(const std::string& model, ErrorCode code, const std::string
     if (m < 0) throw Error(ErrorCode::kUnknownModel, "no model named '" + model + "' is registered");
     metrics_[m]->on_submitted();
     metrics_[m]->on_rejected();
-    if (options_.trace) {
-      TraceRecord r;
-      r.model = m;
-      r.arrival = r.end = clock_->now();
-      r.deadline = r.arrival + models_.at(m).spec.slo;
-      r.outcome = TraceOutcome::kRejected;
-      trace_.add(r);
-    }
+    trace_rejection(m, std::nullopt);
   }
   throw Error(code, why);
+}
+
+void Runtime::trace_rejection(int m, std::optional<TimeNs> deadline) {
+  if (!options_.trace) return;
+  TraceRecord r;
+  r.model = m;
+  r.arrival = r.end = clock_->now();
+  r.deadline = deadline.value_or(r.arrival + models_.at(m).spec.slo);
+  r.outcome = TraceOutcome::kRejected;
+  trace_.add(r);
 }
 
 void Runtime::deliver(std::vector<RequestPtr>& requests, std::vector<Outcome>& outcomes) const {

@@ -115,6 +115,8 @@ class Runtime final : private LaneListener, private LoopSink {
   void prepare_lane(Lane& lane, bool measure, const ProgressFn& progress);
   LatencyPoint measure_batch(Lane& lane, int model, int batch_size);
   SchedulingState scheduling_state();
+  // With tracing on: one "rejected" record for a refused submission of model `m`.
+  void trace_rejection(int m, std::optional<TimeNs> deadline);
   // Completes `requests[i]` with `outcomes[i]`: native ones directly, the rest in one hook call.
   void deliver(std::vector<RequestPtr>& requests, std::vector<Outcome>& outcomes) const;
 
