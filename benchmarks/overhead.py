@@ -111,6 +111,7 @@ def main() -> None:
     args = ap.parse_args()
     device = ("cuda" if torch.cuda.is_available() and gl._C.cuda_lane_support() else "cpu") \
         if args.device == "auto" else args.device
+    env = environment(device)  # before the run: the commit and date it started with
 
     rt = gl.Runtime(device=device, spin_us=args.spin_us)
     rt.register("trivial", torch.jit.script(Trivial()), slo_ms=10_000,
@@ -134,9 +135,9 @@ def main() -> None:
         results["spin_us"] = args.spin_us
         results["mean_batch_size"] = round(s["mean_batch_size"], 2)
         results["all_met"] = s["met"] == s["submitted"]
-    env = environment(device)
     results["targets"] = {"added_p50_us_cpu_2core": 50, "added_p50_us_h100_host": 30}
-    path = write_result("overhead", env, results, args.out)
+    name = "overhead" if args.spin_us == 50.0 else f"overhead-spin{args.spin_us:g}us"
+    path = write_result(name, env, results, args.out)
 
     print(f"device {device} ({env.get('gpu', env['cpu'])}), torch {torch.__version__}")
     print(f"forward (lane-measured median): {results['forward_p50_us']:.1f} us")

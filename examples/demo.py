@@ -11,10 +11,13 @@ hold, and prints per-model results from ``Runtime.stats()``.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import time
 import warnings
+
+from pathlib import Path
 
 import torch
 import torchvision
@@ -81,13 +84,34 @@ def poisson_schedule(rates: dict, seconds: float, seed: int = 0):
     return arrivals
 
 
+def write_demo_json(args, device, slo, rates, lat1, stats, wall, arrivals, options) -> None:
+    """The demo's table with its provenance, via the benchmarks' result writer."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from _common import environment, write_result
+
+    env = environment(device)
+    table = {name: {"slo_ms": slo[name], "rate_per_s": rates[name], "batch1_lane_ms": lat1[name],
+                    **{k: s[k] for k in ("submitted", "met", "missed", "dropped", "rejected",
+                                         "failed", "mean_batch_size")},
+                    "latency_ms": s["latency_ms"], "throughput_per_s": s["completed"] / wall}
+             for name, s in stats.items()}
+    name = f"demo-{args.policy}" + ("-wait" if options.get("wait_for_batch") else "")
+    path = write_result(name, env, {"seconds": args.seconds, "load": args.load,
+                                    "arrivals": arrivals, "policy_options": options,
+                                    "models": table}, args.out)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--policy", default="deadline", choices=["deadline", "fifo", "max_delay", "aimd"])
-    ap.add_argument("--no-wait", action="store_true",
-                    help="deadline policy: never idle a lane to let a larger batch form")
+    ap.add_argument("--wait", action="store_true",
+                    help="deadline policy: wait_for_batch=True (may idle a lane for a larger batch)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="also write the table as JSON into this folder (e.g. benchmarks/results)")
     ap.add_argument("--load", type=float, default=0.4,
                     help="offered load as a fraction of what one lane serves at batch size 1")
     args = ap.parse_args()
@@ -111,7 +135,7 @@ def main() -> None:
     rate = args.load / (sum(lat1.values()) / 1e3)
     rates = {n: rate for n in models}
 
-    options = {"wait_for_batch": False} if args.no_wait and args.policy == "deadline" else {}
+    options = {"wait_for_batch": True} if args.wait and args.policy == "deadline" else {}
     rt = gl.Runtime(device=device, policy=args.policy, policy_options=options)
     for name, (module, example) in models.items():
         rt.register(name, module, slo_ms=slo[name], example_inputs=example, max_batch_size=8)
@@ -156,6 +180,8 @@ def main() -> None:
               f"{pct:>7.1f}{s['missed']:>6}{s['dropped'] + s['rejected']:>8}"
               f"{s['latency_ms']['p50']:>8.2f}{s['latency_ms']['p99']:>8.2f}"
               f"{s['mean_batch_size']:>7.2f}{s['completed'] / wall:>8.1f}")
+    if args.out is not None:
+        write_demo_json(args, device, slo, rates, lat1, stats, wall, len(arrivals), options)
     late = f"{statistics.median(late_ms):.2f} ms median when late" if late_ms else "never late"
     print(f"\n{len(arrivals)} Poisson arrivals in {args.seconds:.0f} s on {device}; submitter was "
           f"late for {len(late_ms)} of them ({late}). Batch-1 latency on a lane (p50): "
