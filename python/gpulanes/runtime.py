@@ -117,8 +117,8 @@ class Runtime:
             - ``"deadline"`` (ours): earliest deadline first; the largest batch whose predicted
               completion (profiled latency + an adaptive safety margin) meets the earliest
               deadline in it; waits for a larger batch only while arrivals continue and the
-              deadline allows (``wait_for_batch``; off by default: work-conserving measured
-              better on a shared lane); drops requests expected to miss, without running them;
+              deadline allows (``wait_for_batch``; off by default: in the demo it raised
+              latency without raising attainment); drops requests expected to miss, without running them;
               refuses at submit a deadline that even an idle lane cannot meet.
             - ``"fifo"``: arrival order, no batching.
             - ``"max_delay"``: Triton's dynamic batcher. Options use Triton's names:

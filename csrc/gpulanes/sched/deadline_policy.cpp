@@ -6,8 +6,8 @@
 //   A lone request needs only its expected completion, now + latency(1), in time: the margin
 //   guards the decision to add requests to a batch, and refusing to try a request that is
 //   expected to make it would turn a likely success into a certain failure.
-// - With wait_for_batch (off by default: on the demo's shared CPU lane it lowered attainment,
-//   see README), if every queued request fits, a batch one larger would still finish in time, and arrivals
+// - With wait_for_batch (off by default: in the demo it raised latency without raising
+//   attainment, see README), if every queued request fits, a batch one larger would still finish in time, and arrivals
 //   are still coming (the last one is less than two smoothed gaps old, and the next is due
 //   before the larger batch's latest start), the lane waits: until the next arrival, or until
 //   two gaps pass without one (the stream has paused), or until the larger batch's latest start
