@@ -56,11 +56,12 @@ class Sim {
   }
 
   // Submits at `t` (relative to kT0) with a deadline `rel_deadline` after it; key = order given.
-  void submit_at(DurationNs t, const std::string& model, DurationNs rel_deadline) {
+  void submit_at(DurationNs t, const std::string& model, DurationNs rel_deadline,
+                 int priority = 0) {
     const int key = submitted++;
     driver->at(kT0 + t, [=, this] {
       try {
-        rt->submit(model, {sample(static_cast<float>(key))}, clock_->now() + rel_deadline, 0,
+        rt->submit(model, {sample(static_cast<float>(key))}, clock_->now() + rel_deadline, priority,
                    [=, this](Outcome&& o) {
                      done.push_back({key, o.code, clock_->now()});
                    });
@@ -392,5 +393,100 @@ TEST(Metrics, InvariantHoldsOverThousandsOfRandomWorkloads) {
     }
     ASSERT_EQ(submitted, static_cast<std::uint64_t>(n)) << "case " << c;
     ASSERT_EQ(accounted, sim.done.size()) << "case " << c;
+  }
+}
+
+// Priorities: a best-effort request (1) gives way only when both cannot be served.
+namespace {
+constexpr int kBestEffort = 1;
+
+// Outcome by request key, in key order.
+std::vector<ErrorCode> codes_by_key(const Sim& sim) {
+  std::vector<ErrorCode> out(sim.submitted, ErrorCode::kInternal);
+  for (const auto& d : sim.done) out[d.key] = d.code;
+  return out;
+}
+}  // namespace
+
+TEST(DeadlinePolicyPriority, CriticalRequestWinsWhenBothCannotBeServed) {
+  // 10 ms per request, one lane. Best effort due at 12 ms, critical due at 15 ms: EDF alone would
+  // run the best-effort one and lose the critical one; with priorities the critical one runs
+  // and the best-effort one is dropped.
+  PolicyConfig cfg;
+  cfg.min_margin_ns = 0;
+  auto lat = [](int, int) { return ms(10); };
+  for (bool with_priority : {false, true}) {
+    Sim sim("deadline", lat, cfg);
+    sim.add("m", 1, ms(1000), lat);
+    sim.start();
+    sim.submit_at(0, "m", ms(12), with_priority ? kBestEffort : 0);
+    sim.submit_at(0, "m", ms(15), 0);
+    sim.run();
+    const auto ok = ErrorCode::kOk, dropped = ErrorCode::kDeadlineExceeded;
+    EXPECT_EQ(codes_by_key(sim), with_priority ? (std::vector<ErrorCode>{dropped, ok})
+                                               : (std::vector<ErrorCode>{ok, dropped}));
+    ASSERT_EQ(sim.dispatches.size(), 1u);
+  }
+}
+
+TEST(DeadlinePolicyPriority, BestEffortKeepsEdfOrderWhenBothFit) {
+  PolicyConfig cfg;
+  cfg.min_margin_ns = 0;
+  auto lat = [](int, int) { return ms(10); };
+  Sim sim("deadline", lat, cfg);
+  sim.add("m", 1, ms(1000), lat);
+  sim.start();
+  sim.submit_at(0, "m", ms(25), 0);
+  sim.submit_at(0, "m", ms(12), kBestEffort);  // earlier deadline, still first: both make it
+  sim.run();
+  ASSERT_EQ(sim.done.size(), 2u);
+  EXPECT_EQ(sim.done[0].key, 1);
+  EXPECT_EQ(codes_by_key(sim), (std::vector<ErrorCode>{ErrorCode::kOk, ErrorCode::kOk}));
+  EXPECT_EQ(sim.done[1].at, kT0 + ms(20));
+}
+
+TEST(DeadlinePolicyPriority, CriticalRequestOfAnotherModelGoesFirst) {
+  // Model a holds only best effort (due 12 ms); model b a critical request due 15 ms.
+  PolicyConfig cfg;
+  cfg.min_margin_ns = 0;
+  auto lat = [](int, int) { return ms(10); };
+  Sim sim("deadline", lat, cfg);
+  sim.add("a", 1, ms(1000), lat);
+  sim.add("b", 1, ms(1000), lat);
+  sim.start();
+  sim.submit_at(0, "a", ms(12), kBestEffort);
+  sim.submit_at(0, "b", ms(15), 0);
+  sim.run();
+  ASSERT_EQ(sim.dispatches.size(), 1u);
+  EXPECT_EQ(sim.dispatches[0].model, 1);
+  EXPECT_EQ(codes_by_key(sim), (std::vector<ErrorCode>{ErrorCode::kDeadlineExceeded, ErrorCode::kOk}));
+}
+
+TEST(DeadlinePolicyPriority, BatchShrinksSoThatTheCriticalRequestStillFits) {
+  // Batches of up to 4 take 10 ms + 5 ms per extra request. Three best-effort requests due at
+  // 22 ms sit before a critical one due at 23 ms. EDF alone batches the three (ends at 20 ms) and
+  // the critical request is dropped; a batch of all four (25 ms) is too late for the head. With
+  // priorities only one best-effort request runs before the critical one (0-10, 10-20 ms) and
+  // the other two, which no longer fit, are dropped.
+  PolicyConfig cfg;
+  cfg.min_margin_ns = 0;
+  auto lat = [](int, int b) { return ms(10 + 5 * (b - 1)); };
+  for (bool with_priority : {false, true}) {
+    Sim sim("deadline", lat, cfg);
+    sim.add("m", 4, ms(1000), lat);
+    sim.start();
+    for (int i = 0; i < 3; ++i) sim.submit_at(0, "m", ms(22), with_priority ? kBestEffort : 0);
+    sim.submit_at(0, "m", ms(23), 0);
+    sim.run();
+    constexpr auto ok = ErrorCode::kOk, dropped = ErrorCode::kDeadlineExceeded;
+    if (with_priority) {
+      EXPECT_EQ(sim.sizes(), (std::vector<int>{1, 1}));
+      EXPECT_EQ(codes_by_key(sim), (std::vector<ErrorCode>{ok, dropped, dropped, ok}));
+      EXPECT_EQ(sim.done.back().key, 3);
+      EXPECT_EQ(sim.done.back().at, kT0 + ms(20));
+    } else {
+      EXPECT_EQ(sim.sizes(), (std::vector<int>{3}));
+      EXPECT_EQ(codes_by_key(sim), (std::vector<ErrorCode>{ok, ok, ok, dropped}));
+    }
   }
 }

@@ -145,3 +145,52 @@ TEST(RequestQueue, ArrivalOrderIgnoresDeadlinesAndPopWhileStopsAtHead) {
   EXPECT_EQ(two[1]->id, 1u);
   EXPECT_EQ(q.pop_due(40).size(), 2u);  // heads 2 (30) and 3 (5) are both due
 }
+
+namespace {
+struct PItem {
+  std::uint64_t id;
+  TimeNs deadline;
+  int priority;
+  TimeNs arrival = 0;
+};
+}  // namespace
+
+TEST(RequestQueue, PriorityClassesMergeInDeadlineOrderAndCanBeTakenAlone) {
+  RequestQueueT<PItem> q(100);
+  // (deadline, priority) by id
+  const std::pair<TimeNs, int> items[] = {{30, 0}, {10, 1}, {20, 1}, {40, 0}, {15, 0}, {50, 1}};
+  for (std::uint64_t i = 0; i < 6; ++i) {
+    auto p = std::make_unique<PItem>(PItem{i, items[i].first, items[i].second});
+    ASSERT_TRUE(q.try_push(p));
+  }
+  // Queue order: 1(10,be) 4(15) 2(20,be) 0(30) 3(40) 5(50,be)
+  EXPECT_EQ(q.size(0), 3u);
+  EXPECT_EQ(q.size(1), 3u);
+  EXPECT_EQ(q.earliest_deadline(), 10);
+  EXPECT_EQ(q.count_in_first(3, 1), 2u);
+  EXPECT_EQ(q.count_in_first(100, 0), 3u);
+  EXPECT_EQ(q.deadline_after(0, 0), 15);  // most urgent critical
+  EXPECT_EQ(q.deadline_after(2, 0), 30);  // the first two hold the critical one due at 15
+  EXPECT_EQ(q.deadline_after(5, 0), std::nullopt);
+  EXPECT_EQ(q.deadline_after(3, 1), 50);
+  auto critical = q.pop_up_to(2, 0);
+  ASSERT_EQ(critical.size(), 2u);
+  EXPECT_EQ(critical[0]->id, 4u);
+  EXPECT_EQ(critical[1]->id, 0u);
+  std::vector<std::uint64_t> rest;
+  for (auto& r : q.drain()) rest.push_back(r->id);
+  EXPECT_EQ(rest, (std::vector<std::uint64_t>{1, 2, 3, 5}));
+}
+
+TEST(RequestQueue, CapacityCountsBothClasses) {
+  RequestQueueT<PItem> q(2);
+  auto a = std::make_unique<PItem>(PItem{0, 5, 0});
+  auto b = std::make_unique<PItem>(PItem{1, 5, 1});
+  auto c = std::make_unique<PItem>(PItem{2, 1, 0});
+  ASSERT_TRUE(q.try_push(a));
+  ASSERT_TRUE(q.try_push(b));
+  EXPECT_FALSE(q.try_push(c));
+  auto due = q.pop_due(5);
+  ASSERT_EQ(due.size(), 2u);
+  EXPECT_EQ(due[0]->id, 0u);  // same deadline: lower id first, across classes
+}

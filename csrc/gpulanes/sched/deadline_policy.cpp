@@ -17,6 +17,12 @@
 //   the smallest SLO of the other models, so that any of their requests can wait one batch and
 //   still run within its SLO (the gpu-let duty-cycle rule), and (b) end before the latest start
 //   of every other model's queued head request.
+// - Priorities (0 = latency-critical, the default; 1 = best effort) matter only when both
+//   cannot be served: a batch holding best-effort requests may start only if every critical
+//   request it leaves queued, on any model of the lane, can still start in time after it
+//   (deadline - cost(1)). Otherwise the model's critical requests go alone, if it holds the
+//   most urgent one, or the lane serves the model that does; best-effort requests that can then
+//   no longer make it are dropped. Without best-effort requests none of this costs anything.
 // - A request expected to miss even alone (now + latency(1) > deadline) is dropped without
 //   running; admission control refuses one that could not make it even on an idle lane.
 // - Predictions adapt: the profiled latency is scaled by an EWMA of measured/profiled latency
@@ -53,31 +59,62 @@ class DeadlinePolicy final : public BatchPolicy {
   }
 
   Batch next_batch(const Lane&, SchedulingState& s, TimeNs now, TimeNs* wake_at) override {
+    const int models = static_cast<int>(s.queues.size());
     std::vector<std::pair<TimeNs, int>> order;  // (head deadline, model), most urgent first
-    for (int m = 0; m < static_cast<int>(s.queues.size()); ++m) {
+    bool best_effort = false;                   // any priority-1 request queued
+    std::vector<TimeNs> critical_start(models, kNever);  // latest start of each critical head
+    for (int m = 0; m < models; ++m) {
       if (auto d = s.queues[m]->earliest_deadline()) order.emplace_back(*d, m);
+      best_effort = best_effort || s.queues[m]->size(1) > 0;
+    }
+    if (best_effort) {
+      for (int m = 0; m < models; ++m) {
+        if (auto d = s.queues[m]->deadline_after(0, 0)) critical_start[m] = *d - cost(s, m, 1);
+      }
     }
     std::sort(order.begin(), order.end());
     TimeNs start_by = kNever;  // a more urgent model waits: whatever runs now must end by then
-    for (const auto& [deadline, m] : order) {
+    for (const auto& [head_deadline, m] : order) {
       RequestQueue& q = *s.queues[m];
-      const int queued = static_cast<int>(q.size());
       const int max_batch = s.models.at(m).spec.max_batch_size;
       // Whatever the batch, it must leave room for the other models on the lane.
       TimeNs others_by = kNever;
       DurationNs others_slo = kNever;
-      for (int o = 0; o < static_cast<int>(s.queues.size()); ++o) {
+      TimeNs others_critical = kNever;  // latest start of the other models' critical heads
+      for (int o = 0; o < models; ++o) {
         if (o == m) continue;
         others_slo = std::min(others_slo, s.models.at(o).spec.slo);
         if (auto d = s.queues[o]->earliest_deadline()) others_by = std::min(others_by, *d - cost(s, o, 1));
+        others_critical = std::min(others_critical, critical_start[o]);
       }
-      auto fits = [&](int size) {
+      auto fits = [&](int size, TimeNs deadline) {
         const DurationNs c = cost(s, m, size);
         return now + c <= deadline && (size == 1 || (now + c <= others_by &&
                                                      (others_slo == kNever || 2 * c <= others_slo)));
       };
+      // Best-effort requests in a batch of the first `size` may run only if every critical
+      // request left queued can still start in time after it.
+      auto spares_critical = [&](int size) {
+        if (!best_effort || q.count_in_first(static_cast<std::size_t>(size), 1) == 0) return true;
+        TimeNs by = others_critical;
+        if (auto d = q.deadline_after(static_cast<std::size_t>(size), 0)) by = std::min(by, *d - cost(s, m, 1));
+        return now + cost(s, m, size) <= by;
+      };
+      TimeNs deadline = head_deadline;
+      int queued = static_cast<int>(q.size());
       int b = std::min(queued, max_batch);
-      while (b > 1 && !fits(b)) --b;
+      while (b > 1 && !(fits(b, deadline) && spares_critical(b))) --b;
+      bool critical_only = false;
+      if (!spares_critical(b)) {
+        // Even the best-effort head alone would make critical work late. Serve this model's
+        // critical requests without it, if this model holds the most urgent of them.
+        if (critical_start[m] == kNever || critical_start[m] > others_critical) continue;
+        critical_only = true;
+        deadline = *q.deadline_after(0, 0);
+        queued = static_cast<int>(q.size(0));
+        b = std::min(queued, max_batch);
+        while (b > 1 && !fits(b, deadline)) --b;
+      }
       if (b == 1 && now + predict(s, m, 1) > deadline) continue;
       if (now + cost(s, m, b) > start_by) continue;
       if (cfg_.wait_for_batch && b == queued && queued < max_batch) {
@@ -95,7 +132,8 @@ class DeadlinePolicy final : public BatchPolicy {
       }
       Batch batch;
       batch.model = m;
-      batch.requests = q.pop_up_to(static_cast<std::size_t>(b));
+      batch.requests = critical_only ? q.pop_up_to(static_cast<std::size_t>(b), 0)
+                                     : q.pop_up_to(static_cast<std::size_t>(b));
       batch.predicted_ns = predict(s, m, b);
       return batch;
     }
