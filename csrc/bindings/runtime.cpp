@@ -106,6 +106,33 @@ py::dict stats_dict(const ModelStats& s) {
   for (const auto& [size, count] : s.batch_sizes) sizes[py::int_(size)] = count;
   d["batch_sizes"] = sizes;
   d["mean_batch_size"] = s.mean_batch_size;
+  py::dict pred;
+  pred["batches"] = s.prediction.batches;
+  pred["mape"] = s.prediction.mape;
+  pred["bias"] = s.prediction.bias;
+  pred["p99_abs_ms"] = s.prediction.p99_abs_ms;
+  d["prediction_error"] = pred;
+  return d;
+}
+
+py::dict lane_stats_dict(const LaneStats& s) {
+  py::dict d;
+  d["index"] = s.index;
+  d["kind"] = s.kind;
+  d["device"] = s.device;
+  d["batches"] = s.batches;
+  d["requests"] = s.requests;
+  d["met"] = s.met;
+  d["missed"] = s.missed;
+  d["failed"] = s.failed;
+  d["busy_s"] = s.busy_s;
+  d["elapsed_s"] = s.elapsed_s;
+  d["busy_fraction"] = s.busy_fraction;
+  d["mean_batch_size"] = s.mean_batch_size;
+  d["batch_ms"] = summary_ms(s.batch_ns);
+  py::dict by_model;
+  for (const auto& [name, n] : s.batches_by_model) by_model[py::str(name)] = n;
+  d["batches_by_model"] = by_model;
   return d;
 }
 
@@ -387,6 +414,17 @@ class PyRuntime {
     return out;
   }
 
+  py::list lane_stats() const {
+    std::vector<LaneStats> all;
+    {
+      py::gil_scoped_release nogil;
+      all = core_->lane_stats();
+    }
+    py::list out;
+    for (const auto& s : all) out.append(lane_stats_dict(s));
+    return out;
+  }
+
   // Column lists (not row objects): cheap to turn into a DataFrame.
   py::dict trace() const {
     std::vector<TraceRecord> rs;
@@ -423,11 +461,13 @@ class PyRuntime {
 
   std::string metrics_text() const {
     std::vector<ModelStats> all;
+    std::vector<LaneStats> lanes;
     {
       py::gil_scoped_release nogil;
       all = core_->stats();
+      lanes = core_->lane_stats();
     }
-    return prometheus_text(all);
+    return prometheus_text(all, lanes);
   }
 
   py::list lanes() const {
@@ -471,6 +511,7 @@ void init_runtime(py::module_& m) {
            py::arg("deadline_ns"), py::arg("priority"), py::arg("timeout"))
       .def("shutdown", &PyRuntime::shutdown, py::arg("drain"))
       .def("stats", &PyRuntime::stats)
+      .def("lane_stats", &PyRuntime::lane_stats)
       .def("lanes", &PyRuntime::lanes)
       .def("metrics_text", &PyRuntime::metrics_text)
       .def("trace", &PyRuntime::trace)

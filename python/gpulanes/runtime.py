@@ -288,7 +288,9 @@ class Runtime:
 
         ``inputs`` are one sample per model input (no batch dimension). The deadline is
         ``deadline_ms`` from now, or ``deadline`` in ``time.monotonic()`` seconds, or the
-        model's SLO from now. Raises at once :class:`UnknownModel`, :class:`InvalidInput`,
+        model's SLO from now. ``priority`` 0 (latency-critical, the default) or 1 (best
+        effort): under the ``deadline`` policy a best-effort request gives way, and is dropped
+        if it then cannot make its deadline, when both cannot be served. Raises at once :class:`UnknownModel`, :class:`InvalidInput`,
         :class:`DeadlineExceeded` (already past), :class:`QueueFull` or :class:`RuntimeClosed`.
         The future fails later with :class:`DeadlineExceeded`, :class:`ModelError` or
         :class:`RuntimeClosed`. It cannot be cancelled once submitted.
@@ -322,10 +324,20 @@ class Runtime:
 
     # -- observation and teardown ------------------------------------------------------------
 
-    def stats(self) -> Dict[str, Dict[str, Any]]:
-        """Per model: submitted, completed, met, missed, dropped, rejected, failed, in_flight,
-        goodput and throughput (per second since start), latency/queue/exec percentiles in ms,
-        batch-size histogram and mean batch size."""
+    def stats(self, per: str = "model") -> Dict[Any, Dict[str, Any]]:
+        """``per="model"`` (default), keyed by model name: submitted, completed, met, missed,
+        dropped, rejected, failed, in_flight, goodput and throughput (per second since start),
+        latency/queue/exec percentiles in ms, batch-size histogram, mean batch size, and
+        ``prediction_error`` of the batch latency over recent batches (``mape``, signed
+        ``bias`` = mean (measured - predicted) / measured, ``p99_abs_ms``).
+
+        ``per="lane"``, keyed by lane index: kind, device, batches, requests, met, missed,
+        failed, busy_s, busy_fraction (of the time since start), batch duration percentiles in
+        ms and batches per model."""
+        if per == "lane":
+            return {s["index"]: s for s in self._core.lane_stats()}
+        if per != "model":
+            raise ValueError(f"per must be 'model' or 'lane', not {per!r}")
         out = {}
         for s in self._core.stats():
             name = s.pop("name")
@@ -334,9 +346,11 @@ class Runtime:
         return out
 
     def metrics_text(self) -> str:
-        """The statistics of :meth:`stats` in the Prometheus text exposition format: request
-        outcomes as counters, in-flight and goodput as gauges, latency/queueing/batch execution
-        as summaries (seconds), batch sizes as a histogram. Serve it at ``/metrics``."""
+        """The statistics of :meth:`stats` in the Prometheus text exposition format: per model,
+        request outcomes as counters, in-flight, goodput and prediction error as gauges,
+        latency/queueing/batch execution as summaries (seconds), batch sizes as a histogram;
+        per lane, batches, requests and busy seconds as counters and the busy fraction as a
+        gauge. Serve it at ``/metrics``."""
         return self._core.metrics_text()
 
     def trace_frame(self):

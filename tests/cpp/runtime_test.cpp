@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "gpulanes/runtime/runtime.h"
+#include "gpulanes/runtime/virtual_driver.h"
 #include "test_support.h"
 
 using namespace gpulanes;
@@ -184,4 +185,33 @@ TEST(Runtime, RegistrationErrors) {
   EXPECT_THROW(Runtime(RuntimeOptions{.device = "tpu"}).start(), Error);
   EXPECT_THROW(Runtime(RuntimeOptions{.policy = "nope"}), Error);
   rt.shutdown(true);
+}
+
+TEST(RuntimeMetrics, LaneBusyTimeAndPredictionErrorOnVirtualTime) {
+  // The profile says 10 ms; the lane takes 20 ms. The first batch's prediction is the profile's,
+  // so its error is exactly 10 ms, half the measured latency.
+  auto clock = std::make_shared<VirtualClock>(from_ms(1000));
+  RuntimeOptions o;
+  o.device = "virtual";
+  o.virtual_latency = [](int, int) { return from_ms(20); };
+  Runtime rt(o, clock);
+  rt.register_model(spec("m", 1), affine_module(0), {sample(0)});
+  rt.set_profile("m", {{1, 0, 10'000, 0, 1}});
+  rt.start();
+  VirtualDriver driver(rt, *clock);
+  Collector c;
+  driver.at(from_ms(1000), [&] { rt.submit("m", {sample(1)}, std::nullopt, 0, c.fn(0)); });
+  driver.at(from_ms(1050), [] {});  // the clock runs past the batch
+  driver.run_until();
+  const ModelStats s = rt.stats().at(0);
+  EXPECT_EQ(s.prediction.batches, 1u);
+  EXPECT_DOUBLE_EQ(s.prediction.mape, 0.5);
+  EXPECT_DOUBLE_EQ(s.prediction.bias, 0.5);
+  EXPECT_DOUBLE_EQ(s.prediction.p99_abs_ms, 10.0);
+  const LaneStats lane = rt.lane_stats().at(0);
+  EXPECT_EQ(lane.batches, 1u);
+  EXPECT_EQ(lane.met, 1u);
+  EXPECT_DOUBLE_EQ(lane.busy_s, 0.02);
+  EXPECT_NEAR(lane.busy_fraction, 0.02 / 0.05, 1e-9);
+  EXPECT_EQ(lane.batches_by_model.at("m"), 1u);
 }

@@ -173,6 +173,13 @@ def test_metrics_text_is_valid_prometheus_and_matches_stats(affine_rt):
     counts = [c for _, c in buckets]
     assert counts == sorted(counts) and counts[-1] == v("gpulanes_batch_size_count") == stats["batches"]
     assert v("gpulanes_batch_size_sum") == 120
+    assert v("gpulanes_batch_latency_prediction_mape") == pytest.approx(
+        stats["prediction_error"]["mape"])
+    lane = affine_rt.stats(per="lane")[0]
+    lane_labels = (("device", "cpu"), ("kind", "cpu"), ("lane", "0"))
+    assert values[("gpulanes_lane_batches_total", lane_labels)] == lane["batches"] == stats["batches"]
+    assert values[("gpulanes_lane_requests_total", lane_labels + (("outcome", "met"),))] == 120
+    assert 0 < values[("gpulanes_lane_busy_fraction", lane_labels)] <= 1
 
 
 def test_trace_frame_records_every_request():
@@ -207,3 +214,17 @@ def test_trace_frame_records_every_request():
     assert dropped["batch_id"] == -1 and dropped["model"] == "busy"
     s = rt.stats()
     assert sum(v["submitted"] for v in s.values()) == len(df)
+    # Per lane: what ran there, agreeing with the trace.
+    lanes = rt.stats(per="lane")
+    assert list(lanes) == [0]
+    lane = lanes[0]
+    assert lane["met"] == 52 and lane["requests"] == 52 and lane["missed"] == lane["failed"] == 0
+    assert lane["batches"] == ran["batch_id"].nunique() == sum(lane["batches_by_model"].values())
+    assert lane["batches_by_model"]["busy"] == 2
+    assert 0 < lane["busy_s"] <= lane["elapsed_s"] and lane["busy_fraction"] <= 1
+    # The busy model's batches took about 1-2 of its profiled latencies each.
+    assert lane["busy_s"] >= 2 * 0.5 * alone_ms / 1e3
+    err = s["busy"]["prediction_error"]
+    assert err["batches"] == 2 and err["mape"] >= 0 and err["p99_abs_ms"] >= 0
+    with pytest.raises(ValueError, match="per"):
+        rt.stats(per="gpu")

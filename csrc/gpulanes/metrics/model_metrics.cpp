@@ -14,8 +14,10 @@ void ModelMetrics::on_failure(bool dropped) {
   (dropped ? dropped_ : failed_)++;
 }
 
-void ModelMetrics::on_batch(int size, DurationNs exec_ns) {
+void ModelMetrics::on_batch(int size, DurationNs exec_ns, DurationNs predicted_ns,
+                            DurationNs actual_ns) {
   std::lock_guard<std::mutex> lock(mu_);
+  prediction_.record(predicted_ns, actual_ns);
   batches_++;
   batch_sizes_[size]++;
   exec_ns_.record(exec_ns);
@@ -47,6 +49,7 @@ ModelStats ModelMetrics::snapshot(TimeNs now, TimeNs started_at) const {
   std::uint64_t in_batches = 0;
   for (const auto& [size, count] : batch_sizes_) in_batches += static_cast<std::uint64_t>(size) * count;
   s.mean_batch_size = batches_ ? static_cast<double>(in_batches) / batches_ : 0.0;
+  s.prediction = prediction_.stats();
   return s;
 }
 

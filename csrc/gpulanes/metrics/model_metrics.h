@@ -11,6 +11,7 @@
 
 #include "gpulanes/core/time.h"
 #include "gpulanes/metrics/histogram.h"
+#include "gpulanes/metrics/prediction_error.h"
 
 namespace gpulanes {
 
@@ -35,6 +36,7 @@ struct ModelStats {
   LogHistogram exec_ns;         // forward time per batch
   std::map<int, std::uint64_t> batch_sizes;  // batch size -> batches
   double mean_batch_size = 0;                // requests per batch run
+  PredictionErrorStats prediction;           // batch latency: policy's prediction vs measured
 };
 
 class ModelMetrics {
@@ -48,7 +50,9 @@ class ModelMetrics {
   void on_result(TimeNs arrival, TimeNs started, TimeNs end, TimeNs deadline);
   // One request failed without a result (dropped: DeadlineExceeded, else failed).
   void on_failure(bool dropped);
-  void on_batch(int size, DurationNs exec_ns);
+  // One batch ran: its executor time, and the policy's latency prediction (0: none) against the
+  // lane's measured start-to-outputs time.
+  void on_batch(int size, DurationNs exec_ns, DurationNs predicted_ns, DurationNs actual_ns);
 
   ModelStats snapshot(TimeNs now, TimeNs started_at) const;
 
@@ -61,6 +65,7 @@ class ModelMetrics {
   std::uint64_t met_ = 0, missed_ = 0, dropped_ = 0, failed_ = 0, batches_ = 0;
   LogHistogram latency_ns_, queue_ns_, exec_ns_;
   std::map<int, std::uint64_t> batch_sizes_;
+  PredictionErrorWindow prediction_;
 };
 
 }  // namespace gpulanes

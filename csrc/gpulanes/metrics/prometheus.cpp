@@ -41,7 +41,8 @@ void summary(std::ostringstream& os, const char* name, const std::string& model,
 
 }  // namespace
 
-std::string prometheus_text(const std::vector<ModelStats>& stats) {
+std::string prometheus_text(const std::vector<ModelStats>& stats,
+                            const std::vector<LaneStats>& lanes) {
   std::ostringstream os;
   header(os, "gpulanes_requests_total", "counter",
          "Requests by model and final outcome (met, missed: finished late, dropped: failed "
@@ -94,6 +95,49 @@ std::string prometheus_text(const std::vector<ModelStats>& stats) {
     os << "gpulanes_batch_size_bucket{model=\"" << m << "\",le=\"+Inf\"} " << cumulative << '\n';
     os << "gpulanes_batch_size_sum{model=\"" << m << "\"} " << total << '\n';
     os << "gpulanes_batch_size_count{model=\"" << m << "\"} " << cumulative << '\n';
+  }
+  const std::pair<const char*, const char*> prediction[] = {
+      {"gpulanes_batch_latency_prediction_mape",
+       "Mean absolute relative error of the batch latency prediction, recent batches."},
+      {"gpulanes_batch_latency_prediction_bias",
+       "Mean signed relative error (measured - predicted) / measured, recent batches."},
+      {"gpulanes_batch_latency_prediction_p99_abs_seconds",
+       "99th percentile of |measured - predicted| batch latency, recent batches."}};
+  for (int i = 0; i < 3; ++i) {
+    header(os, prediction[i].first, "gauge", prediction[i].second);
+    for (const auto& s : stats) {
+      const PredictionErrorStats& p = s.prediction;
+      const double v = i == 0 ? p.mape : i == 1 ? p.bias : p.p99_abs_ms / 1e3;
+      os << prediction[i].first << "{model=\"" << escape(s.name) << "\"} " << num(v) << '\n';
+    }
+  }
+  if (lanes.empty()) return os.str();
+  auto lane_labels = [](const LaneStats& l) {
+    return "lane=\"" + std::to_string(l.index) + "\",kind=\"" + escape(l.kind) + "\",device=\"" +
+           escape(l.device) + "\"";
+  };
+  header(os, "gpulanes_lane_batches_total", "counter", "Batches run, by lane.");
+  for (const auto& l : lanes) {
+    os << "gpulanes_lane_batches_total{" << lane_labels(l) << "} " << l.batches << '\n';
+  }
+  header(os, "gpulanes_lane_requests_total", "counter",
+         "Requests run, by lane and outcome (met, missed: finished late, failed: the batch raised).");
+  for (const auto& l : lanes) {
+    const std::pair<const char*, std::uint64_t> outcomes[] = {
+        {"met", l.met}, {"missed", l.missed}, {"failed", l.failed}};
+    for (const auto& [outcome, n] : outcomes) {
+      os << "gpulanes_lane_requests_total{" << lane_labels(l) << ",outcome=\"" << outcome << "\"} "
+         << n << '\n';
+    }
+  }
+  header(os, "gpulanes_lane_busy_seconds_total", "counter", "Time the lane spent running batches.");
+  for (const auto& l : lanes) {
+    os << "gpulanes_lane_busy_seconds_total{" << lane_labels(l) << "} " << num(l.busy_s) << '\n';
+  }
+  header(os, "gpulanes_lane_busy_fraction", "gauge",
+         "Busy seconds over seconds since the runtime started.");
+  for (const auto& l : lanes) {
+    os << "gpulanes_lane_busy_fraction{" << lane_labels(l) << "} " << num(l.busy_fraction) << '\n';
   }
   return os.str();
 }

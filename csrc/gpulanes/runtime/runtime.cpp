@@ -181,7 +181,13 @@ void Runtime::start(const ProgressFn& progress) {
   if (started_) throw Error(ErrorCode::kInvalidInput, "runtime already started");
   create_lanes();
   std::vector<Lane*> lane_ptrs;
-  for (auto& lane : lanes_) lane_ptrs.push_back(lane.get());
+  {
+    std::unique_lock<std::shared_mutex> writing(submit_mu_);  // lane_stats() reads them shared
+    for (auto& lane : lanes_) {
+      lane_ptrs.push_back(lane.get());
+      lane_metrics_.push_back(std::make_unique<LaneMetrics>(lane->index(), lane->kind(), lane->device()));
+    }
+  }
   // The loop exists before any lane serves (a lane reports to it), but runs only after all
   // lanes are warm.
   loop_ = std::make_unique<EventLoop>(*clock_, scheduling_state(), lane_ptrs, *policy_,
@@ -199,6 +205,10 @@ void Runtime::start(const ProgressFn& progress) {
   } catch (...) {
     for (auto& lane : lanes_) lane->stop();
     lanes_.clear();
+    {
+      std::unique_lock<std::shared_mutex> writing(submit_mu_);
+      lane_metrics_.clear();
+    }
     loop_.reset();
     throw;
   }
@@ -307,15 +317,22 @@ void Runtime::on_batch_finished(Batch&& batch, std::vector<Outcome>&& outcomes,
                                 const BatchReport& report) {
   ModelMetrics& metrics = *metrics_[batch.model];
   // Metrics first, so a caller woken by its future already sees itself counted.
+  int met = 0, missed = 0, failed = 0;
   for (std::size_t i = 0; i < batch.requests.size(); ++i) {
     const Request& r = *batch.requests[i];
     if (outcomes[i].ok()) {
       metrics.on_result(r.arrival, r.started, report.end, r.deadline);
+      (report.end <= r.deadline ? met : missed)++;
     } else {
       metrics.on_failure(/*dropped=*/false);
+      failed++;
     }
   }
-  metrics.on_batch(static_cast<int>(batch.requests.size()), report.exec_ns);
+  const int size = static_cast<int>(batch.requests.size());
+  const DurationNs actual_ns = report.end - report.start;
+  metrics.on_batch(size, report.exec_ns, report.predicted_ns, actual_ns);
+  lane_metrics_[report.lane]->on_batch(models_.at(batch.model).spec.name, size, met, missed,
+                                       failed, actual_ns);
   if (options_.trace) {
     std::vector<TraceRecord> rs;
     for (std::size_t i = 0; i < batch.requests.size(); ++i) {
@@ -331,10 +348,10 @@ void Runtime::on_batch_finished(Batch&& batch, std::vector<Outcome>&& outcomes,
   BatchObservation obs;
   obs.model = batch.model;
   obs.lane = report.lane;
-  obs.size = static_cast<int>(batch.requests.size());
+  obs.size = size;
   obs.predicted_ns = report.predicted_ns;
   obs.profiled_ns = profiles_[batch.model].predict(obs.size);
-  obs.actual_ns = report.end - report.start;
+  obs.actual_ns = actual_ns;
   obs.slo_ns = models_.at(batch.model).spec.slo;
   loop_->observe(obs);
   deliver(batch.requests, outcomes);
@@ -378,6 +395,15 @@ std::vector<ModelStats> Runtime::stats() const {
   const TimeNs t0 = started_at_.load(std::memory_order_acquire);
   std::vector<ModelStats> out;
   for (const auto& m : metrics_) out.push_back(m->snapshot(now, t0));
+  return out;
+}
+
+std::vector<LaneStats> Runtime::lane_stats() const {
+  std::shared_lock<std::shared_mutex> lock(submit_mu_);
+  const TimeNs now = clock_->now();
+  const TimeNs t0 = started_at_.load(std::memory_order_acquire);
+  std::vector<LaneStats> out;
+  for (const auto& l : lane_metrics_) out.push_back(l->snapshot(now, t0));
   return out;
 }
 

@@ -19,6 +19,7 @@
 
 #include "gpulanes/core/clock.h"
 #include "gpulanes/exec/virtual_lane.h"
+#include "gpulanes/metrics/lane_metrics.h"
 #include "gpulanes/metrics/model_metrics.h"
 #include "gpulanes/metrics/trace.h"
 #include "gpulanes/runtime/event_loop.h"
@@ -92,6 +93,8 @@ class Runtime final : private LaneListener, private LoopSink {
   void shutdown(bool drain);
 
   std::vector<ModelStats> stats() const;
+  // Per lane (empty before start()).
+  std::vector<LaneStats> lane_stats() const;
   // Every finished request so far, when options.trace is on (empty otherwise).
   std::vector<TraceRecord> trace() const { return trace_.snapshot(); }
   std::vector<LaneInfo> lanes() const;
@@ -129,6 +132,7 @@ class Runtime final : private LaneListener, private LoopSink {
   std::vector<std::unique_ptr<ArrivalRate>> rates_;  // per model
   TraceRecorder trace_;                              // used when options_.trace
   std::vector<std::unique_ptr<Lane>> lanes_;         // created by start()
+  std::vector<std::unique_ptr<LaneMetrics>> lane_metrics_;     // per lane; set under submit_mu_
   std::unique_ptr<BatchPolicy> policy_;              // used only by the loop
   std::unique_ptr<EventLoop> loop_;                  // created by start()
   DeliveryHook delivery_hook_;                       // empty: call directly
