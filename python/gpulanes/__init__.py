@@ -19,12 +19,14 @@ from .errors import (
     RuntimeClosed,
     UnknownModel,
 )
+from . import profiles
 from .runtime import Runtime
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Runtime",
+    "profiles",
     "GpuLanesError",
     "DeadlineExceeded",
     "QueueFull",

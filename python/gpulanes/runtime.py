@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 
 from . import _C
+from . import profiles as _profiles
 from .errors import InvalidInput
 
 __all__ = ["Runtime"]
@@ -141,6 +142,10 @@ class Runtime:
         spin_us: how long an idle lane, and a caller blocked in :meth:`infer`, poll before
             sleeping. Polling saves a thread wake-up (tens of microseconds) when work follows
             soon; 0 turns it off (lowest CPU use).
+        profile_cache: where measured latency profiles are kept between runs, keyed by model
+            bytes, input signature, device, torch version and lane share (see
+            :mod:`gpulanes.profiles`): ``True`` (default) for ``$GPULANES_CACHE_DIR`` or
+            ``~/.cache/gpulanes``, a directory, or ``False`` to always measure.
 
     Outputs are computed under ``torch.inference_mode()``: they are inference tensors, so
     ``clone()`` one before modifying it in place outside inference mode.
@@ -160,6 +165,7 @@ class Runtime:
         spin_us: float = 50.0,
         profile_reps: int = 10,
         trace: bool = False,
+        profile_cache: Union[bool, str, "os.PathLike[str]"] = True,
     ) -> None:
         if policy not in _POLICY_OPTIONS:
             raise InvalidInput(f"policy must be one of {tuple(_POLICY_OPTIONS)}, got {policy!r}")
@@ -185,6 +191,16 @@ class Runtime:
                                 int(profile_reps), bool(trace))
         self._spin_us = float(spin_us)
         self._slo_ms: Dict[str, float] = {}
+        # Per model: what its profile depends on (a profile entry without points).
+        self._profile_keys: Dict[str, Dict[str, Any]] = {}
+        self._profile_source: Dict[str, str] = {}  # model -> "given", "cache" or "measured"
+        if profile_cache is True:
+            self._cache: Optional[_profiles.ProfileCache] = _profiles.ProfileCache(
+                _profiles.default_cache_dir())
+        elif profile_cache is False or profile_cache is None:
+            self._cache = None
+        else:
+            self._cache = _profiles.ProfileCache(profile_cache)
         _live.add(self)
 
     # -- setup -------------------------------------------------------------------------------
@@ -212,10 +228,17 @@ class Runtime:
             buf = io.BytesIO()
             torch.jit.save(model, buf)
             kind, source = "bytes", buf.getvalue()
+            digest = _profiles.model_hash(source)
         elif isinstance(model, (bytes, bytearray, memoryview)):
             kind, source = "bytes", bytes(model)
+            digest = _profiles.model_hash(source)
         elif isinstance(model, (str, os.PathLike)):
             kind, source = "path", os.fspath(model)
+            try:
+                with open(source, "rb") as f:
+                    digest = _profiles.model_hash(f.read())
+            except OSError:
+                digest = None  # the core reports the missing file as a ModelError
         elif isinstance(model, torch.nn.Module):
             raise TypeError("register a TorchScript model: pass torch.jit.script(model) or "
                             "torch.jit.trace(model, example_inputs)")
@@ -229,6 +252,10 @@ class Runtime:
         self._core.register_model(name, kind, source, tuple(example_inputs),
                                   int(slo_ms * 1e6), int(max_batch_size), int(max_queue))
         self._slo_ms[name] = float(slo_ms)
+        self._profile_keys[name] = {
+            "model": name, "model_hash": digest, "max_batch_size": int(max_batch_size),
+            "inputs": [[list(t.shape[1:]), str(t.dtype).replace("torch.", "")]
+                       for t in example_inputs]}
 
     def start(self, progress: Optional[bool] = None) -> "Runtime":
         """Creates the lanes, loads and warms up every model on each, measures the latency
@@ -247,11 +274,78 @@ class Runtime:
             bar.set_postfix_str(what, refresh=False)
             bar.refresh()
 
+        lane = self._profile_lane()
+        if self._cache is not None:
+            for name in self._slo_ms:
+                if name in self._profile_source:
+                    continue
+                hit = self._cache.get(self._profile_entry(name, lane, []))
+                if hit is not None:
+                    self._core.set_profile(name, hit["points"])
+                    self._profile_source[name] = "cache"
         try:
             self._core.start(update)
         finally:
             bar.close()
+        for name in self._slo_ms:
+            if name not in self._profile_source:
+                self._profile_source[name] = "measured"
+                if self._cache is not None:
+                    try:
+                        self._cache.put(self._profile_entry(name, lane, self.profile(name)))
+                    except OSError as e:  # a read-only home must not stop serving
+                        import warnings
+
+                        warnings.warn(f"gpulanes: profile cache not written: {e}")
         return self
+
+    def _profile_lane(self) -> Dict[str, Any]:
+        """Device name and lane kind the profiles of this runtime are measured on."""
+        dev = self.device
+        if dev == "auto":
+            dev = "cuda:0" if _C.cuda_lane_support() else "cpu"
+        elif dev == "cuda":
+            dev = "cuda:0"
+        if dev.startswith("cuda") and not _C.cuda_lane_support():
+            return {"device": dev, "lane_kind": "cuda-stream"}  # start() will refuse it
+        return {"device": _profiles.device_name(dev),
+                "lane_kind": "cpu" if dev == "cpu" else "cuda-stream"}
+
+    def _profile_entry(self, name: str, lane: Dict[str, Any],
+                       points: Sequence[Dict[str, float]]) -> Dict[str, Any]:
+        return {**self._profile_keys[name], **lane, "torch": torch.__version__, "sm_share": 1.0,
+                "sms": None, "points": list(points)}
+
+    def profile_source(self, model: str) -> Optional[str]:
+        """Where ``model``'s latency profile came from: ``"given"`` (:meth:`set_profile` or
+        :meth:`load_profiles`), ``"cache"``, ``"measured"``, or None before :meth:`start`."""
+        return self._profile_source.get(model)
+
+    def save_profiles(self, path: Union[str, "os.PathLike[str]"]) -> None:
+        """After :meth:`start`: writes every model's profile to ``path`` in the schema of
+        :mod:`gpulanes.profiles` (also what the simulator reads)."""
+        lane = self._profile_lane()
+        _profiles.save(path, [self._profile_entry(n, lane, self.profile(n)) for n in self._slo_ms])
+
+    def load_profiles(self, path: Union[str, "os.PathLike[str]"]) -> List[str]:
+        """Before :meth:`start`: uses the profiles in ``path`` for the registered models they
+        name, instead of measuring them; returns those models. Raises :class:`ProfileError`
+        (an :class:`InvalidInput`) for a file that breaks the schema or an entry whose model
+        hash or input signature differs from the registered model's."""
+        doc = _profiles.load(path)
+        used = []
+        for e in doc["profiles"]:
+            key = self._profile_keys.get(e["model"])
+            if key is None or e["sm_share"] != 1.0:
+                continue
+            for field in ("model_hash", "inputs"):
+                if e.get(field) not in (None, []) and e.get(field) != key[field]:
+                    raise _profiles.ProfileError(
+                        f"{path}: the profile of {e['model']!r} was measured for a different "
+                        f"model ({field} differs)")
+            self.set_profile(e["model"], e["points"])
+            used.append(e["model"])
+        return used
 
     def profile(self, model: str) -> List[Dict[str, float]]:
         """The latency profile ``model`` is scheduled with: per profiled batch size its mean,
@@ -262,6 +356,7 @@ class Runtime:
         """Before :meth:`start`: use these points (``batch_size``, ``p50_us``; optionally
         ``mean_us``, ``p99_us``, ``samples``) instead of measuring ``model``'s profile."""
         self._core.set_profile(model, list(points))
+        self._profile_source[model] = "given"
 
     def __enter__(self) -> "Runtime":
         if not self._core.running:

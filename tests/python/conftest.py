@@ -1,7 +1,9 @@
 """Shared fixtures and the small TorchScript models the tests serve (random weights, no
 downloads)."""
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import List, Tuple
 
@@ -10,6 +12,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# Every test run starts with an empty profile cache (tests that study the cache use their own).
+os.environ["GPULANES_CACHE_DIR"] = tempfile.mkdtemp(prefix="gpulanes-test-cache-")
 
 import gpulanes as gl  # noqa: E402
 
