@@ -315,6 +315,7 @@ class PyRuntime {
       d["p50_us"] = p.p50_us;
       d["p99_us"] = p.p99_us;
       d["samples"] = p.samples;
+      if (p.device_p50_us > 0) d["device_p50_us"] = p.device_p50_us;
       out.append(d);
     }
     return out;
@@ -330,6 +331,7 @@ class PyRuntime {
       p.mean_us = d.contains("mean_us") ? d["mean_us"].cast<double>() : p.p50_us;
       p.p99_us = d.contains("p99_us") ? d["p99_us"].cast<double>() : p.p50_us;
       p.samples = d.contains("samples") ? d["samples"].cast<int>() : 0;
+      p.device_p50_us = d.contains("device_p50_us") ? d["device_p50_us"].cast<double>() : 0.0;
       pts.push_back(p);
     }
     core_->set_profile(model, pts);

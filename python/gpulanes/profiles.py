@@ -25,12 +25,15 @@ and each entry describes one model on one kind of lane::
       "inputs": [[[3, 224, 224], "float32"]],  # one (shape, dtype) per input, no batch dim
       "max_batch_size": 32,
       "points": [                              # one per profiled batch size, increasing
-        {"batch_size": 1, "mean_us": 812.0, "p50_us": 805.5, "p99_us": 901.2, "samples": 10}
+        {"batch_size": 1, "mean_us": 812.0, "p50_us": 805.5, "p99_us": 901.2, "samples": 10,
+         "device_p50_us": 640.1}
       ],
       "intensity": {"l2": 0.31, "dram": 0.12}  # optional: resource use, for interference
     }
 
-Batch sizes between points are interpolated by the core (linearly on p50), beyond the last
+Latencies are what a batch costs on the lane, start to outputs ready (stacking, copies,
+forward, splitting); ``device_p50_us`` (optional, GPU only) is the median of the same runs timed
+with CUDA events. Batch sizes between points are interpolated by the core (linearly on p50), beyond the last
 point extrapolated from the last two. A reader must reject a different ``schema`` or a newer
 ``version``; version 1 readers ignore unknown keys.
 
@@ -62,6 +65,7 @@ SCHEMA = "gpulanes.profiles"
 VERSION = 1
 
 PathLike = Union[str, "os.PathLike[str]"]
+_POINT_KEYS = ("batch_size", "p50_us", "mean_us", "p99_us", "samples", "device_p50_us")
 
 
 class ProfileError(InvalidInput):
@@ -109,8 +113,7 @@ def make_entry(model: str, points: Sequence[Dict[str, float]], *, model_hash: Op
         "sms": sms,
         "inputs": [[list(shape), str(dtype)] for shape, dtype in (inputs or [])],
         "max_batch_size": int(max_batch_size),
-        "points": [{k: p[k] for k in ("batch_size", "mean_us", "p50_us", "p99_us", "samples")
-                    if k in p} for p in points],
+        "points": [{k: p[k] for k in _POINT_KEYS if k in p} for p in points],
     }
     if intensity is not None:
         entry["intensity"] = dict(intensity)
@@ -139,7 +142,7 @@ def _check_entry(e: Any, where: str) -> None:
         last = p["batch_size"]
         if not isinstance(p.get("p50_us"), (int, float)) or p["p50_us"] <= 0:
             raise ProfileError(f"{here}: needs 'p50_us' > 0")
-        for k in ("mean_us", "p99_us", "samples"):
+        for k in _POINT_KEYS[2:]:
             if k in p and not isinstance(p[k], (int, float)):
                 raise ProfileError(f"{here}: '{k}' must be a number")
     intensity = e.get("intensity")

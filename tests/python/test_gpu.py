@@ -91,3 +91,12 @@ def test_cuda_model_error_and_bad_input(cuda_rt):
         rt.submit("mlp", torch.randn(15))
     with pytest.raises(gl.DeadlineExceeded):
         rt.submit("mlp", torch.randn(16), deadline_ms=-1)
+
+
+def test_cuda_profiles_carry_event_timed_device_time(cuda_rt):
+    rt, _ = cuda_rt
+    for point in rt.profile("mlp"):
+        # CUDA events bracket copies and forward on the lane's stream: positive, and no longer
+        # than the lane's wall time for the same runs (which adds stacking and launches).
+        assert 0 < point["device_p50_us"] <= point["p50_us"] * 1.05
+    assert rt.stats()["mlp"]["exec_ms"]["count"] > 0

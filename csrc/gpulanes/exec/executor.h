@@ -6,6 +6,7 @@
 
 #include <ATen/core/ivalue.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -25,6 +26,9 @@ class Executor {
   // with tensors on the CPU, or on the executor's device when outputs_on_device was asked for.
   // Throws whatever the model throws.
   virtual c10::IValue run(int index, std::vector<c10::IValue> inputs) = 0;
+  // Device time of the last run(), from its first copy to its outputs being ready, measured with
+  // CUDA events on a GPU; 0 where there is no device clock (CPU).
+  virtual std::int64_t last_device_ns() const { return 0; }
 };
 
 // Forward passes on the calling thread with torch's intra-op thread pool.

@@ -113,6 +113,9 @@ void WorkerLane::run_batch(Batch&& batch) {
     const TimeNs t0 = clock_.now();
     c10::IValue output = executor_->run(batch.model, std::move(inputs));
     report.exec_ns = clock_.now() - t0;
+    if (const std::int64_t device_ns = executor_->last_device_ns(); device_ns > 0) {
+      report.exec_ns = device_ns;
+    }
     for (c10::IValue& row : split_output(output, n)) outcomes.push_back(Outcome::success(std::move(row)));
     report.ok = true;
   } catch (const std::exception& e) {

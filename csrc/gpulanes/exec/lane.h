@@ -33,7 +33,8 @@ struct BatchReport {
   int lane = -1;
   TimeNs start = 0;        // when the worker took the batch
   TimeNs end = 0;          // when outputs were ready (before delivery)
-  DurationNs exec_ns = 0;  // the executor's forward (+ copies) time
+  DurationNs exec_ns = 0;  // the executor's forward (+ copies) time: device time (CUDA events)
+                           // where the executor measures it, else wall time
   bool ok = false;         // false when the model raised or its output could not be split
   DurationNs predicted_ns = 0;  // the policy's prediction for this batch (0: none)
 };

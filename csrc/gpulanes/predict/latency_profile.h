@@ -17,6 +17,7 @@ struct LatencyPoint {
   double p50_us = 0;
   double p99_us = 0;
   int samples = 0;
+  double device_p50_us = 0;  // median device time (CUDA events) of the same runs; 0: not measured
 };
 
 class LatencyProfile {

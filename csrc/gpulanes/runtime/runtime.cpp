@@ -120,16 +120,19 @@ LatencyPoint Runtime::measure_batch(Lane& lane, int m, int b) {
   // What a served batch costs on the lane: stacking, forward (with its copies), splitting.
   const RegisteredModel& model = models_.at(m);
   SteadyClock wall;
-  std::vector<DurationNs> samples;
+  std::vector<DurationNs> samples, device;
   const TimeNs budget_end = wall.now() + static_cast<DurationNs>(options_.profile_budget_s * 1e9);
   for (int i = 0; i < std::max(3, options_.profile_reps); ++i) {
     std::vector<c10::IValue> inputs = example_batch(model, b);
     const TimeNs t0 = wall.now();
     split_output(lane.executor()->run(m, std::move(inputs)), static_cast<std::size_t>(b));
     samples.push_back(wall.now() - t0);
+    if (const std::int64_t d = lane.executor()->last_device_ns(); d > 0) device.push_back(d);
     if (i >= 2 && wall.now() > budget_end) break;
   }
-  return summarize_samples(b, std::move(samples));
+  LatencyPoint point = summarize_samples(b, std::move(samples));
+  if (!device.empty()) point.device_p50_us = summarize_samples(b, std::move(device)).p50_us;
+  return point;
 }
 
 void Runtime::prepare_lane(Lane& lane, bool measure, const ProgressFn& progress) {
