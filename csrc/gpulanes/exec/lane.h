@@ -56,6 +56,8 @@ class Lane {
   virtual std::string device() const = 0;       // "cpu", "cuda:0", ...
   // The executor that runs forward passes, or null for a lane without one (virtual).
   virtual Executor* executor() { return nullptr; }
+  // Whether this lane runs `model` (the scheduler gives it no other model's batches).
+  virtual bool serves(int /*model*/) const { return true; }
   // Begins serving; runs `init` on the lane's own thread first when it has one. `listener`
   // must outlive stop(). Rethrows what `init` threw.
   virtual void start(LaneListener* listener, const std::function<void()>& init) = 0;

@@ -1,7 +1,7 @@
 // A lane on simulated time: no thread and no executor. dispatch() records when the batch will end
 // (now + the latency function's answer); whoever drives the virtual clock calls finish() once the
-// clock reaches busy_until(). Every request gets an empty (None) output. Used by the simulator
-// and by deterministic tests of the scheduling code, which is the same code the real lanes use.
+// clock reaches busy_until(). Every request gets an empty (None) output. Used by deterministic
+// tests of the scheduling code, which is the same code the real lanes use.
 #pragma once
 
 #include <functional>
@@ -9,6 +9,7 @@
 #include <string>
 
 #include "gpulanes/exec/lane.h"
+#include "gpulanes/exec/virtual_backend.h"
 
 namespace gpulanes {
 
@@ -40,5 +41,8 @@ class VirtualLane final : public Lane {
   TimeNs started_ = 0;                // when it was dispatched
   TimeNs ends_ = 0;                   // when it ends
 };
+
+// `lanes` VirtualLanes sharing one latency function, as a backend.
+std::shared_ptr<VirtualBackend> make_fixed_latency_backend(int lanes, VirtualLane::LatencyFn latency);
 
 }  // namespace gpulanes

@@ -38,12 +38,12 @@ void validate_inputs(const ModelSpec& spec, const std::vector<at::Tensor>& input
   }
 }
 
-void validate_spec(const ModelSpec& spec) {
+void validate_spec(const ModelSpec& spec, bool needs_inputs) {
   auto bad = [&](const std::string& why) {
     throw Error(ErrorCode::kInvalidInput, "cannot register model '" + spec.name + "': " + why);
   };
   if (spec.name.empty()) bad("the name is empty");
-  if (spec.inputs.empty()) bad("example_inputs is empty");
+  if (needs_inputs && spec.inputs.empty()) bad("example_inputs is empty");
   if (spec.slo <= 0) bad("slo must be > 0");
   if (spec.max_batch_size < 1) bad("max_batch_size must be >= 1");
   if (spec.max_queue < 1) bad("max_queue must be >= 1");

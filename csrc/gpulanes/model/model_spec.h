@@ -31,8 +31,9 @@ struct ModelSpec {
 // Throws Error(kInvalidInput) naming the model, the argument and what differs.
 void validate_inputs(const ModelSpec& spec, const std::vector<at::Tensor>& inputs);
 
-// Throws Error(kInvalidInput) when the spec itself is unusable (empty name, no inputs, ...).
-void validate_spec(const ModelSpec& spec);
+// Throws Error(kInvalidInput) when the spec itself is unusable (empty name, no inputs when
+// `needs_inputs`, ...).
+void validate_spec(const ModelSpec& spec, bool needs_inputs = true);
 
 std::string describe(const TensorSpec& spec);
 

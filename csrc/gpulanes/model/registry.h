@@ -18,7 +18,8 @@ namespace gpulanes {
 
 struct RegisteredModel {
   ModelSpec spec;                              // signature, SLO, bounds
-  std::shared_ptr<torch::jit::Module> module;  // the loaded TorchScript module (on the CPU)
+  std::shared_ptr<torch::jit::Module> module;  // the loaded TorchScript module (on the CPU);
+                                               // null for a virtual model
   std::vector<at::Tensor> example;             // one sample per input, for warm-up
 };
 
@@ -26,6 +27,8 @@ class ModelRegistry {
  public:
   // Returns the new model's index. Throws Error(kInvalidInput) for a duplicate name or bad spec.
   int add(ModelSpec spec, torch::jit::Module module, std::vector<at::Tensor> example);
+  // A model without weights (module null, no example), for lanes that run nothing (simulated).
+  int add_virtual(ModelSpec spec);
   // Index of `name`, or -1.
   int find(const std::string& name) const;
   const RegisteredModel& at(int index) const { return models_.at(index); }

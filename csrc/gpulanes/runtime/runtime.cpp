@@ -34,6 +34,25 @@ int Runtime::register_model(ModelSpec spec, torch::jit::Module module, std::vect
   return idx;
 }
 
+int Runtime::register_virtual_model(ModelSpec spec) {
+  std::lock_guard<std::mutex> lock(control_mu_);
+  if (started_ || shut_down_) {
+    throw Error(ErrorCode::kInvalidInput, "register models before start()");
+  }
+  if (options_.device != "virtual") {
+    throw Error(ErrorCode::kInvalidInput, "models without weights need device 'virtual'");
+  }
+  std::unique_lock<std::shared_mutex> registering(submit_mu_);
+  const std::string name = spec.name;
+  const std::size_t cap = spec.max_queue;
+  const int idx = models_.add_virtual(std::move(spec));
+  queues_.push_back(std::make_unique<RequestQueue>(cap, policy_->queue_order()));
+  metrics_.push_back(std::make_unique<ModelMetrics>(name));
+  profiles_.emplace_back();
+  rates_.push_back(std::make_unique<ArrivalRate>());
+  return idx;
+}
+
 void Runtime::set_delivery_hook(DeliveryHook hook) {
   std::lock_guard<std::mutex> lock(control_mu_);
   if (started_) throw Error(ErrorCode::kInvalidInput, "set the delivery hook before start()");
@@ -53,7 +72,7 @@ void Runtime::set_profile(const std::string& model, const std::vector<LatencyPoi
 }
 
 SchedulingState Runtime::scheduling_state() {
-  return SchedulingState{models_, queues_, profiles_, rates_};
+  return SchedulingState{models_, queues_, book_, rates_};
 }
 
 void Runtime::create_lanes() {
@@ -65,12 +84,16 @@ void Runtime::create_lanes() {
                                             *clock_, from_us(options_.spin_us)));
   };
   if (dev == "virtual") {
-    if (!clock_->is_virtual() || !options_.virtual_latency) {
-      throw Error(ErrorCode::kInvalidInput, "device 'virtual' needs a VirtualClock and a latency function");
+    backend_ = options_.virtual_backend;
+    if (!backend_ && options_.virtual_latency) {
+      backend_ = make_fixed_latency_backend(options_.virtual_lanes, options_.virtual_latency);
     }
-    for (int i = 0; i < std::max(1, options_.virtual_lanes); ++i) {
-      lanes_.push_back(std::make_unique<VirtualLane>(i, "virtual", *clock_, options_.virtual_latency));
+    if (!clock_->is_virtual() || !backend_) {
+      throw Error(ErrorCode::kInvalidInput,
+                  "device 'virtual' needs a VirtualClock and a backend or latency function");
     }
+    lanes_ = backend_->make_lanes(*clock_);
+    if (lanes_.empty()) throw Error(ErrorCode::kInvalidInput, "the virtual backend made no lanes");
   } else if (dev == "cpu" || (dev == "auto" && gpus == 0)) {
     for (int i = 0; i < options_.cpu_lanes; ++i) {
       lanes_.push_back(std::make_unique<WorkerLane>(i, "cpu", make_cpu_executor(), *clock_,
@@ -215,49 +238,92 @@ void Runtime::start(const ProgressFn& progress) {
     loop_.reset();
     throw;
   }
+  build_profile_book();
   if (!clock_->is_virtual()) loop_->start();  // on virtual time, a driver calls run_round()
   started_at_.store(clock_->now(), std::memory_order_release);
   started_ = true;
   accepting_.store(true, std::memory_order_release);
 }
 
+void Runtime::build_profile_book() {
+  const int n_models = models_.size();
+  std::vector<std::vector<const LatencyProfile*>> lane_profiles(lanes_.size());
+  std::vector<std::vector<char>> serves(lanes_.size());
+  std::vector<int> max_batch;
+  for (int m = 0; m < n_models; ++m) max_batch.push_back(models_.at(m).spec.max_batch_size);
+  for (std::size_t l = 0; l < lanes_.size(); ++l) {
+    for (int m = 0; m < n_models; ++m) {
+      serves[l].push_back(lanes_[l]->serves(m) ? 1 : 0);
+      lane_profiles[l].push_back(backend_ ? backend_->lane_profile(static_cast<int>(l), m) : nullptr);
+    }
+  }
+  book_.build(profiles_, lane_profiles, serves, max_batch);
+}
+
 void Runtime::submit(const std::string& model, std::vector<at::Tensor> inputs,
                      std::optional<TimeNs> deadline, int priority, CompletionFn done,
                      bool native) {
+  std::string why;
+  const ErrorCode code = try_submit(models_.find(model), std::move(inputs), deadline, priority,
+                                    std::move(done), native, &why);
+  if (code != ErrorCode::kOk) {
+    throw Error(code, code == ErrorCode::kUnknownModel
+                          ? "no model named '" + model + "' is registered" : why);
+  }
+}
+
+ErrorCode Runtime::try_submit(int m, std::vector<at::Tensor> inputs,
+                              std::optional<TimeNs> deadline, int priority, CompletionFn done,
+                              bool native, std::string* why) {
   // Shared with other submitters; exclusive only while registering or closing, so nothing is
   // pushed after the loop's final drain and no lookup races a registration.
   std::shared_lock<std::shared_mutex> lock(submit_mu_);
-  const int m = models_.find(model);
-  if (m < 0) throw Error(ErrorCode::kUnknownModel, "no model named '" + model + "' is registered");
+  if (m < 0 || m >= models_.size()) {
+    if (why) *why = "no model with index " + std::to_string(m) + " is registered";
+    return ErrorCode::kUnknownModel;
+  }
   ModelMetrics& metrics = *metrics_[m];
   metrics.on_submitted();
-  auto reject = [&](ErrorCode code, const std::string& why) {
+  auto reject = [&](ErrorCode code, auto&& explain) {
     metrics.on_rejected();
     trace_rejection(m, deadline);
-    throw Error(code, why);
+    if (why) *why = explain();
+    return code;
   };
   if (!accepting_.load(std::memory_order_acquire)) {
-    reject(ErrorCode::kRuntimeClosed,
-           started_at_.load() ? "runtime is shut down" : "runtime not started; call start() first");
+    return reject(ErrorCode::kRuntimeClosed, [&] {
+      return std::string(started_at_.load() ? "runtime is shut down"
+                                            : "runtime not started; call start() first");
+    });
   }
   const ModelSpec& spec = models_.at(m).spec;
-  if (priority != 0 && priority != 1) reject(ErrorCode::kInvalidInput, "priority must be 0 or 1");
+  if (priority != 0 && priority != 1) {
+    return reject(ErrorCode::kInvalidInput, [] { return std::string("priority must be 0 or 1"); });
+  }
   try {
     validate_inputs(spec, inputs);
   } catch (const Error& e) {
-    reject(e.code(), e.what());
+    const std::string msg = e.what();
+    return reject(e.code(), [&] { return msg; });
+  }
+  if (!book_.served(m)) {
+    return reject(ErrorCode::kInvalidInput, [&] {
+      return "no lane serves model '" + spec.name + "' in the current lane layout";
+    });
   }
   const TimeNs now = clock_->now();
   const TimeNs due = deadline ? *deadline : now + spec.slo;
   if (due <= now) {
-    reject(ErrorCode::kDeadlineExceeded, "deadline already passed at submit (" +
-                                             std::to_string(to_ms(now - due)) + " ms ago)");
+    return reject(ErrorCode::kDeadlineExceeded, [&] {
+      return "deadline already passed at submit (" + std::to_string(to_ms(now - due)) + " ms ago)";
+    });
   }
   if (!policy_->admits(scheduling_state(), m, now, due)) {
-    reject(ErrorCode::kDeadlineExceeded,
-           "deadline cannot be met even by a batch of one on an idle lane (predicted " +
-               std::to_string(to_ms(profiles_[m].predict(1))) + " ms, " +
-               std::to_string(to_ms(due - now)) + " ms left)");
+    return reject(ErrorCode::kDeadlineExceeded, [&] {
+      return "deadline cannot be met even by a batch of one on an idle lane (predicted " +
+             std::to_string(to_ms(book_.fastest(m, 1))) + " ms, " +
+             std::to_string(to_ms(due - now)) + " ms left)";
+    });
   }
   rates_[m]->on_arrival(now);
   auto req = std::make_unique<Request>();
@@ -270,11 +336,14 @@ void Runtime::submit(const std::string& model, std::vector<at::Tensor> inputs,
   req->on_done = std::move(done);
   req->native_completion = native;
   if (!queues_[m]->try_push(req)) {
-    req->on_done = nullptr;  // the caller keeps ownership of what `done` captured
-    reject(ErrorCode::kQueueFull, "queue of model '" + model + "' is full (max_queue=" +
-                                      std::to_string(spec.max_queue) + ")");
+    req->on_done = nullptr;  // never called for a refused request
+    return reject(ErrorCode::kQueueFull, [&] {
+      return "queue of model '" + spec.name + "' is full (max_queue=" +
+             std::to_string(spec.max_queue) + ")";
+    });
   }
   loop_->wake();
+  return ErrorCode::kOk;
 }
 
 void Runtime::refuse(const std::string& model, ErrorCode code, const std::string& why) {
@@ -336,24 +405,27 @@ void Runtime::on_batch_finished(Batch&& batch, std::vector<Outcome>&& outcomes,
   metrics.on_batch(size, report.exec_ns, report.predicted_ns, actual_ns);
   lane_metrics_[report.lane]->on_batch(models_.at(batch.model).spec.name, size, met, missed,
                                        failed, actual_ns);
-  if (options_.trace) {
+  if (options_.trace || options_.on_finished) {
     std::vector<TraceRecord> rs;
     for (std::size_t i = 0; i < batch.requests.size(); ++i) {
       const Request& r = *batch.requests[i];
+      const TraceOutcome outcome = !outcomes[i].ok() ? TraceOutcome::kFailed
+                                   : report.end <= r.deadline ? TraceOutcome::kMet
+                                                              : TraceOutcome::kMissed;
+      if (options_.on_finished) options_.on_finished(r, outcome, report.end);
+      if (!options_.trace) continue;
       rs.push_back({r.id, r.model, r.arrival, r.started, report.end, r.deadline,
                     static_cast<std::int64_t>(batch.id), report.lane,
-                    static_cast<int>(batch.requests.size()),
-                    !outcomes[i].ok() ? TraceOutcome::kFailed
-                    : report.end <= r.deadline ? TraceOutcome::kMet : TraceOutcome::kMissed});
+                    static_cast<int>(batch.requests.size()), outcome});
     }
-    trace_.add(rs);
+    if (!rs.empty()) trace_.add(rs);
   }
   BatchObservation obs;
   obs.model = batch.model;
   obs.lane = report.lane;
   obs.size = size;
   obs.predicted_ns = report.predicted_ns;
-  obs.profiled_ns = profiles_[batch.model].predict(obs.size);
+  obs.profiled_ns = book_.predict(batch.model, report.lane, obs.size);
   obs.actual_ns = actual_ns;
   obs.slo_ns = models_.at(batch.model).spec.slo;
   loop_->observe(obs);
@@ -364,12 +436,13 @@ void Runtime::on_batch_finished(Batch&& batch, std::vector<Outcome>&& outcomes,
 void Runtime::fail(std::vector<RequestPtr>&& requests, ErrorCode code, const std::string& why) {
   const TimeNs now = clock_->now();
   std::vector<TraceRecord> rs;
+  const TraceOutcome outcome =
+      code == ErrorCode::kDeadlineExceeded ? TraceOutcome::kDropped : TraceOutcome::kFailed;
   for (const auto& r : requests) {
     metrics_[r->model]->on_failure(code == ErrorCode::kDeadlineExceeded);
+    if (options_.on_finished) options_.on_finished(*r, outcome, now);
     if (options_.trace) {
-      rs.push_back({r->id, r->model, r->arrival, 0, now, r->deadline, -1, -1, 0,
-                    code == ErrorCode::kDeadlineExceeded ? TraceOutcome::kDropped
-                                                         : TraceOutcome::kFailed});
+      rs.push_back({r->id, r->model, r->arrival, 0, now, r->deadline, -1, -1, 0, outcome});
     }
   }
   if (!rs.empty()) trace_.add(rs);
@@ -421,14 +494,6 @@ TimeNs Runtime::run_round() {
     throw Error(ErrorCode::kInvalidInput, "run_round() is for a started runtime on virtual time");
   }
   return loop_->run_round();
-}
-
-std::vector<VirtualLane*> Runtime::virtual_lanes() const {
-  std::vector<VirtualLane*> out;
-  for (const auto& lane : lanes_) {
-    if (auto* v = dynamic_cast<VirtualLane*>(lane.get())) out.push_back(v);
-  }
-  return out;
 }
 
 std::vector<LaneInfo> Runtime::lanes() const {

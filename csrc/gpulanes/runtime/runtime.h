@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "gpulanes/core/clock.h"
+#include "gpulanes/exec/virtual_backend.h"
 #include "gpulanes/exec/virtual_lane.h"
 #include "gpulanes/metrics/lane_metrics.h"
 #include "gpulanes/metrics/model_metrics.h"
@@ -30,7 +31,8 @@ namespace gpulanes {
 
 struct RuntimeOptions {
   std::string device = "auto";    // "auto" (CUDA if usable, else CPU), "cpu", "cuda", "cuda:N",
-                                  // "virtual" (VirtualLanes: simulated time, no forward passes)
+                                  // "virtual" (simulated time, no forward passes: lanes come
+                                  // from virtual_backend, or are VirtualLanes)
   std::string policy = "deadline";
   PolicyConfig policy_config;     // the policy's knobs
   int cpu_lanes = 1;              // lanes when running on the CPU
@@ -40,8 +42,12 @@ struct RuntimeOptions {
   int profile_reps = 10;          // timed runs per batch size when profiling at start()
   double profile_budget_s = 0.5;  // ...but at most this long per batch size (>= 3 runs)
   bool trace = false;             // record every request (trace())
-  int virtual_lanes = 1;                   // device "virtual": how many lanes
-  VirtualLane::LatencyFn virtual_latency;  // device "virtual": batch duration by (model, size)
+  std::shared_ptr<VirtualBackend> virtual_backend;  // device "virtual": the lanes, if set
+  int virtual_lanes = 1;                   // else that many VirtualLanes with...
+  VirtualLane::LatencyFn virtual_latency;  // ...this batch duration by (model, size)
+  // Called once per accepted request when its outcome is decided (met, missed, dropped, failed),
+  // on the thread that decided it, with no core lock held and before its completion runs.
+  std::function<void(const Request&, TraceOutcome, TimeNs end)> on_finished;
 };
 
 // Progress of start(): `done` of `total` steps, `what` names the current one.
@@ -66,6 +72,9 @@ class Runtime final : private LaneListener, private LoopSink {
 
   // Before start() only. `example` holds one sample per input (no batch dimension).
   int register_model(ModelSpec spec, torch::jit::Module module, std::vector<at::Tensor> example);
+  // Before start(), device "virtual" only: a model without weights (nothing runs). If its spec
+  // has no inputs, requests carry none.
+  int register_virtual_model(ModelSpec spec);
   // Before start() only.
   void set_delivery_hook(DeliveryHook hook);
   // Before start() only: use this latency profile for `model` instead of measuring one.
@@ -83,6 +92,13 @@ class Runtime final : private LaneListener, private LoopSink {
   void submit(const std::string& model, std::vector<at::Tensor> inputs,
               std::optional<TimeNs> deadline, int priority, CompletionFn done,
               bool native = false);
+  // submit() by model index, refusing with a code instead of throwing (kOk: accepted; else
+  // `*why`, if given, says why). For drivers that submit millions of requests.
+  ErrorCode try_submit(int model, std::vector<at::Tensor> inputs, std::optional<TimeNs> deadline,
+                       int priority, CompletionFn done, bool native = false,
+                       std::string* why = nullptr);
+  // Index of `model`, or -1.
+  int model_index(const std::string& model) const { return models_.find(model); }
 
   // Counts a submission the caller refused before it could reach submit() (e.g. an input that
   // is not a tensor) as submitted + rejected, then throws Error(code, why).
@@ -102,10 +118,10 @@ class Runtime final : private LaneListener, private LoopSink {
   std::vector<LatencyPoint> profile(const std::string& model) const;
   std::string policy_name() const { return policy_->name(); }
 
-  // Virtual time only (device "virtual", a VirtualClock): one loop round now, and the lanes, for
-  // a driver that advances the clock (VirtualDriver).
+  // Virtual time only (device "virtual", a VirtualClock): one loop round now, and the backend,
+  // for a driver that advances the clock (VirtualDriver, the simulator).
   TimeNs run_round();
-  std::vector<VirtualLane*> virtual_lanes() const;
+  VirtualBackend* virtual_backend() const { return backend_.get(); }
   const Clock& clock() const { return *clock_; }
   bool running() const { return accepting_.load(std::memory_order_acquire); }
 
@@ -114,6 +130,8 @@ class Runtime final : private LaneListener, private LoopSink {
                          const BatchReport& report) override;
   void fail(std::vector<RequestPtr>&& requests, ErrorCode code, const std::string& why) override;
   void create_lanes();
+  // Profiles by (model, lane) and which lane serves which model, once lanes and profiles exist.
+  void build_profile_book();
   // On the lane's thread: load and warm up every model; measure missing profiles if `measure`.
   void prepare_lane(Lane& lane, bool measure, const ProgressFn& progress);
   LatencyPoint measure_batch(Lane& lane, int model, int batch_size);
@@ -129,6 +147,8 @@ class Runtime final : private LaneListener, private LoopSink {
   std::vector<std::unique_ptr<RequestQueue>> queues_;          // per model
   std::vector<std::unique_ptr<ModelMetrics>> metrics_;         // per model
   std::vector<LatencyProfile> profiles_;             // per model; fixed once serving
+  ProfileBook book_;                                 // by (model, lane); built by start()
+  std::shared_ptr<VirtualBackend> backend_;          // device "virtual": creates the lanes
   std::vector<std::unique_ptr<ArrivalRate>> rates_;  // per model
   TraceRecorder trace_;                              // used when options_.trace
   std::vector<std::unique_ptr<Lane>> lanes_;         // created by start()

@@ -9,10 +9,10 @@
 
 namespace gpulanes {
 
-int oldest_head(const SchedulingState& s) {
+int oldest_head(const SchedulingState& s, int lane) {
   int best = -1;
   TimeNs best_arrival = kNever;
-  for (int m = 0; m < static_cast<int>(s.queues.size()); ++m) {
+  for (int m : s.profiles.models_of(lane)) {
     if (auto h = s.queues[m]->head(); h && h->arrival < best_arrival) {
       best = m;
       best_arrival = h->arrival;
@@ -23,11 +23,11 @@ int oldest_head(const SchedulingState& s) {
 
 namespace {
 
-Batch take(SchedulingState& s, int m, int n) {
+Batch take(SchedulingState& s, int lane, int m, int n) {
   Batch batch;
   batch.model = m;
   batch.requests = s.queues[m]->pop_up_to(static_cast<std::size_t>(n));
-  batch.predicted_ns = s.profiles[m].predict(static_cast<int>(batch.requests.size()));
+  batch.predicted_ns = s.profiles.predict(m, lane, static_cast<int>(batch.requests.size()));
   return batch;
 }
 
@@ -37,9 +37,9 @@ class FifoPolicy final : public BatchPolicy {
   std::string name() const override { return "fifo"; }
   QueueOrder queue_order() const override { return QueueOrder::kArrival; }
   TimeNs expire(SchedulingState&, TimeNs, std::vector<RequestPtr>&) override { return kNever; }
-  Batch next_batch(const Lane&, SchedulingState& s, TimeNs, TimeNs*) override {
-    const int m = oldest_head(s);
-    return m < 0 ? Batch{} : take(s, m, 1);
+  Batch next_batch(const Lane& lane, SchedulingState& s, TimeNs, TimeNs*) override {
+    const int m = oldest_head(s, lane.index());
+    return m < 0 ? Batch{} : take(s, lane.index(), m, 1);
   }
 };
 
@@ -73,10 +73,10 @@ class MaxDelayPolicy final : public BatchPolicy {
     return next;
   }
 
-  Batch next_batch(const Lane&, SchedulingState& s, TimeNs now, TimeNs* wake_at) override {
+  Batch next_batch(const Lane& lane, SchedulingState& s, TimeNs now, TimeNs* wake_at) override {
     int best = -1, best_size = 0;
     TimeNs best_arrival = kNever;
-    for (int m = 0; m < static_cast<int>(s.queues.size()); ++m) {
+    for (int m : s.profiles.models_of(lane.index())) {
       auto h = s.queues[m]->head();
       if (!h) continue;
       const int max_batch = s.models.at(m).spec.max_batch_size;
@@ -98,7 +98,7 @@ class MaxDelayPolicy final : public BatchPolicy {
         best_arrival = h->arrival;
       }
     }
-    return best < 0 ? Batch{} : take(s, best, best_size);
+    return best < 0 ? Batch{} : take(s, lane.index(), best, best_size);
   }
 
  private:
@@ -115,14 +115,14 @@ class AimdPolicy final : public BatchPolicy {
   QueueOrder queue_order() const override { return QueueOrder::kArrival; }
   TimeNs expire(SchedulingState&, TimeNs, std::vector<RequestPtr>&) override { return kNever; }
 
-  Batch next_batch(const Lane&, SchedulingState& s, TimeNs, TimeNs*) override {
-    const int m = oldest_head(s);
+  Batch next_batch(const Lane& lane, SchedulingState& s, TimeNs, TimeNs*) override {
+    const int m = oldest_head(s, lane.index());
     if (m < 0) return {};
     const int max_batch = s.models.at(m).spec.max_batch_size;
     int& cap = caps_.try_emplace(m, 1).first->second;
     cap = std::min(cap, max_batch);
     max_batch_[m] = max_batch;
-    return take(s, m, cap);
+    return take(s, lane.index(), m, cap);
   }
 
   void observe(const BatchObservation& obs) override {

@@ -12,7 +12,7 @@
 #include "gpulanes/core/request.h"
 #include "gpulanes/exec/lane.h"
 #include "gpulanes/model/registry.h"
-#include "gpulanes/predict/latency_profile.h"
+#include "gpulanes/predict/profile_book.h"
 #include "gpulanes/queue/request_queue.h"
 #include "gpulanes/sched/arrival_rate.h"
 
@@ -20,11 +20,12 @@ namespace gpulanes {
 
 using RequestQueue = RequestQueueT<Request>;
 
-// What a policy may look at and take from, by model index.
+// What a policy may look at and take from, by model index. A lane serves only the models
+// profiles.models_of(lane) lists; a policy hands it no other.
 struct SchedulingState {
   const ModelRegistry& models;
   std::vector<std::unique_ptr<RequestQueue>>& queues;
-  const std::vector<LatencyProfile>& profiles;             // empty profile: latency unknown
+  const ProfileBook& profiles;                             // by (model, lane); empty: unknown
   const std::vector<std::unique_ptr<ArrivalRate>>& rates;  // recent arrival gaps
 };
 

@@ -49,7 +49,9 @@ class DeadlinePolicy final : public BatchPolicy {
   TimeNs expire(SchedulingState& s, TimeNs now, std::vector<RequestPtr>& out) override {
     TimeNs next = kNever;
     for (int m = 0; m < static_cast<int>(s.queues.size()); ++m) {
-      const DurationNs alone = predict(s, m, 1);
+      if (s.queues[m]->size() == 0) continue;
+      const DurationNs alone = scaled(m, s.profiles.fastest(m, 1));  // on the fastest lane
+      if (alone == kNever) continue;  // no lane serves it (admission refuses such requests)
       auto dropped = s.queues[m]->pop_while(
           [&](const Request& r) { return now + alone > r.deadline; });
       for (auto& r : dropped) out.push_back(std::move(r));
@@ -58,20 +60,30 @@ class DeadlinePolicy final : public BatchPolicy {
     return next;
   }
 
-  Batch next_batch(const Lane&, SchedulingState& s, TimeNs now, TimeNs* wake_at) override {
-    const int models = static_cast<int>(s.queues.size());
+  Batch next_batch(const Lane& lane, SchedulingState& s, TimeNs now, TimeNs* wake_at) override {
+    const int L = lane.index();
+    const std::vector<int>& mine = s.profiles.models_of(L);
+    auto predict = [&](int m, int b) { return scaled(m, s.profiles.predict(m, L, b)); };
+    auto cost = [&](int m, int b) { return predict(m, b) + margin(m); };
     std::vector<std::pair<TimeNs, int>> order;  // (head deadline, model), most urgent first
     bool best_effort = false;                   // any priority-1 request queued
-    std::vector<TimeNs> critical_start(models, kNever);  // latest start of each critical head
-    for (int m = 0; m < models; ++m) {
+    for (int m : mine) {
       if (auto d = s.queues[m]->earliest_deadline()) order.emplace_back(*d, m);
+      else continue;
       best_effort = best_effort || s.queues[m]->size(1) > 0;
     }
+    if (order.empty()) return {};
+    // Latest start of each model's most urgent critical request (by model index).
+    std::unordered_map<int, TimeNs> critical_start;
     if (best_effort) {
-      for (int m = 0; m < models; ++m) {
-        if (auto d = s.queues[m]->deadline_after(0, 0)) critical_start[m] = *d - cost(s, m, 1);
+      for (const auto& [d, m] : order) {
+        if (auto c = s.queues[m]->deadline_after(0, 0)) critical_start[m] = *c - cost(m, 1);
       }
     }
+    auto critical_start_of = [&](int m) {
+      auto it = critical_start.find(m);
+      return it == critical_start.end() ? kNever : it->second;
+    };
     std::sort(order.begin(), order.end());
     TimeNs start_by = kNever;  // a more urgent model waits: whatever runs now must end by then
     for (const auto& [head_deadline, m] : order) {
@@ -81,14 +93,14 @@ class DeadlinePolicy final : public BatchPolicy {
       TimeNs others_by = kNever;
       DurationNs others_slo = kNever;
       TimeNs others_critical = kNever;  // latest start of the other models' critical heads
-      for (int o = 0; o < models; ++o) {
+      for (int o : mine) {
         if (o == m) continue;
         others_slo = std::min(others_slo, s.models.at(o).spec.slo);
-        if (auto d = s.queues[o]->earliest_deadline()) others_by = std::min(others_by, *d - cost(s, o, 1));
-        others_critical = std::min(others_critical, critical_start[o]);
+        if (auto d = s.queues[o]->earliest_deadline()) others_by = std::min(others_by, *d - cost(o, 1));
+        others_critical = std::min(others_critical, critical_start_of(o));
       }
       auto fits = [&](int size, TimeNs deadline) {
-        const DurationNs c = cost(s, m, size);
+        const DurationNs c = cost(m, size);
         return now + c <= deadline && (size == 1 || (now + c <= others_by &&
                                                      (others_slo == kNever || 2 * c <= others_slo)));
       };
@@ -97,8 +109,8 @@ class DeadlinePolicy final : public BatchPolicy {
       auto spares_critical = [&](int size) {
         if (!best_effort || q.count_in_first(static_cast<std::size_t>(size), 1) == 0) return true;
         TimeNs by = others_critical;
-        if (auto d = q.deadline_after(static_cast<std::size_t>(size), 0)) by = std::min(by, *d - cost(s, m, 1));
-        return now + cost(s, m, size) <= by;
+        if (auto d = q.deadline_after(static_cast<std::size_t>(size), 0)) by = std::min(by, *d - cost(m, 1));
+        return now + cost(m, size) <= by;
       };
       TimeNs deadline = head_deadline;
       int queued = static_cast<int>(q.size());
@@ -108,18 +120,19 @@ class DeadlinePolicy final : public BatchPolicy {
       if (!spares_critical(b)) {
         // Even the best-effort head alone would make critical work late. Serve this model's
         // critical requests without it, if this model holds the most urgent of them.
-        if (critical_start[m] == kNever || critical_start[m] > others_critical) continue;
+        const TimeNs own_critical = critical_start_of(m);
+        if (own_critical == kNever || own_critical > others_critical) continue;
         critical_only = true;
         deadline = *q.deadline_after(0, 0);
         queued = static_cast<int>(q.size(0));
         b = std::min(queued, max_batch);
         while (b > 1 && !fits(b, deadline)) --b;
       }
-      if (b == 1 && now + predict(s, m, 1) > deadline) continue;
-      if (now + cost(s, m, b) > start_by) continue;
+      if (b == 1 && now + predict(m, 1) > deadline) continue;
+      if (now + cost(m, b) > start_by) continue;
       if (cfg_.wait_for_batch && b == queued && queued < max_batch) {
         // Latest start of a batch one larger, less one margin of slack for waking up.
-        const TimeNs latest = deadline - cost(s, m, queued + 1) - margin(m);
+        const TimeNs latest = deadline - cost(m, queued + 1) - margin(m);
         const DurationNs gap = s.rates[m]->mean_gap();
         if (gap != kNever && now + gap <= latest) {
           const TimeNs paused_at = s.rates[m]->last() + 2 * gap;  // no arrival by then: paused
@@ -134,7 +147,7 @@ class DeadlinePolicy final : public BatchPolicy {
       batch.model = m;
       batch.requests = critical_only ? q.pop_up_to(static_cast<std::size_t>(b), 0)
                                      : q.pop_up_to(static_cast<std::size_t>(b));
-      batch.predicted_ns = predict(s, m, b);
+      batch.predicted_ns = predict(m, b);
       return batch;
     }
     return {};
@@ -156,7 +169,8 @@ class DeadlinePolicy final : public BatchPolicy {
   }
 
   bool admits(const SchedulingState& s, int model, TimeNs now, TimeNs deadline) const override {
-    return now + s.profiles[model].predict(1) <= deadline;
+    const DurationNs alone = s.profiles.fastest(model, 1);
+    return alone != kNever && now + alone <= deadline;
   }
 
  private:
@@ -170,13 +184,11 @@ class DeadlinePolicy final : public BatchPolicy {
     auto it = errors_.find(m);
     return it == errors_.end() ? cfg_.min_margin_ns : it->second.margin;
   }
-  DurationNs predict(const SchedulingState& s, int m, int b) const {
+  // A profiled latency times the model's learned slow-down factor.
+  DurationNs scaled(int m, DurationNs profiled) const {
+    if (profiled == kNever) return kNever;
     auto it = errors_.find(m);
-    const double scale = it == errors_.end() ? 1.0 : it->second.scale;
-    return static_cast<DurationNs>(s.profiles[m].predict(b) * scale);
-  }
-  DurationNs cost(const SchedulingState& s, int m, int b) const {
-    return predict(s, m, b) + margin(m);
+    return it == errors_.end() ? profiled : static_cast<DurationNs>(profiled * it->second.scale);
   }
 
   const PolicyConfig cfg_;

@@ -10,7 +10,8 @@ std::unique_ptr<BatchPolicy> make_fifo_policy(const PolicyConfig& config);
 std::unique_ptr<BatchPolicy> make_max_delay_policy(const PolicyConfig& config);
 std::unique_ptr<BatchPolicy> make_aimd_policy(const PolicyConfig& config);
 
-// Index of the model whose head request arrived first, or -1 when every queue is empty.
-int oldest_head(const SchedulingState& state);
+// Of the models `lane` serves, the one whose head request arrived first, or -1 when their
+// queues are empty.
+int oldest_head(const SchedulingState& state, int lane);
 
 }  // namespace gpulanes
