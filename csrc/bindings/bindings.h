@@ -1,12 +1,19 @@
 // Shared declarations of the binding layer, which is split by topic: errors.cpp (typed errors),
-// runtime.cpp (Runtime, futures), module.cpp (the _C module).
+// runtime.cpp (Runtime, futures), sim.cpp (Simulator), stats.cpp (conversions both use),
+// module.cpp (the _C module).
 #pragma once
 
 #include <pybind11/pybind11.h>
 
 #include <string>
 
+#include <vector>
+
 #include "gpulanes/core/error.h"
+#include "gpulanes/metrics/lane_metrics.h"
+#include "gpulanes/metrics/model_metrics.h"
+#include "gpulanes/metrics/trace.h"
+#include "gpulanes/sched/batch_policy.h"
 
 namespace gpulanes::bindings {
 
@@ -17,7 +24,17 @@ py::handle error_type(ErrorCode code);
 // An instance of that class carrying `message`.
 py::object make_error(ErrorCode code, const std::string& message);
 
+// Percentiles of `h` in milliseconds (count, mean, p50, p90, p99, p999, max).
+py::dict summary_ms(const LogHistogram& h);
+py::dict stats_dict(const ModelStats& s);
+py::dict lane_stats_dict(const LaneStats& s);
+// The trace as columns (lists), cheap to turn into a DataFrame.
+py::dict trace_columns(const std::vector<TraceRecord>& records);
+// The policy knobs from Python's `policy_options` (already validated and renamed there).
+PolicyConfig policy_config_from(const py::dict& options);
+
 void init_errors(py::module_& m);
 void init_runtime(py::module_& m);
+void init_sim(py::module_& m);
 
 }  // namespace gpulanes::bindings

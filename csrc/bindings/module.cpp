@@ -5,4 +5,5 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "gpulanes core (private; use the gpulanes package)";
   gpulanes::bindings::init_errors(m);
   gpulanes::bindings::init_runtime(m);
+  gpulanes::bindings::init_sim(m);
 }

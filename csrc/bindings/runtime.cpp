@@ -73,69 +73,6 @@ std::vector<at::Tensor> tensors_from(const py::sequence& seq, const char* what) 
   return out;
 }
 
-py::dict summary_ms(const LogHistogram& h) {
-  py::dict d;
-  d["count"] = h.count();
-  d["mean"] = to_ms(static_cast<DurationNs>(h.mean()));
-  d["p50"] = h.percentile(0.50) / 1e6;
-  d["p90"] = h.percentile(0.90) / 1e6;
-  d["p99"] = h.percentile(0.99) / 1e6;
-  d["p999"] = h.percentile(0.999) / 1e6;
-  d["max"] = to_ms(h.max());
-  return d;
-}
-
-py::dict stats_dict(const ModelStats& s) {
-  py::dict d;
-  d["submitted"] = s.submitted;
-  d["completed"] = s.completed;
-  d["met"] = s.met;
-  d["missed"] = s.missed;
-  d["dropped"] = s.dropped;
-  d["rejected"] = s.rejected;
-  d["failed"] = s.failed;
-  d["in_flight"] = s.in_flight;
-  d["batches"] = s.batches;
-  d["elapsed_s"] = s.elapsed_s;
-  d["goodput"] = s.goodput;
-  d["throughput"] = s.throughput;
-  d["latency_ms"] = summary_ms(s.latency_ns);
-  d["queue_ms"] = summary_ms(s.queue_ns);
-  d["exec_ms"] = summary_ms(s.exec_ns);
-  py::dict sizes;
-  for (const auto& [size, count] : s.batch_sizes) sizes[py::int_(size)] = count;
-  d["batch_sizes"] = sizes;
-  d["mean_batch_size"] = s.mean_batch_size;
-  py::dict pred;
-  pred["batches"] = s.prediction.batches;
-  pred["mape"] = s.prediction.mape;
-  pred["bias"] = s.prediction.bias;
-  pred["p99_abs_ms"] = s.prediction.p99_abs_ms;
-  d["prediction_error"] = pred;
-  return d;
-}
-
-py::dict lane_stats_dict(const LaneStats& s) {
-  py::dict d;
-  d["index"] = s.index;
-  d["kind"] = s.kind;
-  d["device"] = s.device;
-  d["batches"] = s.batches;
-  d["requests"] = s.requests;
-  d["met"] = s.met;
-  d["missed"] = s.missed;
-  d["failed"] = s.failed;
-  d["busy_s"] = s.busy_s;
-  d["elapsed_s"] = s.elapsed_s;
-  d["busy_fraction"] = s.busy_fraction;
-  d["mean_batch_size"] = s.mean_batch_size;
-  d["batch_ms"] = summary_ms(s.batch_ns);
-  py::dict by_model;
-  for (const auto& [name, n] : s.batches_by_model) by_model[py::str(name)] = n;
-  d["batches_by_model"] = by_model;
-  return d;
-}
-
 // Where a synchronous infer() waits for its outcome, without the GIL. Shared with the completion,
 // which may run after the waiter gave up (timeout, Ctrl-C).
 struct SyncSlot {
@@ -205,22 +142,6 @@ struct ResolvedFlag {
 // Flags of futures resolved during the current delivery; set only after the GIL is released, so
 // a polling waiter that sees its flag can take the GIL at once instead of queueing for it.
 thread_local std::vector<std::shared_ptr<ResolvedFlag>> t_resolved_in_delivery;
-
-// The policy knobs from Python's `policy_options` (already validated and renamed there).
-PolicyConfig policy_config_from(const py::dict& o) {
-  PolicyConfig c;
-  auto us = [](const py::handle& v) { return from_us(v.cast<double>()); };
-  if (o.contains("preferred_batch_size")) c.preferred_batch_sizes = o["preferred_batch_size"].cast<std::vector<int>>();
-  if (o.contains("max_queue_delay_microseconds")) c.max_queue_delay_ns = us(o["max_queue_delay_microseconds"]);
-  if (o.contains("default_timeout_microseconds")) c.queue_timeout_ns = us(o["default_timeout_microseconds"]);
-  if (o.contains("additive_increase")) c.aimd_increase = o["additive_increase"].cast<int>();
-  if (o.contains("multiplicative_decrease")) c.aimd_decrease = o["multiplicative_decrease"].cast<double>();
-  if (o.contains("min_margin_us")) c.min_margin_ns = us(o["min_margin_us"]);
-  if (o.contains("margin_quantile")) c.margin_quantile = o["margin_quantile"].cast<double>();
-  if (o.contains("margin_window")) c.margin_window = o["margin_window"].cast<int>();
-  if (o.contains("wait_for_batch")) c.wait_for_batch = o["wait_for_batch"].cast<bool>();
-  return c;
-}
 
 // Owns the core runtime; makes sure it is destroyed (threads joined) without the GIL.
 class PyRuntime {
@@ -434,31 +355,7 @@ class PyRuntime {
       py::gil_scoped_release nogil;
       rs = core_->trace();
     }
-    py::list id, model, arrival, start, end, deadline, batch, lane, size, outcome;
-    for (const auto& r : rs) {
-      id.append(r.request);
-      model.append(r.model);
-      arrival.append(r.arrival);
-      start.append(r.start);
-      end.append(r.end);
-      deadline.append(r.deadline);
-      batch.append(r.batch);
-      lane.append(r.lane);
-      size.append(r.batch_size);
-      outcome.append(trace_outcome_name(r.outcome));
-    }
-    py::dict d;
-    d["request_id"] = id;
-    d["model_index"] = model;
-    d["arrival_ns"] = arrival;
-    d["start_ns"] = start;
-    d["end_ns"] = end;
-    d["deadline_ns"] = deadline;
-    d["batch_id"] = batch;
-    d["lane"] = lane;
-    d["batch_size"] = size;
-    d["outcome"] = outcome;
-    return d;
+    return trace_columns(rs);
   }
 
   std::string metrics_text() const {

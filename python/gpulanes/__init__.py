@@ -19,14 +19,17 @@ from .errors import (
     RuntimeClosed,
     UnknownModel,
 )
-from . import profiles
+from . import profiles, workloads
 from .runtime import Runtime
+from . import sim  # noqa: E402  (uses Runtime's helpers)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Runtime",
     "profiles",
+    "sim",
+    "workloads",
     "GpuLanesError",
     "DeadlineExceeded",
     "QueueFull",

@@ -26,10 +26,15 @@ and each entry describes one model on one kind of lane::
       "max_batch_size": 32,
       "points": [                              # one per profiled batch size, increasing
         {"batch_size": 1, "mean_us": 812.0, "p50_us": 805.5, "p99_us": 901.2, "samples": 10,
-         "device_p50_us": 640.1}
+         "device_p50_us": 640.1, "l2": 0.09, "dram": 0.07}
       ],
-      "intensity": {"l2": 0.31, "dram": 0.12}  # optional: resource use, for interference
+      "intensity": {"l2": 0.31, "dram": 0.12}, # optional: default l2/dram of the points
+      "memory_mb": 410.0                       # optional: device memory per lane holding it
     }
+
+``l2`` and ``dram`` (optional, per point or as the entry's ``intensity``) are the fractions of
+the GPU's L2 and DRAM bandwidth a batch of that size uses while it runs alone on a lane of that
+share: the inputs of the interference models (``gpulanes.sim``) and predictors.
 
 Latencies are what a batch costs on the lane, start to outputs ready (stacking, copies,
 forward, splitting); ``device_p50_us`` (optional, GPU only) is the median of the same runs timed
@@ -65,7 +70,8 @@ SCHEMA = "gpulanes.profiles"
 VERSION = 1
 
 PathLike = Union[str, "os.PathLike[str]"]
-_POINT_KEYS = ("batch_size", "p50_us", "mean_us", "p99_us", "samples", "device_p50_us")
+_POINT_KEYS = ("batch_size", "p50_us", "mean_us", "p99_us", "samples", "device_p50_us", "l2",
+               "dram")
 
 
 class ProfileError(InvalidInput):
@@ -145,6 +151,8 @@ def _check_entry(e: Any, where: str) -> None:
         for k in _POINT_KEYS[2:]:
             if k in p and not isinstance(p[k], (int, float)):
                 raise ProfileError(f"{here}: '{k}' must be a number")
+    if "memory_mb" in e and not isinstance(e["memory_mb"], (int, float)):
+        raise ProfileError(f"{where}: 'memory_mb' must be a number")
     intensity = e.get("intensity")
     if intensity is not None and not (isinstance(intensity, dict) and all(
             isinstance(v, (int, float)) for v in intensity.values())):

@@ -37,6 +37,48 @@ _POLICY_OPTIONS = {
 _PARTITIONING = ("auto", "none", "cpu")
 _PREDICTORS = ("none", "static", "ewma", "sgd", "rls")
 
+
+
+def _policy_options(policy: str, options: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The policy's options with defaults filled in; InvalidInput for an unknown name."""
+    if policy not in _POLICY_OPTIONS:
+        raise InvalidInput(f"policy must be one of {tuple(_POLICY_OPTIONS)}, got {policy!r}")
+    unknown = set(options or {}) - set(_POLICY_OPTIONS[policy])
+    if unknown:
+        raise InvalidInput(f"policy {policy!r} has no option(s) {sorted(unknown)}; "
+                           f"it takes {sorted(_POLICY_OPTIONS[policy])}")
+    return {**_POLICY_OPTIONS[policy], **(options or {})}
+
+
+def _check_predictor(predictor: str) -> None:
+    if predictor not in _PREDICTORS:
+        raise InvalidInput(f"predictor must be one of {_PREDICTORS}, got {predictor!r}")
+
+
+def _model_stats(rows: List[Dict[str, Any]], slo_ms: Dict[str, float]) -> Dict[str, Dict[str, Any]]:
+    out = {}
+    for s in rows:
+        name = s.pop("name")
+        s["slo_ms"] = slo_ms.get(name)
+        out[name] = s
+    return out
+
+
+def _trace_frame(cols: Dict[str, Any], names: List[str], origin_ns: int = 0):
+    """The core's trace columns as a DataFrame; times in seconds since `origin_ns`."""
+    import pandas as pd
+
+    df = pd.DataFrame(cols)
+    df.insert(1, "model", [names[i] for i in df.pop("model_index")])
+    never_ran = df["start_ns"] == 0
+    for c in ("arrival", "start", "end", "deadline"):
+        df[f"{c}_s"] = (df.pop(f"{c}_ns") - origin_ns) / 1e9
+    df.loc[never_ran, "start_s"] = float("nan")
+    df["latency_ms"] = (df["end_s"] - df["arrival_s"]) * 1e3
+    return df[["request_id", "model", "arrival_s", "start_s", "end_s", "deadline_s",
+               "latency_ms", "batch_id", "lane", "batch_size", "outcome"]]
+
+
 # Runtimes still running at interpreter exit are shut down (without draining) before Python
 # finalizes, so no core thread ever waits for a GIL that is gone.
 _live: "weakref.WeakSet[Runtime]" = weakref.WeakSet()
@@ -167,17 +209,10 @@ class Runtime:
         trace: bool = False,
         profile_cache: Union[bool, str, "os.PathLike[str]"] = True,
     ) -> None:
-        if policy not in _POLICY_OPTIONS:
-            raise InvalidInput(f"policy must be one of {tuple(_POLICY_OPTIONS)}, got {policy!r}")
-        unknown = set(policy_options or {}) - set(_POLICY_OPTIONS[policy])
-        if unknown:
-            raise InvalidInput(f"policy {policy!r} has no option(s) {sorted(unknown)}; "
-                               f"it takes {sorted(_POLICY_OPTIONS[policy])}")
-        self.policy_options = {**_POLICY_OPTIONS[policy], **(policy_options or {})}
+        self.policy_options = _policy_options(policy, policy_options)
         if partitioning not in _PARTITIONING:
             raise InvalidInput(f"partitioning must be one of {_PARTITIONING}, got {partitioning!r}")
-        if predictor not in _PREDICTORS:
-            raise InvalidInput(f"predictor must be one of {_PREDICTORS}, got {predictor!r}")
+        _check_predictor(predictor)
         if output_device not in ("cpu", "cuda"):
             raise InvalidInput(f"output_device must be 'cpu' or 'cuda', got {output_device!r}")
         self.device = device
@@ -433,12 +468,7 @@ class Runtime:
             return {s["index"]: s for s in self._core.lane_stats()}
         if per != "model":
             raise ValueError(f"per must be 'model' or 'lane', not {per!r}")
-        out = {}
-        for s in self._core.stats():
-            name = s.pop("name")
-            s["slo_ms"] = self._slo_ms.get(name)
-            out[name] = s
-        return out
+        return _model_stats(self._core.stats(), self._slo_ms)
 
     def metrics_text(self) -> str:
         """The statistics of :meth:`stats` in the Prometheus text exposition format: per model,
@@ -454,18 +484,7 @@ class Runtime:
         ``time.monotonic()`` seconds; start_s is NaN for requests that never ran), latency_ms,
         batch_id and lane (-1 if never run), batch_size, outcome (met, missed, dropped,
         rejected, failed)."""
-        import pandas as pd
-
-        cols = self._core.trace()
-        df = pd.DataFrame(cols)
-        names = list(self._slo_ms)
-        df.insert(1, "model", [names[i] for i in df.pop("model_index")])
-        for c in ("arrival", "start", "end", "deadline"):
-            df[f"{c}_s"] = df.pop(f"{c}_ns") / 1e9
-        df.loc[df["start_s"] == 0, "start_s"] = float("nan")
-        df["latency_ms"] = (df["end_s"] - df["arrival_s"]) * 1e3
-        return df[["request_id", "model", "arrival_s", "start_s", "end_s", "deadline_s",
-                   "latency_ms", "batch_id", "lane", "batch_size", "outcome"]]
+        return _trace_frame(self._core.trace(), list(self._slo_ms))
 
     def lanes(self) -> List[Dict[str, Any]]:
         """The lanes the runtime created: index, kind and device."""

@@ -21,47 +21,75 @@ Arrival processes (``shared/REFERENCES.md``, evaluation conventions):
 from __future__ import annotations
 
 import csv
-import heapq
+import hashlib
 import math
 import random
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
 
 __all__ = ["Poisson", "Gamma", "Steps", "Ramp", "AzureTrace", "ClosedLoop", "drive", "Workload"]
 
 Arrival = Tuple[float, str]
+_Stream = Tuple[str, np.ndarray]  # one model's arrival times
+
+
+def _rng(*key: Any) -> np.random.Generator:
+    """A generator seeded by `key` (any printable values): one independent stream per key."""
+    digest = hashlib.sha256("/".join(map(str, key)).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def _renewal(rng: np.random.Generator, rate: float, cv: float, start: float, end: float
+             ) -> np.ndarray:
+    """Arrival times in [start, end) with gamma gaps of mean 1/rate and the given CV."""
+    if rate <= 0 or end <= start:
+        return np.empty(0)
+    shape, scale = 1.0 / cv ** 2, cv ** 2 / rate
+    expected = (end - start) * rate
+    chunks, t = [], start
+    while True:
+        gaps = rng.gamma(shape, scale, size=int(expected * 1.05 + 6 * math.sqrt(expected) + 16))
+        times = t + np.cumsum(gaps)
+        chunks.append(times[times < end])
+        if times[-1] >= end:
+            return np.concatenate(chunks)
+        t = times[-1]
 
 
 class Workload:
-    """A seeded, finite stream of arrivals sorted by time."""
+    """A seeded, finite stream of arrivals sorted by time (ties: in model-name order)."""
 
     duration_s: float = 0.0
 
-    def arrivals(self) -> Iterator[Arrival]:  # pragma: no cover - interface
+    def _streams(self) -> List[_Stream]:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def arrays(self) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+        """The stream as arrays: arrival times (float64 seconds), model index (int32) and the
+        model names the indices refer to (sorted). What the simulator consumes."""
+        streams = self._streams()
+        names = sorted({m for m, _ in streams})
+        index = {m: i for i, m in enumerate(names)}
+        times = np.concatenate([t for _, t in streams]) if streams else np.empty(0)
+        models = np.concatenate([np.full(len(t), index[m], dtype=np.int32) for m, t in streams]
+                                ) if streams else np.empty(0, dtype=np.int32)
+        order = np.lexsort((models, times))  # by time, then model index
+        return times[order], models[order].astype(np.int32), names
+
+    def arrivals(self) -> Iterator[Arrival]:
+        times, models, names = self.arrays()
+        return ((t, names[m]) for t, m in zip(times.tolist(), models.tolist()))
 
     def __iter__(self) -> Iterator[Arrival]:
         return self.arrivals()
 
     def as_list(self) -> List[Arrival]:
         return list(self.arrivals())
-
-
-def _merge(streams: Iterable[Iterator[Arrival]]) -> Iterator[Arrival]:
-    return heapq.merge(*streams, key=lambda a: a[0])
-
-
-def _renewal(model: str, rate: float, start: float, end: float, gap: Callable[[], float]
-             ) -> Iterator[Arrival]:
-    if rate <= 0:
-        return
-    t = start + gap()
-    while t < end:
-        yield (t, model)
-        t += gap()
 
 
 @dataclass
@@ -72,8 +100,8 @@ class Poisson(Workload):
     duration_s: float
     seed: int = 0
 
-    def arrivals(self) -> Iterator[Arrival]:
-        return Gamma(self.rates, 1.0, self.duration_s, self.seed).arrivals()
+    def _streams(self) -> List[_Stream]:
+        return Gamma(self.rates, 1.0, self.duration_s, self.seed)._streams()
 
 
 @dataclass
@@ -86,16 +114,12 @@ class Gamma(Workload):
     seed: Any = 0
     start_s: float = 0.0
 
-    def arrivals(self) -> Iterator[Arrival]:
+    def _streams(self) -> List[_Stream]:
         if self.cv <= 0:
             raise ValueError("cv must be > 0")
-        streams = []
-        for i, (model, rate) in enumerate(sorted(self.rates.items())):
-            rng = random.Random(f"{self.seed}/{i}/{model}")
-            shape, scale = 1.0 / self.cv ** 2, self.cv ** 2 / rate if rate > 0 else 0.0
-            gap = (lambda r=rng, k=shape, s=scale: r.gammavariate(k, s))
-            streams.append(_renewal(model, rate, self.start_s, self.start_s + self.duration_s, gap))
-        return _merge(streams)
+        return [(model, _renewal(_rng(self.seed, model), rate, self.cv, self.start_s,
+                                 self.start_s + self.duration_s))
+                for model, rate in sorted(self.rates.items())]
 
 
 @dataclass
@@ -109,13 +133,12 @@ class Steps(Workload):
     def __post_init__(self) -> None:
         self.duration_s = float(sum(d for d, _ in self.segments))
 
-    def arrivals(self) -> Iterator[Arrival]:
+    def _streams(self) -> List[_Stream]:
         streams, start = [], 0.0
         for i, (dur, rates) in enumerate(self.segments):
-            streams.append(Gamma(rates, self.cv, dur, seed=self.seed * 1_000_003 + i,
-                                 start_s=start).arrivals())
+            streams += Gamma(rates, self.cv, dur, seed=f"{self.seed}/step{i}", start_s=start)._streams()
             start += dur
-        return _merge(streams)
+        return streams
 
 
 @dataclass
@@ -127,25 +150,19 @@ class Ramp(Workload):
     duration_s: float
     seed: int = 0
 
-    def arrivals(self) -> Iterator[Arrival]:
+    def _streams(self) -> List[_Stream]:
         streams = []
-        for i, model in enumerate(sorted(set(self.start_rates) | set(self.end_rates))):
+        for model in sorted(set(self.start_rates) | set(self.end_rates)):
             r0, r1 = self.start_rates.get(model, 0.0), self.end_rates.get(model, 0.0)
-            streams.append(self._thinned(model, r0, r1, random.Random(f"{self.seed}/{i}/{model}")))
-        return _merge(streams)
-
-    def _thinned(self, model: str, r0: float, r1: float, rng: random.Random) -> Iterator[Arrival]:
-        peak = max(r0, r1)
-        if peak <= 0:
-            return
-        t = 0.0
-        while True:
-            t += rng.expovariate(peak)
-            if t >= self.duration_s:
-                return
-            rate = r0 + (r1 - r0) * t / self.duration_s
-            if rng.random() * peak <= rate:
-                yield (t, model)
+            peak = max(r0, r1)
+            if peak <= 0:
+                continue
+            # Thinning: Poisson at the peak rate, each arrival kept with probability rate(t)/peak.
+            rng = _rng(self.seed, "ramp", model)
+            t = _renewal(rng, peak, 1.0, 0.0, self.duration_s)
+            keep = rng.random(len(t)) * peak <= r0 + (r1 - r0) * t / self.duration_s
+            streams.append((model, t[keep]))
+        return streams
 
 
 @dataclass
@@ -180,15 +197,14 @@ class AzureTrace(Workload):
             raise ValueError(f"functions for {sorted(missing)} not found in {self.path}")
         self.duration_s = 60.0 * n
 
-    def arrivals(self) -> Iterator[Arrival]:
+    def _streams(self) -> List[_Stream]:
         streams = []
-        for i, (model, counts) in enumerate(sorted(self.counts.items())):
-            for minute, count in enumerate(counts):
-                if count > 0:
-                    streams.append(Gamma({model: count / 60.0}, 1.0, 60.0,
-                                         seed=f"{self.seed}/{i}/{minute}",
-                                         start_s=60.0 * minute).arrivals())
-        return _merge(streams)
+        for model, counts in sorted(self.counts.items()):
+            rng = _rng(self.seed, "azure", model)
+            parts = [_renewal(rng, count / 60.0, 1.0, 60.0 * minute, 60.0 * (minute + 1))
+                     for minute, count in enumerate(counts)]
+            streams.append((model, np.concatenate(parts) if parts else np.empty(0)))
+        return streams
 
 
 @dataclass
@@ -335,20 +351,12 @@ def _summarize(records, budgets, duration, warmup_s, lateness_ms) -> Dict[str, A
         ok = [r for r in rows if r[2] == "ok"]
         lat = [r[3] for r in ok]
         late = [r for r in ok if budget is not None and r[3] > budget]
-        met = len(ok) - len(late)
-        n = len(rows)
-        per[model] = {
-            "requests": n,
-            "met": met,
-            "late": len(late),
-            "dropped": sum(r[2] == "dropped" for r in rows),
-            "rejected": sum(r[2] == "rejected" for r in rows),
-            "failed": sum(r[2] == "failed" for r in rows),
-            "attainment": met / n if n else 1.0,
-            "goodput": met / window,
-            "p50_ms": _pct(lat, 0.50),
-            "p99_ms": _pct(lat, 0.99),
-        }
+        per[model] = model_summary(
+            requests=len(rows), met=len(ok) - len(late), late=len(late),
+            dropped=sum(r[2] == "dropped" for r in rows),
+            rejected=sum(r[2] == "rejected" for r in rows),
+            failed=sum(r[2] == "failed" for r in rows),
+            p50_ms=_pct(lat, 0.50), p99_ms=_pct(lat, 0.99), window_s=window)
     return {
         "models": per,
         "duration_s": duration,
@@ -356,3 +364,12 @@ def _summarize(records, budgets, duration, warmup_s, lateness_ms) -> Dict[str, A
         "submit_lateness_ms": {"p50": _pct(lateness_ms, 0.5), "p99": _pct(lateness_ms, 0.99),
                                "max": max(lateness_ms, default=0.0)},
     }
+
+
+def model_summary(*, requests: int, met: int, late: int, dropped: int, rejected: int, failed: int,
+                  p50_ms: float, p99_ms: float, window_s: float) -> Dict[str, Any]:
+    """One model's row of a run summary (the load driver's and the simulator's)."""
+    return {"requests": requests, "met": met, "late": late, "dropped": dropped,
+            "rejected": rejected, "failed": failed,
+            "attainment": met / requests if requests else 1.0,
+            "goodput": met / max(1e-9, window_s), "p50_ms": p50_ms, "p99_ms": p99_ms}

@@ -1,0 +1,177 @@
+// Simulator binding: builds a Simulator from plain Python structures (gpulanes/sim.py prepares
+// them from profile files and layouts) and runs numpy arrival arrays without the GIL.
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <chrono>
+
+#include "bindings.h"
+#include "gpulanes/sim/simulator.h"
+
+namespace gpulanes::bindings {
+namespace {
+
+std::shared_ptr<InterferenceModel> interference_from(const py::dict& d) {
+  const auto kind = d["kind"].cast<std::string>();
+  if (kind == "none") return make_no_interference();
+  if (kind == "linear") return make_linear_interference(d["coefficients"].cast<std::vector<double>>());
+  if (kind == "nonlinear") {
+    return make_nonlinear_interference(d["alpha"].cast<double>(), d["beta"].cast<double>(),
+                                       d["capacity"].cast<double>());
+  }
+  if (kind == "drift") {
+    return make_drifting_interference(interference_from(d["base"].cast<py::dict>()),
+                                      from_ms(d["start_s"].cast<double>() * 1e3),
+                                      from_ms(d["ramp_s"].cast<double>() * 1e3),
+                                      d["scale"].cast<double>());
+  }
+  throw Error(ErrorCode::kInvalidInput, "unknown interference kind '" + kind + "'");
+}
+
+SimModelProfile profile_from(const py::dict& d) {
+  std::vector<SharePoints> shares;
+  for (py::handle h : d["shares"].cast<py::list>()) {
+    auto s = h.cast<py::dict>();
+    SharePoints sp;
+    sp.share = s["share"].cast<double>();
+    const auto sizes = s["batch_sizes"].cast<std::vector<int>>();
+    const auto p50 = s["p50_us"].cast<std::vector<double>>();
+    const auto l2 = s["l2"].cast<std::vector<double>>();
+    const auto dram = s["dram"].cast<std::vector<double>>();
+    if (p50.size() != sizes.size() || l2.size() != sizes.size() || dram.size() != sizes.size()) {
+      throw Error(ErrorCode::kInvalidInput, "profile columns differ in length");
+    }
+    for (std::size_t i = 0; i < sizes.size(); ++i) {
+      LatencyPoint p;
+      p.batch_size = sizes[i];
+      p.p50_us = p.mean_us = p.p99_us = p50[i];
+      sp.points.push_back(p);
+      sp.l2[sizes[i]] = l2[i];
+      sp.dram[sizes[i]] = dram[i];
+    }
+    shares.push_back(std::move(sp));
+  }
+  return SimModelProfile(std::move(shares), d["memory_mb"].cast<double>());
+}
+
+py::dict result_dict(const SimRunResult& r, double wall_s) {
+  py::list models;
+  for (const SimModelResult& m : r.models) {
+    py::dict d;
+    d["requests"] = m.requests;
+    d["met"] = m.met;
+    d["late"] = m.late;
+    d["dropped"] = m.dropped;
+    d["rejected"] = m.rejected;
+    d["failed"] = m.failed;
+    d["p50_ms"] = m.p50_ms;
+    d["p99_ms"] = m.p99_ms;
+    d["mean_ms"] = m.mean_ms;
+    models.append(d);
+  }
+  py::dict d;
+  d["models"] = models;
+  d["arrivals"] = r.arrivals;
+  d["steps"] = r.steps;
+  d["simulated_s"] = r.simulated_s;
+  d["wall_s"] = wall_s;
+  return d;
+}
+
+class PySimulator {
+ public:
+  explicit PySimulator(const py::dict& c) {
+    SimulatorOptions o;
+    o.policy = c["policy"].cast<std::string>();
+    o.policy_config = policy_config_from(c["policy_options"].cast<py::dict>());
+    o.trace = c["trace"].cast<bool>();
+    for (py::handle h : c["gpus"].cast<py::list>()) {
+      auto g = h.cast<py::dict>();
+      o.gpus.push_back({g["sms"].cast<int>(), g["memory_gb"].cast<double>()});
+    }
+    for (py::handle h : c["lanes"].cast<py::list>()) {
+      auto l = h.cast<py::dict>();
+      o.lanes.push_back({l["gpu"].cast<int>(), l["sms"].cast<int>(),
+                         l["models"].cast<std::vector<int>>()});
+    }
+    o.interference = interference_from(c["interference"].cast<py::dict>());
+    o.noise_cv = c["noise_cv"].cast<double>();
+    o.seed = c["seed"].cast<std::uint64_t>();
+    std::vector<SimModelSpec> models;
+    for (py::handle h : c["models"].cast<py::list>()) {
+      auto m = h.cast<py::dict>();
+      SimModelSpec s;
+      s.name = m["name"].cast<std::string>();
+      s.slo = m["slo_ns"].cast<std::int64_t>();
+      s.max_batch_size = m["max_batch_size"].cast<int>();
+      s.max_queue = m["max_queue"].cast<std::size_t>();
+      s.profile = profile_from(m);
+      models.push_back(std::move(s));
+    }
+    sim_ = std::make_unique<Simulator>(std::move(o), std::move(models));
+  }
+
+  py::dict run(py::array_t<double, py::array::c_style | py::array::forcecast> t,
+               py::array_t<std::int32_t, py::array::c_style | py::array::forcecast> m,
+               double warmup_s, const std::vector<std::int64_t>& deadline_ns) {
+    if (t.ndim() != 1 || m.ndim() != 1 || t.shape(0) != m.shape(0)) {
+      throw Error(ErrorCode::kInvalidInput, "times and models must be 1-d arrays of one length");
+    }
+    SimRunResult r;
+    double wall_s;
+    {
+      py::gil_scoped_release nogil;
+      const auto t0 = std::chrono::steady_clock::now();
+      r = sim_->run(t.data(), m.data(), static_cast<std::size_t>(t.shape(0)), warmup_s,
+                    std::vector<DurationNs>(deadline_ns.begin(), deadline_ns.end()));
+      wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+    return result_dict(r, wall_s);
+  }
+
+  py::list stats() const {
+    py::list out;
+    for (const auto& s : sim_->runtime().stats()) {
+      py::dict d = stats_dict(s);
+      d["name"] = s.name;
+      out.append(d);
+    }
+    return out;
+  }
+
+  py::list lane_stats() const {
+    const auto reports = sim_->cluster().lane_reports();
+    py::list out;
+    for (const auto& s : sim_->runtime().lane_stats()) {
+      py::dict d = lane_stats_dict(s);
+      const SimLaneReport& r = reports.at(s.index);
+      d["gpu"] = r.gpu;
+      d["sms"] = r.sms;
+      d["sm_share"] = r.share;
+      d["mean_slowdown"] = r.mean_slowdown;
+      d["max_slowdown"] = r.max_slowdown;
+      out.append(d);
+    }
+    return out;
+  }
+
+  py::dict trace() const { return trace_columns(sim_->runtime().trace()); }
+
+ private:
+  std::unique_ptr<Simulator> sim_;
+};
+
+}  // namespace
+
+void init_sim(py::module_& m) {
+  py::class_<PySimulator>(m, "Simulator")
+      .def(py::init<const py::dict&>(), py::arg("config"))
+      .def("run", &PySimulator::run, py::arg("times_s"), py::arg("models"), py::arg("warmup_s"),
+           py::arg("deadline_ns"))
+      .def("stats", &PySimulator::stats)
+      .def("lane_stats", &PySimulator::lane_stats)
+      .def("trace", &PySimulator::trace);
+  m.attr("SIM_ORIGIN_NS") = Simulator::kOrigin;
+}
+
+}  // namespace gpulanes::bindings

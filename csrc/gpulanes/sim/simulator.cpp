@@ -1,0 +1,127 @@
+#include "gpulanes/sim/simulator.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "gpulanes/core/error.h"
+
+namespace gpulanes {
+
+Simulator::Simulator(SimulatorOptions options, std::vector<SimModelSpec> models)
+    : clock_(std::make_shared<VirtualClock>(kOrigin)) {
+  SimClusterConfig cc;
+  cc.gpus = options.gpus;
+  cc.lanes = options.lanes;
+  cc.interference = options.interference;
+  cc.noise_cv = options.noise_cv;
+  cc.seed = options.seed;
+  for (const auto& m : models) cc.models.push_back(m.profile);
+  cluster_ = std::make_shared<SimCluster>(std::move(cc));
+
+  RuntimeOptions ro;
+  ro.device = "virtual";
+  ro.policy = options.policy;
+  ro.policy_config = options.policy_config;
+  ro.trace = options.trace;
+  ro.virtual_backend = cluster_;
+  ro.on_finished = [this](const Request& r, TraceOutcome o, TimeNs end) { on_finished(r, o, end); };
+  runtime_ = std::make_unique<Runtime>(std::move(ro), clock_);
+  recorders_.resize(models.size());
+  for (std::size_t m = 0; m < models.size(); ++m) {
+    ModelSpec spec;
+    spec.name = models[m].name;
+    spec.slo = models[m].slo;
+    spec.max_batch_size = models[m].max_batch_size;
+    spec.max_queue = models[m].max_queue;
+    runtime_->register_virtual_model(std::move(spec));
+    // The scheduler's own profile of each model is its solo profile on a whole GPU; lanes with
+    // a smaller share get theirs from the cluster.
+    std::vector<LatencyPoint> points = models[m].profile.profile_at(1.0).points();
+    runtime_->set_profile(models[m].name, points);
+  }
+  runtime_->start();
+}
+
+Simulator::~Simulator() {
+  if (runtime_) runtime_->shutdown(false);
+}
+
+void Simulator::on_finished(const Request& r, TraceOutcome outcome, TimeNs end) {
+  if (r.arrival < warmup_end_) return;
+  Recorder& rec = recorders_[r.model];
+  rec.counts.requests++;
+  switch (outcome) {
+    case TraceOutcome::kMet:
+    case TraceOutcome::kMissed:
+      (outcome == TraceOutcome::kMet ? rec.counts.met : rec.counts.late)++;
+      rec.latency_ms.push_back(static_cast<float>((end - r.arrival) / 1e6));
+      break;
+    case TraceOutcome::kDropped: rec.counts.dropped++; break;
+    default: rec.counts.failed++; break;
+  }
+}
+
+SimRunResult Simulator::run(const double* t_s, const std::int32_t* model, std::size_t n,
+                            double warmup_s, const std::vector<DurationNs>& deadline_ns) {
+  if (ran_) throw Error(ErrorCode::kInvalidInput, "a Simulator runs once; make a new one");
+  ran_ = true;
+  const int n_models = static_cast<int>(recorders_.size());
+  warmup_end_ = kOrigin + static_cast<DurationNs>(std::llround(warmup_s * 1e9));
+  auto arrival_ns = [&](std::size_t i) {
+    return kOrigin + static_cast<DurationNs>(std::llround(t_s[i] * 1e9));
+  };
+  for (std::size_t i = 1; i < n; ++i) {
+    if (t_s[i] < t_s[i - 1]) throw Error(ErrorCode::kInvalidInput, "arrivals must be sorted by time");
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    if (model[i] < 0 || model[i] >= n_models) {
+      throw Error(ErrorCode::kInvalidInput, "arrival " + std::to_string(i) + " names no model");
+    }
+  }
+  SimRunResult result;
+  result.arrivals = n;
+  std::size_t i = 0;
+  TimeNs last_outcome = kOrigin;
+  while (true) {
+    TimeNs next = std::max(runtime_->run_round(), clock_->now() + 1);
+    next = std::min(next, cluster_->next_end());
+    if (i < n) next = std::min(next, arrival_ns(i));
+    if (next == kNever) break;
+    if (next > clock_->now()) clock_->advance_to(next);
+    ++result.steps;
+    cluster_->finish_due();
+    const TimeNs now = clock_->now();
+    for (; i < n && arrival_ns(i) <= now; ++i) {
+      const int m = model[i];
+      const DurationNs rel = m < static_cast<int>(deadline_ns.size()) ? deadline_ns[m] : 0;
+      const ErrorCode code = runtime_->try_submit(
+          m, {}, rel > 0 ? std::optional<TimeNs>(now + rel) : std::nullopt, 0, nullptr,
+          /*native=*/true);
+      if (code != ErrorCode::kOk && now >= warmup_end_) {
+        recorders_[m].counts.requests++;
+        recorders_[m].counts.rejected++;
+      }
+    }
+    last_outcome = now;
+  }
+  result.simulated_s = (last_outcome - kOrigin) / 1e9;
+  for (Recorder& rec : recorders_) {
+    SimModelResult r = rec.counts;
+    auto& v = rec.latency_ms;
+    if (!v.empty()) {
+      r.mean_ms = std::accumulate(v.begin(), v.end(), 0.0) / v.size();
+      auto at = [&](double q) {
+        const auto k = std::min(v.size() - 1, static_cast<std::size_t>(std::ceil(q * v.size())) - 1);
+        std::nth_element(v.begin(), v.begin() + k, v.end());
+        return static_cast<double>(v[k]);
+      };
+      r.p50_ms = at(0.50);
+      r.p99_ms = at(0.99);
+    }
+    result.models.push_back(r);
+  }
+  return result;
+}
+
+}  // namespace gpulanes

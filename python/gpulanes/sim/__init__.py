@@ -1,0 +1,265 @@
+"""gpulanes.sim: the discrete-event simulator. It runs the runtime's own C++ scheduling code
+(event loop, policies, admission control, metrics) on virtual time, over simulated GPUs split
+into lanes, so policies and layouts can be compared at cluster scale, deterministically,
+without a GPU.
+
+>>> import gpulanes as gl
+>>> sim = gl.sim.Simulator(gpus=2, interference="linear", seed=0)
+>>> sim.add_model("resnet50", slo_ms=108)                 # profile from the built-in zoo
+>>> sim.add_model("bert", slo_ms=22)
+>>> sim.set_lanes([{"gpu": 0, "sms": 66, "models": ["resnet50"]},
+...                {"gpu": 0, "sms": 66, "models": ["bert"]},
+...                {"gpu": 1, "sms": 132, "models": ["resnet50", "bert"]}])
+>>> summary = sim.run(gl.workloads.Poisson({"resnet50": 800, "bert": 400}, 60, seed=1))
+
+A batch's duration is its solo latency at the lane's SM share (from a profile in the
+``gpulanes.profiles`` schema; the built-in ``"zoo"`` set is synthetic, see
+:mod:`gpulanes.sim.zoo`) times seeded lognormal noise, stretched by the interference model
+while other lanes of the same GPU run batches. Interference models: ``"none"``, ``"linear"``
+(gpu-let's L2/DRAM regression with its published coefficients), ``"nonlinear"``, a dict
+``{"kind": "linear", "coefficients": [c0, c1, c2, c3, c4]}`` and friends, or :func:`drift`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from .. import _C
+from .. import profiles as _profiles
+from ..errors import InvalidInput, UnknownModel
+from ..runtime import _check_predictor, _model_stats, _policy_options, _trace_frame
+from ..workloads import Workload, model_summary
+from . import scenarios, zoo
+from .scenarios import Scenario, scenario
+
+__all__ = ["Simulator", "drift", "GPULET_COEFFICIENTS", "scenario", "scenarios", "zoo"]
+
+# gpu-let's interference regression on an RTX 2080 Ti (c0..c4; shared/REFERENCES.md).
+GPULET_COEFFICIENTS = (0.113, 0.716, 0.355, 0.088, 0.895)
+
+_INTERFERENCE = {
+    "none": {"kind": "none"},
+    "linear": {"kind": "linear", "coefficients": list(GPULET_COEFFICIENTS)},
+    "nonlinear": {"kind": "nonlinear", "alpha": 0.6, "beta": 2.0, "capacity": 0.8},
+}
+
+
+def drift(base: Union[str, Dict[str, Any]] = "linear", *, start_s: float, ramp_s: float = 0.0,
+          scale: float = 2.0) -> Dict[str, Any]:
+    """Interference that changes while serving: ``base``'s extra slow-down (factor - 1) is
+    multiplied by 1 until ``start_s``, then moves linearly to ``scale`` over ``ramp_s``."""
+    return {"kind": "drift", "base": _interference(base), "start_s": float(start_s),
+            "ramp_s": float(ramp_s), "scale": float(scale)}
+
+
+def _interference(spec: Union[str, Dict[str, Any]]) -> Dict[str, Any]:
+    if isinstance(spec, str):
+        if spec not in _INTERFERENCE:
+            raise InvalidInput(f"interference must be one of {sorted(_INTERFERENCE)} or a dict, "
+                               f"got {spec!r}")
+        return dict(_INTERFERENCE[spec])
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise InvalidInput("an interference dict needs a 'kind'")
+    return {**_INTERFERENCE.get(spec["kind"], {}), **spec}
+
+
+class Simulator:
+    """Simulated GPUs, the models they serve and how they are split into lanes.
+
+    Args:
+        gpus: number of GPUs.
+        sm_per_gpu: SMs per GPU (H100: 132).
+        memory_gb: device memory per GPU; a layout whose models do not fit is refused.
+        profile: ``"zoo"`` (built-in, synthetic), a profile file path, or a profile document.
+        policy, policy_options: as for :class:`gpulanes.Runtime`.
+        predictor: as for :class:`gpulanes.Runtime` (recorded; the policies use the profile
+            times a learned slow-down factor until the predictors land).
+        interference: the ground truth of how co-running batches slow each other down.
+        seed: seeds the batch-duration noise; the same seed and workload give the same trace.
+        noise_cv: coefficient of variation of the lognormal noise on each batch's duration.
+        trace: record every request (:meth:`trace_frame`).
+    """
+
+    def __init__(self, gpus: int = 1, sm_per_gpu: int = zoo.H100_SMS,
+                 memory_gb: float = zoo.H100_MEMORY_GB,
+                 profile: Union[str, "os.PathLike[str]", Dict[str, Any]] = "zoo",
+                 policy: str = "deadline", predictor: str = "none",
+                 interference: Union[str, Dict[str, Any]] = "linear", seed: int = 0, *,
+                 policy_options: Optional[Dict[str, Any]] = None, noise_cv: float = 0.02,
+                 trace: bool = False) -> None:
+        if gpus < 1 or sm_per_gpu < 1 or memory_gb <= 0:
+            raise InvalidInput("gpus, sm_per_gpu and memory_gb must be positive")
+        self.policy = policy
+        self.policy_options = _policy_options(policy, policy_options)
+        _check_predictor(predictor)
+        self.predictor = predictor
+        self.interference = _interference(interference)
+        if isinstance(profile, dict):
+            self._profiles = _profiles.validate(profile)
+        elif profile == "zoo":
+            self._profiles = zoo.profiles()
+        else:
+            self._profiles = _profiles.load(profile)
+        self.gpus = [{"sms": int(sm_per_gpu), "memory_gb": float(memory_gb)} for _ in range(gpus)]
+        self.seed = int(seed)
+        self.noise_cv = float(noise_cv)
+        self.trace = bool(trace)
+        self._models: Dict[str, Dict[str, Any]] = {}
+        self._layout: Optional[List[Dict[str, Any]]] = None
+        self._core = None  # the last run's C++ simulator
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def add_model(self, name: str, slo_ms: Optional[float] = None,
+                  profile_key: Optional[str] = None, *, max_batch_size: int = 32,
+                  max_queue: int = 1_000_000) -> None:
+        """Adds a model served under ``name`` with the profile entries of ``profile_key``
+        (default: ``name``), one per measured SM share. ``slo_ms`` defaults to the zoo's SLO
+        for that key."""
+        key = profile_key or name
+        if name in self._models:
+            raise InvalidInput(f"a model named {name!r} was already added")
+        entries = _profiles.find(self._profiles, key)
+        if not entries:
+            known = sorted({e["model"] for e in self._profiles["profiles"]})
+            raise UnknownModel(f"no profile for {key!r}; the profile set has {known}")
+        if slo_ms is None:
+            if key not in zoo.SLO_MS:
+                raise InvalidInput(f"slo_ms is required for {name!r}")
+            slo_ms = zoo.SLO_MS[key]
+        if slo_ms <= 0 or max_batch_size < 1 or max_queue < 1:
+            raise InvalidInput("slo_ms, max_batch_size and max_queue must be positive")
+        self._models[name] = {"key": key, "slo_ms": float(slo_ms), "entries": entries,
+                              "max_batch_size": int(max_batch_size), "max_queue": int(max_queue)}
+
+    def add_scenario(self, scn: Union[str, Scenario], **kw: Any) -> Scenario:
+        """Adds every model of a scenario (``"game"``, ``"traffic"``, ``"scen1"``..``"scen5"``)
+        with its SLO; returns the scenario (its ``workload(load, duration_s)`` drives a run)."""
+        scn = scenario(scn) if isinstance(scn, str) else scn
+        for name, key in scn.models.items():
+            self.add_model(name, scn.slo_ms(name), key, **kw)
+        return scn
+
+    def set_lanes(self, lanes: Sequence[Mapping[str, Any]]) -> None:
+        """Splits the GPUs into lanes: each ``{"gpu": i, "sms": n, "models": [...]}`` (or
+        ``"sm_share": 0.5`` instead of ``"sms"``). A model may be on several lanes (they share
+        its queue). Without a layout every GPU is one whole lane serving every model."""
+        layout = []
+        for i, lane in enumerate(lanes):
+            gpu = int(lane.get("gpu", 0))
+            if not 0 <= gpu < len(self.gpus):
+                raise InvalidInput(f"lane {i}: no GPU {gpu} (there are {len(self.gpus)})")
+            total = self.gpus[gpu]["sms"]
+            if "sms" in lane:
+                sms = int(lane["sms"])
+            else:
+                sms = round(float(lane.get("sm_share", 1.0)) * total)
+            if not 1 <= sms <= total:
+                raise InvalidInput(f"lane {i}: {sms} SMs is not within 1..{total}")
+            models = list(lane.get("models", self._models))
+            unknown = [m for m in models if m not in self._models]
+            if unknown:
+                raise UnknownModel(f"lane {i} names models that were not added: {unknown}")
+            layout.append({"gpu": gpu, "sms": sms, "models": models})
+        self._layout = layout
+
+    def lanes(self) -> List[Dict[str, Any]]:
+        """The lane layout a run uses: gpu, sms, sm_share, models."""
+        layout = self._layout if self._layout is not None else [
+            {"gpu": g, "sms": spec["sms"], "models": list(self._models)}
+            for g, spec in enumerate(self.gpus)]
+        return [{**lane, "sm_share": lane["sms"] / self.gpus[lane["gpu"]]["sms"]} for lane in layout]
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run(self, workload: Workload, *, warmup_s: float = 0.0,
+            deadline_ms: Optional[Mapping[str, float]] = None) -> Dict[str, Any]:
+        """Simulates ``workload`` (any open-loop workload of :mod:`gpulanes.workloads`) from a
+        fresh state and returns the load driver's summary (per model: requests, met, late,
+        dropped, rejected, failed, attainment, goodput, p50/p99 ms; requests arriving before
+        ``warmup_s`` are left out) plus ``"simulator"``: arrivals, steps, simulated and wall
+        seconds, simulated requests per wall second."""
+        if not isinstance(workload, Workload):
+            raise TypeError("the simulator runs open-loop workloads (gpulanes.workloads."
+                            "Poisson, Gamma, Steps, Ramp, AzureTrace)")
+        if not self._models:
+            raise InvalidInput("add models before run()")
+        times, idx, names = workload.arrays()
+        order = list(self._models)
+        unknown = [n for n in names if n not in self._models]
+        if unknown:
+            raise UnknownModel(f"the workload has models that were not added: {unknown}")
+        remap = np.array([order.index(n) for n in names], dtype=np.int32)
+        models = remap[idx] if len(idx) else idx
+        deadline_ns = [int(deadline_ms[m] * 1e6) if deadline_ms and m in deadline_ms else 0
+                       for m in order]
+        self._core = _C.Simulator(self._config())
+        res = self._core.run(times, models, float(warmup_s), deadline_ns)
+        window = max(1e-9, workload.duration_s - warmup_s)
+        per = {}
+        for name, r in zip(order, res["models"]):
+            per[name] = model_summary(requests=r["requests"], met=r["met"], late=r["late"],
+                                      dropped=r["dropped"], rejected=r["rejected"],
+                                      failed=r["failed"], p50_ms=r["p50_ms"],
+                                      p99_ms=r["p99_ms"], window_s=window)
+        return {
+            "models": per,
+            "duration_s": workload.duration_s,
+            "warmup_s": warmup_s,
+            "submit_lateness_ms": {"p50": 0.0, "p99": 0.0, "max": 0.0},  # exact on virtual time
+            "simulator": {"arrivals": res["arrivals"], "steps": res["steps"],
+                          "simulated_s": res["simulated_s"], "wall_s": res["wall_s"],
+                          "requests_per_wall_s": res["arrivals"] / max(1e-9, res["wall_s"])},
+        }
+
+    def _config(self) -> Dict[str, Any]:
+        order = list(self._models)
+        models = []
+        for name in order:
+            m = self._models[name]
+            shares = []
+            for e in sorted(m["entries"], key=lambda e: e["sm_share"]):
+                default = e.get("intensity") or {}
+                pts = e["points"]
+                shares.append({"share": e["sm_share"],
+                               "batch_sizes": [p["batch_size"] for p in pts],
+                               "p50_us": [float(p["p50_us"]) for p in pts],
+                               "l2": [float(p.get("l2", default.get("l2", 0.0))) for p in pts],
+                               "dram": [float(p.get("dram", default.get("dram", 0.0)))
+                                        for p in pts]})
+            memory = max((e.get("memory_mb", 0.0) for e in m["entries"]), default=0.0)
+            models.append({"name": name, "slo_ns": int(m["slo_ms"] * 1e6),
+                           "max_batch_size": m["max_batch_size"], "max_queue": m["max_queue"],
+                           "shares": shares, "memory_mb": float(memory)})
+        lanes = [{"gpu": l["gpu"], "sms": l["sms"], "models": [order.index(x) for x in l["models"]]}
+                 for l in self.lanes()]
+        return {"policy": self.policy, "policy_options": self.policy_options,
+                "trace": self.trace, "gpus": self.gpus, "lanes": lanes,
+                "interference": self.interference, "noise_cv": self.noise_cv, "seed": self.seed,
+                "models": models}
+
+    # -- results of the last run -------------------------------------------------------------
+
+    def _last(self):
+        if self._core is None:
+            raise InvalidInput("run() first")
+        return self._core
+
+    def stats(self, per: str = "model") -> Dict[Any, Dict[str, Any]]:
+        """The last run's statistics, as :meth:`gpulanes.Runtime.stats` gives them (the same
+        C++ metrics), over the whole run including warm-up. ``per="lane"`` adds gpu, sms,
+        sm_share and the interference slow-down each lane's batches saw (mean, max)."""
+        core = self._last()
+        if per == "lane":
+            return {s["index"]: s for s in core.lane_stats()}
+        if per != "model":
+            raise ValueError(f"per must be 'model' or 'lane', not {per!r}")
+        return _model_stats(core.stats(), {n: m["slo_ms"] for n, m in self._models.items()})
+
+    def trace_frame(self):
+        """With ``trace=True``: the last run's requests as a DataFrame (as
+        :meth:`gpulanes.Runtime.trace_frame`), times in seconds from the start of the run."""
+        return _trace_frame(self._last().trace(), list(self._models), _C.SIM_ORIGIN_NS)
