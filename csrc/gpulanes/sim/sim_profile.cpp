@@ -39,7 +39,8 @@ SimModelProfile::SimModelProfile(std::vector<SharePoints> shares, double memory_
   batch_sizes_.assign(sizes.begin(), sizes.end());
 }
 
-void SimModelProfile::bracket(double share, const Share** lo, const Share** hi, double* w) const {
+void SimModelProfile::bracket(double share, const Share** lo, const Share** hi, double* w,
+                              bool inverse) const {
   if (share <= shares_.front().share) {
     *lo = *hi = &shares_.front();
     *w = 0;
@@ -54,14 +55,15 @@ void SimModelProfile::bracket(double share, const Share** lo, const Share** hi, 
                              [](const Share& s, double v) { return s.share < v; });
   *hi = &*it;
   *lo = &*std::prev(it);
-  // Linear in 1/share: 0 at lo, 1 at hi.
-  *w = (1.0 / (*lo)->share - 1.0 / share) / (1.0 / (*lo)->share - 1.0 / (*hi)->share);
+  // 0 at lo, 1 at hi; linear in 1/share (latency) or in share (bandwidth use).
+  *w = inverse ? (1.0 / (*lo)->share - 1.0 / share) / (1.0 / (*lo)->share - 1.0 / (*hi)->share)
+               : (share - (*lo)->share) / ((*hi)->share - (*lo)->share);
 }
 
 DurationNs SimModelProfile::solo_ns(int b, double share) const {
   const Share *lo, *hi;
   double w;
-  bracket(share, &lo, &hi, &w);
+  bracket(share, &lo, &hi, &w, /*inverse=*/true);
   double ns = (1 - w) * lo->latency.predict(b) + w * hi->latency.predict(b);
   if (share < shares_.front().share) ns *= shares_.front().share / share;
   return static_cast<DurationNs>(std::llround(ns));
@@ -71,7 +73,7 @@ double SimModelProfile::intensity(int b, double share,
                                   std::map<int, double> SharePoints::*which) const {
   const Share *lo, *hi;
   double w;
-  bracket(share, &lo, &hi, &w);
+  bracket(share, &lo, &hi, &w, /*inverse=*/false);
   auto pick = [&](const Share* s) { return which == &SharePoints::l2 ? &s->l2 : &s->dram; };
   return (1 - w) * interpolate_by_batch(*pick(lo), b) + w * interpolate_by_batch(*pick(hi), b);
 }

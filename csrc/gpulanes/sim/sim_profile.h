@@ -1,8 +1,9 @@
 // What the simulator knows about one model: solo batch latency and resource intensity per
 // (batch size, lane SM share), and its memory footprint. Built from profile-file entries (the
 // gpulanes.profiles schema: one entry per measured share). Shares between measured ones are
-// interpolated linearly in 1/share (exact when latency is inversely proportional to the SMs a
-// batch can use); below the smallest share latency grows as 1/share, above the largest it stays.
+// interpolated linearly in 1/share for latency (exact when latency is inversely proportional to
+// the SMs a batch can use) and linearly in share for bandwidth use; below the smallest share
+// latency grows as 1/share, above the largest it stays.
 // Immutable once built; any thread may read it.
 #pragma once
 
@@ -42,8 +43,9 @@ class SimModelProfile {
     LatencyProfile latency;
     std::map<int, double> l2, dram;
   };
-  // The bracketing measured shares and the weight of the upper one (in 1/share).
-  void bracket(double share, const Share** lo, const Share** hi, double* w) const;
+  // The bracketing measured shares and the weight of the upper one, linear in 1/share
+  // (`inverse`) or in share.
+  void bracket(double share, const Share** lo, const Share** hi, double* w, bool inverse) const;
   double intensity(int b, double share, std::map<int, double> SharePoints::*which) const;
 
   std::vector<Share> shares_;     // by increasing share
