@@ -32,9 +32,14 @@ py::dict lane_stats_dict(const LaneStats& s);
 py::dict trace_columns(const std::vector<TraceRecord>& records);
 // The policy knobs from Python's `policy_options` (already validated and renamed there).
 PolicyConfig policy_config_from(const py::dict& options);
+// {"kind": ..., "alpha", "forgetting", "delta", "lr", "weights", "record"} (validated in Python).
+PredictorConfig predictor_config_from(const py::dict& options);
+// Every finished batch the predictor recorded, as numpy columns (features as n x k arrays).
+py::dict prediction_columns(const std::vector<PredictionRecord>& records);
 
 void init_errors(py::module_& m);
 void init_runtime(py::module_& m);
 void init_sim(py::module_& m);
+void init_predict(py::module_& m);
 
 }  // namespace gpulanes::bindings

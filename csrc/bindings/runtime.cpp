@@ -148,9 +148,10 @@ class PyRuntime {
  public:
   PyRuntime(std::string device, std::string policy, const py::dict& policy_options, int cpu_lanes,
             bool outputs_on_device, int warmup_rounds, double spin_us, int profile_reps,
-            bool trace)
+            bool trace, const py::dict& predictor)
       : spin_ns_(from_us(spin_us)) {
     RuntimeOptions o;
+    o.predictor = predictor_config_from(predictor);
     o.trace = trace;
     o.spin_us = spin_us;
     o.profile_reps = profile_reps;
@@ -382,6 +383,9 @@ class PyRuntime {
   }
 
   std::int64_t now_ns() const { return core_->clock().now(); }
+  std::vector<double> predictor_weights() const {
+    return core_->predictor() ? core_->predictor()->weights() : std::vector<double>{};
+  }
   bool running() const { return core_->running(); }
 
  private:
@@ -393,10 +397,12 @@ class PyRuntime {
 
 void init_runtime(py::module_& m) {
   py::class_<PyRuntime>(m, "Runtime")
-      .def(py::init<std::string, std::string, py::dict, int, bool, int, double, int, bool>(),
+      .def(py::init<std::string, std::string, py::dict, int, bool, int, double, int, bool,
+                    py::dict>(),
            py::arg("device"), py::arg("policy"), py::arg("policy_options"), py::arg("cpu_lanes"),
            py::arg("outputs_on_device"), py::arg("warmup_rounds"), py::arg("spin_us"),
-           py::arg("profile_reps"), py::arg("trace"))
+           py::arg("profile_reps"), py::arg("trace"), py::arg("predictor"))
+      .def("predictor_weights", [](const PyRuntime& r) { return r.predictor_weights(); })
       .def("register_model", &PyRuntime::register_model, py::arg("name"), py::arg("kind"),
            py::arg("source"), py::arg("example_inputs"), py::arg("slo_ns"),
            py::arg("max_batch_size"), py::arg("max_queue"))

@@ -97,6 +97,7 @@ class PySimulator {
     o.interference = interference_from(c["interference"].cast<py::dict>());
     o.noise_cv = c["noise_cv"].cast<double>();
     o.seed = c["seed"].cast<std::uint64_t>();
+    o.predictor = predictor_config_from(c["predictor"].cast<py::dict>());
     std::vector<SimModelSpec> models;
     for (py::handle h : c["models"].cast<py::list>()) {
       auto m = h.cast<py::dict>();
@@ -156,6 +157,8 @@ class PySimulator {
   }
 
   py::dict trace() const { return trace_columns(sim_->runtime().trace()); }
+  py::dict predictions() const { return prediction_columns(sim_->runtime().predictor()->records()); }
+  std::vector<double> predictor_weights() const { return sim_->runtime().predictor()->weights(); }
 
  private:
   std::unique_ptr<Simulator> sim_;
@@ -170,7 +173,9 @@ void init_sim(py::module_& m) {
            py::arg("deadline_ns"))
       .def("stats", &PySimulator::stats)
       .def("lane_stats", &PySimulator::lane_stats)
-      .def("trace", &PySimulator::trace);
+      .def("trace", &PySimulator::trace)
+      .def("predictions", &PySimulator::predictions)
+      .def("predictor_weights", &PySimulator::predictor_weights);
   m.attr("SIM_ORIGIN_NS") = Simulator::kOrigin;
 }
 

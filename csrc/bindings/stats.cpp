@@ -86,6 +86,53 @@ PolicyConfig policy_config_from(const py::dict& o) {
   return c;
 }
 
+PredictorConfig predictor_config_from(const py::dict& o) {
+  PredictorConfig c;
+  c.kind = o["kind"].cast<std::string>();
+  if (o.contains("alpha")) c.alpha = o["alpha"].cast<double>();
+  if (o.contains("forgetting")) c.forgetting = o["forgetting"].cast<double>();
+  if (o.contains("delta")) c.delta = o["delta"].cast<double>();
+  if (o.contains("lr")) c.lr = o["lr"].cast<double>();
+  if (o.contains("weights") && !o["weights"].is_none()) c.weights = o["weights"].cast<std::vector<double>>();
+  if (o.contains("record")) c.record = o["record"].cast<bool>();
+  return c;
+}
+
+py::dict prediction_columns(const std::vector<PredictionRecord>& rs) {
+  const auto n = static_cast<py::ssize_t>(rs.size());
+  constexpr py::ssize_t k = CoLocation::kFeatures;
+  py::array_t<std::int32_t> model(n), lane(n), size(n);
+  py::array_t<double> start(n), end(n), solo(n), predicted(n), actual(n);
+  py::array_t<double> fine({n, k}), coarse({n, k});
+  for (py::ssize_t i = 0; i < n; ++i) {
+    const PredictionRecord& r = rs[i];
+    model.mutable_at(i) = r.model;
+    lane.mutable_at(i) = r.lane;
+    size.mutable_at(i) = r.size;
+    start.mutable_at(i) = r.start / 1e9;
+    end.mutable_at(i) = r.end / 1e9;
+    solo.mutable_at(i) = r.solo_ns / 1e6;
+    predicted.mutable_at(i) = r.predicted_ns / 1e6;
+    actual.mutable_at(i) = (r.end - r.start) / 1e6;
+    for (py::ssize_t j = 0; j < k; ++j) {
+      fine.mutable_at(i, j) = r.fine[j];
+      coarse.mutable_at(i, j) = r.coarse[j];
+    }
+  }
+  py::dict d;
+  d["model_index"] = model;
+  d["lane"] = lane;
+  d["batch_size"] = size;
+  d["start_s"] = start;
+  d["end_s"] = end;
+  d["solo_ms"] = solo;
+  d["predicted_ms"] = predicted;
+  d["actual_ms"] = actual;
+  d["fine"] = fine;
+  d["coarse"] = coarse;
+  return d;
+}
+
 py::dict trace_columns(const std::vector<TraceRecord>& rs) {
   const auto n = static_cast<py::ssize_t>(rs.size());
   py::array_t<std::int64_t> id(n), arrival(n), start(n), end(n), deadline(n), batch(n);

@@ -36,6 +36,9 @@ _POLICY_OPTIONS = {
 }
 _PARTITIONING = ("auto", "none", "cpu")
 _PREDICTORS = ("none", "static", "ewma", "sgd", "rls")
+# Options of the latency predictors (see gpulanes.predict and csrc/gpulanes/predict/).
+_PREDICTOR_OPTIONS = {"alpha": 0.3, "forgetting": 0.99, "delta": 10.0, "lr": 0.05, "weights": None,
+                      "record": False}
 
 
 
@@ -50,9 +53,18 @@ def _policy_options(policy: str, options: Optional[Dict[str, Any]]) -> Dict[str,
     return {**_POLICY_OPTIONS[policy], **(options or {})}
 
 
-def _check_predictor(predictor: str) -> None:
+def _predictor_config(predictor: str, options: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The predictor's kind and options with defaults; InvalidInput for unknown names."""
     if predictor not in _PREDICTORS:
         raise InvalidInput(f"predictor must be one of {_PREDICTORS}, got {predictor!r}")
+    unknown = set(options or {}) - set(_PREDICTOR_OPTIONS)
+    if unknown:
+        raise InvalidInput(f"predictors have no option(s) {sorted(unknown)}; "
+                           f"they take {sorted(_PREDICTOR_OPTIONS)}")
+    cfg = {**_PREDICTOR_OPTIONS, **(options or {}), "kind": predictor}
+    if cfg["weights"] is not None:
+        cfg["weights"] = [float(w) for w in cfg["weights"]]
+    return cfg
 
 
 def _model_stats(rows: List[Dict[str, Any]], slo_ms: Dict[str, float]) -> Dict[str, Dict[str, Any]]:
@@ -174,7 +186,13 @@ class Runtime:
         policy_options: the chosen policy's options (see above); ``deadline`` takes
             ``min_margin_us``, ``margin_quantile``, ``margin_window`` and ``wait_for_batch``
             (True: may idle a lane to let a larger batch form).
-        predictor: latency predictor name, recorded for later use by the deadline policy.
+        predictor: how the ``deadline`` policy predicts a batch's latency: ``"none"`` (the
+            profile times a learned slow-down factor), ``"static"`` / ``"ewma"`` (a linear model
+            over co-location features with offline weights), ``"sgd"`` / ``"rls"`` (the same,
+            learned online from every batch; default ``"rls"``). See :mod:`gpulanes.predict`.
+        predictor_options: ``alpha`` (EWMA weight of co-location signals, 0.3), ``forgetting``
+            (RLS, 0.99), ``delta`` (RLS initial covariance, 10), ``lr`` (SGD, 0.05),
+            ``weights`` (offline or initial weights, 10 values), ``record`` (keep every batch).
         cpu_lanes: number of CPU lanes (worker threads) when running on the CPU.
         output_device: ``"cpu"`` (default) or ``"cuda"`` to leave outputs on the GPU.
         warmup_rounds: forward passes per (lane, model, batch size) during :meth:`start`.
@@ -201,6 +219,7 @@ class Runtime:
         predictor: str = "rls",
         *,
         policy_options: Optional[Dict[str, Any]] = None,
+        predictor_options: Optional[Dict[str, Any]] = None,
         cpu_lanes: int = 1,
         output_device: str = "cpu",
         warmup_rounds: int = 2,
@@ -212,7 +231,7 @@ class Runtime:
         self.policy_options = _policy_options(policy, policy_options)
         if partitioning not in _PARTITIONING:
             raise InvalidInput(f"partitioning must be one of {_PARTITIONING}, got {partitioning!r}")
-        _check_predictor(predictor)
+        self.predictor_options = _predictor_config(predictor, predictor_options)
         if output_device not in ("cpu", "cuda"):
             raise InvalidInput(f"output_device must be 'cpu' or 'cuda', got {output_device!r}")
         self.device = device
@@ -223,7 +242,7 @@ class Runtime:
             raise InvalidInput(f"spin_us must be >= 0, got {spin_us}")
         self._core = _C.Runtime(device, policy, self.policy_options, int(cpu_lanes),
                                 output_device == "cuda", int(warmup_rounds), float(spin_us),
-                                int(profile_reps), bool(trace))
+                                int(profile_reps), bool(trace), self.predictor_options)
         self._spin_us = float(spin_us)
         self._slo_ms: Dict[str, float] = {}
         # Per model: what its profile depends on (a profile entry without points).

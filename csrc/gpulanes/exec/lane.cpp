@@ -100,6 +100,11 @@ void WorkerLane::worker() {
   }
 }
 
+int WorkerLane::device_index() const {
+  const std::string d = device();
+  return d.rfind("cuda:", 0) == 0 ? std::stoi(d.substr(5)) : -1;
+}
+
 void WorkerLane::run_batch(Batch&& batch) {
   BatchReport report;
   report.lane = index_;

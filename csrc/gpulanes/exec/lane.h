@@ -58,6 +58,9 @@ class Lane {
   virtual Executor* executor() { return nullptr; }
   // Whether this lane runs `model` (the scheduler gives it no other model's batches).
   virtual bool serves(int /*model*/) const { return true; }
+  // The device it runs on (lanes of one device interfere) and its share of that device's SMs.
+  virtual int device_index() const { return -1; }
+  virtual double sm_share() const { return 1.0; }
   // Begins serving; runs `init` on the lane's own thread first when it has one. `listener`
   // must outlive stop(). Rethrows what `init` threw.
   virtual void start(LaneListener* listener, const std::function<void()>& init) = 0;
@@ -85,6 +88,7 @@ class WorkerLane final : public Lane {
   const std::string& kind() const override { return kind_; }
   std::string device() const override { return executor_->device(); }
   Executor* executor() override { return executor_.get(); }
+  int device_index() const override;  // N for "cuda:N", -1 for the CPU
 
   // The worker first runs `init` (loading and warming up models, so that thread-local state such
   // as the CPU thread pool's team belongs to the serving thread), then serves. Blocks until

@@ -47,6 +47,16 @@ DurationNs LatencyProfile::predict(int batch_size) const {
   return static_cast<DurationNs>(std::llround(std::max(0.0, us) * 1e3));
 }
 
+double LatencyProfile::interpolate(int b, double LatencyPoint::*field) const {
+  if (points_.empty()) return 0.0;
+  auto hi = points_.lower_bound(b);
+  if (hi == points_.end()) return std::prev(hi)->second.*field;
+  if (hi->first == b || hi == points_.begin()) return hi->second.*field;
+  auto lo = std::prev(hi);
+  const double t = static_cast<double>(b - lo->first) / (hi->first - lo->first);
+  return lo->second.*field + t * (hi->second.*field - lo->second.*field);
+}
+
 LatencyPoint summarize_samples(int batch_size, std::vector<DurationNs> samples) {
   LatencyPoint p;
   p.batch_size = batch_size;

@@ -18,6 +18,8 @@ struct LatencyPoint {
   double p99_us = 0;
   int samples = 0;
   double device_p50_us = 0;  // median device time (CUDA events) of the same runs; 0: not measured
+  double l2 = 0;             // fraction of L2 bandwidth a batch uses alone (0: unknown/none)
+  double dram = 0;           // fraction of DRAM bandwidth
 };
 
 class LatencyProfile {
@@ -30,8 +32,12 @@ class LatencyProfile {
 
   // Predicted median latency of a batch of `batch_size` (>= 1); 0 when the profile is empty.
   DurationNs predict(int batch_size) const;
+  // Resource use of a batch of `batch_size`, interpolated between points (flat beyond them).
+  double l2(int batch_size) const { return interpolate(batch_size, &LatencyPoint::l2); }
+  double dram(int batch_size) const { return interpolate(batch_size, &LatencyPoint::dram); }
 
  private:
+  double interpolate(int batch_size, double LatencyPoint::*field) const;
   std::map<int, LatencyPoint> points_;  // by batch size
 };
 

@@ -22,6 +22,9 @@ class ProfileBook {
   int models() const { return static_cast<int>(tables_.empty() ? 0 : tables_[0].size()); }
   // Predicted latency of a batch of `b` of `model` on `lane`; 0 when its profile is empty.
   DurationNs predict(int model, int lane, int b) const;
+  // Resource use of a batch of `b` of `model` on `lane` (see LatencyPoint).
+  double l2(int model, int lane, int b) const { return tables_[lane][model].profile->l2(b); }
+  double dram(int model, int lane, int b) const { return tables_[lane][model].profile->dram(b); }
   // The smallest predicted latency of a batch of `b` over the lanes that serve `model`; kNever
   // when none does.
   DurationNs fastest(int model, int b) const;

@@ -96,6 +96,7 @@ TimeNs EventLoop::step_locked(TimeNs now, std::vector<Failure>& failures) {
     if (batch.requests.empty()) continue;
     batch.id = next_batch_id_++;
     for (auto& r : batch.requests) r->started = now;
+    sink_.on_dispatch(static_cast<int>(i), batch, now);
     lane_idle_[i] = 0;
     lanes_[i]->dispatch(std::move(batch));
   }

@@ -30,6 +30,9 @@ class LoopSink {
   virtual ~LoopSink() = default;
   // Requests the loop failed without running them. Called with no core lock held.
   virtual void fail(std::vector<RequestPtr>&& requests, ErrorCode code, const std::string& why) = 0;
+  // `batch` (its id set) is about to be handed to `lane` at `now`. Called under the loop's lock:
+  // bookkeeping only.
+  virtual void on_dispatch(int /*lane*/, const Batch& /*batch*/, TimeNs /*now*/) {}
 };
 
 class EventLoop {

@@ -72,7 +72,7 @@ void Runtime::set_profile(const std::string& model, const std::vector<LatencyPoi
 }
 
 SchedulingState Runtime::scheduling_state() {
-  return SchedulingState{models_, queues_, book_, rates_};
+  return SchedulingState{models_, queues_, book_, rates_, predictor_};
 }
 
 void Runtime::create_lanes() {
@@ -258,6 +258,20 @@ void Runtime::build_profile_book() {
     }
   }
   book_.build(profiles_, lane_profiles, serves, max_batch);
+  std::vector<int> device;
+  std::vector<double> share;
+  for (const auto& lane : lanes_) {
+    device.push_back(lane->device_index());
+    share.push_back(lane->sm_share());
+  }
+  predictor_ = std::make_unique<LatencyPredictor>(options_.predictor, book_, device, share);
+}
+
+void Runtime::on_dispatch(int lane, const Batch& batch, TimeNs now) {
+  if (predictor_) {
+    predictor_->on_start(batch.id, batch.model, lane, static_cast<int>(batch.requests.size()), now,
+                         batch.predicted_ns);
+  }
 }
 
 void Runtime::submit(const std::string& model, std::vector<at::Tensor> inputs,
@@ -387,6 +401,7 @@ void Runtime::deliver(std::vector<RequestPtr>& requests, std::vector<Outcome>& o
 
 void Runtime::on_batch_finished(Batch&& batch, std::vector<Outcome>&& outcomes,
                                 const BatchReport& report) {
+  if (predictor_) predictor_->on_finish(batch.id, report.lane, report.end);
   ModelMetrics& metrics = *metrics_[batch.model];
   // Metrics first, so a caller woken by its future already sees itself counted.
   int met = 0, missed = 0, failed = 0;

@@ -45,6 +45,7 @@ struct RuntimeOptions {
   std::shared_ptr<VirtualBackend> virtual_backend;  // device "virtual": the lanes, if set
   int virtual_lanes = 1;                   // else that many VirtualLanes with...
   VirtualLane::LatencyFn virtual_latency;  // ...this batch duration by (model, size)
+  PredictorConfig predictor;      // interference-aware latency prediction (kind "none": off)
   // Called once per accepted request when its outcome is decided (met, missed, dropped, failed),
   // on the thread that decided it, with no core lock held and before its completion runs.
   std::function<void(const Request&, TraceOutcome, TimeNs end)> on_finished;
@@ -117,6 +118,8 @@ class Runtime final : private LaneListener, private LoopSink {
   // The latency profile `model` is scheduled with (empty before start()).
   std::vector<LatencyPoint> profile(const std::string& model) const;
   std::string policy_name() const { return policy_->name(); }
+  // The latency predictor (null before start()).
+  const LatencyPredictor* predictor() const { return predictor_.get(); }
 
   // Virtual time only (device "virtual", a VirtualClock): one loop round now, and the backend,
   // for a driver that advances the clock (VirtualDriver, the simulator).
@@ -129,6 +132,7 @@ class Runtime final : private LaneListener, private LoopSink {
   void on_batch_finished(Batch&& batch, std::vector<Outcome>&& outcomes,
                          const BatchReport& report) override;
   void fail(std::vector<RequestPtr>&& requests, ErrorCode code, const std::string& why) override;
+  void on_dispatch(int lane, const Batch& batch, TimeNs now) override;
   void create_lanes();
   // Profiles by (model, lane) and which lane serves which model, once lanes and profiles exist.
   void build_profile_book();
@@ -148,6 +152,7 @@ class Runtime final : private LaneListener, private LoopSink {
   std::vector<std::unique_ptr<ModelMetrics>> metrics_;         // per model
   std::vector<LatencyProfile> profiles_;             // per model; fixed once serving
   ProfileBook book_;                                 // by (model, lane); built by start()
+  std::unique_ptr<LatencyPredictor> predictor_;      // built by start(), after book_
   std::shared_ptr<VirtualBackend> backend_;          // device "virtual": creates the lanes
   std::vector<std::unique_ptr<ArrivalRate>> rates_;  // per model
   TraceRecorder trace_;                              // used when options_.trace

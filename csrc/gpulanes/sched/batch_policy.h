@@ -12,6 +12,7 @@
 #include "gpulanes/core/request.h"
 #include "gpulanes/exec/lane.h"
 #include "gpulanes/model/registry.h"
+#include "gpulanes/predict/latency_predictor.h"
 #include "gpulanes/predict/profile_book.h"
 #include "gpulanes/queue/request_queue.h"
 #include "gpulanes/sched/arrival_rate.h"
@@ -27,6 +28,7 @@ struct SchedulingState {
   std::vector<std::unique_ptr<RequestQueue>>& queues;
   const ProfileBook& profiles;                             // by (model, lane); empty: unknown
   const std::vector<std::unique_ptr<ArrivalRate>>& rates;  // recent arrival gaps
+  const std::unique_ptr<LatencyPredictor>& predictor;      // interference-aware; may be null
 };
 
 // Feedback after every batch.

@@ -25,10 +25,12 @@
 //   no longer make it are dropped. Without best-effort requests none of this costs anything.
 // - A request expected to miss even alone (now + latency(1) > deadline) is dropped without
 //   running; admission control refuses one that could not make it even on an idle lane.
-// - Predictions adapt: the profiled latency is scaled by an EWMA of measured/profiled latency
-//   of this model's recent batches (the machine under load is slower than when it was profiled
-//   idle), and the margin is a high quantile (default p99) of the recent errors of that scaled
-//   prediction (measured - predicted), never below min_margin_ns.
+// - Predictions adapt: with a latency predictor (static, ewma, sgd, rls) a batch's latency is
+//   the predictor's, from the profile and what runs beside it; without one (none) the profiled
+//   latency is scaled by an EWMA of measured/profiled latency of this model's recent batches (the
+//   machine under load is slower than when it was profiled idle). The margin is a high quantile
+//   (default p99) of the recent errors of that prediction (measured - predicted), never below
+//   min_margin_ns.
 #include <algorithm>
 #include <cmath>
 #include <deque>
@@ -63,7 +65,10 @@ class DeadlinePolicy final : public BatchPolicy {
   Batch next_batch(const Lane& lane, SchedulingState& s, TimeNs now, TimeNs* wake_at) override {
     const int L = lane.index();
     const std::vector<int>& mine = s.profiles.models_of(L);
-    auto predict = [&](int m, int b) { return scaled(m, s.profiles.predict(m, L, b)); };
+    const LatencyPredictor* model = s.predictor && s.predictor->active() ? s.predictor.get() : nullptr;
+    auto predict = [&](int m, int b) {
+      return model ? model->predict(m, L, b, now) : scaled(m, s.profiles.predict(m, L, b));
+    };
     auto cost = [&](int m, int b) { return predict(m, b) + margin(m); };
     std::vector<std::pair<TimeNs, int>> order;  // (head deadline, model), most urgent first
     bool best_effort = false;                   // any priority-1 request queued

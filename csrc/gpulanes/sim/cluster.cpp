@@ -34,6 +34,8 @@ class SimLane final : public Lane {
   bool serves(int model) const override {
     return model >= 0 && model < static_cast<int>(serves_.size()) && serves_[model];
   }
+  int device_index() const override { return cluster_.cfg_.lanes[index_].gpu; }
+  double sm_share() const override { return cluster_.reports_[index_].share; }
   void start(LaneListener* listener, const std::function<void()>& init) override {
     listener_ = listener;
     if (init) init();

@@ -84,6 +84,8 @@ LatencyProfile SimModelProfile::profile_at(double share) const {
     LatencyPoint p;
     p.batch_size = b;
     p.p50_us = p.mean_us = p.p99_us = solo_ns(b, share) / 1e3;
+    p.l2 = l2(b, share);
+    p.dram = dram(b, share);
     points.push_back(p);
   }
   return LatencyProfile(points);

@@ -24,6 +24,7 @@ Simulator::Simulator(SimulatorOptions options, std::vector<SimModelSpec> models)
   ro.policy = options.policy;
   ro.policy_config = options.policy_config;
   ro.trace = options.trace;
+  ro.predictor = options.predictor;
   ro.virtual_backend = cluster_;
   ro.on_finished = [this](const Request& r, TraceOutcome o, TimeNs end) { on_finished(r, o, end); };
   runtime_ = std::make_unique<Runtime>(std::move(ro), clock_);

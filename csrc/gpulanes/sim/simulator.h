@@ -33,6 +33,7 @@ struct SimulatorOptions {
   std::shared_ptr<InterferenceModel> interference;  // null: none
   double noise_cv = 0.0;
   std::uint64_t seed = 0;
+  PredictorConfig predictor;      // the scheduler's latency predictor
 };
 
 // Outcomes of the requests that arrived after the warm-up window, per model.

@@ -30,7 +30,7 @@ import numpy as np
 from .. import _C
 from .. import profiles as _profiles
 from ..errors import InvalidInput, UnknownModel
-from ..runtime import _check_predictor, _model_stats, _policy_options, _trace_frame
+from ..runtime import _model_stats, _policy_options, _predictor_config, _trace_frame
 from ..workloads import Workload, model_summary
 from . import scenarios, zoo
 from .scenarios import Scenario, scenario
@@ -75,8 +75,8 @@ class Simulator:
         memory_gb: device memory per GPU; a layout whose models do not fit is refused.
         profile: ``"zoo"`` (built-in, synthetic), a profile file path, or a profile document.
         policy, policy_options: as for :class:`gpulanes.Runtime`.
-        predictor: as for :class:`gpulanes.Runtime` (recorded; the policies use the profile
-            times a learned slow-down factor until the predictors land).
+        predictor, predictor_options: as for :class:`gpulanes.Runtime` (default ``"none"``);
+            ``predictor_options={"record": True}`` keeps every batch for :meth:`predictions`.
         interference: the ground truth of how co-running batches slow each other down.
         seed: seeds the batch-duration noise; the same seed and workload give the same trace.
         noise_cv: coefficient of variation of the lognormal noise on each batch's duration.
@@ -88,14 +88,15 @@ class Simulator:
                  profile: Union[str, "os.PathLike[str]", Dict[str, Any]] = "zoo",
                  policy: str = "deadline", predictor: str = "none",
                  interference: Union[str, Dict[str, Any]] = "linear", seed: int = 0, *,
-                 policy_options: Optional[Dict[str, Any]] = None, noise_cv: float = 0.02,
+                 policy_options: Optional[Dict[str, Any]] = None,
+                 predictor_options: Optional[Dict[str, Any]] = None, noise_cv: float = 0.02,
                  trace: bool = False) -> None:
         if gpus < 1 or sm_per_gpu < 1 or memory_gb <= 0:
             raise InvalidInput("gpus, sm_per_gpu and memory_gb must be positive")
         self.policy = policy
         self.policy_options = _policy_options(policy, policy_options)
-        _check_predictor(predictor)
         self.predictor = predictor
+        self.predictor_options = _predictor_config(predictor, predictor_options)
         self.interference = _interference(interference)
         if isinstance(profile, dict):
             self._profiles = _profiles.validate(profile)
@@ -239,7 +240,7 @@ class Simulator:
         return {"policy": self.policy, "policy_options": self.policy_options,
                 "trace": self.trace, "gpus": self.gpus, "lanes": lanes,
                 "interference": self.interference, "noise_cv": self.noise_cv, "seed": self.seed,
-                "models": models}
+                "predictor": self.predictor_options, "models": models}
 
     # -- results of the last run -------------------------------------------------------------
 
@@ -258,6 +259,23 @@ class Simulator:
         if per != "model":
             raise ValueError(f"per must be 'model' or 'lane', not {per!r}")
         return _model_stats(core.stats(), {n: m["slo_ms"] for n, m in self._models.items()})
+
+    def predictions(self) -> Dict[str, Any]:
+        """With ``predictor_options={"record": True}``: every finished batch of the last run, as
+        numpy columns: model (names), lane, batch_size, start_s/end_s (from the run's start),
+        solo_ms (the profile's), predicted_ms (what the scheduler predicted), actual_ms, and
+        the ``fine`` and ``coarse`` co-location features (n x 10; see gpulanes.predict)."""
+        cols = self._last().predictions()
+        names = np.array(list(self._models), dtype=object)
+        cols["model"] = names[cols.pop("model_index")] if len(cols["lane"]) else names[:0]
+        origin = _C.SIM_ORIGIN_NS / 1e9
+        cols["start_s"] = cols["start_s"] - origin
+        cols["end_s"] = cols["end_s"] - origin
+        return cols
+
+    def predictor_weights(self) -> np.ndarray:
+        """The last run's predictor weights at its end (learned, for sgd and rls)."""
+        return np.array(self._last().predictor_weights())
 
     def trace_frame(self):
         """With ``trace=True``: the last run's requests as a DataFrame (as
