@@ -1,5 +1,6 @@
 #include "gpulanes/predict/regressors.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "gpulanes/core/error.h"
@@ -60,7 +61,11 @@ void Sgd::update(const Eigen::VectorXd& x, double y) {
 
 Eigen::VectorXd least_squares(const Eigen::MatrixXd& X, const Eigen::VectorXd& y) {
   if (X.rows() != y.size()) throw Error(ErrorCode::kInvalidInput, "least_squares: rows differ");
-  return X.completeOrthogonalDecomposition().solve(y);
+  // SVD with numpy's cut-off (singular values below eps * max(M, N) * the largest are dropped),
+  // so collinear features (a constant SM share beside the intercept) get the minimum-norm split.
+  Eigen::BDCSVD<Eigen::MatrixXd> svd(X, Eigen::ComputeThinU | Eigen::ComputeThinV);
+  svd.setThreshold(Eigen::NumTraits<double>::epsilon() * std::max(X.rows(), X.cols()));
+  return svd.solve(y);
 }
 
 }  // namespace gpulanes
