@@ -10,7 +10,7 @@ namespace gpulanes::bindings {
 void init_predict(py::module_& m) {
   py::class_<Rls>(m, "Rls")
       .def(py::init<int, double, double, double>(), py::arg("dim"), py::arg("forgetting"),
-           py::arg("delta"), py::arg("max_trace"))
+           py::arg("delta"), py::arg("max_eigenvalue"))
       .def("predict", &Rls::predict, py::arg("x"))
       .def("update", &Rls::update, py::arg("x"), py::arg("y"))
       .def_property("weights", &Rls::weights, &Rls::set_weights)

@@ -7,8 +7,9 @@
 >>> rls.weights, rls.predict(x)
 
 - :class:`RLS`: recursive least squares with a forgetting factor (``forgetting`` < 1 tracks a
-  changing relation); the covariance starts at ``delta * I``, is kept symmetric, bounded in
-  trace (``max_trace``) and reset if it degenerates.
+  changing relation); the covariance starts at ``delta * I``, is kept symmetric, its
+  eigenvalues at most ``max_eigenvalue`` (default ``delta``: no wind-up in directions the data
+  never excites), and it is reset if it degenerates.
 - :class:`SGD`: normalized least-mean-squares, ``w += lr * error * x / |x|^2``.
 - :func:`least_squares`: the minimum-norm least-squares fit (as ``numpy.linalg.lstsq``), the
   ``static`` predictor's offline fit.
@@ -30,8 +31,8 @@ FEATURES = ("intercept", "solo_ms", "share", "solo*overlap", "solo*overlap*l2_se
 
 class RLS:
     def __init__(self, dim: int, forgetting: float = 0.99, delta: float = 1e3,
-                 max_trace: float = 1e8) -> None:
-        self._m = _C.Rls(int(dim), float(forgetting), float(delta), float(max_trace))
+                 max_eigenvalue: float = 0.0) -> None:
+        self._m = _C.Rls(int(dim), float(forgetting), float(delta), float(max_eigenvalue))
 
     def update(self, x, y: float) -> None:
         self._m.update(np.asarray(x, dtype=np.float64), float(y))

@@ -7,8 +7,11 @@
 
 namespace gpulanes {
 
-Rls::Rls(int dim, double forgetting, double delta, double max_trace)
-    : w_(Eigen::VectorXd::Zero(dim)), lambda_(forgetting), delta_(delta), max_trace_(max_trace) {
+Rls::Rls(int dim, double forgetting, double delta, double max_eigenvalue)
+    : w_(Eigen::VectorXd::Zero(dim)),
+      lambda_(forgetting),
+      delta_(delta),
+      max_eigenvalue_(max_eigenvalue > 0 ? max_eigenvalue : delta) {
   if (dim < 1) throw Error(ErrorCode::kInvalidInput, "RLS needs dim >= 1");
   if (!(forgetting > 0 && forgetting <= 1)) {
     throw Error(ErrorCode::kInvalidInput, "RLS forgetting must be in (0, 1]");
@@ -44,8 +47,14 @@ void Rls::update(const Eigen::VectorXd& x, double y) {
     reset_covariance();
     return;
   }
-  const double trace = P.trace();
-  P_ = trace > max_trace_ ? P * (max_trace_ / trace) : P;
+  // All eigenvalues are below the trace (P is positive semi-definite): decompose only when the
+  // trace says one may exceed the cap.
+  if (P.trace() > max_eigenvalue_) {
+    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(P);
+    const Eigen::VectorXd clipped = eig.eigenvalues().cwiseMax(0.0).cwiseMin(max_eigenvalue_);
+    P = eig.eigenvectors() * clipped.asDiagonal() * eig.eigenvectors().transpose();
+  }
+  P_ = P;
 }
 
 Sgd::Sgd(int dim, double lr, double eps) : w_(Eigen::VectorXd::Zero(dim)), lr_(lr), eps_(eps) {

@@ -8,12 +8,15 @@
 namespace gpulanes {
 
 // Recursive least squares, exponentially forgetting old samples (forgetting < 1). Guarded: the
-// covariance is kept symmetric, its trace bounded (a long run without excitation would otherwise
-// grow it as forgetting^-n), and it is reset to delta * I, keeping the weights, if it stops being
-// finite or positive on the diagonal.
+// covariance is kept symmetric and its eigenvalues at most `max_eigenvalue` (default: delta).
+// Forgetting grows the covariance as forgetting^-n in every direction the features do not
+// excite (a constant column beside the intercept, co-location terms while a lane runs alone);
+// capping the whole matrix (its trace) would then shrink the gain in the excited directions
+// and stall adaptation, so the cap is per direction. The covariance is reset to delta * I,
+// keeping the weights, if it stops being finite or positive on the diagonal.
 class Rls {
  public:
-  explicit Rls(int dim, double forgetting = 0.99, double delta = 1e3, double max_trace = 1e8);
+  explicit Rls(int dim, double forgetting = 0.99, double delta = 1e3, double max_eigenvalue = 0);
 
   double predict(const Eigen::VectorXd& x) const { return w_.dot(x); }
   void update(const Eigen::VectorXd& x, double y);
@@ -26,7 +29,7 @@ class Rls {
   void reset_covariance();
   Eigen::VectorXd w_;
   Eigen::MatrixXd P_;
-  const double lambda_, delta_, max_trace_;
+  const double lambda_, delta_, max_eigenvalue_;
   int resets_ = 0;
 };
 
