@@ -50,7 +50,10 @@ def _policy_options(policy: str, options: Optional[Dict[str, Any]]) -> Dict[str,
     if unknown:
         raise InvalidInput(f"policy {policy!r} has no option(s) {sorted(unknown)}; "
                            f"it takes {sorted(_POLICY_OPTIONS[policy])}")
-    return {**_POLICY_OPTIONS[policy], **(options or {})}
+    merged = {**_POLICY_OPTIONS[policy], **(options or {})}
+    if policy == "deadline" and not 0 < merged["margin_quantile"] <= 1:
+        raise InvalidInput(f"margin_quantile must be in (0, 1], got {merged['margin_quantile']}")
+    return merged
 
 
 def _predictor_config(predictor: str, options: Optional[Dict[str, Any]]) -> Dict[str, Any]:

@@ -168,7 +168,8 @@ class DeadlinePolicy final : public BatchPolicy {
     e.window.push_back(obs.actual_ns - obs.predicted_ns);
     if (static_cast<int>(e.window.size()) > cfg_.margin_window) e.window.pop_front();
     std::vector<DurationNs> sorted(e.window.begin(), e.window.end());
-    const auto k = static_cast<std::size_t>(std::ceil(cfg_.margin_quantile * sorted.size())) - 1;
+    const auto k = std::max<std::size_t>(
+                       1, static_cast<std::size_t>(std::ceil(cfg_.margin_quantile * sorted.size()))) - 1;
     std::nth_element(sorted.begin(), sorted.begin() + k, sorted.end());
     e.margin = std::max(cfg_.min_margin_ns, sorted[k]);
   }
