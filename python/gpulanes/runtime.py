@@ -37,7 +37,7 @@ _POLICY_OPTIONS = {
 _PARTITIONING = ("auto", "none", "cpu")
 _PREDICTORS = ("none", "static", "ewma", "sgd", "rls")
 # Options of the latency predictors (see gpulanes.predict and csrc/gpulanes/predict/).
-_PREDICTOR_OPTIONS = {"alpha": 0.3, "forgetting": 0.99, "delta": 10.0, "lr": 0.05, "weights": None,
+_PREDICTOR_OPTIONS = {"alpha": 0.3, "forgetting": 0.98, "delta": 10.0, "lr": 0.05, "weights": None,
                       "record": False}
 
 
@@ -194,7 +194,7 @@ class Runtime:
             over co-location features with offline weights), ``"sgd"`` / ``"rls"`` (the same,
             learned online from every batch; default ``"rls"``). See :mod:`gpulanes.predict`.
         predictor_options: ``alpha`` (EWMA weight of co-location signals, 0.3), ``forgetting``
-            (RLS, 0.99), ``delta`` (RLS initial covariance, 10), ``lr`` (SGD, 0.05),
+            (RLS, 0.98), ``delta`` (RLS initial covariance, 10), ``lr`` (SGD, 0.05),
             ``weights`` (offline or initial weights, 10 values), ``record`` (keep every batch).
         cpu_lanes: number of CPU lanes (worker threads) when running on the CPU.
         output_device: ``"cpu"`` (default) or ``"cuda"`` to leave outputs on the GPU.
