@@ -29,7 +29,7 @@ namespace gpulanes {
 struct PredictorConfig {
   std::string kind = "none";    // none, static, ewma, sgd, rls
   double alpha = 0.3;           // EWMA weight of the newest batch's co-location
-  double forgetting = 0.98;     // rls (0.99 recovered from drift 1.4x slower; see README)
+  double forgetting = 0.98;     // rls: memory of about 1 / (1 - 0.98) = 50 batches
   double delta = 10.0;          // rls: initial covariance, delta * I (features in ms)
   double lr = 0.05;             // sgd (normalized step)
   std::vector<double> weights;  // offline or initial weights (CoLocation::kFeatures); empty:
