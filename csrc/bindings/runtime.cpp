@@ -377,9 +377,22 @@ class PyRuntime {
       d["index"] = l.index;
       d["kind"] = l.kind;
       d["device"] = l.device;
+      d["sms"] = l.sms;
+      d["models"] = l.models;
       out.append(d);
     }
     return out;
+  }
+
+  void set_lanes(const py::list& layout) {
+    std::vector<LaneSpec> specs;
+    for (py::handle h : layout) {
+      auto d = h.cast<py::dict>();
+      specs.push_back({d["device"].cast<std::string>(), d["sms"].cast<int>(),
+                       d["models"].cast<std::vector<std::string>>()});
+    }
+    py::gil_scoped_release nogil;  // warms up models on new lanes, waits for running batches
+    core_->set_lanes(std::move(specs));
   }
 
   std::int64_t now_ns() const { return core_->clock().now(); }
@@ -418,6 +431,7 @@ void init_runtime(py::module_& m) {
       .def("stats", &PyRuntime::stats)
       .def("lane_stats", &PyRuntime::lane_stats)
       .def("lanes", &PyRuntime::lanes)
+      .def("set_lanes", &PyRuntime::set_lanes, py::arg("layout"))
       .def("metrics_text", &PyRuntime::metrics_text)
       .def("trace", &PyRuntime::trace)
       .def("now_ns", &PyRuntime::now_ns)

@@ -19,7 +19,7 @@ import torch
 
 from . import _C
 from . import profiles as _profiles
-from .errors import InvalidInput
+from .errors import InvalidInput, UnknownModel
 
 __all__ = ["Runtime"]
 
@@ -509,8 +509,32 @@ class Runtime:
         return _trace_frame(self._core.trace(), list(self._slo_ms))
 
     def lanes(self) -> List[Dict[str, Any]]:
-        """The lanes the runtime created: index, kind and device."""
+        """The lanes serving now: index, kind, device, sms (SMs owned; 0 on the CPU) and the
+        models each serves."""
         return self._core.lanes()
+
+    def set_lanes(self, layout: Sequence[Dict[str, Any]]) -> None:
+        """Sets the lane layout: a list of ``{"device": "cpu" | N | "cuda:N", "sms": n,
+        "models": [...]}`` (``sms``: SMs of the lane's GPU partition, default the whole device;
+        ``models``: default every model). Before :meth:`start` it is what start creates. While
+        serving, the new lanes are built and warmed up first; then the runtime stops handing
+        out batches, lets running ones finish, swaps the layout in and resumes: queued requests
+        stay queued and none is lost (per-lane statistics restart). A model that no lane serves
+        is refused at submit with :class:`InvalidInput`."""
+        specs = []
+        for i, lane in enumerate(layout):
+            unknown = set(lane) - {"device", "sms", "models"}
+            if unknown:
+                raise InvalidInput(f"lane {i}: unknown key(s) {sorted(unknown)}")
+            device = lane.get("device", "cpu")
+            if isinstance(device, int):
+                device = f"cuda:{device}"
+            models = list(lane.get("models", []))
+            missing = [m for m in models if m not in self._slo_ms]
+            if missing:
+                raise UnknownModel(f"lane {i} names models that are not registered: {missing}")
+            specs.append({"device": str(device), "sms": int(lane.get("sms", 0)), "models": models})
+        self._core.set_lanes(specs)
 
     @property
     def models(self) -> List[str]:

@@ -32,6 +32,17 @@ int cuda_device_count() {
 #endif
 }
 
+int cuda_sm_count(int device) {
+#ifdef GPULANES_WITH_CUDA
+  int n = 0;
+  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) return 0;
+  return n;
+#else
+  (void)device;
+  return 0;
+#endif
+}
+
 #ifdef GPULANES_WITH_CUDA
 namespace {
 

@@ -40,5 +40,7 @@ std::unique_ptr<Executor> make_cuda_stream_executor(int device, bool outputs_on_
 
 // Whether this build can run CUDA lanes (and the machine has a usable GPU).
 int cuda_device_count();
+// Streaming multiprocessors of CUDA device `device` (0 without CUDA).
+int cuda_sm_count(int device);
 
 }  // namespace gpulanes

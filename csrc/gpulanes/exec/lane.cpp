@@ -25,12 +25,22 @@ inline void cpu_relax() {
 }  // namespace
 
 WorkerLane::WorkerLane(int index, std::string kind, std::unique_ptr<Executor> executor, const Clock& clock,
-           DurationNs spin_ns)
+           DurationNs spin_ns, LanePlacement placement)
     : index_(index),
       kind_(std::move(kind)),
       executor_(std::move(executor)),
       clock_(clock),
-      spin_ns_(spin_ns) {}
+      spin_ns_(spin_ns),
+      placement_(std::move(placement)) {}
+
+bool WorkerLane::serves(int model) const {
+  const auto& s = placement_.serves;
+  return s.empty() || (model >= 0 && model < static_cast<int>(s.size()) && s[model]);
+}
+
+double WorkerLane::sm_share() const {
+  return placement_.device_sms > 0 ? static_cast<double>(placement_.sms) / placement_.device_sms : 1.0;
+}
 
 WorkerLane::~WorkerLane() { stop(); }
 
@@ -98,11 +108,6 @@ void WorkerLane::worker() {
     }
     run_batch(std::move(*batch));
   }
-}
-
-int WorkerLane::device_index() const {
-  const std::string d = device();
-  return d.rfind("cuda:", 0) == 0 ? std::stoi(d.substr(5)) : -1;
 }
 
 void WorkerLane::run_batch(Batch&& batch) {

@@ -58,8 +58,10 @@ class Lane {
   virtual Executor* executor() { return nullptr; }
   // Whether this lane runs `model` (the scheduler gives it no other model's batches).
   virtual bool serves(int /*model*/) const { return true; }
-  // The device it runs on (lanes of one device interfere) and its share of that device's SMs.
+  // The device it runs on (lanes of one device interfere; -1: the CPU), the SMs it owns (0 on
+  // the CPU) and its share of that device's SMs.
   virtual int device_index() const { return -1; }
+  virtual int sms() const { return 0; }
   virtual double sm_share() const { return 1.0; }
   // Begins serving; runs `init` on the lane's own thread first when it has one. `listener`
   // must outlive stop(). Rethrows what `init` threw.
@@ -71,6 +73,14 @@ class Lane {
   virtual void stop() = 0;
 };
 
+// Where a WorkerLane runs and what it serves.
+struct LanePlacement {
+  int device = -1;            // CUDA device index, -1 for the CPU
+  int sms = 0;                // SMs the lane owns (the whole device for a plain stream lane)
+  int device_sms = 0;         // SMs of the device
+  std::vector<char> serves;   // by model index; empty: every model
+};
+
 // A lane with one worker thread that runs batches on an Executor. Threads: the event loop calls
 // dispatch(); the worker runs the batch and reports to the LaneListener; start/stop come from the
 // runtime's control thread. Shutdown is: set flag, notify, join (a batch in progress finishes).
@@ -79,7 +89,7 @@ class WorkerLane final : public Lane {
   // `spin_ns`: how long an idle worker polls for its next batch before it sleeps; a batch that
   // arrives meanwhile starts without a thread wake-up (tens of microseconds on a VM).
   WorkerLane(int index, std::string kind, std::unique_ptr<Executor> executor, const Clock& clock,
-             DurationNs spin_ns = 0);
+             DurationNs spin_ns = 0, LanePlacement placement = {});
   ~WorkerLane() override;
   WorkerLane(const WorkerLane&) = delete;
   WorkerLane& operator=(const WorkerLane&) = delete;
@@ -88,7 +98,10 @@ class WorkerLane final : public Lane {
   const std::string& kind() const override { return kind_; }
   std::string device() const override { return executor_->device(); }
   Executor* executor() override { return executor_.get(); }
-  int device_index() const override;  // N for "cuda:N", -1 for the CPU
+  bool serves(int model) const override;
+  int device_index() const override { return placement_.device; }
+  int sms() const override { return placement_.sms; }
+  double sm_share() const override;
 
   // The worker first runs `init` (loading and warming up models, so that thread-local state such
   // as the CPU thread pool's team belongs to the serving thread), then serves. Blocks until
@@ -107,6 +120,7 @@ class WorkerLane final : public Lane {
   const Clock& clock_;                  // the runtime's clock
   LaneListener* listener_ = nullptr;    // receives finished batches; set by start()
   const DurationNs spin_ns_;            // idle polling budget before sleeping
+  const LanePlacement placement_;       // device, SMs, models served
   std::atomic<bool> has_next_{false};   // next_ is set; lets the idle worker poll without mu_
 
   std::mutex mu_;                // guards the fields below

@@ -37,9 +37,11 @@ void EventLoop::on_event(int idle_lane) {
     pending_ = true;
     lock.unlock();
     cv_.notify_one();
+    if (idle_lane >= 0) idle_cv_.notify_all();
     return;
   }
   if (idle_lane >= 0) lane_idle_[idle_lane] = 1;
+  if (idle_lane >= 0 && paused_) idle_cv_.notify_all();
   std::vector<Failure> failures;
   const TimeNs wake_at = step_locked(clock_.now(), failures);
   const bool hand_over = wake_at < loop_wake_at_;  // the loop thread must re-arm its timer
@@ -62,6 +64,26 @@ void EventLoop::stop(bool drain) {
   } else {
     run_round();  // driven externally: apply the stop (fail the queue unless draining) now
   }
+}
+
+void EventLoop::pause_until_idle() {
+  std::unique_lock<std::mutex> lock(mu_);
+  paused_ = true;
+  idle_cv_.wait(lock, [&] {
+    return std::all_of(lane_idle_.begin(), lane_idle_.end(), [](char idle) { return idle != 0; });
+  });
+}
+
+void EventLoop::swap_lanes(std::vector<Lane*> lanes, const std::function<void()>& swap) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    swap();
+    lanes_ = std::move(lanes);
+    lane_idle_.assign(lanes_.size(), 1);
+    paused_ = false;
+    pending_ = true;
+  }
+  cv_.notify_one();
 }
 
 bool EventLoop::finished_locked() const {
@@ -90,7 +112,7 @@ TimeNs EventLoop::step_locked(TimeNs now, std::vector<Failure>& failures) {
     }
   }
   // 2. Every idle lane gets the batch the policy picks for it.
-  for (std::size_t i = 0; i < lanes_.size(); ++i) {
+  for (std::size_t i = 0; i < lanes_.size() && !paused_; ++i) {
     if (!lane_idle_[i]) continue;
     Batch batch = policy_.next_batch(*lanes_[i], state_, now, &wake_at);
     if (batch.requests.empty()) continue;

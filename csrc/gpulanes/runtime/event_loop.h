@@ -14,6 +14,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -53,6 +54,12 @@ class EventLoop {
   void wake();
   // `lane` finished its batch and can take another.
   void lane_idle(int lane);
+  // Stops handing batches to lanes and returns once every lane is idle. Rounds keep running
+  // (expiry, drops); queued requests stay queued until swap_lanes().
+  void pause_until_idle();
+  // After pause_until_idle(): runs `swap` under the loop's lock, then serves `lanes` instead and
+  // resumes. The old lanes get nothing more from the loop.
+  void swap_lanes(std::vector<Lane*> lanes, const std::function<void()>& swap);
   // Stops the loop. drain: keep scheduling until the queues are empty; otherwise fail queued
   // requests with RuntimeClosed. Either way returns once every lane is idle. Submissions must
   // already be closed.
@@ -82,6 +89,8 @@ class EventLoop {
   bool pending_ = false;          // an event arrived since the last round
   bool stopping_ = false;         // stop() was called
   bool drain_ = true;             // with stopping_: finish queued work first
+  bool paused_ = false;           // pause_until_idle(): dispatch nothing until swap_lanes()
+  std::condition_variable idle_cv_;  // signals a lane going idle (for pause_until_idle)
   std::vector<char> lane_idle_;   // per lane: may be dispatched to
   TimeNs loop_wake_at_ = kNever;  // when the sleeping loop thread will next wake by itself
   std::uint64_t next_batch_id_ = 1;

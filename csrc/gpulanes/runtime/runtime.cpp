@@ -75,132 +75,6 @@ SchedulingState Runtime::scheduling_state() {
   return SchedulingState{models_, queues_, book_, rates_, predictor_};
 }
 
-void Runtime::create_lanes() {
-  const std::string& dev = options_.device;
-  const int gpus = cuda_device_count();
-  auto add_cuda = [&](int d) {
-    lanes_.push_back(std::make_unique<WorkerLane>(static_cast<int>(lanes_.size()), "cuda-stream",
-                                            make_cuda_stream_executor(d, options_.outputs_on_device),
-                                            *clock_, from_us(options_.spin_us)));
-  };
-  if (dev == "virtual") {
-    backend_ = options_.virtual_backend;
-    if (!backend_ && options_.virtual_latency) {
-      backend_ = make_fixed_latency_backend(options_.virtual_lanes, options_.virtual_latency);
-    }
-    if (!clock_->is_virtual() || !backend_) {
-      throw Error(ErrorCode::kInvalidInput,
-                  "device 'virtual' needs a VirtualClock and a backend or latency function");
-    }
-    lanes_ = backend_->make_lanes(*clock_);
-    if (lanes_.empty()) throw Error(ErrorCode::kInvalidInput, "the virtual backend made no lanes");
-  } else if (dev == "cpu" || (dev == "auto" && gpus == 0)) {
-    for (int i = 0; i < options_.cpu_lanes; ++i) {
-      lanes_.push_back(std::make_unique<WorkerLane>(i, "cpu", make_cpu_executor(), *clock_,
-                                                  from_us(options_.spin_us)));
-    }
-  } else if (dev == "cuda" || dev == "auto") {
-    if (gpus == 0) throw Error(ErrorCode::kInvalidInput, "device='cuda' but no usable CUDA GPU");
-    for (int d = 0; d < gpus; ++d) add_cuda(d);
-  } else if (dev.rfind("cuda:", 0) == 0) {
-    int d = -1;
-    try { d = std::stoi(dev.substr(5)); } catch (const std::exception&) {}
-    if (d < 0 || d >= gpus) {
-      throw Error(ErrorCode::kInvalidInput, "device '" + dev + "' not available (" +
-                                                std::to_string(gpus) + " CUDA GPU(s))");
-    }
-    add_cuda(d);
-  } else {
-    throw Error(ErrorCode::kInvalidInput,
-                "unknown device '" + dev + "' (use 'auto', 'cpu', 'cuda' or 'cuda:N')");
-  }
-}
-
-namespace {
-
-// `b` copies of each example sample, stacked: a realistic batch for warm-up and profiling.
-std::vector<c10::IValue> example_batch(const RegisteredModel& model, int b) {
-  std::vector<c10::IValue> batched;
-  for (const at::Tensor& sample : model.example) {
-    std::vector<std::int64_t> reps(sample.dim() + 1, 1);
-    reps[0] = b;
-    batched.emplace_back(sample.unsqueeze(0).repeat(reps));
-  }
-  return batched;
-}
-
-// 1, 2, 4, ... and max_batch_size itself.
-std::vector<int> profiled_sizes(int max_batch) {
-  std::vector<int> sizes;
-  for (int b = 1; b < max_batch; b *= 2) sizes.push_back(b);
-  sizes.push_back(max_batch);
-  return sizes;
-}
-
-}  // namespace
-
-LatencyPoint Runtime::measure_batch(Lane& lane, int m, int b) {
-  // What a served batch costs on the lane: stacking, forward (with its copies), splitting.
-  const RegisteredModel& model = models_.at(m);
-  SteadyClock wall;
-  std::vector<DurationNs> samples, device;
-  const TimeNs budget_end = wall.now() + static_cast<DurationNs>(options_.profile_budget_s * 1e9);
-  for (int i = 0; i < std::max(3, options_.profile_reps); ++i) {
-    std::vector<c10::IValue> inputs = example_batch(model, b);
-    const TimeNs t0 = wall.now();
-    split_output(lane.executor()->run(m, std::move(inputs)), static_cast<std::size_t>(b));
-    samples.push_back(wall.now() - t0);
-    if (const std::int64_t d = lane.executor()->last_device_ns(); d > 0) device.push_back(d);
-    if (i >= 2 && wall.now() > budget_end) break;
-  }
-  LatencyPoint point = summarize_samples(b, std::move(samples));
-  if (!device.empty()) point.device_p50_us = summarize_samples(b, std::move(device)).p50_us;
-  return point;
-}
-
-void Runtime::prepare_lane(Lane& lane, bool measure, const ProgressFn& progress) {
-  // Loads every model onto the lane and runs it at every profiled batch size: this surfaces broken
-  // models at start() instead of on live traffic, checks the output can be split per request,
-  // and takes the TorchScript executor's profiling runs out of the serving path. Then measures
-  // the latency profile of each model that has none.
-  int total = 0, done = 0;
-  for (int m = 0; m < models_.size(); ++m) {
-    total += 1 + (measure && profiles_[m].empty()
-                      ? static_cast<int>(profiled_sizes(models_.at(m).spec.max_batch_size).size())
-                      : 0);
-  }
-  for (int m = 0; m < models_.size(); ++m) {
-    const RegisteredModel& model = models_.at(m);
-    std::string step = "warm-up " + model.spec.name;
-    try {
-      if (progress) progress(done, total, step);
-      lane.executor()->load(m, *model.module);
-      // Every profiled size, also when a profile was given: TorchScript specializes on the
-      // shapes it sees, and the first call at a new batch size is slow.
-      for (int round = 0; round < std::max(1, options_.warmup_rounds); ++round) {
-        for (int b : profiled_sizes(model.spec.max_batch_size)) {
-          split_output(lane.executor()->run(m, example_batch(model, b)), static_cast<std::size_t>(b));
-        }
-      }
-      ++done;
-      if (!measure || !profiles_[m].empty()) continue;
-      std::vector<LatencyPoint> points;
-      for (int b : profiled_sizes(model.spec.max_batch_size)) {
-        step = "profile " + model.spec.name + " batch " + std::to_string(b);
-        if (progress) progress(done, total, step);
-        points.push_back(measure_batch(lane, m, b));
-        ++done;
-      }
-      profiles_[m] = LatencyProfile(points);
-    } catch (const std::exception& e) {
-      throw Error(ErrorCode::kModelError, "model '" + model.spec.name + "' failed its " + step +
-                                              " on " + lane.device() + ": " +
-                                              std::string(e.what()).substr(0, 4000));
-    }
-  }
-  if (progress) progress(done, total, "ready");
-}
-
 void Runtime::start(const ProgressFn& progress) {
   std::lock_guard<std::mutex> lock(control_mu_);
   if (shut_down_) throw Error(ErrorCode::kRuntimeClosed, "runtime was shut down");
@@ -219,17 +93,8 @@ void Runtime::start(const ProgressFn& progress) {
   loop_ = std::make_unique<EventLoop>(*clock_, scheduling_state(), lane_ptrs, *policy_,
                                       static_cast<LoopSink&>(*this));
   try {
-    for (auto& lane : lanes_) {
-      Lane* l = lane.get();
-      std::function<void()> init;
-      if (l->executor()) {
-        const bool measure = l->index() == 0;  // one profile per model, from the first lane
-        init = [this, l, measure, &progress] { prepare_lane(*l, measure, progress); };
-      }
-      lane->start(static_cast<LaneListener*>(this), init);
-    }
+    start_lanes(lanes_, progress);
   } catch (...) {
-    for (auto& lane : lanes_) lane->stop();
     lanes_.clear();
     {
       std::unique_lock<std::shared_mutex> writing(submit_mu_);
@@ -243,28 +108,6 @@ void Runtime::start(const ProgressFn& progress) {
   started_at_.store(clock_->now(), std::memory_order_release);
   started_ = true;
   accepting_.store(true, std::memory_order_release);
-}
-
-void Runtime::build_profile_book() {
-  const int n_models = models_.size();
-  std::vector<std::vector<const LatencyProfile*>> lane_profiles(lanes_.size());
-  std::vector<std::vector<char>> serves(lanes_.size());
-  std::vector<int> max_batch;
-  for (int m = 0; m < n_models; ++m) max_batch.push_back(models_.at(m).spec.max_batch_size);
-  for (std::size_t l = 0; l < lanes_.size(); ++l) {
-    for (int m = 0; m < n_models; ++m) {
-      serves[l].push_back(lanes_[l]->serves(m) ? 1 : 0);
-      lane_profiles[l].push_back(backend_ ? backend_->lane_profile(static_cast<int>(l), m) : nullptr);
-    }
-  }
-  book_.build(profiles_, lane_profiles, serves, max_batch);
-  std::vector<int> device;
-  std::vector<double> share;
-  for (const auto& lane : lanes_) {
-    device.push_back(lane->device_index());
-    share.push_back(lane->sm_share());
-  }
-  predictor_ = std::make_unique<LatencyPredictor>(options_.predictor, book_, device, share);
 }
 
 void Runtime::on_dispatch(int lane, const Batch& batch, TimeNs now) {
@@ -511,10 +354,5 @@ TimeNs Runtime::run_round() {
   return loop_->run_round();
 }
 
-std::vector<LaneInfo> Runtime::lanes() const {
-  std::vector<LaneInfo> out;
-  for (const auto& lane : lanes_) out.push_back({lane->index(), lane->kind(), lane->device()});
-  return out;
-}
 
 }  // namespace gpulanes

@@ -54,10 +54,19 @@ struct RuntimeOptions {
 // Progress of start(): `done` of `total` steps, `what` names the current one.
 using ProgressFn = std::function<void(int done, int total, const std::string& what)>;
 
+// One lane of a layout: where it runs and which models it serves.
+struct LaneSpec {
+  std::string device = "cpu";       // "cpu" or "cuda:N"
+  int sms = 0;                      // SMs of its GPU partition; 0: the whole device
+  std::vector<std::string> models;  // empty: every registered model
+};
+
 struct LaneInfo {
   int index;
-  std::string kind;    // "cpu", "cuda-stream"
-  std::string device;  // "cpu", "cuda:0"
+  std::string kind;                 // "cpu", "cuda-stream", "sim", ...
+  std::string device;               // "cpu", "cuda:0", "gpu0/66sm"
+  int sms;                          // SMs it owns (0 on the CPU)
+  std::vector<std::string> models;  // the models it serves
 };
 
 // Runs `deliver` (which resolves futures) in whatever context completions need; the Python
@@ -78,6 +87,12 @@ class Runtime final : private LaneListener, private LoopSink {
   int register_virtual_model(ModelSpec spec);
   // Before start() only.
   void set_delivery_hook(DeliveryHook hook);
+  // The lane layout. Before start(): the lanes start() creates (instead of options.cpu_lanes CPU
+  // lanes or one lane per GPU). While serving: builds and warms up the new lanes, stops handing
+  // out batches, lets running ones finish, swaps the layout in and resumes; queued requests stay
+  // queued (per-lane statistics restart). A model no lane serves is refused at submit. Throws
+  // Error(kInvalidInput) for an unknown model or device, and on virtual time.
+  void set_lanes(std::vector<LaneSpec> layout);
   // Before start() only: use this latency profile for `model` instead of measuring one.
   void set_profile(const std::string& model, const std::vector<LatencyPoint>& points);
   // Creates lanes, loads every model onto each and warms them up, measures the latency profile
@@ -134,10 +149,16 @@ class Runtime final : private LaneListener, private LoopSink {
   void fail(std::vector<RequestPtr>&& requests, ErrorCode code, const std::string& why) override;
   void on_dispatch(int lane, const Batch& batch, TimeNs now) override;
   void create_lanes();
+  // Lanes for `layout`, indexed from 0, not started.
+  std::vector<std::unique_ptr<Lane>> make_lanes(const std::vector<LaneSpec>& layout);
+  // Starts `lanes` as this runtime's: loads and warms up the models each serves, and measures
+  // the missing profiles, each on the first lane that serves its model.
+  void start_lanes(std::vector<std::unique_ptr<Lane>>& lanes, const ProgressFn& progress);
   // Profiles by (model, lane) and which lane serves which model, once lanes and profiles exist.
   void build_profile_book();
-  // On the lane's thread: load and warm up every model; measure missing profiles if `measure`.
-  void prepare_lane(Lane& lane, bool measure, const ProgressFn& progress);
+  // On the lane's thread: load and warm up the models it serves; measure the missing profiles of
+  // those `measure` says.
+  void prepare_lane(Lane& lane, const std::vector<char>& measure, const ProgressFn& progress);
   LatencyPoint measure_batch(Lane& lane, int model, int batch_size);
   SchedulingState scheduling_state();
   // With tracing on: one "rejected" record for a refused submission of model `m`.
@@ -157,6 +178,7 @@ class Runtime final : private LaneListener, private LoopSink {
   std::vector<std::unique_ptr<ArrivalRate>> rates_;  // per model
   TraceRecorder trace_;                              // used when options_.trace
   std::vector<std::unique_ptr<Lane>> lanes_;         // created by start()
+  std::vector<LaneSpec> layout_;                     // set_lanes(); empty: the default layout
   std::vector<std::unique_ptr<LaneMetrics>> lane_metrics_;     // per lane; set under submit_mu_
   std::unique_ptr<BatchPolicy> policy_;              // used only by the loop
   std::unique_ptr<EventLoop> loop_;                  // created by start()

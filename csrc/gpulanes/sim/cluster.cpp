@@ -35,6 +35,7 @@ class SimLane final : public Lane {
     return model >= 0 && model < static_cast<int>(serves_.size()) && serves_[model];
   }
   int device_index() const override { return cluster_.cfg_.lanes[index_].gpu; }
+  int sms() const override { return cluster_.cfg_.lanes[index_].sms; }
   double sm_share() const override { return cluster_.reports_[index_].share; }
   void start(LaneListener* listener, const std::function<void()>& init) override {
     listener_ = listener;

@@ -1,0 +1,291 @@
+// Runtime: creating lanes (default layout or a LaneSpec layout), loading and warming up models on
+// them, measuring latency profiles, the ProfileBook and predictor that depend on the layout, and
+// replacing the layout while serving.
+#include <torch/script.h>
+
+#include <algorithm>
+
+#include "gpulanes/exec/batching.h"
+#include "gpulanes/exec/executor.h"
+#include "gpulanes/core/error.h"
+#include "gpulanes/runtime/runtime.h"
+
+namespace gpulanes {
+
+namespace {
+
+// -1 for "cpu", N for "cuda:N"; throws for anything else or a GPU this machine does not have.
+int parse_device(const std::string& dev, int gpus) {
+  if (dev == "cpu") return -1;
+  int d = -1;
+  if (dev.rfind("cuda:", 0) == 0) {
+    try {
+      d = std::stoi(dev.substr(5));
+    } catch (const std::exception&) {
+    }
+  }
+  if (d < 0) throw Error(ErrorCode::kInvalidInput, "unknown lane device '" + dev + "' (use 'cpu' or 'cuda:N')");
+  if (d >= gpus) {
+    throw Error(ErrorCode::kInvalidInput, "device '" + dev + "' not available (" +
+                                              std::to_string(gpus) + " CUDA GPU(s))");
+  }
+  return d;
+}
+
+}  // namespace
+
+void Runtime::create_lanes() {
+  const std::string& dev = options_.device;
+  if (dev == "virtual") {
+    backend_ = options_.virtual_backend;
+    if (!backend_ && options_.virtual_latency) {
+      backend_ = make_fixed_latency_backend(options_.virtual_lanes, options_.virtual_latency);
+    }
+    if (!clock_->is_virtual() || !backend_) {
+      throw Error(ErrorCode::kInvalidInput,
+                  "device 'virtual' needs a VirtualClock and a backend or latency function");
+    }
+    lanes_ = backend_->make_lanes(*clock_);
+    if (lanes_.empty()) throw Error(ErrorCode::kInvalidInput, "the virtual backend made no lanes");
+    return;
+  }
+  std::vector<LaneSpec> layout = layout_;
+  if (layout.empty()) {
+    const int gpus = cuda_device_count();
+    if (dev == "cpu" || (dev == "auto" && gpus == 0)) {
+      layout.assign(options_.cpu_lanes, LaneSpec{"cpu", 0, {}});
+    } else if (dev == "cuda" || dev == "auto") {
+      if (gpus == 0) throw Error(ErrorCode::kInvalidInput, "device='cuda' but no usable CUDA GPU");
+      for (int d = 0; d < gpus; ++d) layout.push_back({"cuda:" + std::to_string(d), 0, {}});
+    } else if (dev.rfind("cuda:", 0) == 0) {
+      layout.push_back({dev, 0, {}});
+    } else {
+      throw Error(ErrorCode::kInvalidInput,
+                  "unknown device '" + dev + "' (use 'auto', 'cpu', 'cuda' or 'cuda:N')");
+    }
+  }
+  lanes_ = make_lanes(layout);
+}
+
+std::vector<std::unique_ptr<Lane>> Runtime::make_lanes(const std::vector<LaneSpec>& layout) {
+  const int gpus = cuda_device_count();
+  std::vector<std::unique_ptr<Lane>> out;
+  for (const LaneSpec& spec : layout) {
+    LanePlacement where;
+    where.device = parse_device(spec.device, gpus);
+    if (!spec.models.empty()) {
+      where.serves.assign(models_.size(), 0);
+      for (const std::string& name : spec.models) {
+        const int m = models_.find(name);
+        if (m < 0) throw Error(ErrorCode::kUnknownModel, "lane layout names unknown model '" + name + "'");
+        where.serves[m] = 1;
+      }
+    }
+    const int index = static_cast<int>(out.size());
+    if (where.device < 0) {
+      if (spec.sms != 0) throw Error(ErrorCode::kInvalidInput, "CPU lanes have no SMs to set");
+      out.push_back(std::make_unique<WorkerLane>(index, "cpu", make_cpu_executor(), *clock_,
+                                                 from_us(options_.spin_us), std::move(where)));
+      continue;
+    }
+    where.device_sms = cuda_sm_count(where.device);
+    if (spec.sms != 0 && spec.sms != where.device_sms) {
+      // Partitions smaller than the GPU need a partition provider (green contexts, MPS).
+      throw Error(ErrorCode::kInvalidInput,
+                  "lane with " + std::to_string(spec.sms) + " of " + std::to_string(where.device_sms) +
+                      " SMs on " + spec.device + ": this build's CUDA lanes are whole-GPU streams");
+    }
+    where.sms = where.device_sms;
+    out.push_back(std::make_unique<WorkerLane>(
+        index, "cuda-stream", make_cuda_stream_executor(where.device, options_.outputs_on_device),
+        *clock_, from_us(options_.spin_us), std::move(where)));
+  }
+  if (out.empty()) throw Error(ErrorCode::kInvalidInput, "a lane layout needs at least one lane");
+  return out;
+}
+
+void Runtime::start_lanes(std::vector<std::unique_ptr<Lane>>& lanes, const ProgressFn& progress) {
+  // Each missing profile is measured once, on the first lane that serves its model.
+  std::vector<std::vector<char>> measure(lanes.size(), std::vector<char>(models_.size(), 0));
+  for (int m = 0; m < models_.size(); ++m) {
+    if (!profiles_[m].empty()) continue;
+    for (std::size_t l = 0; l < lanes.size(); ++l) {
+      if (lanes[l]->serves(m) && lanes[l]->executor()) {
+        measure[l][m] = 1;
+        break;
+      }
+    }
+  }
+  try {
+    for (std::size_t l = 0; l < lanes.size(); ++l) {
+      Lane* lane = lanes[l].get();
+      std::function<void()> init;
+      if (lane->executor()) {
+        init = [this, lane, &measure, l, &progress] { prepare_lane(*lane, measure[l], progress); };
+      }
+      lane->start(static_cast<LaneListener*>(this), init);
+    }
+  } catch (...) {
+    for (auto& lane : lanes) lane->stop();
+    throw;
+  }
+}
+
+void Runtime::set_lanes(std::vector<LaneSpec> layout) {
+  std::lock_guard<std::mutex> lock(control_mu_);
+  if (shut_down_) throw Error(ErrorCode::kRuntimeClosed, "runtime was shut down");
+  if (options_.device == "virtual") {
+    throw Error(ErrorCode::kInvalidInput, "device 'virtual' takes its lanes from its backend");
+  }
+  if (!started_) {
+    make_lanes(layout);  // validates now rather than at start()
+    layout_ = std::move(layout);
+    return;
+  }
+  std::vector<std::unique_ptr<Lane>> fresh = make_lanes(layout);
+  start_lanes(fresh, nullptr);  // warm-up while the old lanes keep serving
+  std::vector<Lane*> ptrs;
+  for (auto& lane : fresh) ptrs.push_back(lane.get());
+  std::vector<std::unique_ptr<Lane>> old;
+  loop_->pause_until_idle();
+  {
+    // Submitters wait here for a moment; lock order submit_mu_ -> loop, as in submit().
+    std::unique_lock<std::shared_mutex> writing(submit_mu_);
+    loop_->swap_lanes(ptrs, [&] {
+      old = std::move(lanes_);
+      lanes_ = std::move(fresh);
+      lane_metrics_.clear();
+      for (auto& lane : lanes_) {
+        lane_metrics_.push_back(std::make_unique<LaneMetrics>(lane->index(), lane->kind(), lane->device()));
+      }
+      build_profile_book();
+    });
+  }
+  layout_ = std::move(layout);
+  for (auto& lane : old) lane->stop();
+}
+
+namespace {
+
+// `b` copies of each example sample, stacked: a realistic batch for warm-up and profiling.
+std::vector<c10::IValue> example_batch(const RegisteredModel& model, int b) {
+  std::vector<c10::IValue> batched;
+  for (const at::Tensor& sample : model.example) {
+    std::vector<std::int64_t> reps(sample.dim() + 1, 1);
+    reps[0] = b;
+    batched.emplace_back(sample.unsqueeze(0).repeat(reps));
+  }
+  return batched;
+}
+
+// 1, 2, 4, ... and max_batch_size itself.
+std::vector<int> profiled_sizes(int max_batch) {
+  std::vector<int> sizes;
+  for (int b = 1; b < max_batch; b *= 2) sizes.push_back(b);
+  sizes.push_back(max_batch);
+  return sizes;
+}
+
+}  // namespace
+
+LatencyPoint Runtime::measure_batch(Lane& lane, int m, int b) {
+  // What a served batch costs on the lane: stacking, forward (with its copies), splitting.
+  const RegisteredModel& model = models_.at(m);
+  SteadyClock wall;
+  std::vector<DurationNs> samples, device;
+  const TimeNs budget_end = wall.now() + static_cast<DurationNs>(options_.profile_budget_s * 1e9);
+  for (int i = 0; i < std::max(3, options_.profile_reps); ++i) {
+    std::vector<c10::IValue> inputs = example_batch(model, b);
+    const TimeNs t0 = wall.now();
+    split_output(lane.executor()->run(m, std::move(inputs)), static_cast<std::size_t>(b));
+    samples.push_back(wall.now() - t0);
+    if (const std::int64_t d = lane.executor()->last_device_ns(); d > 0) device.push_back(d);
+    if (i >= 2 && wall.now() > budget_end) break;
+  }
+  LatencyPoint point = summarize_samples(b, std::move(samples));
+  if (!device.empty()) point.device_p50_us = summarize_samples(b, std::move(device)).p50_us;
+  return point;
+}
+
+void Runtime::prepare_lane(Lane& lane, const std::vector<char>& measure,
+                           const ProgressFn& progress) {
+  // Loads every model the lane serves onto it and runs it at every profiled batch size: this
+  // surfaces broken models at start() instead of on live traffic, checks the output can be split
+  // per request, and takes the TorchScript executor's profiling runs out of the serving path.
+  // Then measures the latency profiles `measure` asks for.
+  int total = 0, done = 0;
+  for (int m = 0; m < models_.size(); ++m) {
+    if (!lane.serves(m)) continue;
+    total += 1 + (measure[m]
+                      ? static_cast<int>(profiled_sizes(models_.at(m).spec.max_batch_size).size())
+                      : 0);
+  }
+  for (int m = 0; m < models_.size(); ++m) {
+    if (!lane.serves(m)) continue;
+    const RegisteredModel& model = models_.at(m);
+    std::string step = "warm-up " + model.spec.name;
+    try {
+      if (progress) progress(done, total, step);
+      lane.executor()->load(m, *model.module);
+      // Every profiled size, also when a profile was given: TorchScript specializes on the
+      // shapes it sees, and the first call at a new batch size is slow.
+      for (int round = 0; round < std::max(1, options_.warmup_rounds); ++round) {
+        for (int b : profiled_sizes(model.spec.max_batch_size)) {
+          split_output(lane.executor()->run(m, example_batch(model, b)), static_cast<std::size_t>(b));
+        }
+      }
+      ++done;
+      if (!measure[m]) continue;
+      std::vector<LatencyPoint> points;
+      for (int b : profiled_sizes(model.spec.max_batch_size)) {
+        step = "profile " + model.spec.name + " batch " + std::to_string(b);
+        if (progress) progress(done, total, step);
+        points.push_back(measure_batch(lane, m, b));
+        ++done;
+      }
+      profiles_[m] = LatencyProfile(points);
+    } catch (const std::exception& e) {
+      throw Error(ErrorCode::kModelError, "model '" + model.spec.name + "' failed its " + step +
+                                              " on " + lane.device() + ": " +
+                                              std::string(e.what()).substr(0, 4000));
+    }
+  }
+  if (progress) progress(done, total, "ready");
+}
+
+void Runtime::build_profile_book() {
+  const int n_models = models_.size();
+  std::vector<std::vector<const LatencyProfile*>> lane_profiles(lanes_.size());
+  std::vector<std::vector<char>> serves(lanes_.size());
+  std::vector<int> max_batch;
+  for (int m = 0; m < n_models; ++m) max_batch.push_back(models_.at(m).spec.max_batch_size);
+  for (std::size_t l = 0; l < lanes_.size(); ++l) {
+    for (int m = 0; m < n_models; ++m) {
+      serves[l].push_back(lanes_[l]->serves(m) ? 1 : 0);
+      lane_profiles[l].push_back(backend_ ? backend_->lane_profile(static_cast<int>(l), m) : nullptr);
+    }
+  }
+  book_.build(profiles_, lane_profiles, serves, max_batch);
+  std::vector<int> device;
+  std::vector<double> share;
+  for (const auto& lane : lanes_) {
+    device.push_back(lane->device_index());
+    share.push_back(lane->sm_share());
+  }
+  predictor_ = std::make_unique<LatencyPredictor>(options_.predictor, book_, device, share);
+}
+
+std::vector<LaneInfo> Runtime::lanes() const {
+  std::shared_lock<std::shared_mutex> lock(submit_mu_);  // set_lanes() swaps them exclusively
+  std::vector<LaneInfo> out;
+  for (const auto& lane : lanes_) {
+    std::vector<std::string> served;
+    for (int m = 0; m < models_.size(); ++m) {
+      if (lane->serves(m)) served.push_back(models_.at(m).spec.name);
+    }
+    out.push_back({lane->index(), lane->kind(), lane->device(), lane->sms(), std::move(served)});
+  }
+  return out;
+}
+
+}  // namespace gpulanes
