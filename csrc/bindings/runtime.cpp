@@ -13,6 +13,7 @@
 #include <mutex>
 
 #include "bindings.h"
+#include "gpulanes/exec/green_context.h"
 #include "gpulanes/metrics/prometheus.h"
 #include "gpulanes/model/torchscript.h"
 #include "gpulanes/runtime/runtime.h"
@@ -148,7 +149,7 @@ class PyRuntime {
  public:
   PyRuntime(std::string device, std::string policy, const py::dict& policy_options, int cpu_lanes,
             bool outputs_on_device, int warmup_rounds, double spin_us, int profile_reps,
-            bool trace, const py::dict& predictor)
+            bool trace, const py::dict& predictor, std::string partitioning)
       : spin_ns_(from_us(spin_us)) {
     RuntimeOptions o;
     o.predictor = predictor_config_from(predictor);
@@ -161,6 +162,7 @@ class PyRuntime {
     o.cpu_lanes = cpu_lanes;
     o.outputs_on_device = outputs_on_device;
     o.warmup_rounds = warmup_rounds;
+    o.partitioning = std::move(partitioning);
     core_ = std::make_unique<Runtime>(std::move(o));
     core_->set_delivery_hook([](const std::function<void()>& deliver) {
       if (!Py_IsInitialized()) return;  // interpreter gone: no future left to resolve
@@ -395,6 +397,10 @@ class PyRuntime {
     core_->set_lanes(std::move(specs));
   }
 
+  std::uintptr_t lane_stream(int index) const {
+    return reinterpret_cast<std::uintptr_t>(core_->lane_stream(index));
+  }
+
   std::int64_t now_ns() const { return core_->clock().now(); }
   std::vector<double> predictor_weights() const {
     return core_->predictor() ? core_->predictor()->weights() : std::vector<double>{};
@@ -411,10 +417,11 @@ class PyRuntime {
 void init_runtime(py::module_& m) {
   py::class_<PyRuntime>(m, "Runtime")
       .def(py::init<std::string, std::string, py::dict, int, bool, int, double, int, bool,
-                    py::dict>(),
+                    py::dict, std::string>(),
            py::arg("device"), py::arg("policy"), py::arg("policy_options"), py::arg("cpu_lanes"),
            py::arg("outputs_on_device"), py::arg("warmup_rounds"), py::arg("spin_us"),
-           py::arg("profile_reps"), py::arg("trace"), py::arg("predictor"))
+           py::arg("profile_reps"), py::arg("trace"), py::arg("predictor"),
+           py::arg("partitioning"))
       .def("predictor_weights", [](const PyRuntime& r) { return r.predictor_weights(); })
       .def("register_model", &PyRuntime::register_model, py::arg("name"), py::arg("kind"),
            py::arg("source"), py::arg("example_inputs"), py::arg("slo_ns"),
@@ -432,6 +439,8 @@ void init_runtime(py::module_& m) {
       .def("lane_stats", &PyRuntime::lane_stats)
       .def("lanes", &PyRuntime::lanes)
       .def("set_lanes", &PyRuntime::set_lanes, py::arg("layout"))
+      .def("lane_stream", [](const PyRuntime& r, int i) { return r.lane_stream(i); }, py::arg("index"),
+           "The lane's cudaStream_t as an integer (0 on the CPU): for probes.")
       .def("metrics_text", &PyRuntime::metrics_text)
       .def("trace", &PyRuntime::trace)
       .def("now_ns", &PyRuntime::now_ns)
@@ -442,6 +451,9 @@ void init_runtime(py::module_& m) {
         py::gil_scoped_release nogil;
         return f.poll(spin_us);
       }, py::arg("spin_us"), "Polls (GIL released) up to spin_us for the future to be resolved.");
+  m.def("green_context_support", [](int device) { return green_context_support(device); },
+        py::arg("device") = 0,
+        "'' when this build and machine can split `device` with green contexts, else why not.");
   m.def("cuda_lane_support", [] { return cuda_device_count() > 0; },
         "Whether this build has CUDA lanes and a usable GPU.");
 }

@@ -34,7 +34,7 @@ _POLICY_OPTIONS = {
                   "default_timeout_microseconds": 0},
     "aimd": {"additive_increase": 1, "multiplicative_decrease": 0.9},
 }
-_PARTITIONING = ("auto", "none", "cpu")
+_PARTITIONING = ("auto", "green", "streams", "none", "mps", "cpu")
 _PREDICTORS = ("none", "static", "ewma", "sgd", "rls")
 # Options of the latency predictors (see gpulanes.predict and csrc/gpulanes/predict/).
 _PREDICTOR_OPTIONS = {"alpha": 0.3, "forgetting": 0.98, "delta": 10.0, "lr": 0.05, "weights": None,
@@ -168,8 +168,12 @@ class Runtime:
     Args:
         device: ``"auto"`` (CUDA when usable, else CPU), ``"cpu"``, ``"cuda"`` (one lane per
             GPU) or ``"cuda:N"``.
-        partitioning: how GPUs are split into lanes. Only whole-device lanes exist so far
-            (``"auto"``, ``"none"``; ``"cpu"`` on CPU).
+        partitioning: how a GPU is split when :meth:`set_lanes` gives its lanes fewer SMs than
+            it has: ``"green"`` (CUDA green contexts: disjoint SM groups, one stream each),
+            ``"streams"`` (concurrent streams, no SM limit), ``"none"`` (one whole-GPU lane per
+            GPU), ``"auto"`` (green where the driver supports it, else streams). ``"mps"`` is
+            not implemented yet. Without a layout every GPU is one lane; on the CPU it has no
+            effect.
         policy: how batches are formed, all in the C++ core:
 
             - ``"deadline"`` (ours): earliest deadline first; the largest batch whose predicted
@@ -245,7 +249,8 @@ class Runtime:
             raise InvalidInput(f"spin_us must be >= 0, got {spin_us}")
         self._core = _C.Runtime(device, policy, self.policy_options, int(cpu_lanes),
                                 output_device == "cuda", int(warmup_rounds), float(spin_us),
-                                int(profile_reps), bool(trace), self.predictor_options)
+                                int(profile_reps), bool(trace), self.predictor_options,
+                                partitioning)
         self._spin_us = float(spin_us)
         self._slo_ms: Dict[str, float] = {}
         # Per model: what its profile depends on (a profile entry without points).

@@ -91,3 +91,17 @@ def test_layout_errors_are_clear():
         with pytest.raises(gl.InvalidInput, match="not available"):
             rt.set_lanes([{"device": 0}])
     rt.shutdown()
+
+
+def test_partitioning_choices_without_a_gpu():
+    with pytest.raises(gl.InvalidInput, match="partitioning"):
+        gl.Runtime(device="cpu", partitioning="mig")
+    if gl._C.cuda_lane_support():
+        pytest.skip("this machine has a GPU")
+    assert gl._C.green_context_support(0)  # says why not, without crashing
+    for how in ("green", "streams", "none", "mps", "auto"):
+        rt = gl.Runtime(device="cpu", partitioning=how, profile_cache=False, warmup_rounds=1,
+                        profile_reps=3)
+        rt.register("a", scripted(Affine()), slo_ms=10_000, example_inputs=torch.zeros(1, 4))
+        with rt:  # CPU lanes do not depend on how GPUs would be split
+            assert torch.equal(rt.infer("a", torch.zeros(4)), torch.ones(4))

@@ -48,9 +48,11 @@ namespace {
 
 class CudaStreamExecutor final : public Executor {
  public:
-  CudaStreamExecutor(int device, bool outputs_on_device)
+  CudaStreamExecutor(int device, bool outputs_on_device, void* external)
       : device_(c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(device))),
-        stream_(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device_.index())),
+        stream_(external ? c10::cuda::getStreamFromExternal(static_cast<cudaStream_t>(external),
+                                                            device_.index())
+                         : c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device_.index())),
         outputs_on_device_(outputs_on_device) {
     // ATen's CUDAEvent would pull in cuBLAS/cuSPARSE headers; the runtime API is enough.
     c10::cuda::CUDAGuard guard(device_);
@@ -97,6 +99,7 @@ class CudaStreamExecutor final : public Executor {
   }
 
   std::int64_t last_device_ns() const override { return last_device_ns_; }
+  void* stream_handle() const override { return stream_.stream(); }
 
  private:
   c10::Device device_;                                   // the GPU this lane runs on
@@ -109,11 +112,12 @@ class CudaStreamExecutor final : public Executor {
 
 }  // namespace
 
-std::unique_ptr<Executor> make_cuda_stream_executor(int device, bool outputs_on_device) {
-  return std::make_unique<CudaStreamExecutor>(device, outputs_on_device);
+std::unique_ptr<Executor> make_cuda_stream_executor(int device, bool outputs_on_device,
+                                                    void* stream) {
+  return std::make_unique<CudaStreamExecutor>(device, outputs_on_device, stream);
 }
 #else
-std::unique_ptr<Executor> make_cuda_stream_executor(int, bool) {
+std::unique_ptr<Executor> make_cuda_stream_executor(int, bool, void*) {
   throw Error(ErrorCode::kInvalidInput, "this build of gpulanes has no CUDA support");
 }
 #endif

@@ -29,14 +29,18 @@ class Executor {
   // Device time of the last run(), from its first copy to its outputs being ready, measured with
   // CUDA events on a GPU; 0 where there is no device clock (CPU).
   virtual std::int64_t last_device_ns() const { return 0; }
+  // The CUDA stream it runs on (a cudaStream_t), or null on the CPU. For probes and tests.
+  virtual void* stream_handle() const { return nullptr; }
 };
 
 // Forward passes on the calling thread with torch's intra-op thread pool.
 std::unique_ptr<Executor> make_cpu_executor();
 
-// Forward passes on a dedicated CUDA stream of `device`. Throws Error(kInvalidInput) when this
-// build of gpulanes has no CUDA support.
-std::unique_ptr<Executor> make_cuda_stream_executor(int device, bool outputs_on_device);
+// Forward passes on a dedicated CUDA stream of `device`: one from torch's pool, or `stream` (a
+// cudaStream_t owned by someone else, e.g. a green context's) when given. Throws
+// Error(kInvalidInput) when this build of gpulanes has no CUDA support.
+std::unique_ptr<Executor> make_cuda_stream_executor(int device, bool outputs_on_device,
+                                                    void* stream = nullptr);
 
 // Whether this build can run CUDA lanes (and the machine has a usable GPU).
 int cuda_device_count();

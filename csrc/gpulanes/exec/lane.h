@@ -79,6 +79,7 @@ struct LanePlacement {
   int sms = 0;                // SMs the lane owns (the whole device for a plain stream lane)
   int device_sms = 0;         // SMs of the device
   std::vector<char> serves;   // by model index; empty: every model
+  std::shared_ptr<void> partition;  // what owns the lane's SMs and stream (a GreenPartition)
 };
 
 // A lane with one worker thread that runs batches on an Executor. Threads: the event loop calls

@@ -4,9 +4,11 @@
 #include <torch/script.h>
 
 #include <algorithm>
+#include <map>
 
 #include "gpulanes/exec/batching.h"
 #include "gpulanes/exec/executor.h"
+#include "gpulanes/exec/green_context.h"
 #include "gpulanes/core/error.h"
 #include "gpulanes/runtime/runtime.h"
 
@@ -69,8 +71,37 @@ void Runtime::create_lanes() {
 
 std::vector<std::unique_ptr<Lane>> Runtime::make_lanes(const std::vector<LaneSpec>& layout) {
   const int gpus = cuda_device_count();
+  const std::string& how = options_.partitioning;
+  // Per GPU: the lanes on it, and a green partition when they split its SMs.
+  std::map<int, std::vector<std::size_t>> on_gpu;
+  for (std::size_t i = 0; i < layout.size(); ++i) {
+    const int d = parse_device(layout[i].device, gpus);
+    if (d >= 0) on_gpu[d].push_back(i);
+  }
+  if (how == "mps" && !on_gpu.empty()) {
+    throw Error(ErrorCode::kInvalidInput, "partitioning 'mps' is not implemented yet");
+  }
+  std::map<std::size_t, std::pair<std::shared_ptr<GreenPartition>, int>> green;  // lane -> group
+  for (const auto& [d, lanes] : on_gpu) {
+    const int total = cuda_sm_count(d);
+    std::vector<int> asked;
+    for (std::size_t i : lanes) asked.push_back(layout[i].sms);
+    const bool split = std::any_of(asked.begin(), asked.end(), [&](int s) { return s != 0 && s != total; });
+    if (how == "none" && (lanes.size() > 1 || split)) {
+      throw Error(ErrorCode::kInvalidInput, "partitioning 'none' runs one whole-GPU lane per GPU");
+    }
+    const bool use_green = split && (how == "green" || (how == "auto" && green_context_support(d).empty()));
+    if (!use_green) continue;
+    if (std::any_of(asked.begin(), asked.end(), [](int s) { return s <= 0; })) {
+      throw Error(ErrorCode::kInvalidInput, "when lanes split cuda:" + std::to_string(d) +
+                                                ", every lane on it needs its 'sms'");
+    }
+    auto partition = std::make_shared<GreenPartition>(d, asked);
+    for (std::size_t k = 0; k < lanes.size(); ++k) green[lanes[k]] = {partition, static_cast<int>(k)};
+  }
   std::vector<std::unique_ptr<Lane>> out;
-  for (const LaneSpec& spec : layout) {
+  for (std::size_t li = 0; li < layout.size(); ++li) {
+    const LaneSpec& spec = layout[li];
     LanePlacement where;
     where.device = parse_device(spec.device, gpus);
     if (!spec.models.empty()) {
@@ -89,15 +120,23 @@ std::vector<std::unique_ptr<Lane>> Runtime::make_lanes(const std::vector<LaneSpe
       continue;
     }
     where.device_sms = cuda_sm_count(where.device);
-    if (spec.sms != 0 && spec.sms != where.device_sms) {
-      // Partitions smaller than the GPU need a partition provider (green contexts, MPS).
-      throw Error(ErrorCode::kInvalidInput,
-                  "lane with " + std::to_string(spec.sms) + " of " + std::to_string(where.device_sms) +
-                      " SMs on " + spec.device + ": this build's CUDA lanes are whole-GPU streams");
+    if (spec.sms < 0 || spec.sms > where.device_sms) {
+      throw Error(ErrorCode::kInvalidInput, "lane with " + std::to_string(spec.sms) + " SMs on " +
+                                                spec.device + ", which has " +
+                                                std::to_string(where.device_sms));
     }
-    where.sms = where.device_sms;
+    void* stream = nullptr;
+    std::string kind = "cuda-stream";
+    where.sms = where.device_sms;  // a plain stream may use every SM
+    if (auto it = green.find(li); it != green.end()) {
+      const auto& [partition, group] = it->second;
+      stream = partition->stream(group);
+      where.sms = partition->sms(group);  // what the driver granted
+      where.partition = partition;
+      kind = "cuda-green";
+    }
     out.push_back(std::make_unique<WorkerLane>(
-        index, "cuda-stream", make_cuda_stream_executor(where.device, options_.outputs_on_device),
+        index, kind, make_cuda_stream_executor(where.device, options_.outputs_on_device, stream),
         *clock_, from_us(options_.spin_us), std::move(where)));
   }
   if (out.empty()) throw Error(ErrorCode::kInvalidInput, "a lane layout needs at least one lane");
@@ -273,6 +312,15 @@ void Runtime::build_profile_book() {
     share.push_back(lane->sm_share());
   }
   predictor_ = std::make_unique<LatencyPredictor>(options_.predictor, book_, device, share);
+}
+
+void* Runtime::lane_stream(int index) const {
+  std::shared_lock<std::shared_mutex> lock(submit_mu_);
+  if (index < 0 || index >= static_cast<int>(lanes_.size())) {
+    throw Error(ErrorCode::kInvalidInput, "no lane " + std::to_string(index));
+  }
+  Executor* e = lanes_[index]->executor();
+  return e ? e->stream_handle() : nullptr;
 }
 
 std::vector<LaneInfo> Runtime::lanes() const {

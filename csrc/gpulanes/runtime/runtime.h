@@ -34,6 +34,9 @@ struct RuntimeOptions {
                                   // "virtual" (simulated time, no forward passes: lanes come
                                   // from virtual_backend, or are VirtualLanes)
   std::string policy = "deadline";
+  std::string partitioning = "auto";  // GPU lanes smaller than a GPU: "green" (green contexts),
+                                      // "streams" (no SM limit), "none" (one lane per GPU),
+                                      // "auto" (green where supported, else streams)
   PolicyConfig policy_config;     // the policy's knobs
   int cpu_lanes = 1;              // lanes when running on the CPU
   bool outputs_on_device = false; // CUDA lanes: leave outputs on the GPU
@@ -130,6 +133,8 @@ class Runtime final : private LaneListener, private LoopSink {
   // Every finished request so far, when options.trace is on (empty otherwise).
   std::vector<TraceRecord> trace() const { return trace_.snapshot(); }
   std::vector<LaneInfo> lanes() const;
+  // The CUDA stream lane `index` runs on (a cudaStream_t), null for CPU and virtual lanes.
+  void* lane_stream(int index) const;
   // The latency profile `model` is scheduled with (empty before start()).
   std::vector<LatencyPoint> profile(const std::string& model) const;
   std::string policy_name() const { return policy_->name(); }

@@ -1,0 +1,69 @@
+"""GPU lanes on a real GPU (skipped without CUDA): green-context lanes own disjoint SM groups of
+the size rt.lanes() reports, plain stream lanes reach every SM, and two lanes run at once."""
+
+import pytest
+import torch
+
+import gpulanes as gl
+import sm_probe
+from conftest import Busy, Mlp, scripted
+
+pytestmark = pytest.mark.gpu
+
+
+def green_runtime(sms, **kw):
+    why = gl._C.green_context_support(0)
+    if why:
+        pytest.skip(f"green contexts unavailable: {why}")
+    torch.manual_seed(0)
+    rt = gl.Runtime(device="cuda", partitioning="green", profile_cache=False, **kw)
+    for name in ("a", "b"):
+        rt.register(name, scripted(Mlp()), slo_ms=10_000, example_inputs=torch.randn(1, 16))
+    rt.set_lanes([{"device": 0, "sms": s, "models": [m]} for s, m in zip(sms, ("a", "b"))])
+    return rt
+
+
+def test_green_lanes_own_disjoint_sms_of_the_reported_size():
+    rt = green_runtime((32, 64))
+    total = torch.cuda.get_device_properties(0).multi_processor_count
+    with rt:
+        lanes = rt.lanes()
+        assert [l["kind"] for l in lanes] == ["cuda-green", "cuda-green"]
+        assert lanes[0]["sms"] >= 32 and lanes[1]["sms"] >= 64
+        assert lanes[0]["sms"] + lanes[1]["sms"] <= total
+        ids = [sm_probe.sm_ids(rt._core.lane_stream(i)) for i in range(2)]
+        assert ids[0].isdisjoint(ids[1])
+        for lane, seen in zip(lanes, ids):
+            assert len(seen) <= lane["sms"]
+            assert len(seen) >= 0.9 * lane["sms"]  # the probe's blocks reach the whole group
+        x = torch.randn(16)
+        assert rt.infer("a", x).shape == (8,) and rt.infer("b", x).shape == (8,)
+
+
+def test_a_plain_stream_lane_reaches_every_sm():
+    rt = gl.Runtime(device="cuda", partitioning="streams", profile_cache=False)
+    rt.register("a", scripted(Mlp()), slo_ms=10_000, example_inputs=torch.randn(1, 16))
+    total = torch.cuda.get_device_properties(0).multi_processor_count
+    with rt:
+        assert rt.lanes()[0]["sms"] == total
+        assert len(sm_probe.sm_ids(rt._core.lane_stream(0))) >= 0.9 * total
+
+
+def test_two_green_lanes_run_batches_at_the_same_time():
+    why = gl._C.green_context_support(0)
+    if why:
+        pytest.skip(f"green contexts unavailable: {why}")
+    rt = gl.Runtime(device="cuda", partitioning="green", profile_cache=False, trace=True)
+    for name in ("a", "b"):
+        rt.register(name, scripted(Busy(400)), slo_ms=60_000, example_inputs=torch.zeros(1, 4),
+                    max_batch_size=1)
+    rt.set_lanes([{"device": 0, "sms": 64, "models": ["a"]}, {"device": 0, "sms": 64, "models": ["b"]}])
+    with rt:
+        futs = [rt.submit(m, torch.zeros(4)) for _ in range(20) for m in ("a", "b")]
+        for f in futs:
+            f.result(timeout=120)
+    df = rt.trace_frame()
+    a, b = df[df["model"] == "a"], df[df["model"] == "b"]
+    overlap = sum(max(0.0, min(ea, eb) - max(sa, sb))
+                  for sa, ea in zip(a["start_s"], a["end_s"]) for sb, eb in zip(b["start_s"], b["end_s"]))
+    assert overlap > 0.5 * (a["end_s"] - a["start_s"]).sum()
