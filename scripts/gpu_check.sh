@@ -3,11 +3,15 @@
 #   (here, once)  bash scripts/gpu_prepare.sh
 #   (device)      run(command="bash scripts/gpu_check.sh tests", carry=[".deps"])
 #   (device)      run(command="bash scripts/gpu_check.sh bench", carry=[".deps"])
+#   (device)      run(command="bash scripts/gpu_check.sh partitions", carry=[".deps"])
 # (`all`, the default, does both in one call, which may pass the 10-minute limit of one call; a
 # warm machine keeps build/gpu between calls, so the second call does not rebuild.)
 # Builds gpulanes against that machine's torch (no network: --no-index). `tests`: the C++ tests
-# and the whole pytest suite with the GPU tests. `bench`: the overhead benchmark, the demo and the
-# policies benchmark on CUDA. Logs, JSON and plots land in $OUT; commit them to benchmarks/results/.
+# and the whole pytest suite with the GPU tests (green-context lanes and the %smid probe among
+# them). `bench`: the overhead benchmark, the demo and the policies benchmark on CUDA.
+# `partitions`: benchmarks/gpu_partitions.py (probe, SM-count curve, co-location matrix, H100
+# profile file) and the simulator fidelity check on CUDA. Logs, JSON and plots land in $OUT;
+# commit them to benchmarks/results/ (and h100-profiles.json to benchmarks/profiles/).
 set -uo pipefail
 STAGE="${1:-all}"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -51,6 +55,14 @@ step "demo (cuda)"
 
 step "policies benchmark (cuda)"
 "$PY" benchmarks/policies.py --device cuda --out "$OUT" 2>&1 | tail -12 | tee -a "$LOG" || status=1
+fi
+
+if [ "$STAGE" = partitions ]; then
+step "GPU partitions (green contexts)"
+"$PY" benchmarks/gpu_partitions.py --out "$OUT" 2>&1 | tee -a "$LOG" || status=1
+
+step "simulator fidelity (cuda)"
+"$PY" benchmarks/sim_fidelity.py --device cuda --out "$OUT" 2>&1 | tail -8 | tee -a "$LOG" || status=1
 fi
 
 echo "gpu_check status: $status" | tee -a "$LOG"
