@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from . import _C
@@ -29,10 +31,10 @@ FEATURES = ("intercept", "solo_ms", "share", "solo*overlap", "solo*overlap*l2_se
             "solo*ewma_dram")
 
 
-class RLS:
-    def __init__(self, dim: int, forgetting: float = 0.99, delta: float = 1e3,
-                 max_eigenvalue: float = 0.0) -> None:
-        self._m = _C.Rls(int(dim), float(forgetting), float(delta), float(max_eigenvalue))
+class _Regressor:
+    """numpy in, numpy out, around one of the core's regressors."""
+
+    _m: Any
 
     def update(self, x, y: float) -> None:
         self._m.update(np.asarray(x, dtype=np.float64), float(y))
@@ -47,6 +49,12 @@ class RLS:
     @weights.setter
     def weights(self, w) -> None:
         self._m.weights = np.asarray(w, dtype=np.float64)
+
+
+class RLS(_Regressor):
+    def __init__(self, dim: int, forgetting: float = 0.99, delta: float = 1e3,
+                 max_eigenvalue: float = 0.0) -> None:
+        self._m = _C.Rls(int(dim), float(forgetting), float(delta), float(max_eigenvalue))
 
     @property
     def covariance(self) -> np.ndarray:
@@ -57,23 +65,9 @@ class RLS:
         return self._m.resets
 
 
-class SGD:
+class SGD(_Regressor):
     def __init__(self, dim: int, lr: float = 0.05) -> None:
         self._m = _C.Sgd(int(dim), float(lr))
-
-    def update(self, x, y: float) -> None:
-        self._m.update(np.asarray(x, dtype=np.float64), float(y))
-
-    def predict(self, x) -> float:
-        return self._m.predict(np.asarray(x, dtype=np.float64))
-
-    @property
-    def weights(self) -> np.ndarray:
-        return np.array(self._m.weights)
-
-    @weights.setter
-    def weights(self, w) -> None:
-        self._m.weights = np.asarray(w, dtype=np.float64)
 
 
 def least_squares(X, y) -> np.ndarray:
