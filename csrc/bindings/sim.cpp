@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "bindings.h"
+#include "gpulanes/plan/planner.h"
 #include "gpulanes/sim/simulator.h"
 
 namespace gpulanes::bindings {
@@ -164,9 +165,73 @@ class PySimulator {
   std::unique_ptr<Simulator> sim_;
 };
 
+py::dict plan_dict(const Plan& plan, const std::vector<PlannerModel>& models) {
+  py::list lanes;
+  for (const PlannedLane& l : plan.lanes) {
+    py::list ms;
+    for (const PlannedModel& pm : l.models) {
+      py::dict d;
+      d["model"] = models[pm.model].name;
+      d["batch"] = pm.batch;
+      d["rate"] = pm.rate;
+      d["latency_ms"] = pm.latency_ns / 1e6;
+      ms.append(d);
+    }
+    py::dict d;
+    d["gpu"] = l.gpu;
+    d["sms"] = l.sms;
+    d["duty_ms"] = l.duty_ns / 1e6;
+    d["models"] = ms;
+    lanes.append(d);
+  }
+  py::dict unplaced;
+  for (std::size_t i = 0; i < models.size(); ++i) {
+    if (plan.unplaced_rate[i] > 0) unplaced[py::str(models[i].name)] = plan.unplaced_rate[i];
+  }
+  py::dict d;
+  d["variant"] = plan.variant;
+  d["gpus_used"] = plan.gpus_used;
+  d["feasible"] = plan.feasible;
+  d["unplaced_rate"] = unplaced;
+  d["lanes"] = lanes;
+  return d;
+}
+
+// models: [{"name", "rate", "slo_ns", "max_batch_size", "shares", "memory_mb"}], config: the
+// PlannerConfig fields by name.
+py::dict make_plan_py(const py::list& models_in, const py::dict& c) {
+  std::vector<SimModelProfile> profiles;
+  for (py::handle h : models_in) profiles.push_back(profile_from(h.cast<py::dict>()));
+  std::vector<PlannerModel> models;
+  std::size_t i = 0;
+  for (py::handle h : models_in) {
+    auto d = h.cast<py::dict>();
+    models.push_back({d["name"].cast<std::string>(), d["rate"].cast<double>(),
+                      d["slo_ns"].cast<std::int64_t>(), d["max_batch_size"].cast<int>(),
+                      &profiles[i++]});
+  }
+  PlannerConfig cfg;
+  cfg.variant = c["variant"].cast<std::string>();
+  cfg.gpus = c["gpus"].cast<int>();
+  cfg.sms_per_gpu = c["sms_per_gpu"].cast<int>();
+  cfg.granularity = c["granularity"].cast<int>();
+  cfg.memory_gb = c["memory_gb"].cast<double>();
+  if (c.contains("interference")) cfg.interference = c["interference"].cast<std::vector<double>>();
+  Plan plan;
+  {
+    py::gil_scoped_release nogil;
+    plan = make_plan(models, cfg);
+  }
+  py::dict d = plan_dict(plan, models);
+  PlannerConfig judge = cfg;
+  d["meets_slos"] = plan_meets_slos(plan, models, judge);
+  return d;
+}
+
 }  // namespace
 
 void init_sim(py::module_& m) {
+  m.def("make_plan", &make_plan_py, py::arg("models"), py::arg("config"));
   py::class_<PySimulator>(m, "Simulator")
       .def(py::init<const py::dict&>(), py::arg("config"))
       .def("run", &PySimulator::run, py::arg("times_s"), py::arg("models"), py::arg("warmup_s"),

@@ -95,6 +95,7 @@ PredictorConfig predictor_config_from(const py::dict& o) {
   if (o.contains("lr")) c.lr = o["lr"].cast<double>();
   if (o.contains("weights") && !o["weights"].is_none()) c.weights = o["weights"].cast<std::vector<double>>();
   if (o.contains("record")) c.record = o["record"].cast<bool>();
+  if (o.contains("warmup_batches")) c.warmup_batches = o["warmup_batches"].cast<int>();
   return c;
 }
 

@@ -38,7 +38,7 @@ _PARTITIONING = ("auto", "green", "streams", "none", "mps", "cpu")
 _PREDICTORS = ("none", "static", "ewma", "sgd", "rls")
 # Options of the latency predictors (see gpulanes.predict and csrc/gpulanes/predict/).
 _PREDICTOR_OPTIONS = {"alpha": 0.3, "forgetting": 0.98, "delta": 10.0, "lr": 0.05, "weights": None,
-                      "record": False}
+                      "warmup_batches": 20, "record": False}
 
 
 
@@ -199,7 +199,9 @@ class Runtime:
             learned online from every batch; default ``"rls"``). See :mod:`gpulanes.predict`.
         predictor_options: ``alpha`` (EWMA weight of co-location signals, 0.3), ``forgetting``
             (RLS, 0.98), ``delta`` (RLS initial covariance, 10), ``lr`` (SGD, 0.05),
-            ``weights`` (offline or initial weights, 10 values), ``record`` (keep every batch).
+            ``weights`` (offline or initial weights, 10 values), ``warmup_batches`` (online
+            kinds predict with ``weights`` until they learned from this many batches, 20),
+            ``record`` (keep every batch).
         cpu_lanes: number of CPU lanes (worker threads) when running on the CPU.
         output_device: ``"cpu"`` (default) or ``"cuda"`` to leave outputs on the GPU.
         warmup_rounds: forward passes per (lane, model, batch size) during :meth:`start`.

@@ -44,8 +44,10 @@ Eigen::VectorXd LatencyPredictor::vec(const CoLocation::Features& f) {
 double LatencyPredictor::predict_ms(const CoLocation::Features& fine,
                                     const CoLocation::Features& coarse) const {
   if (cfg_.kind == "static") return w_.dot(vec(coarse));
-  if (rls_) return rls_->predict(vec(fine));
-  if (sgd_) return sgd_->predict(vec(fine));
+  if (learned_ >= cfg_.warmup_batches) {
+    if (rls_) return rls_->predict(vec(fine));
+    if (sgd_) return sgd_->predict(vec(fine));
+  }
   return w_.dot(vec(fine));
 }
 
@@ -92,9 +94,10 @@ void LatencyPredictor::on_finish(std::uint64_t id, int lane, TimeNs end) {
   pending_.erase(it);
   r.end = end;
   const double actual_ms = (end - r.start) / 1e6;
-  if (r.solo_ns > 0) {
+  if (r.solo_ns > 0 && (rls_ || sgd_)) {
     if (rls_) rls_->update(vec(r.fine), actual_ms);
     if (sgd_) sgd_->update(vec(r.fine), actual_ms);
+    ++learned_;
   }
   if (cfg_.record) records_.push_back(std::move(r));
 }

@@ -34,6 +34,8 @@ struct PredictorConfig {
   double lr = 0.05;             // sgd (normalized step)
   std::vector<double> weights;  // offline or initial weights (CoLocation::kFeatures); empty:
                                 // latency = solo latency
+  int warmup_batches = 20;      // online kinds predict with `weights` until they have learned
+                                // from this many batches (one noisy batch must not steer them)
   bool record = false;          // keep every batch's features and outcome (records())
 };
 
@@ -79,6 +81,7 @@ class LatencyPredictor {
   Eigen::VectorXd w_;                    // static / ewma weights
   std::optional<Rls> rls_;
   std::optional<Sgd> sgd_;
+  int learned_ = 0;                      // batches the online model has learned from
   std::unordered_map<std::uint64_t, PredictionRecord> pending_;  // running batches by id
   std::vector<PredictionRecord> records_;               // when cfg_.record
 };

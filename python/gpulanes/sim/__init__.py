@@ -216,10 +216,36 @@ class Simulator:
                           "requests_per_wall_s": res["arrivals"] / max(1e-9, res["wall_s"])},
         }
 
-    def _config(self) -> Dict[str, Any]:
-        order = list(self._models)
+    def plan(self, rates: Mapping[str, float], variant: str = "spatiotemporal", *,
+             gpus: Optional[int] = None, granularity: int = 8) -> Dict[str, Any]:
+        """Plans lanes for ``rates`` (requests/s per model) on up to ``gpus`` GPUs (default:
+        the simulator's): the gpu-let algorithm on SM-count lanes (multiples of
+        ``granularity``; csrc/gpulanes/plan/planner.h). ``variant``: ``"spatiotemporal"``
+        (placement checked against predicted interference), ``"no_interference"``,
+        ``"temporal_only"`` (whole-GPU lanes). Returns the plan: gpus_used, feasible,
+        unplaced_rate, meets_slos, lanes (gpu, sms, duty_ms, models with batch, rate and
+        predicted latency). :meth:`apply_plan` makes it the layout."""
+        unknown = [m for m in rates if m not in self._models]
+        if unknown:
+            raise UnknownModel(f"rates for models that were not added: {unknown}")
+        models = [{**cfg, "rate": float(rates.get(cfg["name"], 0.0))} for cfg in self._model_configs()]
+        cfg = {"variant": variant, "gpus": int(gpus or len(self.gpus)),
+               "sms_per_gpu": self.gpus[0]["sms"], "granularity": int(granularity),
+               "memory_gb": self.gpus[0]["memory_gb"]}
+        if self.interference.get("kind") == "linear":
+            cfg["interference"] = list(self.interference["coefficients"])
+        return _C.make_plan(models, cfg)
+
+    def apply_plan(self, plan: Mapping[str, Any]) -> None:
+        """Uses a plan's lanes as the layout (see :meth:`set_lanes`)."""
+        if plan["gpus_used"] > len(self.gpus):
+            raise InvalidInput(f"the plan uses {plan['gpus_used']} GPUs; there are {len(self.gpus)}")
+        self.set_lanes([{"gpu": l["gpu"], "sms": l["sms"],
+                         "models": [m["model"] for m in l["models"]]} for l in plan["lanes"]])
+
+    def _model_configs(self) -> List[Dict[str, Any]]:
         models = []
-        for name in order:
+        for name in self._models:
             m = self._models[name]
             shares = []
             for e in sorted(m["entries"], key=lambda e: e["sm_share"]):
@@ -235,6 +261,11 @@ class Simulator:
             models.append({"name": name, "slo_ns": int(m["slo_ms"] * 1e6),
                            "max_batch_size": m["max_batch_size"], "max_queue": m["max_queue"],
                            "shares": shares, "memory_mb": float(memory)})
+        return models
+
+    def _config(self) -> Dict[str, Any]:
+        order = list(self._models)
+        models = self._model_configs()
         lanes = [{"gpu": l["gpu"], "sms": l["sms"], "models": [order.index(x) for x in l["models"]]}
                  for l in self.lanes()]
         return {"policy": self.policy, "policy_options": self.policy_options,

@@ -1,0 +1,296 @@
+#include "gpulanes/plan/planner.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "gpulanes/core/error.h"
+
+namespace gpulanes {
+namespace {
+
+class Planner {
+ public:
+  Planner(const std::vector<PlannerModel>& models, const PlannerConfig& cfg)
+      : models_(models), cfg_(cfg), interference_(cfg.variant == "spatiotemporal") {
+    if (cfg.variant != "spatiotemporal" && cfg.variant != "no_interference" &&
+        cfg.variant != "temporal_only") {
+      throw Error(ErrorCode::kInvalidInput, "unknown planner '" + cfg.variant +
+                                                "' (spatiotemporal, no_interference, temporal_only)");
+    }
+    if (cfg.interference.size() != 5) {
+      throw Error(ErrorCode::kInvalidInput, "planner interference needs 5 coefficients");
+    }
+    for (const auto& m : models) {
+      if (!m.profile) throw Error(ErrorCode::kInvalidInput, "model '" + m.name + "' has no profile");
+    }
+    if (cfg.variant == "temporal_only") {
+      sizes_ = {cfg.sms_per_gpu};
+    } else {
+      for (int s = cfg.granularity; s < cfg.sms_per_gpu; s += cfg.granularity) sizes_.push_back(s);
+      sizes_.push_back(cfg.sms_per_gpu);
+    }
+  }
+
+  Plan run() {
+    plan_.variant = cfg_.variant;
+    plan_.unplaced_rate.assign(models_.size(), 0.0);
+    std::vector<int> order(models_.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+      return models_[a].rate * models_[a].slo < models_[b].rate * models_[b].slo;
+    });
+    for (int m : order) place_model(m);
+    plan_.feasible = std::all_of(plan_.unplaced_rate.begin(), plan_.unplaced_rate.end(),
+                                 [](double r) { return r <= 1e-9; });
+    return plan_;
+  }
+
+  // Checks every lane of `gpu` at its co-runners' interference; updates their latencies. Lane
+  // `flexible` (the one being placed) may take less than its planned rate if interference
+  // slows it down; every other lane must keep its rate.
+  bool gpu_ok(std::vector<PlannedLane>& lanes, int gpu, std::size_t flexible = -1) const {
+    for (std::size_t i = 0; i < lanes.size(); ++i) {
+      if (lanes[i].gpu != gpu) continue;
+      double f = 1.0;
+      if (interference_) {
+        for (std::size_t j = 0; j < lanes.size(); ++j) {
+          if (j != i && lanes[j].gpu == gpu) f = std::max(f, factor(lanes[i], lanes[j]));
+        }
+      }
+      if (!lane_ok(lanes[i], f, i == flexible)) return false;
+    }
+    return true;
+  }
+
+ private:
+  double share(int sms) const { return static_cast<double>(sms) / cfg_.sms_per_gpu; }
+  DurationNs latency(int m, int b, int sms) const {
+    return static_cast<DurationNs>(models_[m].profile->solo_ns(b, share(sms)) * cfg_.safety);
+  }
+  // Largest batch with 2 L f <= SLO on `sms` SMs (0: none) and its throughput at slow-down f.
+  std::pair<int, double> saturated(int m, int sms, double f = 1.0) const {
+    for (int b = models_[m].max_batch_size; b >= 1; --b) {
+      const double l = latency(m, b, sms) * f;
+      if (2 * l <= models_[m].slo) return {b, b / (l / 1e9)};
+    }
+    return {0, 0.0};
+  }
+  // The slow-down a lane of `m` on `sms` SMs at batch `b` would see beside a copy of itself: the
+  // headroom saturated lanes are planned with when placement checks interference, so that a
+  // neighbour like them does not push them past their SLO or rate.
+  double self_factor(int m, int sms, int b) const {
+    if (!interference_) return 1.0;
+    PlannedLane lane;
+    lane.sms = sms;
+    lane.models.push_back({m, b, 0, 0});
+    return factor(lane, lane);
+  }
+  int ideal_size(int m) const {
+    std::vector<double> t;
+    for (int s : sizes_) t.push_back(saturated(m, s).second);
+    int best = -1;
+    double steepest = -1;
+    for (std::size_t k = 0; k + 1 < sizes_.size(); ++k) {
+      if (t[k] <= 0 || t[k + 1] < 1.05 * t[k]) continue;
+      const double slope = (t[k + 1] - t[k]) / (sizes_[k + 1] - sizes_[k]);
+      if (slope > steepest) {
+        steepest = slope;
+        best = sizes_[k + 1];
+      }
+    }
+    if (best > 0) return best;
+    for (std::size_t k = 0; k < sizes_.size(); ++k) {
+      if (t[k] > 0) return sizes_[k];  // more SMs do not help: the smallest that works
+    }
+    return -1;
+  }
+  // Resource use of the lane's heaviest model at its batch.
+  std::pair<double, double> intensity(const PlannedLane& lane) const {
+    double l2 = 0, dram = 0;
+    for (const auto& pm : lane.models) {
+      l2 = std::max(l2, models_[pm.model].profile->l2(pm.batch, share(lane.sms)));
+      dram = std::max(dram, models_[pm.model].profile->dram(pm.batch, share(lane.sms)));
+    }
+    return {l2, dram};
+  }
+  double factor(const PlannedLane& self, const PlannedLane& other) const {
+    const auto [l2s, drs] = intensity(self);
+    const auto [l2o, dro] = intensity(other);
+    const auto& c = cfg_.interference;
+    return std::max(1.0, c[0] * l2s + c[1] * l2o + c[2] * drs + c[3] * dro + c[4]);
+  }
+  // Whether the lane meets every SLO at slow-down `f`; sets batches, latencies and duty cycle.
+  // With `may_shrink`, a one-model lane that misses at `f` may take a smaller batch and serve
+  // what that batch can (at least half its planned rate).
+  bool lane_ok(PlannedLane& lane, double f, bool may_shrink = false) const {
+    auto lat = [&](const PlannedModel& pm, int b) {
+      return static_cast<DurationNs>(latency(pm.model, b, lane.sms) * f);
+    };
+    if (lane.models.size() == 1) {
+      PlannedModel& pm = lane.models[0];
+      // A lane being placed may trade batch size (and rate) for slack against interference.
+      for (int b = pm.batch; b >= (may_shrink ? 1 : pm.batch); --b) {
+        const DurationNs l = lat(pm, b);
+        const double rate = std::min(pm.rate, b / (l / 1e9));
+        if (rate < pm.rate * (1 - 1e-9) && (!may_shrink || rate < 0.5 * pm.rate)) continue;
+        const double fill_ns = b / rate * 1e9;
+        if (l + std::max<double>(fill_ns, l) > models_[pm.model].slo) continue;
+        pm.batch = b;
+        pm.rate = rate;
+        pm.latency_ns = l;
+        lane.duty_ns = static_cast<DurationNs>(std::max<double>(fill_ns, l));
+        return true;
+      }
+      return false;
+    }
+    // Temporal sharing: a cycle D serves ceil(rate x D) requests of each model; the batches must
+    // fit in the cycle, and a request may wait one cycle and then run.
+    DurationNs min_slo = kNever;
+    for (const auto& pm : lane.models) min_slo = std::min(min_slo, models_[pm.model].slo);
+    for (double frac = 0.5; frac >= 0.05; frac -= 0.05) {
+      const double d = frac * min_slo;
+      DurationNs sum = 0;
+      bool fits = true;
+      std::vector<int> batches;
+      for (const auto& pm : lane.models) {
+        const int b = static_cast<int>(std::ceil(pm.rate * d / 1e9 - 1e-9));
+        if (b > models_[pm.model].max_batch_size) {
+          fits = false;
+          break;
+        }
+        batches.push_back(std::max(1, b));
+        sum += lat(pm, batches.back());
+      }
+      if (!fits || sum > d || sum + d > min_slo) continue;
+      for (std::size_t i = 0; i < lane.models.size(); ++i) {
+        lane.models[i].batch = batches[i];
+        lane.models[i].latency_ns = lat(lane.models[i], batches[i]);
+      }
+      lane.duty_ns = static_cast<DurationNs>(d);
+      return true;
+    }
+    return false;
+  }
+  int free_sms(int gpu) const {
+    int used = 0;
+    for (const auto& l : plan_.lanes) used += l.gpu == gpu ? l.sms : 0;
+    return cfg_.sms_per_gpu - used;
+  }
+  double memory_gb(int gpu) const {
+    double mb = 0;
+    for (const auto& l : plan_.lanes) {
+      if (l.gpu != gpu) continue;
+      for (const auto& pm : l.models) mb += models_[pm.model].profile->memory_mb();
+    }
+    return mb / 1024;
+  }
+  // Best fit among used GPUs (then a new one if `may_open`): commits and returns true.
+  bool place(PlannedLane lane, bool may_open) {
+    std::vector<int> gpus(plan_.gpus_used);
+    std::iota(gpus.begin(), gpus.end(), 0);
+    std::stable_sort(gpus.begin(), gpus.end(), [&](int a, int b) { return free_sms(a) < free_sms(b); });
+    if (may_open && plan_.gpus_used < cfg_.gpus) gpus.push_back(plan_.gpus_used);
+    double mem = 0;
+    for (const auto& pm : lane.models) mem += models_[pm.model].profile->memory_mb() / 1024;
+    for (int g : gpus) {
+      if (free_sms(g) < lane.sms || memory_gb(g) + mem > cfg_.memory_gb) continue;
+      std::vector<PlannedLane> trial = plan_.lanes;
+      lane.gpu = g;
+      trial.push_back(lane);
+      if (!gpu_ok(trial, g, trial.size() - 1)) continue;
+      placed_rate_ = trial.back().models[0].rate;
+      plan_.lanes = std::move(trial);
+      plan_.gpus_used = std::max(plan_.gpus_used, g + 1);
+      return true;
+    }
+    return false;
+  }
+  // Adds model `m` at `rate` to an existing lane (temporal sharing), if its GPU still checks.
+  bool share_lane(int m, double rate) {
+    for (std::size_t i = 0; i < plan_.lanes.size(); ++i) {
+      PlannedLane& l = plan_.lanes[i];
+      if (static_cast<int>(l.models.size()) >= cfg_.max_models_per_lane) continue;
+      if (memory_gb(l.gpu) + models_[m].profile->memory_mb() / 1024 > cfg_.memory_gb) continue;
+      std::vector<PlannedLane> trial = plan_.lanes;
+      trial[i].models.push_back({m, 1, rate, 0});
+      if (!gpu_ok(trial, l.gpu)) continue;
+      plan_.lanes = std::move(trial);
+      return true;
+    }
+    return false;
+  }
+  void place_model(int m) {
+    double left = models_[m].rate;
+    if (left <= 0) return;
+    const int ideal = ideal_size(m);
+    if (ideal < 0) {
+      plan_.unplaced_rate[m] = left;  // no lane size meets its SLO
+      return;
+    }
+    const int solo_batch = saturated(m, ideal).first;
+    const auto [sat_batch, cap] = saturated(m, ideal, self_factor(m, ideal, solo_batch));
+    if (sat_batch == 0) {
+      plan_.unplaced_rate[m] = left;
+      return;
+    }
+    while (left > cap) {
+      PlannedLane lane;
+      lane.sms = ideal;
+      lane.models.push_back({m, sat_batch, cap, 0});
+      if (!place(lane, true)) break;
+      left -= placed_rate_;  // less than cap when interference slows the lane down
+    }
+    if (left <= 1e-9) return;
+    // The residue: the smallest lane that serves the rest alone, on a GPU in use; else shared
+    // with a lane already there; else on a new GPU.
+    auto residue = [&](bool may_open) {
+      for (int s : sizes_) {
+        for (int b = models_[m].max_batch_size; b >= 1; --b) {
+          const DurationNs l = latency(m, b, s);
+          if (b / (l / 1e9) < left || l + b / left * 1e9 > models_[m].slo) continue;
+          PlannedLane lane;
+          lane.sms = s;
+          lane.models.push_back({m, b, left, 0});
+          if (place(lane, may_open)) {
+            left -= placed_rate_;
+            return left <= 1e-9;
+          }
+          break;  // a smaller batch on this size fits no better
+        }
+      }
+      return false;
+    };
+    for (int attempt = 0; attempt < 4 && left > 1e-9; ++attempt) {
+      if (residue(false) || share_lane(m, left) || residue(true)) return;
+    }
+    plan_.unplaced_rate[m] = left;
+  }
+
+  const std::vector<PlannerModel>& models_;
+  const PlannerConfig& cfg_;
+  const bool interference_;  // placement checks predicted interference
+  std::vector<int> sizes_;   // candidate lane sizes, ascending
+  Plan plan_;
+  double placed_rate_ = 0;   // rate the lane placed last took
+};
+
+}  // namespace
+
+Plan make_plan(const std::vector<PlannerModel>& models, const PlannerConfig& config) {
+  return Planner(models, config).run();
+}
+
+bool plan_meets_slos(const Plan& plan, const std::vector<PlannerModel>& models,
+                     const PlannerConfig& config) {
+  PlannerConfig checking = config;
+  checking.variant = "spatiotemporal";  // always judge with interference
+  Planner judge(models, checking);
+  std::vector<PlannedLane> lanes = plan.lanes;
+  for (int g = 0; g < plan.gpus_used; ++g) {
+    if (!judge.gpu_ok(lanes, g)) return false;
+  }
+  return true;
+}
+
+}  // namespace gpulanes

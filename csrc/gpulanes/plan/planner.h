@@ -1,0 +1,77 @@
+// The spatio-temporal planner: how many GPUs, how each splits into lanes (SM counts at the
+// device's granularity), which models each lane serves and with which batch, from request rates
+// and SLOs. It generalizes the gpu-let algorithm (shared/REFERENCES.md) from 20..100% MPS shares
+// to SM-count lanes:
+//   - per model, the saturated throughput of a lane of each size (largest batch b with
+//     2 L(b) <= SLO: a request may wait one batch, then run one); its "ideal" size is the upper
+//     end of the steepest step of throughput against SMs (steps under 5% gain ignored);
+//   - models in ascending rate x SLO order: saturated lanes of the ideal size while the rate
+//     left exceeds one's capacity, then a residue lane of the smallest size that serves the rest
+//     (L(b) + b / r <= SLO), or temporal sharing of an existing residue lane (up to 3 models:
+//     sum of latencies <= duty cycle and sum of latencies + duty cycle <= every SLO);
+//   - lanes placed best-fit on GPUs, each placement checked for every affected lane against its
+//     SLO under the interference the co-runners predict; a GPU is added when none fits, and when
+//     all GPUs are used the plan says which rate it could not place.
+// Latencies are the profile's solo latency at the lane's share times a safety factor (1.1).
+// Variants: "spatiotemporal" (ours), "no_interference" (placement ignores interference),
+// "temporal_only" (whole-GPU lanes only, Nexus-style packing).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "gpulanes/core/time.h"
+#include "gpulanes/sim/sim_profile.h"
+
+namespace gpulanes {
+
+struct PlannerModel {
+  std::string name;
+  double rate = 0;                          // requests per second to plan for
+  DurationNs slo = from_ms(100);
+  int max_batch_size = 32;
+  const SimModelProfile* profile = nullptr;  // latency and L2/DRAM use by (batch, share)
+};
+
+struct PlannerConfig {
+  std::string variant = "spatiotemporal";  // spatiotemporal, no_interference, temporal_only
+  int gpus = 1;                            // GPUs available
+  int sms_per_gpu = 132;
+  int granularity = 8;                     // lane sizes are multiples of this (and the whole GPU)
+  double memory_gb = 80;
+  double safety = 1.1;                     // latency margin, as gpu-let
+  int max_models_per_lane = 3;
+  std::vector<double> interference = {0.113, 0.716, 0.355, 0.088, 0.895};  // gpu-let's c0..c4
+};
+
+struct PlannedModel {
+  int model = -1;               // index into the planner's input
+  int batch = 1;                // batch cap on this lane
+  double rate = 0;              // requests/s this lane takes of the model
+  DurationNs latency_ns = 0;    // predicted batch latency on this lane, interference included
+};
+
+struct PlannedLane {
+  int gpu = 0;
+  int sms = 0;
+  DurationNs duty_ns = 0;       // one round of its models' batches
+  std::vector<PlannedModel> models;
+};
+
+struct Plan {
+  std::string variant;
+  int gpus_used = 0;
+  bool feasible = true;               // every model's rate placed
+  std::vector<double> unplaced_rate;  // by model: requests/s no GPU was left for
+  std::vector<PlannedLane> lanes;
+};
+
+// Throws Error(kInvalidInput) for an unknown variant or a model without a profile.
+Plan make_plan(const std::vector<PlannerModel>& models, const PlannerConfig& config);
+
+// Every lane's models meet their SLO at the plan's batches under the interference their
+// co-runners predict (what make_plan guarantees; tests use it).
+bool plan_meets_slos(const Plan& plan, const std::vector<PlannerModel>& models,
+                     const PlannerConfig& config);
+
+}  // namespace gpulanes
