@@ -1,0 +1,100 @@
+"""The planner: its plans fit the GPUs and meet every SLO under predicted interference, use the
+fewest GPUs where exhaustive search knows the optimum, scale with load, say when load exceeds
+what the GPUs can serve, round-trip through JSON, and hold their SLOs when simulated."""
+
+import functools
+import json
+import random
+
+import pytest
+
+import gpulanes as gl
+from gpulanes.sim import zoo
+
+MODELS = ("lenet", "googlenet", "resnet50", "vgg16", "mobilenet_v2", "bert")
+
+
+def simulator(gpus=8, **kw):
+    sim = gl.sim.Simulator(gpus=gpus, seed=0, **kw)
+    for m in MODELS:
+        sim.add_model(m)
+    return sim
+
+
+def test_random_plans_fit_their_gpus_and_meet_every_slo():
+    sim = simulator()
+    rng = random.Random(3)
+    for _ in range(40):
+        rates = {m: rng.choice([0, 50, 200, 800, 2000]) for m in rng.sample(MODELS, 3)}
+        for variant in ("spatiotemporal", "temporal_only"):
+            plan = sim.plan(rates, variant)
+            assert plan["meets_slos"], (variant, rates)
+            assert plan["gpus_used"] <= 8
+            for g in range(plan["gpus_used"]):
+                assert sum(l["sms"] for l in plan["lanes"] if l["gpu"] == g) <= 132
+            assert all(len(l["models"]) <= 3 for l in plan["lanes"])
+            if plan["feasible"]:
+                for m, r in rates.items():
+                    planned = sum(pm["rate"] for l in plan["lanes"] for pm in l["models"]
+                                  if pm["model"] == m)
+                    assert planned == pytest.approx(r, rel=1e-6)
+            if variant == "temporal_only":
+                assert all(l["sms"] == 132 for l in plan["lanes"])
+
+
+def saturated_capacity(model, sms):
+    share, slo = sms / 132, zoo.SLO_MS[model]
+    for b in range(32, 0, -1):
+        lat = zoo.latency_ms(model, b, share) * 1.1
+        if 2 * lat <= slo:
+            return b / (lat / 1e3)
+    return 0.0
+
+
+@pytest.mark.parametrize("model", ["resnet50", "vgg16", "lenet"])
+def test_single_model_uses_the_fewest_gpus_exhaustive_search_finds(model):
+    # Without interference, the most one GPU can serve of one model is the best split of its
+    # 132 SMs into lanes of 8-SM steps (exhaustive search); n GPUs serve n times that.
+    @functools.lru_cache(None)
+    def best(units):
+        if units == 0:
+            return 0.0
+        return max(saturated_capacity(model, 132 if 8 * k >= 132 else 8 * k) + best(units - k)
+                   for k in range(1, units + 1))
+
+    per_gpu = max(best(16), saturated_capacity(model, 132))
+    sim = simulator()
+    for gpus_needed in (1, 2, 3):
+        rate = (gpus_needed - 0.5) * per_gpu
+        plan = sim.plan({model: rate}, "no_interference")
+        assert plan["feasible"] and plan["gpus_used"] == gpus_needed
+
+
+def test_gpus_grow_with_load_and_overload_is_reported():
+    sim = simulator(gpus=4)
+    used = [sim.plan({"resnet50": r, "bert": r / 2})["gpus_used"] for r in (500, 2000, 4000, 8000)]
+    assert used == sorted(used) and used[0] < used[-1]
+    huge = sim.plan({"resnet50": 1e6})
+    assert not huge["feasible"] and huge["gpus_used"] == 4
+    assert huge["unplaced_rate"]["resnet50"] > 0
+
+
+def test_spatial_plans_need_fewer_gpus_than_temporal_only():
+    sim = simulator()
+    rates = {"lenet": 3000, "googlenet": 400, "mobilenet_v2": 600, "resnet50": 300}
+    st, to = sim.plan(rates, "spatiotemporal"), sim.plan(rates, "temporal_only")
+    assert st["feasible"] and to["feasible"] and st["gpus_used"] < to["gpus_used"]
+
+
+def test_plan_json_round_trip_and_simulated_slos():
+    sim = simulator(gpus=2)
+    scn_rates = {"resnet50": 800, "bert": 300, "mobilenet_v2": 1500}
+    plan = json.loads(json.dumps(sim.plan(scn_rates)))
+    sim.apply_plan(plan)
+    assert [(l["gpu"], l["sms"]) for l in sim.lanes()] == [(l["gpu"], l["sms"]) for l in plan["lanes"]]
+    out = sim.run(gl.workloads.Poisson(scn_rates, 10, seed=1), warmup_s=1)
+    for m, s in out["models"].items():
+        if m in scn_rates:
+            assert s["attainment"] >= 0.99, (m, s)
+    with pytest.raises(gl.InvalidInput, match="planner"):
+        sim.plan(scn_rates, "magic")
