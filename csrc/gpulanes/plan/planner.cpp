@@ -120,6 +120,12 @@ class Planner {
     const auto& c = cfg_.interference;
     return std::max(1.0, c[0] * l2s + c[1] * l2o + c[2] * drs + c[3] * dro + c[4]);
   }
+  // A request of a lane running batches of `b` at `rate` waits for its batch to fill (the b - 1
+  // after it; gpu-let's rule counts b) or for the batch ahead, whichever is longer, then runs.
+  bool serves_in_time(int m, int b, double latency_ns, double rate) const {
+    const double wait_ns = std::max((b - 1) / rate * 1e9, latency_ns);
+    return latency_ns + wait_ns <= models_[m].slo;
+  }
   // Whether the lane meets every SLO at slow-down `f`; sets batches, latencies and duty cycle.
   // With `may_shrink`, a one-model lane that misses at `f` may take a smaller batch and serve
   // what that batch can (at least half its planned rate).
@@ -134,12 +140,11 @@ class Planner {
         const DurationNs l = lat(pm, b);
         const double rate = std::min(pm.rate, b / (l / 1e9));
         if (rate < pm.rate * (1 - 1e-9) && (!may_shrink || rate < 0.5 * pm.rate)) continue;
-        const double fill_ns = b / rate * 1e9;
-        if (l + std::max<double>(fill_ns, l) > models_[pm.model].slo) continue;
+        if (!serves_in_time(pm.model, b, l, rate)) continue;
         pm.batch = b;
         pm.rate = rate;
         pm.latency_ns = l;
-        lane.duty_ns = static_cast<DurationNs>(std::max<double>(fill_ns, l));
+        lane.duty_ns = static_cast<DurationNs>(std::max<double>(b / rate * 1e9, l));
         return true;
       }
       return false;
@@ -248,7 +253,7 @@ class Planner {
       for (int s : sizes_) {
         for (int b = models_[m].max_batch_size; b >= 1; --b) {
           const DurationNs l = latency(m, b, s);
-          if (b / (l / 1e9) < left || l + b / left * 1e9 > models_[m].slo) continue;
+          if (b / (l / 1e9) < left || !serves_in_time(m, b, l, left)) continue;
           PlannedLane lane;
           lane.sms = s;
           lane.models.push_back({m, b, left, 0});

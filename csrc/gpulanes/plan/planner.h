@@ -7,7 +7,9 @@
 //     end of the steepest step of throughput against SMs (steps under 5% gain ignored);
 //   - models in ascending rate x SLO order: saturated lanes of the ideal size while the rate
 //     left exceeds one's capacity, then a residue lane of the smallest size that serves the rest
-//     (L(b) + b / r <= SLO), or temporal sharing of an existing residue lane (up to 3 models:
+//     (L(b) + max((b - 1) / r, L(b)) <= SLO: a request waits for its batch to fill or for the
+//     batch ahead; gpu-let counts b / r, which refuses low rates with tight SLOs), or temporal
+//     sharing of an existing residue lane (up to 3 models:
 //     sum of latencies <= duty cycle and sum of latencies + duty cycle <= every SLO);
 //   - lanes placed best-fit on GPUs, each placement checked for every affected lane against its
 //     SLO under the interference the co-runners predict; a GPU is added when none fits, and when
