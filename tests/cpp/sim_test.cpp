@@ -56,6 +56,18 @@ std::map<int, TimeNs> end_times(Simulator& sim) {
   return out;
 }
 
+// a (10 ms alone, L2 0.5) arrives at 0, b (10 ms alone, L2 1.0) at `b_at` seconds; end times.
+std::map<int, TimeNs> run_a_then_b(Simulator& sim, double b_at) {
+  const double t[] = {0.0, b_at};
+  const std::int32_t m[] = {0, 1};
+  sim.run(t, m, 2, 0.0, {});
+  return end_times(sim);
+}
+
+std::vector<SimModelSpec> a_and_b() {
+  return {model("a", flat_profile(0.5, 10, 0.5)), model("b", flat_profile(0.5, 10, 1.0))};
+}
+
 }  // namespace
 
 TEST(Simulator, InterferenceStretchesOnlyTheOverlap) {
@@ -63,28 +75,20 @@ TEST(Simulator, InterferenceStretchesOnlyTheOverlap) {
   // 0-5 ms: a alone (5 ms of work done). From 5 ms: a at factor 1 + 1.0 = 2, b at 1 + 0.5 = 1.5;
   // a's remaining 5 ms take 10 ms, so a ends at 15 ms, when b has done 10 / 1.5 = 6.667 ms of its
   // work; b's remaining 3.333 ms run alone: b ends at 18.333 ms.
-  Simulator sim(two_lanes(), {model("a", flat_profile(0.5, 10, 0.5)),
-                              model("b", flat_profile(0.5, 10, 1.0))});
-  const double t[] = {0.0, 0.005};
-  const std::int32_t m[] = {0, 1};
-  const SimRunResult r = sim.run(t, m, 2, 0.0, {});
-  const auto ends = end_times(sim);
+  Simulator sim(two_lanes(), a_and_b());
+  const auto ends = run_a_then_b(sim, 0.005);
   EXPECT_EQ(ends.at(0), from_ms(15));
   EXPECT_NEAR(static_cast<double>(ends.at(1)), from_ms(18.3333333), 2);
-  EXPECT_EQ(r.models[0].met, 1u);
-  EXPECT_EQ(r.models[1].met, 1u);
+  EXPECT_EQ(sim.runtime().stats().at(0).met, 1u);
+  EXPECT_EQ(sim.runtime().stats().at(1).met, 1u);
   const auto reports = sim.cluster().lane_reports();
   EXPECT_NEAR(reports[0].mean_slowdown, 1.5, 1e-6);          // 15 ms for 10 ms of work
   EXPECT_NEAR(reports[1].mean_slowdown, 13.3333 / 10, 1e-4);  // 13.33 ms for 10 ms
 }
 
 TEST(Simulator, BatchesThatDoNotOverlapRunAtSoloSpeed) {
-  Simulator sim(two_lanes(), {model("a", flat_profile(0.5, 10, 0.5)),
-                              model("b", flat_profile(0.5, 10, 1.0))});
-  const double t[] = {0.0, 0.012};
-  const std::int32_t m[] = {0, 1};
-  sim.run(t, m, 2, 0.0, {});
-  const auto ends = end_times(sim);
+  Simulator sim(two_lanes(), a_and_b());
+  const auto ends = run_a_then_b(sim, 0.012);
   EXPECT_EQ(ends.at(0), from_ms(10));
   EXPECT_EQ(ends.at(1), from_ms(22));
 }
@@ -93,11 +97,8 @@ TEST(Simulator, LanesOnDifferentGpusDoNotInterfere) {
   SimulatorOptions o = two_lanes();
   o.gpus = {{100, 80}, {100, 80}};
   o.lanes = {{0, 50, {0}}, {1, 50, {1}}};
-  Simulator sim(o, {model("a", flat_profile(0.5, 10, 0.5)), model("b", flat_profile(0.5, 10, 1.0))});
-  const double t[] = {0.0, 0.005};
-  const std::int32_t m[] = {0, 1};
-  sim.run(t, m, 2, 0.0, {});
-  const auto ends = end_times(sim);
+  Simulator sim(o, a_and_b());
+  const auto ends = run_a_then_b(sim, 0.005);
   EXPECT_EQ(ends.at(0), from_ms(10));
   EXPECT_EQ(ends.at(1), from_ms(15));
 }
