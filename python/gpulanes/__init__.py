@@ -19,7 +19,7 @@ from .errors import (
     RuntimeClosed,
     UnknownModel,
 )
-from . import predict, profiles, workloads
+from . import plot, predict, profiles, workloads
 from .runtime import Runtime
 from . import sim  # noqa: E402  (uses Runtime's helpers)
 
@@ -27,6 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Runtime",
+    "plot",
     "predict",
     "profiles",
     "sim",

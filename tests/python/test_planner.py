@@ -98,3 +98,15 @@ def test_plan_json_round_trip_and_simulated_slos():
             assert s["attainment"] >= 0.99, (m, s)
     with pytest.raises(gl.InvalidInput, match="planner"):
         sim.plan(scn_rates, "magic")
+
+
+def test_plan_picture_has_one_bar_per_lane():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    sim = simulator(gpus=4)
+    plan = sim.plan({"resnet50": 2000, "bert": 800, "lenet": 5000})
+    ax = gl.plot.plan(plan)
+    assert len(ax.patches) == len(plan["lanes"])
+    widths = sorted(p.get_width() for p in ax.patches)
+    assert widths == sorted(l["sms"] for l in plan["lanes"])
+    assert len(ax.get_yticks()) == plan["gpus_used"]
