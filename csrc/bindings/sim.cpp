@@ -70,13 +70,37 @@ py::dict result_dict(const SimRunResult& r, double wall_s) {
     d["mean_ms"] = m.mean_ms;
     models.append(d);
   }
+  py::list replans;
+  for (const ReplanEvent& e : r.replans) {
+    py::dict ev;
+    ev["t_s"] = e.t_s;
+    ev["gpus_used"] = e.gpus_used;
+    ev["feasible"] = e.feasible;
+    ev["changed"] = e.changed;
+    ev["applied_t_s"] = e.applied_t_s;
+    ev["plan_wall_us"] = e.plan_wall_us;
+    ev["lanes"] = e.lanes;
+    replans.append(ev);
+  }
   py::dict d;
+  d["replans"] = replans;
   d["models"] = models;
   d["arrivals"] = r.arrivals;
   d["steps"] = r.steps;
   d["simulated_s"] = r.simulated_s;
   d["wall_s"] = wall_s;
   return d;
+}
+
+PlannerConfig planner_config_from(const py::dict& c) {
+  PlannerConfig cfg;
+  cfg.variant = c["variant"].cast<std::string>();
+  cfg.gpus = c["gpus"].cast<int>();
+  cfg.sms_per_gpu = c["sms_per_gpu"].cast<int>();
+  cfg.granularity = c["granularity"].cast<int>();
+  cfg.memory_gb = c["memory_gb"].cast<double>();
+  if (c.contains("interference")) cfg.interference = c["interference"].cast<std::vector<double>>();
+  return cfg;
 }
 
 class PySimulator {
@@ -99,6 +123,13 @@ class PySimulator {
     o.noise_cv = c["noise_cv"].cast<double>();
     o.seed = c["seed"].cast<std::uint64_t>();
     o.predictor = predictor_config_from(c["predictor"].cast<py::dict>());
+    if (c.contains("replan") && !c["replan"].is_none()) {
+      auto r = c["replan"].cast<py::dict>();
+      o.replan.every_s = r["every_s"].cast<double>();
+      o.replan.alpha = r["alpha"].cast<double>();
+      o.replan.min_rate = r["min_rate"].cast<double>();
+      o.replan.planner = planner_config_from(r["planner"].cast<py::dict>());
+    }
     std::vector<SimModelSpec> models;
     for (py::handle h : c["models"].cast<py::list>()) {
       auto m = h.cast<py::dict>();
@@ -210,13 +241,7 @@ py::dict make_plan_py(const py::list& models_in, const py::dict& c) {
                       d["slo_ns"].cast<std::int64_t>(), d["max_batch_size"].cast<int>(),
                       &profiles[i++]});
   }
-  PlannerConfig cfg;
-  cfg.variant = c["variant"].cast<std::string>();
-  cfg.gpus = c["gpus"].cast<int>();
-  cfg.sms_per_gpu = c["sms_per_gpu"].cast<int>();
-  cfg.granularity = c["granularity"].cast<int>();
-  cfg.memory_gb = c["memory_gb"].cast<double>();
-  if (c.contains("interference")) cfg.interference = c["interference"].cast<std::vector<double>>();
+  const PlannerConfig cfg = planner_config_from(c);
   Plan plan;
   {
     py::gil_scoped_release nogil;

@@ -110,3 +110,31 @@ def test_plan_picture_has_one_bar_per_lane():
     widths = sorted(p.get_width() for p in ax.patches)
     assert widths == sorted(l["sms"] for l in plan["lanes"])
     assert len(ax.get_yticks()) == plan["gpus_used"]
+
+
+def test_replanning_follows_a_rate_step_without_losing_requests():
+    def run(replan):
+        sim = gl.sim.Simulator(gpus=4, seed=0)
+        scn = sim.add_scenario("scen4")
+        sim.apply_plan(sim.plan(scn.rates(300)))  # planned for the low rate
+        work = gl.workloads.Steps([(10, scn.rates(300)), (30, scn.rates(2000))], seed=1)
+        out = sim.run(work, warmup_s=1, replan=replan)
+        times, _, _ = work.arrays()
+        requests = sum(s["requests"] for s in out["models"].values())
+        accounted = sum(s["met"] + s["late"] + s["dropped"] + s["rejected"] + s["failed"]
+                        for s in out["models"].values())
+        assert requests == accounted == int((times >= 1).sum())  # every request has an outcome
+        met = sum(s["met"] for s in out["models"].values())
+        return met / requests, out["replans"], sim.stats(per="lane")
+
+    static, none, _ = run(None)
+    adaptive, replans, lanes = run({"every_s": 5, "alpha": 1.0})
+    assert none == []
+    assert adaptive > static + 0.3  # the static plan collapses after the step; re-planning scales out
+    changed = [e for e in replans if e["changed"]]
+    assert changed and all(e["applied_t_s"] >= e["t_s"] for e in changed)
+    assert max(e["gpus_used"] for e in replans) > replans[0]["gpus_used"]
+    assert len(lanes) == replans[-1]["lanes"] or not replans[-1]["changed"]
+    sim = simulator(gpus=1)
+    with pytest.raises(gl.InvalidInput, match="every_s"):
+        sim.run(gl.workloads.Poisson({"bert": 1}, 1), replan={"every": 5})

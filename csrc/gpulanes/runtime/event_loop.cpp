@@ -66,6 +66,16 @@ void EventLoop::stop(bool drain) {
   }
 }
 
+void EventLoop::pause() {
+  std::lock_guard<std::mutex> lock(mu_);
+  paused_ = true;
+}
+
+bool EventLoop::lanes_idle() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return std::all_of(lane_idle_.begin(), lane_idle_.end(), [](char idle) { return idle != 0; });
+}
+
 void EventLoop::pause_until_idle() {
   std::unique_lock<std::mutex> lock(mu_);
   paused_ = true;

@@ -57,6 +57,9 @@ class EventLoop {
   // Stops handing batches to lanes and returns once every lane is idle. Rounds keep running
   // (expiry, drops); queued requests stay queued until swap_lanes().
   void pause_until_idle();
+  // The same without waiting (virtual time: the driver advances the clock until lanes_idle()).
+  void pause();
+  bool lanes_idle();
   // After pause_until_idle(): runs `swap` under the loop's lock, then serves `lanes` instead and
   // resumes. The old lanes get nothing more from the loop.
   void swap_lanes(std::vector<Lane*> lanes, const std::function<void()>& swap);

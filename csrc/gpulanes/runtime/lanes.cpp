@@ -314,6 +314,27 @@ void Runtime::build_profile_book() {
   predictor_ = std::make_unique<LatencyPredictor>(options_.predictor, book_, device, share);
 }
 
+void Runtime::pause_dispatch() { loop_->pause(); }
+
+bool Runtime::lanes_idle() const { return loop_->lanes_idle(); }
+
+void Runtime::take_virtual_lanes() {
+  if (!backend_ || !loop_) throw Error(ErrorCode::kInvalidInput, "no virtual backend is serving");
+  std::vector<std::unique_ptr<Lane>> fresh = backend_->make_lanes(*clock_);
+  for (auto& lane : fresh) lane->start(static_cast<LaneListener*>(this), nullptr);
+  std::vector<Lane*> ptrs;
+  for (auto& lane : fresh) ptrs.push_back(lane.get());
+  std::unique_lock<std::shared_mutex> writing(submit_mu_);
+  loop_->swap_lanes(ptrs, [&] {
+    lanes_ = std::move(fresh);
+    lane_metrics_.clear();
+    for (auto& lane : lanes_) {
+      lane_metrics_.push_back(std::make_unique<LaneMetrics>(lane->index(), lane->kind(), lane->device()));
+    }
+    build_profile_book();
+  });
+}
+
 void* Runtime::lane_stream(int index) const {
   std::shared_lock<std::shared_mutex> lock(submit_mu_);
   if (index < 0 || index >= static_cast<int>(lanes_.size())) {

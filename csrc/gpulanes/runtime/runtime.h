@@ -145,6 +145,11 @@ class Runtime final : private LaneListener, private LoopSink {
   // for a driver that advances the clock (VirtualDriver, the simulator).
   TimeNs run_round();
   VirtualBackend* virtual_backend() const { return backend_.get(); }
+  // Virtual time, re-planning: stop dispatching; once lanes_idle(), after the backend changed
+  // its layout, take its new lanes (queued requests stay queued) and resume.
+  void pause_dispatch();
+  bool lanes_idle() const;
+  void take_virtual_lanes();
   const Clock& clock() const { return *clock_; }
   bool running() const { return accepting_.load(std::memory_order_acquire); }
 

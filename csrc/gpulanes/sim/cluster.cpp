@@ -56,12 +56,17 @@ class SimLane final : public Lane {
 
 SimCluster::SimCluster(SimClusterConfig config) : cfg_(std::move(config)), rng_(cfg_.seed) {
   if (!cfg_.interference) cfg_.interference = make_no_interference();
+  on_gpu_.assign(cfg_.gpus.size(), {});
+  configure(cfg_.lanes);
+}
+
+void SimCluster::configure(std::vector<SimLaneSpec> lanes) {
   const int n_gpus = static_cast<int>(cfg_.gpus.size());
   const int n_models = static_cast<int>(cfg_.models.size());
   std::vector<int> sms_used(n_gpus, 0);
   std::vector<double> memory_used(n_gpus, 0);
-  for (std::size_t l = 0; l < cfg_.lanes.size(); ++l) {
-    const SimLaneSpec& lane = cfg_.lanes[l];
+  for (std::size_t l = 0; l < lanes.size(); ++l) {
+    const SimLaneSpec& lane = lanes[l];
     const std::string where = "lane " + std::to_string(l);
     if (lane.gpu < 0 || lane.gpu >= n_gpus) {
       throw Error(ErrorCode::kInvalidInput, where + " is on GPU " + std::to_string(lane.gpu) +
@@ -87,7 +92,10 @@ SimCluster::SimCluster(SimClusterConfig config) : cfg_(std::move(config)), rng_(
                       std::to_string(cfg_.gpus[g].memory_gb) + " GB");
     }
   }
-  on_gpu_.assign(n_gpus, {});
+  cfg_.lanes = std::move(lanes);
+  serves_.clear();
+  profiles_.clear();
+  reports_.clear();
   for (const SimLaneSpec& lane : cfg_.lanes) {
     const double share = static_cast<double>(lane.sms) / cfg_.gpus[lane.gpu].sms;
     std::vector<char> serves(n_models, 0);
@@ -103,11 +111,20 @@ SimCluster::SimCluster(SimClusterConfig config) : cfg_(std::move(config)), rng_(
   slowdown_sum_.assign(cfg_.lanes.size(), 0.0);
 }
 
+void SimCluster::set_layout(std::vector<SimLaneSpec> lanes) {
+  if (!running_.empty()) {
+    throw Error(ErrorCode::kInvalidInput, "the simulated layout changes only while no batch runs");
+  }
+  configure(std::move(lanes));
+  lanes_.clear();  // the runtime asks make_lanes() for the new ones
+}
+
 SimCluster::~SimCluster() = default;
 
 std::vector<std::unique_ptr<Lane>> SimCluster::make_lanes(const Clock& clock) {
+  if (!clock_) t0_ = clock.now();  // drift is timed from the first layout
   clock_ = &clock;
-  t0_ = clock.now();
+  lanes_.clear();
   std::vector<std::unique_ptr<Lane>> out;
   for (std::size_t l = 0; l < cfg_.lanes.size(); ++l) {
     const SimLaneSpec& spec = cfg_.lanes[l];

@@ -65,6 +65,10 @@ class SimCluster final : public VirtualBackend {
   void finish_due() override;
 
   std::vector<SimLaneReport> lane_reports() const;
+  // A new lane layout (validated like the first), for re-planning: only while no batch runs;
+  // the runtime then takes the new lanes from make_lanes(). Per-lane reports restart.
+  void set_layout(std::vector<SimLaneSpec> lanes);
+  const std::vector<SimLaneSpec>& layout() const { return cfg_.lanes; }
 
  private:
   friend class SimLane;
@@ -75,6 +79,8 @@ class SimCluster final : public VirtualBackend {
     std::uint64_t version;  // stale when the batch is gone or its version differs
     bool operator>(const Event& o) const { return end != o.end ? end > o.end : seq > o.seq; }
   };
+  // Validates `lanes` against the GPUs' SMs and memory and makes it the layout.
+  void configure(std::vector<SimLaneSpec> lanes);
   // Called by a SimLane: `batch` starts now on `lane`.
   void start(int lane, Batch&& batch);
   // Brings every batch on `gpu` up to now, recomputes their factors and end times.

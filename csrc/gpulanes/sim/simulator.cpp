@@ -1,15 +1,17 @@
 #include "gpulanes/sim/simulator.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <numeric>
+#include <optional>
 
 #include "gpulanes/core/error.h"
 
 namespace gpulanes {
 
 Simulator::Simulator(SimulatorOptions options, std::vector<SimModelSpec> models)
-    : clock_(std::make_shared<VirtualClock>(kOrigin)) {
+    : clock_(std::make_shared<VirtualClock>(kOrigin)), models_(models), replan_(options.replan) {
   SimClusterConfig cc;
   cc.gpus = options.gpus;
   cc.lanes = options.lanes;
@@ -63,6 +65,29 @@ void Simulator::on_finished(const Request& r, TraceOutcome outcome, TimeNs end) 
   }
 }
 
+std::vector<SimLaneSpec> Simulator::replan(const std::vector<double>& rates,
+                                           ReplanEvent* event) const {
+  std::vector<PlannerModel> pm;
+  for (std::size_t m = 0; m < models_.size(); ++m) {
+    pm.push_back({models_[m].name, std::max(rates[m], replan_.min_rate), models_[m].slo,
+                  models_[m].max_batch_size, &models_[m].profile});
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  const Plan plan = make_plan(pm, replan_.planner);
+  event->plan_wall_us =
+      std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+  event->gpus_used = plan.gpus_used;
+  event->feasible = plan.feasible;
+  event->lanes = static_cast<int>(plan.lanes.size());
+  std::vector<SimLaneSpec> layout;
+  for (const PlannedLane& l : plan.lanes) {
+    SimLaneSpec s{l.gpu, l.sms, {}};
+    for (const PlannedModel& p : l.models) s.models.push_back(p.model);
+    layout.push_back(std::move(s));
+  }
+  return layout;
+}
+
 SimRunResult Simulator::run(const double* t_s, const std::int32_t* model, std::size_t n,
                             double warmup_s, const std::vector<DurationNs>& deadline_ns) {
   if (ran_) throw Error(ErrorCode::kInvalidInput, "a Simulator runs once; make a new one");
@@ -84,17 +109,51 @@ SimRunResult Simulator::run(const double* t_s, const std::int32_t* model, std::s
   result.arrivals = n;
   std::size_t i = 0;
   TimeNs last_outcome = kOrigin;
+  const DurationNs every = static_cast<DurationNs>(replan_.every_s * 1e9);
+  TimeNs next_replan = every > 0 ? kOrigin + every : kNever;
+  std::vector<double> window(n_models, 0.0), rate(n_models, -1.0);  // arrivals, EWMA rate
+  std::optional<std::vector<SimLaneSpec>> pending;  // a layout waiting for lanes to go idle
+  auto seconds = [](TimeNs t) { return (t - kOrigin) / 1e9; };
   while (true) {
     TimeNs next = std::max(runtime_->run_round(), clock_->now() + 1);
     next = std::min(next, cluster_->next_end());
-    if (i < n) next = std::min(next, arrival_ns(i));
+    if (i < n) next = std::min({next, arrival_ns(i), next_replan});
     if (next == kNever) break;
     if (next > clock_->now()) clock_->advance_to(next);
     ++result.steps;
     cluster_->finish_due();
     const TimeNs now = clock_->now();
+    if (now >= next_replan) {
+      for (int m = 0; m < n_models; ++m) {
+        const double r = window[m] / replan_.every_s;
+        rate[m] = rate[m] < 0 ? r : replan_.alpha * r + (1 - replan_.alpha) * rate[m];
+        window[m] = 0;
+      }
+      ReplanEvent event;
+      event.t_s = seconds(now);
+      std::vector<SimLaneSpec> layout = replan(rate, &event);
+      const auto& current = cluster_->layout();
+      event.changed = layout.size() != current.size() ||
+                      !std::equal(layout.begin(), layout.end(), current.begin(),
+                                  [](const SimLaneSpec& a, const SimLaneSpec& b) {
+                                    return a.gpu == b.gpu && a.sms == b.sms && a.models == b.models;
+                                  });
+      if (event.changed) {
+        pending = std::move(layout);
+        runtime_->pause_dispatch();
+      }
+      result.replans.push_back(event);
+      next_replan += every;
+    }
+    if (pending && runtime_->lanes_idle()) {
+      cluster_->set_layout(std::move(*pending));
+      runtime_->take_virtual_lanes();
+      pending.reset();
+      result.replans.back().applied_t_s = seconds(now);
+    }
     for (; i < n && arrival_ns(i) <= now; ++i) {
       const int m = model[i];
+      window[m] += 1;
       const DurationNs rel = m < static_cast<int>(deadline_ns.size()) ? deadline_ns[m] : 0;
       const ErrorCode code = runtime_->try_submit(
           m, {}, rel > 0 ? std::optional<TimeNs>(now + rel) : std::nullopt, 0, nullptr,

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "gpulanes/core/clock.h"
+#include "gpulanes/plan/planner.h"
 #include "gpulanes/runtime/runtime.h"
 #include "gpulanes/sim/cluster.h"
 
@@ -24,6 +25,26 @@ struct SimModelSpec {
   SimModelProfile profile;
 };
 
+// Re-planning while the simulation runs: every `every_s`, the rates seen since the last re-plan
+// (smoothed by an EWMA) go to the planner, and a layout that differs is applied: dispatching
+// pauses, running batches finish, the new lanes take over; queued requests stay queued.
+struct ReplanOptions {
+  double every_s = 0;         // 0: never re-plan
+  double alpha = 0.5;         // EWMA weight of the newest window's rate
+  double min_rate = 1.0;      // requests/s every model is planned for, so it keeps a lane
+  PlannerConfig planner;      // variant, GPUs, granularity, interference coefficients
+};
+
+struct ReplanEvent {
+  double t_s = 0;             // when it planned (seconds from the start)
+  int gpus_used = 0;
+  bool feasible = true;
+  bool changed = false;       // the layout differed and was applied
+  double applied_t_s = -1;    // when the new lanes took over (after running batches ended)
+  double plan_wall_us = 0;    // what planning cost, wall clock
+  int lanes = 0;
+};
+
 struct SimulatorOptions {
   std::string policy = "deadline";
   PolicyConfig policy_config;
@@ -34,6 +55,7 @@ struct SimulatorOptions {
   double noise_cv = 0.0;
   std::uint64_t seed = 0;
   PredictorConfig predictor;      // the scheduler's latency predictor
+  ReplanOptions replan;
 };
 
 // Outcomes of the requests that arrived after the warm-up window, per model.
@@ -47,6 +69,7 @@ struct SimRunResult {
   std::uint64_t arrivals = 0;          // requests offered, warm-up included
   std::uint64_t steps = 0;             // instants the clock stopped at
   double simulated_s = 0;              // virtual time from start to the last outcome
+  std::vector<ReplanEvent> replans;
 };
 
 class Simulator {
@@ -73,11 +96,15 @@ class Simulator {
     std::vector<float> latency_ms;
   };
   void on_finished(const Request& r, TraceOutcome outcome, TimeNs end);
+  // Plans for `rates`; returns the layout and fills `event`.
+  std::vector<SimLaneSpec> replan(const std::vector<double>& rates, ReplanEvent* event) const;
 
   std::shared_ptr<VirtualClock> clock_;
   std::shared_ptr<SimCluster> cluster_;
   std::unique_ptr<Runtime> runtime_;
   std::vector<Recorder> recorders_;  // by model
+  std::vector<SimModelSpec> models_; // specs and profiles, for the planner
+  ReplanOptions replan_;
   TimeNs warmup_end_ = 0;            // absolute; arrivals before it are not recorded
   bool ran_ = false;
 };

@@ -177,12 +177,20 @@ class Simulator:
     # -- running -----------------------------------------------------------------------------
 
     def run(self, workload: Workload, *, warmup_s: float = 0.0,
-            deadline_ms: Optional[Mapping[str, float]] = None) -> Dict[str, Any]:
+            deadline_ms: Optional[Mapping[str, float]] = None,
+            replan: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
         """Simulates ``workload`` (any open-loop workload of :mod:`gpulanes.workloads`) from a
         fresh state and returns the load driver's summary (per model: requests, met, late,
         dropped, rejected, failed, attainment, goodput, p50/p99 ms; requests arriving before
         ``warmup_s`` are left out) plus ``"simulator"``: arrivals, steps, simulated and wall
-        seconds, simulated requests per wall second."""
+        seconds, simulated requests per wall second.
+
+        ``replan={"every_s": 10, "variant": "spatiotemporal"}`` (optional ``alpha`` 0.5,
+        ``min_rate`` 1.0, ``granularity`` 8, ``gpus``): every ``every_s`` the planner gets the
+        rates seen since the last re-plan (EWMA-smoothed) and a layout that differs is applied
+        while serving (dispatching pauses until running batches end; queued requests stay
+        queued). ``"replans"`` in the result lists each one: time, GPUs used, feasible, whether
+        the layout changed and when it took over, and what planning cost."""
         if not isinstance(workload, Workload):
             raise TypeError("the simulator runs open-loop workloads (gpulanes.workloads."
                             "Poisson, Gamma, Steps, Ramp, AzureTrace)")
@@ -197,7 +205,19 @@ class Simulator:
         models = remap[idx] if len(idx) else idx
         deadline_ns = [int(deadline_ms[m] * 1e6) if deadline_ms and m in deadline_ms else 0
                        for m in order]
-        self._core = _C.Simulator(self._config())
+        config = self._config()
+        if replan is not None:
+            unknown = set(replan) - {"every_s", "variant", "alpha", "min_rate", "granularity", "gpus"}
+            if unknown or replan.get("every_s", 0) <= 0:
+                raise InvalidInput(f"replan takes every_s > 0, variant, alpha, min_rate, "
+                                   f"granularity, gpus; got {dict(replan)}")
+            config["replan"] = {"every_s": float(replan["every_s"]),
+                                "alpha": float(replan.get("alpha", 0.5)),
+                                "min_rate": float(replan.get("min_rate", 1.0)),
+                                "planner": self._planner_config(replan.get("variant", "spatiotemporal"),
+                                                                replan.get("gpus"),
+                                                                replan.get("granularity", 8))}
+        self._core = _C.Simulator(config)
         res = self._core.run(times, models, float(warmup_s), deadline_ns)
         window = max(1e-9, workload.duration_s - warmup_s)
         per = {}
@@ -208,6 +228,7 @@ class Simulator:
                                       p99_ms=r["p99_ms"], window_s=window)
         return {
             "models": per,
+            "replans": res["replans"],
             "duration_s": workload.duration_s,
             "warmup_s": warmup_s,
             "submit_lateness_ms": {"p50": 0.0, "p99": 0.0, "max": 0.0},  # exact on virtual time
@@ -229,12 +250,15 @@ class Simulator:
         if unknown:
             raise UnknownModel(f"rates for models that were not added: {unknown}")
         models = [{**cfg, "rate": float(rates.get(cfg["name"], 0.0))} for cfg in self._model_configs()]
+        return _C.make_plan(models, self._planner_config(variant, gpus, granularity))
+
+    def _planner_config(self, variant: str, gpus: Optional[int], granularity: int) -> Dict[str, Any]:
         cfg = {"variant": variant, "gpus": int(gpus or len(self.gpus)),
                "sms_per_gpu": self.gpus[0]["sms"], "granularity": int(granularity),
                "memory_gb": self.gpus[0]["memory_gb"]}
         if self.interference.get("kind") == "linear":
             cfg["interference"] = list(self.interference["coefficients"])
-        return _C.make_plan(models, cfg)
+        return cfg
 
     def apply_plan(self, plan: Mapping[str, Any]) -> None:
         """Uses a plan's lanes as the layout (see :meth:`set_lanes`)."""
