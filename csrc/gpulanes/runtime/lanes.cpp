@@ -183,25 +183,28 @@ void Runtime::set_lanes(std::vector<LaneSpec> layout) {
   }
   std::vector<std::unique_ptr<Lane>> fresh = make_lanes(layout);
   start_lanes(fresh, nullptr);  // warm-up while the old lanes keep serving
+  loop_->pause_until_idle();
+  std::vector<std::unique_ptr<Lane>> old = install_lanes(std::move(fresh));
+  layout_ = std::move(layout);
+  for (auto& lane : old) lane->stop();
+}
+
+std::vector<std::unique_ptr<Lane>> Runtime::install_lanes(std::vector<std::unique_ptr<Lane>> fresh) {
   std::vector<Lane*> ptrs;
   for (auto& lane : fresh) ptrs.push_back(lane.get());
   std::vector<std::unique_ptr<Lane>> old;
-  loop_->pause_until_idle();
-  {
-    // Submitters wait here for a moment; lock order submit_mu_ -> loop, as in submit().
-    std::unique_lock<std::shared_mutex> writing(submit_mu_);
-    loop_->swap_lanes(ptrs, [&] {
-      old = std::move(lanes_);
-      lanes_ = std::move(fresh);
-      lane_metrics_.clear();
-      for (auto& lane : lanes_) {
-        lane_metrics_.push_back(std::make_unique<LaneMetrics>(lane->index(), lane->kind(), lane->device()));
-      }
-      build_profile_book();
-    });
-  }
-  layout_ = std::move(layout);
-  for (auto& lane : old) lane->stop();
+  // Submitters wait here for a moment; lock order submit_mu_ -> loop, as in submit().
+  std::unique_lock<std::shared_mutex> writing(submit_mu_);
+  loop_->swap_lanes(ptrs, [&] {
+    old = std::move(lanes_);
+    lanes_ = std::move(fresh);
+    lane_metrics_.clear();
+    for (auto& lane : lanes_) {
+      lane_metrics_.push_back(std::make_unique<LaneMetrics>(lane->index(), lane->kind(), lane->device()));
+    }
+    build_profile_book();
+  });
+  return old;
 }
 
 namespace {
@@ -322,17 +325,7 @@ void Runtime::take_virtual_lanes() {
   if (!backend_ || !loop_) throw Error(ErrorCode::kInvalidInput, "no virtual backend is serving");
   std::vector<std::unique_ptr<Lane>> fresh = backend_->make_lanes(*clock_);
   for (auto& lane : fresh) lane->start(static_cast<LaneListener*>(this), nullptr);
-  std::vector<Lane*> ptrs;
-  for (auto& lane : fresh) ptrs.push_back(lane.get());
-  std::unique_lock<std::shared_mutex> writing(submit_mu_);
-  loop_->swap_lanes(ptrs, [&] {
-    lanes_ = std::move(fresh);
-    lane_metrics_.clear();
-    for (auto& lane : lanes_) {
-      lane_metrics_.push_back(std::make_unique<LaneMetrics>(lane->index(), lane->kind(), lane->device()));
-    }
-    build_profile_book();
-  });
+  install_lanes(std::move(fresh));  // the old virtual lanes are idle and own nothing
 }
 
 void* Runtime::lane_stream(int index) const {

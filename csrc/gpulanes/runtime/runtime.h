@@ -164,6 +164,9 @@ class Runtime final : private LaneListener, private LoopSink {
   // Starts `lanes` as this runtime's: loads and warms up the models each serves, and measures
   // the missing profiles, each on the first lane that serves its model.
   void start_lanes(std::vector<std::unique_ptr<Lane>>& lanes, const ProgressFn& progress);
+  // With the loop paused and every lane idle: makes `fresh` the serving lanes (new lane
+  // metrics, profile book and predictor) and resumes; returns the old lanes.
+  std::vector<std::unique_ptr<Lane>> install_lanes(std::vector<std::unique_ptr<Lane>> fresh);
   // Profiles by (model, lane) and which lane serves which model, once lanes and profiles exist.
   void build_profile_book();
   // On the lane's thread: load and warm up the models it serves; measure the missing profiles of
