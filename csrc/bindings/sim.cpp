@@ -74,6 +74,7 @@ py::dict result_dict(const SimRunResult& r, double wall_s) {
   for (const ReplanEvent& e : r.replans) {
     py::dict ev;
     ev["t_s"] = e.t_s;
+    ev["drift"] = e.drift;
     ev["gpus_used"] = e.gpus_used;
     ev["feasible"] = e.feasible;
     ev["changed"] = e.changed;
@@ -128,6 +129,9 @@ class PySimulator {
       o.replan.every_s = r["every_s"].cast<double>();
       o.replan.alpha = r["alpha"].cast<double>();
       o.replan.min_rate = r["min_rate"].cast<double>();
+      o.replan.drift = r["drift"].cast<double>();
+      o.replan.check_s = r["check_s"].cast<double>();
+      o.replan.initial_rates = r["initial_rates"].cast<std::vector<double>>();
       o.replan.planner = planner_config_from(r["planner"].cast<py::dict>());
     }
     std::vector<SimModelSpec> models;

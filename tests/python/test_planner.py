@@ -138,3 +138,21 @@ def test_replanning_follows_a_rate_step_without_losing_requests():
     sim = simulator(gpus=1)
     with pytest.raises(gl.InvalidInput, match="every_s"):
         sim.run(gl.workloads.Poisson({"bert": 1}, 1), replan={"every": 5})
+
+
+def test_rate_drift_replans_before_the_timer():
+    def run(replan):
+        sim = gl.sim.Simulator(gpus=4, seed=0)
+        scn = sim.add_scenario("scen4")
+        sim.apply_plan(sim.plan(scn.rates(300)))
+        work = gl.workloads.Steps([(10, scn.rates(300)), (30, scn.rates(2000))], seed=1)
+        out = sim.run(work, warmup_s=1, replan=replan)
+        requests = sum(s["requests"] for s in out["models"].values())
+        return sum(s["met"] for s in out["models"].values()) / requests, out["replans"]
+
+    timer_only, timer_events = run({"every_s": 30, "alpha": 1.0})
+    with_drift, drift_events = run({"every_s": 30, "alpha": 1.0, "drift": 0.5})
+    assert [e["drift"] for e in timer_events] == [False]  # nothing before the timer at 30 s
+    first = drift_events[0]
+    assert first["drift"] and first["changed"] and 10 < first["t_s"] <= 12  # within ~1 s of it
+    assert with_drift > timer_only + 0.2

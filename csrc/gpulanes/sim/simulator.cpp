@@ -111,26 +111,47 @@ SimRunResult Simulator::run(const double* t_s, const std::int32_t* model, std::s
   TimeNs last_outcome = kOrigin;
   const DurationNs every = static_cast<DurationNs>(replan_.every_s * 1e9);
   TimeNs next_replan = every > 0 ? kOrigin + every : kNever;
+  const DurationNs check = replan_.drift > 0 ? static_cast<DurationNs>(replan_.check_s * 1e9) : 0;
+  TimeNs next_check = check > 0 ? kOrigin + check : kNever;
+  TimeNs window_start = kOrigin;
   std::vector<double> window(n_models, 0.0), rate(n_models, -1.0);  // arrivals, EWMA rate
+  for (int m = 0; m < n_models && m < static_cast<int>(replan_.initial_rates.size()); ++m) {
+    rate[m] = replan_.initial_rates[m];
+  }
   std::optional<std::vector<SimLaneSpec>> pending;  // a layout waiting for lanes to go idle
   auto seconds = [](TimeNs t) { return (t - kOrigin) / 1e9; };
   while (true) {
     TimeNs next = std::max(runtime_->run_round(), clock_->now() + 1);
     next = std::min(next, cluster_->next_end());
-    if (i < n) next = std::min({next, arrival_ns(i), next_replan});
+    if (i < n) next = std::min({next, arrival_ns(i), next_replan, next_check});
     if (next == kNever) break;
     if (next > clock_->now()) clock_->advance_to(next);
     ++result.steps;
     cluster_->finish_due();
     const TimeNs now = clock_->now();
-    if (now >= next_replan) {
+    bool drifted = false;
+    if (now >= next_check) {
+      // Early re-plan when a planned model's rate since the last plan moved by more than
+      // `drift` (relative), on at least 10 arrivals of evidence.
+      const double span = (now - window_start) / 1e9;
+      for (int m = 0; m < n_models && rate[m] >= 0; ++m) {
+        const double planned = std::max(rate[m], replan_.min_rate);
+        drifted = drifted || (window[m] >= 10 &&
+                              std::abs(window[m] / span - planned) > replan_.drift * planned);
+      }
+      next_check = now + check;
+    }
+    if (now >= next_replan || drifted) {
+      const double span = (now - window_start) / 1e9;
       for (int m = 0; m < n_models; ++m) {
-        const double r = window[m] / replan_.every_s;
+        const double r = window[m] / span;
         rate[m] = rate[m] < 0 ? r : replan_.alpha * r + (1 - replan_.alpha) * rate[m];
         window[m] = 0;
       }
+      window_start = now;
       ReplanEvent event;
       event.t_s = seconds(now);
+      event.drift = drifted && now < next_replan;
       std::vector<SimLaneSpec> layout = replan(rate, &event);
       const auto& current = cluster_->layout();
       event.changed = layout.size() != current.size() ||
@@ -143,7 +164,7 @@ SimRunResult Simulator::run(const double* t_s, const std::int32_t* model, std::s
         runtime_->pause_dispatch();
       }
       result.replans.push_back(event);
-      next_replan += every;
+      next_replan = now + every;
     }
     if (pending && runtime_->lanes_idle()) {
       cluster_->set_layout(std::move(*pending));

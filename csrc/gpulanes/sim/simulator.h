@@ -25,18 +25,25 @@ struct SimModelSpec {
   SimModelProfile profile;
 };
 
-// Re-planning while the simulation runs: every `every_s`, the rates seen since the last re-plan
-// (smoothed by an EWMA) go to the planner, and a layout that differs is applied: dispatching
-// pauses, running batches finish, the new lanes take over; queued requests stay queued.
+// Re-planning while the simulation runs: every `every_s`, or earlier when a model's rate since the
+// last re-plan drifts from the planned one by more than `drift` (checked every `check_s`), the
+// rates seen since the last re-plan (smoothed by an EWMA) go to the planner, and a layout that
+// differs is applied: dispatching pauses, running batches finish, the new lanes take over;
+// queued requests stay queued.
 struct ReplanOptions {
   double every_s = 0;         // 0: never re-plan
   double alpha = 0.5;         // EWMA weight of the newest window's rate
   double min_rate = 1.0;      // requests/s every model is planned for, so it keeps a lane
+  double drift = 0;           // relative rate change that re-plans early; 0: timer only
+  double check_s = 1.0;       // how often drift is checked
+  std::vector<double> initial_rates;  // by model: what the starting layout was planned for
+                                      // (empty or < 0: unknown until the first re-plan)
   PlannerConfig planner;      // variant, GPUs, granularity, interference coefficients
 };
 
 struct ReplanEvent {
   double t_s = 0;             // when it planned (seconds from the start)
+  bool drift = false;         // triggered by rate drift rather than the timer
   int gpus_used = 0;
   bool feasible = true;
   bool changed = false;       // the layout differed and was applied

@@ -110,6 +110,7 @@ class Simulator:
         self.trace = bool(trace)
         self._models: Dict[str, Dict[str, Any]] = {}
         self._layout: Optional[List[Dict[str, Any]]] = None
+        self._planned_rates: Dict[str, float] = {}
         self._core = None  # the last run's C++ simulator
 
     # -- setup -------------------------------------------------------------------------------
@@ -166,6 +167,7 @@ class Simulator:
                 raise UnknownModel(f"lane {i} names models that were not added: {unknown}")
             layout.append({"gpu": gpu, "sms": sms, "models": models})
         self._layout = layout
+        self._planned_rates = {}
 
     def lanes(self) -> List[Dict[str, Any]]:
         """The lane layout a run uses: gpu, sms, sm_share, models."""
@@ -186,8 +188,10 @@ class Simulator:
         seconds, simulated requests per wall second.
 
         ``replan={"every_s": 10, "variant": "spatiotemporal"}`` (optional ``alpha`` 0.5,
-        ``min_rate`` 1.0, ``granularity`` 8, ``gpus``): every ``every_s`` the planner gets the
-        rates seen since the last re-plan (EWMA-smoothed) and a layout that differs is applied
+        ``min_rate`` 1.0, ``drift`` (e.g. 0.5: re-plan early when a model's rate moved by 50%,
+        checked every ``check_s``, 1 s), ``granularity`` 8, ``gpus``): every ``every_s`` the
+        planner gets the rates seen since the last re-plan (EWMA-smoothed) and a layout that
+        differs is applied
         while serving (dispatching pauses until running batches end; queued requests stay
         queued). ``"replans"`` in the result lists each one: time, GPUs used, feasible, whether
         the layout changed and when it took over, and what planning cost."""
@@ -207,13 +211,18 @@ class Simulator:
                        for m in order]
         config = self._config()
         if replan is not None:
-            unknown = set(replan) - {"every_s", "variant", "alpha", "min_rate", "granularity", "gpus"}
-            if unknown or replan.get("every_s", 0) <= 0:
-                raise InvalidInput(f"replan takes every_s > 0, variant, alpha, min_rate, "
-                                   f"granularity, gpus; got {dict(replan)}")
+            keys = {"every_s", "variant", "alpha", "min_rate", "drift", "check_s", "granularity",
+                    "gpus"}
+            if set(replan) - keys or replan.get("every_s", 0) <= 0:
+                raise InvalidInput(f"replan takes every_s > 0 and {sorted(keys - {'every_s'})}; "
+                                   f"got {dict(replan)}")
             config["replan"] = {"every_s": float(replan["every_s"]),
                                 "alpha": float(replan.get("alpha", 0.5)),
                                 "min_rate": float(replan.get("min_rate", 1.0)),
+                                "drift": float(replan.get("drift", 0.0)),
+                                "check_s": float(replan.get("check_s", 1.0)),
+                                "initial_rates": [float(self._planned_rates.get(m, -1.0))
+                                                  for m in self._models],
                                 "planner": self._planner_config(replan.get("variant", "spatiotemporal"),
                                                                 replan.get("gpus"),
                                                                 replan.get("granularity", 8))}
@@ -266,6 +275,11 @@ class Simulator:
             raise InvalidInput(f"the plan uses {plan['gpus_used']} GPUs; there are {len(self.gpus)}")
         self.set_lanes([{"gpu": l["gpu"], "sms": l["sms"],
                          "models": [m["model"] for m in l["models"]]} for l in plan["lanes"]])
+        rates: Dict[str, float] = {}
+        for lane in plan["lanes"]:
+            for m in lane["models"]:
+                rates[m["model"]] = rates.get(m["model"], 0.0) + m["rate"]
+        self._planned_rates = rates  # the rates this layout serves: drift is measured from them
 
     def _model_configs(self) -> List[Dict[str, Any]]:
         models = []
