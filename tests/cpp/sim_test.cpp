@@ -64,6 +64,18 @@ std::map<int, TimeNs> run_a_then_b(Simulator& sim, double b_at) {
   return end_times(sim);
 }
 
+// `n` Poisson arrivals at `rate` per second, each for model 0 or 1 at random (seeded).
+void random_arrivals(std::uint64_t seed, int n, double rate, std::vector<double>& t,
+                     std::vector<std::int32_t>& m) {
+  std::mt19937_64 rng(seed);
+  std::exponential_distribution<double> gap(rate);
+  double now = 0;
+  for (int i = 0; i < n; ++i) {
+    t.push_back(now += gap(rng));
+    m.push_back(static_cast<std::int32_t>(rng() % 2));
+  }
+}
+
 std::vector<SimModelSpec> a_and_b() {
   return {model("a", flat_profile(0.5, 10, 0.5)), model("b", flat_profile(0.5, 10, 1.0))};
 }
@@ -153,15 +165,9 @@ TEST(Simulator, SameSeedSameTraceOtherSeedOtherTrace) {
     o.lanes = {{0, 50, {0, 1}}, {0, 50, {0, 1}}};
     Simulator sim(o, {model("a", flat_profile(0.5, 2, 0.3, 8), 8),
                       model("b", flat_profile(0.5, 3, 0.6, 8), 8)});
-    std::mt19937_64 rng(7);
-    std::exponential_distribution<double> gap(2000.0);
     std::vector<double> t;
     std::vector<std::int32_t> m;
-    double now = 0;
-    for (int i = 0; i < 5000; ++i) {
-      t.push_back(now += gap(rng));
-      m.push_back(static_cast<std::int32_t>(rng() % 2));
-    }
+    random_arrivals(7, 5000, 2000.0, t, m);
     sim.run(t.data(), m.data(), t.size(), 0.0, {});
     std::vector<std::tuple<std::uint64_t, TimeNs, TimeNs, int>> out;
     for (const auto& r : sim.runtime().trace()) out.emplace_back(r.request, r.start, r.end, r.lane);
@@ -177,15 +183,9 @@ TEST(Simulator, SchedulesExactlyAsTheRuntimeOnVirtualLanes) {
   // One whole-GPU lane, no noise, no interference: the simulator must make the same decisions
   // as a runtime on a VirtualLane with the same latencies, request for request.
   auto latency = [](int m, int b) { return from_ms(m == 0 ? 1.0 + 0.5 * b : 2.0 + 0.25 * b); };
-  std::mt19937_64 rng(3);
-  std::exponential_distribution<double> gap(900.0);
   std::vector<double> t;
   std::vector<std::int32_t> m;
-  double now = 0;
-  for (int i = 0; i < 3000; ++i) {
-    t.push_back(now += gap(rng));
-    m.push_back(static_cast<std::int32_t>(rng() % 2));
-  }
+  random_arrivals(3, 3000, 900.0, t, m);
   const std::vector<DurationNs> deadline = {from_ms(8), from_ms(12)};
 
   SimulatorOptions o;
