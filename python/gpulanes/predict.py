@@ -28,7 +28,7 @@ __all__ = ["RLS", "SGD", "least_squares", "FEATURES"]
 # The co-location features of a batch (csrc/gpulanes/predict/colocation.h), in order.
 FEATURES = ("intercept", "solo_ms", "share", "solo*overlap", "solo*overlap*l2_self",
             "solo*overlap_l2", "solo*overlap*dram_self", "solo*overlap_dram", "solo*ewma_l2",
-            "solo*ewma_dram")
+            "solo*ewma_dram", "solo*next_l2", "solo*next_dram")
 
 
 class _Regressor:

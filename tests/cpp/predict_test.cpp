@@ -112,10 +112,10 @@ TEST(CoLocation, FeaturesOfAHandBuiltOverlap) {
   c.on_start(2, 0, from_ms(100), 0.9, 0.9);
   // Lane 0 at 2 ms, solo 8 ms, l2 0.5, dram 0.1: lane 1 overlaps (6 - 2) / 8 = half of it.
   const auto f = c.features(0, from_ms(2), from_ms(8), 0.5, 0.1, /*coarse=*/false);
-  const CoLocation::Features want = {1, 8, 0.5, 4, 2, 1.6, 0.4, 0.8, 0, 0};
+  const CoLocation::Features want = {1, 8, 0.5, 4, 2, 1.6, 0.4, 0.8, 0, 0, 0, 0};
   for (int i = 0; i < CoLocation::kFeatures; ++i) EXPECT_NEAR(f[i], want[i], 1e-12) << i;
   const auto g = c.features(0, from_ms(2), from_ms(8), 0.5, 0.1, /*coarse=*/true);
-  const CoLocation::Features coarse = {1, 8, 0.5, 8, 4, 3.2, 0.8, 1.6, 0, 0};
+  const CoLocation::Features coarse = {1, 8, 0.5, 8, 4, 3.2, 0.8, 1.6, 0, 0, 0, 0};
   for (int i = 0; i < CoLocation::kFeatures; ++i) EXPECT_NEAR(g[i], coarse[i], 1e-12) << i;
   // Lane 0 runs 2-10 ms, lane 1 ends at 6 ms: over lane 0's run the co-runner used L2 0.4 for
   // half the time (0.2 on average), DRAM 0.1; the EWMA (alpha 0.5) moves halfway from 0.
@@ -130,4 +130,30 @@ TEST(CoLocation, FeaturesOfAHandBuiltOverlap) {
   EXPECT_NEAR(h[3], 0.0, 1e-12);
   EXPECT_NEAR(h[8], 0.8, 1e-12);
   EXPECT_NEAR(h[9], 0.4, 1e-12);
+}
+
+TEST(CoLocation, QueuedCoRunnersCoverTheRestOfTheRun) {
+  // Lanes 0, 1 and 2 share a device; lanes 1 and 2 have queued work, lane 2 has never run.
+  std::vector<char> queued = {0, 1, 1};
+  CoLocation c({0, 0, 0}, {0.4, 0.3, 0.3}, 0.5, [&](int lane) { return queued[lane] != 0; });
+  c.on_start(1, 0, from_ms(6), /*l2=*/0.4, /*dram=*/0.2);
+  // Lane 0 at 2 ms, solo 8 ms: lane 1's batch covers half the run, its next one the other half.
+  auto f = c.features(0, from_ms(2), from_ms(8), 0.5, 0.1, false);
+  EXPECT_NEAR(f[5], 8 * 0.5 * 0.4, 1e-12);
+  EXPECT_NEAR(f[10], 8 * 0.5 * 0.4, 1e-12);
+  EXPECT_NEAR(f[11], 8 * 0.5 * 0.2, 1e-12);
+  // Idle with a backlog: its latest (finished) batch covers the whole run.
+  c.on_finish(1, from_ms(6));
+  f = c.features(0, from_ms(7), from_ms(8), 0.5, 0.1, false);
+  EXPECT_NEAR(f[3], 0.0, 1e-12);
+  EXPECT_NEAR(f[10], 8 * 0.4, 1e-12);
+  EXPECT_NEAR(f[11], 8 * 0.2, 1e-12);
+  // No backlog: nothing is expected to start beside it.
+  queued[1] = 0;
+  f = c.features(0, from_ms(7), from_ms(8), 0.5, 0.1, false);
+  EXPECT_NEAR(f[10], 0.0, 1e-12);
+  // The coarse (static) features never look ahead.
+  queued[1] = 1;
+  f = c.features(0, from_ms(7), from_ms(8), 0.5, 0.1, true);
+  EXPECT_NEAR(f[10], 0.0, 1e-12);
 }

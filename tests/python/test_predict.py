@@ -64,7 +64,7 @@ def test_online_predictors_learn_the_interference_the_profile_misses():
         sim = two_gpu_sim(kind)
         sim.run(WORK)
         results[kind] = mape(sim)
-        assert np.any(sim.predictor_weights() != np.eye(10)[1])  # it learned something
+        assert np.any(sim.predictor_weights() != np.eye(len(gl.predict.FEATURES))[1])  # it learned something
     base = mape(solo_only)
     assert base > 0.03  # interference makes solo latencies too optimistic here
     assert results["rls"] < 0.6 * base and results["sgd"] < 0.9 * base
@@ -74,7 +74,7 @@ def test_offline_fit_from_recorded_batches_is_what_static_and_ewma_use():
     profiling = two_gpu_sim("none")
     profiling.run(WORK)
     p = profiling.predictions()
-    assert p["fine"].shape == (len(p["actual_ms"]), 10) and len(p["actual_ms"]) > 1000
+    assert p["fine"].shape == (len(p["actual_ms"]), len(gl.predict.FEATURES)) and len(p["actual_ms"]) > 1000
     assert set(p["model"]) == {"bert", "resnet50", "mobilenet_v2", "vgg16"}
     assert (p["end_s"] > p["start_s"]).all()
     np.testing.assert_allclose(p["actual_ms"], (p["end_s"] - p["start_s"]) * 1e3, rtol=1e-6)
@@ -93,5 +93,5 @@ def test_predictor_options_are_validated():
     with pytest.raises(gl.InvalidInput, match="no option"):
         gl.sim.Simulator(predictor="rls", predictor_options={"gamma": 1})
     sim = two_gpu_sim("static", weights=[1.0, 2.0])
-    with pytest.raises(gl.InvalidInput, match="10 values"):
+    with pytest.raises(gl.InvalidInput, match=f"{len(gl.predict.FEATURES)} values"):
         sim.run(WORK)

@@ -4,8 +4,9 @@
 
 namespace gpulanes {
 
-CoLocation::CoLocation(std::vector<int> lane_device, std::vector<double> lane_share, double alpha)
-    : alpha_(alpha), share_(std::move(lane_share)) {
+CoLocation::CoLocation(std::vector<int> lane_device, std::vector<double> lane_share, double alpha,
+                       Backlog backlog)
+    : alpha_(alpha), backlog_(std::move(backlog)), share_(std::move(lane_share)) {
   const std::size_t n = lane_device.size();
   peers_.resize(n);
   for (std::size_t a = 0; a < n; ++a) {
@@ -22,19 +23,33 @@ CoLocation::CoLocation(std::vector<int> lane_device, std::vector<double> lane_sh
 CoLocation::Features CoLocation::features(int lane, TimeNs now, DurationNs solo, double l2,
                                           double dram, bool coarse) const {
   const double s = solo / 1e6;
-  double ov = 0, ov_l2 = 0, ov_dram = 0, e_l2 = 0, e_dram = 0;
+  // Queues have their own locks: read them before taking ours.
+  std::vector<char> queued(peers_[lane].size(), 0);
+  if (backlog_ && !coarse) {
+    for (std::size_t k = 0; k < queued.size(); ++k) queued[k] = backlog_(peers_[lane][k]) ? 1 : 0;
+  }
+  double ov = 0, ov_l2 = 0, ov_dram = 0, e_l2 = 0, e_dram = 0, next_l2 = 0, next_dram = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (int o : peers_[lane]) {
+    for (std::size_t k = 0; k < peers_[lane].size(); ++k) {
+      const int o = peers_[lane][k];
       const auto& r = running_[o];
-      if (!r) continue;
-      double frac = 1.0;
-      if (!coarse) {
-        frac = solo > 0 ? std::clamp(static_cast<double>(r->end - now) / solo, 0.0, 1.0) : 0.0;
+      double frac = 0.0;
+      if (r) {
+        frac = 1.0;
+        if (!coarse) {
+          frac = solo > 0 ? std::clamp(static_cast<double>(r->end - now) / solo, 0.0, 1.0) : 0.0;
+        }
+        ov += frac;
+        ov_l2 += frac * r->l2;
+        ov_dram += frac * r->dram;
       }
-      ov += frac;
-      ov_l2 += frac * r->l2;
-      ov_dram += frac * r->dram;
+      // Its next batch's use is unknown: its latest batch's stands in.
+      const Interval* latest = r ? &*r : history_[o].empty() ? nullptr : &history_[o].back();
+      if (queued[k] && latest) {
+        next_l2 += (1.0 - frac) * latest->l2;
+        next_dram += (1.0 - frac) * latest->dram;
+      }
     }
     if (!coarse) {
       e_l2 = ewma_l2_[lane];
@@ -42,7 +57,7 @@ CoLocation::Features CoLocation::features(int lane, TimeNs now, DurationNs solo,
     }
   }
   return {1.0, s, share_[lane], s * ov, s * ov * l2, s * ov_l2, s * ov * dram, s * ov_dram,
-          s * e_l2, s * e_dram};
+          s * e_l2, s * e_dram, s * next_l2, s * next_dram};
 }
 
 void CoLocation::on_start(int lane, TimeNs start, TimeNs expected_end, double l2, double dram) {

@@ -3,7 +3,7 @@
 // co-location its batches actually experienced. Thread-safe: the event loop reads features and
 // records starts, lane workers record finishes.
 //
-// Features of a batch of solo latency s (ms) about to start on lane L at `now` (kFeatures = 10):
+// Features of a batch of solo latency s (ms) about to start on lane L at `now` (kFeatures = 12):
 //   0  1                      intercept (ms of fixed overhead)
 //   1  s                      the profile's solo latency on this lane
 //   2  share                  the lane's SM share
@@ -15,12 +15,19 @@
 //   7  s * ov_dram            weighted by DRAM use
 //   8  s * ewma_l2            EWMA (weight alpha) of the L2 use of co-runners, averaged over time,
 //   9  s * ewma_dram          that this lane's finished batches experienced (and DRAM)
+//  10  s * next_l2            next = sum over other lanes with queued work of the part of this
+//  11  s * next_dram          batch's run their current batch leaves uncovered (1 - its overlap),
+//                             weighted by the L2 (DRAM) use of their latest batch: a co-runner
+//                             with a backlog starts its next batch as soon as this one ends.
+//                             Half the co-location a batch sees comes from batches that start
+//                             after it (benchmarks/predictor.py); queues say which will.
 // Coarse features (the "static" predictor, as in gpu-let) count a co-runner fully whenever it is
-// running at the start (overlap 1) and leave 8 and 9 at 0.
+// running at the start (overlap 1) and leave 8 to 11 at 0.
 #pragma once
 
 #include <array>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <vector>
@@ -31,12 +38,16 @@ namespace gpulanes {
 
 class CoLocation {
  public:
-  static constexpr int kFeatures = 10;
+  static constexpr int kFeatures = 12;
   using Features = std::array<double, kFeatures>;
+  // Whether a lane has queued work now. Called from features() on the event loop's thread,
+  // outside this class's lock; empty: never (features 10 and 11 stay 0).
+  using Backlog = std::function<bool(int lane)>;
 
   // `lane_device[l]`: the device lane l runs on (lanes of one device interfere);
   // `lane_share[l]`: its SM share. `alpha`: EWMA weight of the newest batch.
-  CoLocation(std::vector<int> lane_device, std::vector<double> lane_share, double alpha);
+  CoLocation(std::vector<int> lane_device, std::vector<double> lane_share, double alpha,
+             Backlog backlog = {});
 
   Features features(int lane, TimeNs now, DurationNs solo, double l2, double dram,
                     bool coarse) const;
@@ -55,6 +66,7 @@ class CoLocation {
   static constexpr std::size_t kHistory = 32;  // finished batches kept per lane
 
   const double alpha_;
+  const Backlog backlog_;                   // queued work by lane; may be empty
   const std::vector<double> share_;         // by lane
   std::vector<std::vector<int>> peers_;     // lane -> other lanes on its device
   mutable std::mutex mu_;                   // guards the fields below

@@ -7,10 +7,11 @@
 namespace gpulanes {
 
 LatencyPredictor::LatencyPredictor(PredictorConfig config, const ProfileBook& book,
-                                   std::vector<int> lane_device, std::vector<double> lane_share)
+                                   std::vector<int> lane_device, std::vector<double> lane_share,
+                                   CoLocation::Backlog backlog)
     : cfg_(std::move(config)),
       book_(book),
-      coloc_(std::move(lane_device), std::move(lane_share), cfg_.alpha) {
+      coloc_(std::move(lane_device), std::move(lane_share), cfg_.alpha, std::move(backlog)) {
   static const char* kinds[] = {"none", "static", "ewma", "sgd", "rls"};
   if (std::find(std::begin(kinds), std::end(kinds), cfg_.kind) == std::end(kinds)) {
     throw Error(ErrorCode::kInvalidInput, "unknown predictor '" + cfg_.kind +

@@ -51,9 +51,10 @@ struct PredictionRecord {
 class LatencyPredictor {
  public:
   // Throws Error(kInvalidInput) for an unknown kind or weights of the wrong size.
-  // `book` must outlive the predictor (the runtime owns both).
+  // `book` must outlive the predictor (the runtime owns both). `backlog` says whether a lane has
+  // queued work (CoLocation::Backlog).
   LatencyPredictor(PredictorConfig config, const ProfileBook& book, std::vector<int> lane_device,
-                   std::vector<double> lane_share);
+                   std::vector<double> lane_share, CoLocation::Backlog backlog = {});
 
   const std::string& kind() const { return cfg_.kind; }
   bool active() const { return cfg_.kind != "none"; }

@@ -310,11 +310,23 @@ void Runtime::build_profile_book() {
   book_.build(profiles_, lane_profiles, serves, max_batch);
   std::vector<int> device;
   std::vector<double> share;
-  for (const auto& lane : lanes_) {
-    device.push_back(lane->device_index());
-    share.push_back(lane->sm_share());
+  std::vector<std::vector<int>> served(lanes_.size());
+  for (std::size_t l = 0; l < lanes_.size(); ++l) {
+    device.push_back(lanes_[l]->device_index());
+    share.push_back(lanes_[l]->sm_share());
+    for (int m = 0; m < n_models; ++m) {
+      if (serves[l][m]) served[l].push_back(m);
+    }
   }
-  predictor_ = std::make_unique<LatencyPredictor>(options_.predictor, book_, device, share);
+  // Called on the loop thread, which is the only one that takes requests out of queues.
+  auto backlog = [this, served = std::move(served)](int lane) {
+    for (int m : served[lane]) {
+      if (queues_[m]->size() > 0) return true;
+    }
+    return false;
+  };
+  predictor_ = std::make_unique<LatencyPredictor>(options_.predictor, book_, device, share,
+                                                  std::move(backlog));
 }
 
 void Runtime::pause_dispatch() { loop_->pause(); }
