@@ -1,6 +1,6 @@
 // Shared declarations of the binding layer, which is split by topic: errors.cpp (typed errors),
-// runtime.cpp (Runtime, futures), sim.cpp (Simulator), stats.cpp (conversions both use),
-// module.cpp (the _C module).
+// runtime.cpp (Runtime, futures), sim.cpp (Simulator), stats.cpp and plan.cpp (conversions
+// both use), module.cpp (the _C module).
 #pragma once
 
 #include <pybind11/pybind11.h>
@@ -13,7 +13,9 @@
 #include "gpulanes/metrics/lane_metrics.h"
 #include "gpulanes/metrics/model_metrics.h"
 #include "gpulanes/metrics/trace.h"
+#include "gpulanes/plan/replanner.h"
 #include "gpulanes/sched/batch_policy.h"
+#include "gpulanes/sim/sim_profile.h"
 
 namespace gpulanes::bindings {
 
@@ -36,6 +38,18 @@ PolicyConfig policy_config_from(const py::dict& options);
 PredictorConfig predictor_config_from(const py::dict& options);
 // Every finished batch the predictor recorded, as numpy columns (features as n x k arrays).
 py::dict prediction_columns(const std::vector<PredictionRecord>& records);
+
+// Planning (plan.cpp). A model's profile by SM share: {"shares": [{"share", "batch_sizes",
+// "p50_us", "l2", "dram"}], "memory_mb"}.
+SimModelProfile profile_from(const py::dict& d);
+// The PlannerConfig fields by name ("interference" optional).
+PlannerConfig planner_config_from(const py::dict& c);
+// {"every_s", "alpha", "min_rate", "drift", "check_s", "admission", "planner", "initial_rates"?}.
+ReplanOptions replan_options_from(const py::dict& r);
+py::dict replan_event_dict(const ReplanEvent& e);
+// A plan as a JSON-able dict, models by name, and back (names: the models in index order).
+py::dict plan_dict(const Plan& plan, const std::vector<PlannerModel>& models);
+Plan plan_from(const py::dict& d, const std::vector<std::string>& names);
 
 void init_errors(py::module_& m);
 void init_runtime(py::module_& m);

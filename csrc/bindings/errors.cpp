@@ -8,7 +8,7 @@ namespace gpulanes::bindings {
 py::handle error_type(ErrorCode code) {
   // Deliberately leaked references: these classes must outlive every thread that may resolve a
   // future, and a static py::object would be decref'd after the interpreter is gone.
-  static std::array<PyObject*, 8> cache{};
+  static std::array<PyObject*, 9> cache{};
   const auto i = static_cast<std::size_t>(code);
   if (i >= cache.size()) return PyExc_RuntimeError;
   if (!cache[i]) {

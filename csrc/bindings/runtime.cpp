@@ -149,9 +149,11 @@ class PyRuntime {
  public:
   PyRuntime(std::string device, std::string policy, const py::dict& policy_options, int cpu_lanes,
             bool outputs_on_device, int warmup_rounds, double spin_us, int profile_reps,
-            bool trace, const py::dict& predictor, std::string partitioning)
+            bool trace, const py::dict& predictor, std::string partitioning,
+            const py::object& replan)
       : spin_ns_(from_us(spin_us)) {
     RuntimeOptions o;
+    if (!replan.is_none()) o.replan = replan_options_from(replan.cast<py::dict>());
     o.predictor = predictor_config_from(predictor);
     o.trace = trace;
     o.spin_us = spin_us;
@@ -386,6 +388,73 @@ class PyRuntime {
     return out;
   }
 
+  // Planning: rates and plans by model name.
+  std::vector<std::string> model_names() const {
+    std::vector<std::string> names;
+    for (const ModelStats& st : core_->stats()) names.push_back(st.name);
+    return names;
+  }
+
+  py::dict measured_rates() const {
+    const auto names = model_names();
+    const auto rates = core_->measured_rates();
+    py::dict d;
+    for (std::size_t m = 0; m < names.size(); ++m) d[py::str(names[m])] = rates[m];
+    return d;
+  }
+
+  py::dict planner_config() const {
+    const PlannerConfig c = core_->planner_config();
+    py::dict d;
+    d["variant"] = c.variant;
+    d["gpus"] = c.gpus;
+    d["sms_per_gpu"] = c.sms_per_gpu;
+    d["granularity"] = c.granularity;
+    d["memory_gb"] = c.memory_gb;
+    d["interference"] = c.interference;
+    return d;
+  }
+
+  // rates: by model index; config: planner_config()'s fields.
+  py::dict plan(const std::vector<double>& rates, const py::dict& config) const {
+    const PlannerConfig cfg = planner_config_from(config);
+    Plan p;
+    {
+      py::gil_scoped_release nogil;
+      p = core_->plan(rates, cfg);
+    }
+    std::vector<PlannerModel> named;
+    for (const auto& n : model_names()) named.push_back({n});
+    return plan_dict(p, named);
+  }
+
+  bool apply_plan(const py::dict& plan, const std::vector<double>& rates, bool admission,
+                  double admit_fraction) {
+    const Plan p = plan_from(plan, model_names());
+    py::gil_scoped_release nogil;  // new lanes load and warm up their models
+    return core_->apply_plan(p, rates, admission, admit_fraction);
+  }
+
+  void set_planner_profile(const std::string& model, const py::dict& profile) {
+    core_->set_planner_profile(model, profile_from(profile));
+  }
+
+  py::list replans() const {
+    py::list out;
+    for (const ReplanEvent& e : core_->replans()) out.append(replan_event_dict(e));
+    return out;
+  }
+
+  py::dict admission_limits() const {
+    const auto names = model_names();
+    py::dict d;
+    for (std::size_t m = 0; m < names.size(); ++m) {
+      const double l = core_->admission_limit(static_cast<int>(m));
+      if (l >= 0) d[py::str(names[m])] = l;
+    }
+    return d;
+  }
+
   void set_lanes(const py::list& layout) {
     std::vector<LaneSpec> specs;
     for (py::handle h : layout) {
@@ -417,11 +486,11 @@ class PyRuntime {
 void init_runtime(py::module_& m) {
   py::class_<PyRuntime>(m, "Runtime")
       .def(py::init<std::string, std::string, py::dict, int, bool, int, double, int, bool,
-                    py::dict, std::string>(),
+                    py::dict, std::string, py::object>(),
            py::arg("device"), py::arg("policy"), py::arg("policy_options"), py::arg("cpu_lanes"),
            py::arg("outputs_on_device"), py::arg("warmup_rounds"), py::arg("spin_us"),
            py::arg("profile_reps"), py::arg("trace"), py::arg("predictor"),
-           py::arg("partitioning"))
+           py::arg("partitioning"), py::arg("replan"))
       .def("predictor_weights", [](const PyRuntime& r) { return r.predictor_weights(); })
       .def("register_model", &PyRuntime::register_model, py::arg("name"), py::arg("kind"),
            py::arg("source"), py::arg("example_inputs"), py::arg("slo_ns"),
@@ -439,6 +508,15 @@ void init_runtime(py::module_& m) {
       .def("lane_stats", &PyRuntime::lane_stats)
       .def("lanes", &PyRuntime::lanes)
       .def("set_lanes", &PyRuntime::set_lanes, py::arg("layout"))
+      .def("measured_rates", &PyRuntime::measured_rates)
+      .def("planner_config", &PyRuntime::planner_config)
+      .def("plan", &PyRuntime::plan, py::arg("rates"), py::arg("config"))
+      .def("apply_plan", &PyRuntime::apply_plan, py::arg("plan"), py::arg("rates"),
+           py::arg("admission"), py::arg("admit_fraction"))
+      .def("set_planner_profile", &PyRuntime::set_planner_profile, py::arg("model"),
+           py::arg("profile"))
+      .def("replans", &PyRuntime::replans)
+      .def("admission_limits", &PyRuntime::admission_limits)
       .def("lane_stream", [](const PyRuntime& r, int i) { return r.lane_stream(i); }, py::arg("index"),
            "The lane's cudaStream_t as an integer (0 on the CPU): for probes.")
       .def("metrics_text", &PyRuntime::metrics_text)

@@ -29,32 +29,6 @@ std::shared_ptr<InterferenceModel> interference_from(const py::dict& d) {
   throw Error(ErrorCode::kInvalidInput, "unknown interference kind '" + kind + "'");
 }
 
-SimModelProfile profile_from(const py::dict& d) {
-  std::vector<SharePoints> shares;
-  for (py::handle h : d["shares"].cast<py::list>()) {
-    auto s = h.cast<py::dict>();
-    SharePoints sp;
-    sp.share = s["share"].cast<double>();
-    const auto sizes = s["batch_sizes"].cast<std::vector<int>>();
-    const auto p50 = s["p50_us"].cast<std::vector<double>>();
-    const auto l2 = s["l2"].cast<std::vector<double>>();
-    const auto dram = s["dram"].cast<std::vector<double>>();
-    if (p50.size() != sizes.size() || l2.size() != sizes.size() || dram.size() != sizes.size()) {
-      throw Error(ErrorCode::kInvalidInput, "profile columns differ in length");
-    }
-    for (std::size_t i = 0; i < sizes.size(); ++i) {
-      LatencyPoint p;
-      p.batch_size = sizes[i];
-      p.p50_us = p.mean_us = p.p99_us = p50[i];
-      sp.points.push_back(p);
-      sp.l2[sizes[i]] = l2[i];
-      sp.dram[sizes[i]] = dram[i];
-    }
-    shares.push_back(std::move(sp));
-  }
-  return SimModelProfile(std::move(shares), d["memory_mb"].cast<double>());
-}
-
 py::dict result_dict(const SimRunResult& r, double wall_s) {
   py::list models;
   for (const SimModelResult& m : r.models) {
@@ -71,18 +45,7 @@ py::dict result_dict(const SimRunResult& r, double wall_s) {
     models.append(d);
   }
   py::list replans;
-  for (const ReplanEvent& e : r.replans) {
-    py::dict ev;
-    ev["t_s"] = e.t_s;
-    ev["drift"] = e.drift;
-    ev["gpus_used"] = e.gpus_used;
-    ev["feasible"] = e.feasible;
-    ev["changed"] = e.changed;
-    ev["applied_t_s"] = e.applied_t_s;
-    ev["plan_wall_us"] = e.plan_wall_us;
-    ev["lanes"] = e.lanes;
-    replans.append(ev);
-  }
+  for (const ReplanEvent& e : r.replans) replans.append(replan_event_dict(e));
   py::dict d;
   d["replans"] = replans;
   d["models"] = models;
@@ -91,17 +54,6 @@ py::dict result_dict(const SimRunResult& r, double wall_s) {
   d["simulated_s"] = r.simulated_s;
   d["wall_s"] = wall_s;
   return d;
-}
-
-PlannerConfig planner_config_from(const py::dict& c) {
-  PlannerConfig cfg;
-  cfg.variant = c["variant"].cast<std::string>();
-  cfg.gpus = c["gpus"].cast<int>();
-  cfg.sms_per_gpu = c["sms_per_gpu"].cast<int>();
-  cfg.granularity = c["granularity"].cast<int>();
-  cfg.memory_gb = c["memory_gb"].cast<double>();
-  if (c.contains("interference")) cfg.interference = c["interference"].cast<std::vector<double>>();
-  return cfg;
 }
 
 class PySimulator {
@@ -125,14 +77,7 @@ class PySimulator {
     o.seed = c["seed"].cast<std::uint64_t>();
     o.predictor = predictor_config_from(c["predictor"].cast<py::dict>());
     if (c.contains("replan") && !c["replan"].is_none()) {
-      auto r = c["replan"].cast<py::dict>();
-      o.replan.every_s = r["every_s"].cast<double>();
-      o.replan.alpha = r["alpha"].cast<double>();
-      o.replan.min_rate = r["min_rate"].cast<double>();
-      o.replan.drift = r["drift"].cast<double>();
-      o.replan.check_s = r["check_s"].cast<double>();
-      o.replan.initial_rates = r["initial_rates"].cast<std::vector<double>>();
-      o.replan.planner = planner_config_from(r["planner"].cast<py::dict>());
+      o.replan = replan_options_from(c["replan"].cast<py::dict>());
     }
     std::vector<SimModelSpec> models;
     for (py::handle h : c["models"].cast<py::list>()) {
@@ -199,38 +144,6 @@ class PySimulator {
  private:
   std::unique_ptr<Simulator> sim_;
 };
-
-py::dict plan_dict(const Plan& plan, const std::vector<PlannerModel>& models) {
-  py::list lanes;
-  for (const PlannedLane& l : plan.lanes) {
-    py::list ms;
-    for (const PlannedModel& pm : l.models) {
-      py::dict d;
-      d["model"] = models[pm.model].name;
-      d["batch"] = pm.batch;
-      d["rate"] = pm.rate;
-      d["latency_ms"] = pm.latency_ns / 1e6;
-      ms.append(d);
-    }
-    py::dict d;
-    d["gpu"] = l.gpu;
-    d["sms"] = l.sms;
-    d["duty_ms"] = l.duty_ns / 1e6;
-    d["models"] = ms;
-    lanes.append(d);
-  }
-  py::dict unplaced;
-  for (std::size_t i = 0; i < models.size(); ++i) {
-    if (plan.unplaced_rate[i] > 0) unplaced[py::str(models[i].name)] = plan.unplaced_rate[i];
-  }
-  py::dict d;
-  d["variant"] = plan.variant;
-  d["gpus_used"] = plan.gpus_used;
-  d["feasible"] = plan.feasible;
-  d["unplaced_rate"] = unplaced;
-  d["lanes"] = lanes;
-  return d;
-}
 
 // models: [{"name", "rate", "slo_ns", "max_batch_size", "shares", "memory_mb"}], config: the
 // PlannerConfig fields by name.

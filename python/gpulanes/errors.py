@@ -10,6 +10,7 @@ __all__ = [
     "GpuLanesError",
     "DeadlineExceeded",
     "QueueFull",
+    "Overloaded",
     "InvalidInput",
     "UnknownModel",
     "ModelError",
@@ -27,6 +28,11 @@ class DeadlineExceeded(GpuLanesError):
 
 class QueueFull(GpuLanesError):
     """The model's queue holds ``max_queue`` requests already."""
+
+
+class Overloaded(QueueFull):
+    """Shed by admission control: the lane plan cannot serve the model's whole request rate, so
+    the excess is refused at submit rather than queued to miss its deadline."""
 
 
 class InvalidInput(GpuLanesError, ValueError):

@@ -20,6 +20,15 @@ import torch
 from . import _C
 from . import profiles as _profiles
 from .errors import InvalidInput, UnknownModel
+from .planning import Planning, replan_config
+
+# The planner's starting config in a runtime; the core fills in its devices (GPUs, SMs).
+_RUNTIME_PLANNER = {"variant": "spatiotemporal", "gpus": 1, "sms_per_gpu": 1, "granularity": 8,
+                    "memory_gb": 80.0}
+
+
+def _replan_config(replan: Optional[Dict[str, Any]], planner: Dict[str, Any]):
+    return None if replan is None else replan_config(replan, planner)
 
 __all__ = ["Runtime"]
 
@@ -162,7 +171,7 @@ class _Future(Future):
         return super().exception(timeout)
 
 
-class Runtime:
+class Runtime(Planning):
     """Serves registered TorchScript models with a deadline for every request.
 
     Args:
@@ -199,7 +208,7 @@ class Runtime:
             learned online from every batch; default ``"rls"``). See :mod:`gpulanes.predict`.
         predictor_options: ``alpha`` (EWMA weight of co-location signals, 0.3), ``forgetting``
             (RLS, 0.98), ``delta`` (RLS initial covariance, 10), ``lr`` (SGD, 0.05),
-            ``weights`` (offline or initial weights, 10 values), ``warmup_batches`` (online
+            ``weights`` (offline or initial weights, one per ``gpulanes.predict.FEATURES``), ``warmup_batches`` (online
             kinds predict with ``weights`` until they learned from this many batches, 20),
             ``record`` (keep every batch).
         cpu_lanes: number of CPU lanes (worker threads) when running on the CPU.
@@ -211,6 +220,12 @@ class Runtime:
         spin_us: how long an idle lane, and a caller blocked in :meth:`infer`, poll before
             sleeping. Polling saves a thread wake-up (tens of microseconds) when work follows
             soon; 0 turns it off (lowest CPU use).
+        replan: re-plan the lanes while serving (see :mod:`gpulanes.planning`): ``{"every_s":
+            10}`` plus optional ``variant``, ``drift`` (re-plan early when a model's rate moved by
+            this fraction, checked every ``check_s``), ``alpha`` (EWMA of rates), ``min_rate``,
+            ``granularity``, ``gpus``, ``admission`` (shed what the plan cannot place;
+            default True) and ``admit_fraction`` (of what it placed for such a model; 0.9).
+            Each re-plan is in :meth:`replans`.
         profile_cache: where measured latency profiles are kept between runs, keyed by model
             bytes, input signature, device, torch version and lane share (see
             :mod:`gpulanes.profiles`): ``True`` (default) for ``$GPULANES_CACHE_DIR`` or
@@ -236,6 +251,7 @@ class Runtime:
         profile_reps: int = 10,
         trace: bool = False,
         profile_cache: Union[bool, str, "os.PathLike[str]"] = True,
+        replan: Optional[Dict[str, Any]] = None,
     ) -> None:
         self.policy_options = _policy_options(policy, policy_options)
         if partitioning not in _PARTITIONING:
@@ -252,7 +268,7 @@ class Runtime:
         self._core = _C.Runtime(device, policy, self.policy_options, int(cpu_lanes),
                                 output_device == "cuda", int(warmup_rounds), float(spin_us),
                                 int(profile_reps), bool(trace), self.predictor_options,
-                                partitioning)
+                                partitioning, _replan_config(replan, _RUNTIME_PLANNER))
         self._spin_us = float(spin_us)
         self._slo_ms: Dict[str, float] = {}
         # Per model: what its profile depends on (a profile entry without points).

@@ -490,3 +490,37 @@ TEST(DeadlinePolicyPriority, BatchShrinksSoThatTheCriticalRequestStillFits) {
     }
   }
 }
+
+TEST(DeadlinePolicyOverload, GivesUpTheHeadWhenThatLetsAMuchLargerBatchStart) {
+  auto lat = [](int, int b) { return ms(8 + 0.1 * b); };  // fixed cost dominates
+  Sim sim("deadline", lat);
+  sim.add("m", 16, ms(1000), lat);
+  sim.start();
+  sim.submit_at(0, "m", ms(100));                              // lane busy until 8.1 ms
+  for (int i = 0; i < 2; ++i) sim.submit_at(ms(0.1), "m", ms(16.2));  // A: due 16.3 ms
+  for (int i = 0; i < 16; ++i) sim.submit_at(ms(0.2), "m", ms(16.85));  // B: due 17.05 ms
+  sim.run();
+  // At 8.1 ms A's head fits only alone (8.1 + 8.1 <= 16.3) and nothing fits after it, so the
+  // lane would serve 1 request per 8.3 ms; giving up A's two lets B start a batch of 7
+  // (8.1 + 8.7 + 0.2 margin <= 17.05), 7 per 8.9 ms. The other 9 of B cannot make it after that.
+  ASSERT_EQ(sim.sizes(), (std::vector<int>{1, 7}));
+  EXPECT_EQ(sim.dispatches[1].at, kT0 + ms(8.1));
+  EXPECT_EQ(sim.count(ErrorCode::kOk), 8);
+  EXPECT_EQ(sim.count(ErrorCode::kDeadlineExceeded), 11);
+  int a_failed = 0;
+  for (const auto& d : sim.done) a_failed += (d.key == 1 || d.key == 2) && d.code != ErrorCode::kOk;
+  EXPECT_EQ(a_failed, 2);
+}
+
+TEST(DeadlinePolicyOverload, KeepsTheHeadWhenTheRestStillFitsAfterIt) {
+  auto lat = [](int, int b) { return ms(8 + 0.1 * b); };
+  Sim sim("deadline", lat);
+  sim.add("m", 16, ms(1000), lat);
+  sim.start();
+  sim.submit_at(0, "m", ms(100));
+  sim.submit_at(ms(0.1), "m", ms(16.2));                       // due 16.3: alone only
+  for (int i = 0; i < 8; ++i) sim.submit_at(ms(0.2), "m", ms(40));  // plenty of time after it
+  sim.run();
+  EXPECT_EQ(sim.sizes(), (std::vector<int>{1, 1, 8}));
+  EXPECT_EQ(sim.count(ErrorCode::kOk), 10);
+}

@@ -156,3 +156,24 @@ def test_rate_drift_replans_before_the_timer():
     first = drift_events[0]
     assert first["drift"] and first["changed"] and 10 < first["t_s"] <= 12  # within ~1 s of it
     assert with_drift > timer_only + 0.2
+
+
+def test_load_beyond_every_gpu_is_shed_rather_than_missed():
+    def run(admission):
+        sim = gl.sim.Simulator(gpus=1, seed=0)
+        scn = sim.add_scenario("scen4")
+        work = gl.workloads.Poisson(scn.rates(2000), 12, seed=2)  # about two GPUs' worth
+        out = sim.run(work, warmup_s=4, replan={"every_s": 2, "alpha": 1.0, "admission": admission})
+        m = out["models"].values()
+        requests = sum(s["requests"] for s in m)
+        rejected = sum(s["rejected"] for s in m)
+        met = sum(s["met"] for s in m)
+        return requests, rejected, met, out["replans"]
+
+    requests, rejected, met, replans = run(True)
+    assert not any(e["feasible"] for e in replans)
+    assert rejected > 0.3 * requests  # the excess is refused at submit...
+    assert met >= 0.99 * (requests - rejected)  # ...and what is admitted meets its deadline
+    requests_off, rejected_off, met_off, _ = run(False)
+    assert requests_off == requests and rejected_off == 0
+    assert met > 1.05 * met_off  # queueing everything also costs requests that could have made it

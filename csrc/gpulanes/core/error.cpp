@@ -7,6 +7,7 @@ const char* error_code_name(ErrorCode code) {
     case ErrorCode::kOk: return "Ok";
     case ErrorCode::kDeadlineExceeded: return "DeadlineExceeded";
     case ErrorCode::kQueueFull: return "QueueFull";
+    case ErrorCode::kOverloaded: return "Overloaded";
     case ErrorCode::kInvalidInput: return "InvalidInput";
     case ErrorCode::kUnknownModel: return "UnknownModel";
     case ErrorCode::kModelError: return "ModelError";

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <optional>
 
 #include "gpulanes/core/error.h"
 
@@ -282,8 +283,60 @@ class Planner {
 
 }  // namespace
 
+namespace {
+
+// GPU-seconds one request of `m` costs on a whole GPU at its largest batch within the SLO
+// (2 L <= SLO): the unit in which overload is shared out. 0 if no batch fits.
+double gpu_seconds_per_request(const PlannerModel& m, const PlannerConfig& cfg) {
+  for (int b = m.max_batch_size; b >= 1; --b) {
+    const double l = m.profile->solo_ns(b, 1.0) * cfg.safety;
+    if (2 * l <= m.slo) return l / 1e9 / b;
+  }
+  return 0;
+}
+
+}  // namespace
+
 Plan make_plan(const std::vector<PlannerModel>& models, const PlannerConfig& config) {
-  return Planner(models, config).run();
+  Plan full = Planner(models, config).run();
+  if (full.feasible) return full;
+  // Overloaded: share the GPUs max-min fairly. Each model asks for rate x cost GPUs; find the
+  // largest cap C (to 1/8192 of a GPU per GPU) such that serving min(demand, C) of every
+  // model fits. Light models keep their whole rate, heavy ones are cut to the same GPU share,
+  // and every model keeps a lane (the greedy plan alone starves the models it places last).
+  std::vector<double> cost(models.size()), demand(models.size());
+  double most = 0;
+  for (std::size_t i = 0; i < models.size(); ++i) {
+    if (!models[i].profile) return full;  // Planner() threw already; unreachable
+    cost[i] = gpu_seconds_per_request(models[i], config);
+    demand[i] = models[i].rate * cost[i];
+    most = std::max(most, demand[i]);
+  }
+  std::vector<PlannerModel> capped = models;
+  // Lanes smaller than a GPU can serve several times what a whole GPU does per SM (batching
+  // stops paying off before a GPU is full), so a model may get more than `gpus` whole-GPU units.
+  double lo = 0, hi = std::min(most, 8.0 * config.gpus);
+  std::optional<Plan> best;
+  for (int it = 0; it < 16 && most > 0; ++it) {
+    const double cap = (lo + hi) / 2;
+    for (std::size_t i = 0; i < models.size(); ++i) {
+      capped[i].rate = cost[i] > 0 && demand[i] > cap ? cap / cost[i] : models[i].rate;
+    }
+    Plan p = Planner(capped, config).run();
+    if (p.feasible) {
+      lo = cap;
+      best = std::move(p);
+    } else {
+      hi = cap;
+    }
+  }
+  if (!best) return full;  // not even a sliver fits: say what could not be placed as it is
+  best->feasible = false;
+  for (std::size_t i = 0; i < models.size(); ++i) {
+    const double served = cost[i] > 0 && demand[i] > lo ? lo / cost[i] : models[i].rate;
+    best->unplaced_rate[i] = std::max(0.0, models[i].rate - served);
+  }
+  return *best;
 }
 
 bool plan_meets_slos(const Plan& plan, const std::vector<PlannerModel>& models,

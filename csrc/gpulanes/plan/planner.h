@@ -68,6 +68,9 @@ struct Plan {
   std::vector<PlannedLane> lanes;
 };
 
+// When the GPUs cannot serve every rate, the plan shares them max-min fairly in GPU time per
+// second: models needing less than the fair share keep their rate, the others are cut to it
+// (feasible false; unplaced_rate says how much of each is left out).
 // Throws Error(kInvalidInput) for an unknown variant or a model without a profile.
 Plan make_plan(const std::vector<PlannerModel>& models, const PlannerConfig& config);
 

@@ -104,10 +104,15 @@ void Runtime::start(const ProgressFn& progress) {
     throw;
   }
   build_profile_book();
+  admission_ = std::make_unique<Admission>(models_.size());
   if (!clock_->is_virtual()) loop_->start();  // on virtual time, a driver calls run_round()
   started_at_.store(clock_->now(), std::memory_order_release);
+  if (options_.replan.every_s > 0 && !clock_->is_virtual()) {
+    replanner_ = std::make_unique<Replanner>(options_.replan, models_.size(), clock_->now());
+  }
   started_ = true;
   accepting_.store(true, std::memory_order_release);
+  if (replanner_) planner_thread_ = std::thread([this] { planner_main(); });
 }
 
 void Runtime::on_dispatch(int lane, const Batch& batch, TimeNs now) {
@@ -175,11 +180,19 @@ ErrorCode Runtime::try_submit(int m, std::vector<at::Tensor> inputs,
       return "deadline already passed at submit (" + std::to_string(to_ms(now - due)) + " ms ago)";
     });
   }
+  if (replanner_) replanner_->on_arrival(m);  // demand, whether or not it is admitted
   if (!policy_->admits(scheduling_state(), m, now, due)) {
     return reject(ErrorCode::kDeadlineExceeded, [&] {
       return "deadline cannot be met even by a batch of one on an idle lane (predicted " +
              std::to_string(to_ms(book_.fastest(m, 1))) + " ms, " +
              std::to_string(to_ms(due - now)) + " ms left)";
+    });
+  }
+  if (!admission_->admit(m, now)) {
+    return reject(ErrorCode::kOverloaded, [&] {
+      return "model '" + spec.name + "' is shed: the lane plan serves " +
+             std::to_string(static_cast<long>(admission_->limit(m))) +
+             " requests/s of it and the devices have no room for more";
     });
   }
   rates_[m]->on_arrival(now);
@@ -311,6 +324,7 @@ void Runtime::fail(std::vector<RequestPtr>&& requests, ErrorCode code, const std
 }
 
 void Runtime::shutdown(bool drain) {
+  stop_planner();  // first: it may be applying a plan, which takes control_mu_
   std::lock_guard<std::mutex> lock(control_mu_);
   if (shut_down_) return;
   shut_down_ = true;

@@ -9,12 +9,14 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gpulanes/core/clock.h"
@@ -23,7 +25,10 @@
 #include "gpulanes/metrics/lane_metrics.h"
 #include "gpulanes/metrics/model_metrics.h"
 #include "gpulanes/metrics/trace.h"
+#include "gpulanes/plan/replanner.h"
 #include "gpulanes/runtime/event_loop.h"
+#include "gpulanes/sched/admission.h"
+#include "gpulanes/sim/sim_profile.h"
 
 namespace torch::jit { struct Module; }
 
@@ -49,6 +54,7 @@ struct RuntimeOptions {
   int virtual_lanes = 1;                   // else that many VirtualLanes with...
   VirtualLane::LatencyFn virtual_latency;  // ...this batch duration by (model, size)
   PredictorConfig predictor;      // interference-aware latency prediction (kind "none": off)
+  ReplanOptions replan;           // every_s > 0: a planner thread re-plans the lanes while serving
   // Called once per accepted request when its outcome is decided (met, missed, dropped, failed),
   // on the thread that decided it, with no core lock held and before its completion runs.
   std::function<void(const Request&, TraceOutcome, TimeNs end)> on_finished;
@@ -153,6 +159,26 @@ class Runtime final : private LaneListener, private LoopSink {
   const Clock& clock() const { return *clock_; }
   bool running() const { return accepting_.load(std::memory_order_acquire); }
 
+  // Planning (runtime/planning.cpp). The planner sees each model's profile by SM share: one set
+  // here, else the measured profile as the whole device's (share 1). Any time.
+  void set_planner_profile(const std::string& model, SimModelProfile profile);
+  // The planner's view of this runtime's devices: GPUs (CPU: cpu_lanes whole-device lanes), SMs
+  // per GPU, granularity; the variant and interference coefficients of options.replan.
+  PlannerConfig planner_config() const;
+  // Requests/s per model: the re-planner's EWMA when it runs, else the recent arrival gaps.
+  std::vector<double> measured_rates() const;
+  // A plan for `rates` (by model). Throws Error(kInvalidInput) before start().
+  Plan plan(const std::vector<double>& rates, const PlannerConfig& config) const;
+  // Makes `plan` the lane layout (set_lanes, when it differs) and, unless `admission` is off,
+  // sheds what it could not place (admission_limits()). Returns whether the layout changed.
+  bool apply_plan(const Plan& plan, const std::vector<double>& rates, bool admission = true,
+                  double admit_fraction = 0.9);
+  // Admission limits by model (requests/s; < 0 or missing: none), see Admission.
+  void set_admission_limits(const std::vector<double>& limits);
+  double admission_limit(int model) const { return admission_ ? admission_->limit(model) : -1; }
+  // The planner thread's re-plans so far.
+  std::vector<ReplanEvent> replans() const;
+
  private:
   void on_batch_finished(Batch&& batch, std::vector<Outcome>&& outcomes,
                          const BatchReport& report) override;
@@ -176,6 +202,9 @@ class Runtime final : private LaneListener, private LoopSink {
   SchedulingState scheduling_state();
   // With tracing on: one "rejected" record for a refused submission of model `m`.
   void trace_rejection(int m, std::optional<TimeNs> deadline);
+  // The planner thread (options.replan.every_s > 0, real time): re-plans until stop_planner().
+  void planner_main();
+  void stop_planner();
   // Completes `requests[i]` with `outcomes[i]`: native ones directly, the rest in one hook call.
   void deliver(std::vector<RequestPtr>& requests, std::vector<Outcome>& outcomes) const;
 
@@ -196,6 +225,15 @@ class Runtime final : private LaneListener, private LoopSink {
   std::unique_ptr<BatchPolicy> policy_;              // used only by the loop
   std::unique_ptr<EventLoop> loop_;                  // created by start()
   DeliveryHook delivery_hook_;                       // empty: call directly
+  std::unique_ptr<Admission> admission_;             // built by start(); sheds what a plan cannot
+  std::unique_ptr<Replanner> replanner_;             // built by start() when re-planning
+
+  mutable std::mutex plan_mu_;            // guards the planner fields below
+  std::condition_variable plan_cv_;       // wakes the planner thread to stop
+  bool plan_stop_ = false;                // the planner thread must return
+  std::vector<std::optional<SimModelProfile>> plan_profiles_;  // per model; set_planner_profile()
+  std::vector<ReplanEvent> replans_;      // the planner thread's events
+  std::thread planner_thread_;            // runs planner_main()
 
   std::mutex control_mu_;                 // serializes register/start/shutdown
   bool started_ = false;                  // start() succeeded

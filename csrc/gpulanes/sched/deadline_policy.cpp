@@ -24,7 +24,9 @@
 //   most urgent one, or the lane serves the model that does; best-effort requests that can then
 //   no longer make it are dropped. Without best-effort requests none of this costs anything.
 // - A request expected to miss even alone (now + latency(1) > deadline) is dropped without
-//   running; admission control refuses one that could not make it even on an idle lane.
+//   running; admission control refuses one that could not make it even on an idle lane. Under
+//   overload the most urgent requests are also given up when that lets a batch at least twice
+//   as large start in time (give_up_head).
 // - Predictions adapt: with a latency predictor (static, ewma, sgd, rls) a batch's latency is
 //   the predictor's, from the profile and what runs beside it; without one (none) the profiled
 //   latency is scaled by an EWMA of measured/profiled latency of this model's recent batches (the
@@ -57,6 +59,7 @@ class DeadlinePolicy final : public BatchPolicy {
       auto dropped = s.queues[m]->pop_while(
           [&](const Request& r) { return now + alone > r.deadline; });
       for (auto& r : dropped) out.push_back(std::move(r));
+      give_up_head(s, m, now, out);
       if (auto d = s.queues[m]->earliest_deadline()) next = std::min(next, *d - alone + 1);
     }
     return next;
@@ -186,6 +189,42 @@ class DeadlinePolicy final : public BatchPolicy {
     double scale = 1.0;             // EWMA of measured / profiled
   };
 
+  // Overload: when the head's deadline leaves time only for a small batch and so does the next
+  // one's after it, the lane keeps running tiny batches that rescue the oldest requests just in
+  // time, and throughput stays too low to ever catch up (a metastable state, seen after a burst
+  // or a re-layout). Give up the first k (smallest power of two that works) when the batch
+  // starting after them, within its own head's deadline, serves requests at least twice as fast
+  // (requests per second of lane time). Critical queues only: with best-effort requests queued
+  // the priority rules decide. Latencies are the fastest lane's.
+  void give_up_head(SchedulingState& s, int m, TimeNs now, std::vector<RequestPtr>& out) const {
+    RequestQueue& q = *s.queues[m];
+    const std::size_t queued = q.size();
+    const int max_batch = s.models.at(m).spec.max_batch_size;
+    if (queued < 3 || q.size(1) > 0) return;
+    auto cost = [&](int b) { return scaled(m, s.profiles.fastest(m, b)) + margin(m); };
+    // The largest batch of the requests after the first `skip` that, started at `at`, ends
+    // within the deadline of the first of them.
+    auto batch_within = [&](std::size_t skip, TimeNs at) {
+      const auto d = skip == 0 ? q.earliest_deadline() : q.deadline_after(skip, 0);
+      if (!d) return 0;
+      int b = static_cast<int>(std::min<std::size_t>(queued - skip, max_batch));
+      while (b >= 1 && at + cost(b) > *d) --b;
+      return b;
+    };
+    // A lone head runs without the margin (next_batch): it was not dropped, so b0 >= 1.
+    const int b0 = std::max(1, batch_within(0, now));
+    if (b0 >= static_cast<int>(std::min<std::size_t>(queued, max_batch))) return;
+    const int after = batch_within(b0, now + cost(b0));
+    if (after >= static_cast<int>(std::min<std::size_t>(queued - b0, max_batch))) return;
+    const double rate0 = b0 / static_cast<double>(cost(b0));
+    for (std::size_t k = 1; k < queued && k <= 4 * static_cast<std::size_t>(max_batch); k *= 2) {
+      const int bk = batch_within(k, now);
+      if (bk > b0 && bk / static_cast<double>(cost(bk)) >= 2 * rate0) {
+        for (auto& r : q.pop_up_to(k)) out.push_back(std::move(r));
+        return;
+      }
+    }
+  }
   DurationNs margin(int m) const {
     auto it = errors_.find(m);
     return it == errors_.end() ? cfg_.min_margin_ns : it->second.margin;

@@ -65,12 +65,11 @@ void Simulator::on_finished(const Request& r, TraceOutcome outcome, TimeNs end) 
   }
 }
 
-std::vector<SimLaneSpec> Simulator::replan(const std::vector<double>& rates,
-                                           ReplanEvent* event) const {
+std::vector<SimLaneSpec> Simulator::replan(const std::vector<double>& rates, ReplanEvent* event) {
   std::vector<PlannerModel> pm;
   for (std::size_t m = 0; m < models_.size(); ++m) {
-    pm.push_back({models_[m].name, std::max(rates[m], replan_.min_rate), models_[m].slo,
-                  models_[m].max_batch_size, &models_[m].profile});
+    pm.push_back({models_[m].name, rates[m], models_[m].slo, models_[m].max_batch_size,
+                  &models_[m].profile});
   }
   const auto t0 = std::chrono::steady_clock::now();
   const Plan plan = make_plan(pm, replan_.planner);
@@ -79,6 +78,9 @@ std::vector<SimLaneSpec> Simulator::replan(const std::vector<double>& rates,
   event->gpus_used = plan.gpus_used;
   event->feasible = plan.feasible;
   event->lanes = static_cast<int>(plan.lanes.size());
+  runtime_->set_admission_limits(replan_.admission
+                                     ? admission_limits(plan, rates, replan_.admit_fraction)
+                                     : std::vector<double>{});
   std::vector<SimLaneSpec> layout;
   for (const PlannedLane& l : plan.lanes) {
     SimLaneSpec s{l.gpu, l.sms, {}};
@@ -109,50 +111,21 @@ SimRunResult Simulator::run(const double* t_s, const std::int32_t* model, std::s
   result.arrivals = n;
   std::size_t i = 0;
   TimeNs last_outcome = kOrigin;
-  const DurationNs every = static_cast<DurationNs>(replan_.every_s * 1e9);
-  TimeNs next_replan = every > 0 ? kOrigin + every : kNever;
-  const DurationNs check = replan_.drift > 0 ? static_cast<DurationNs>(replan_.check_s * 1e9) : 0;
-  TimeNs next_check = check > 0 ? kOrigin + check : kNever;
-  TimeNs window_start = kOrigin;
-  std::vector<double> window(n_models, 0.0), rate(n_models, -1.0);  // arrivals, EWMA rate
-  for (int m = 0; m < n_models && m < static_cast<int>(replan_.initial_rates.size()); ++m) {
-    rate[m] = replan_.initial_rates[m];
-  }
+  Replanner replanner(replan_, n_models, kOrigin);
   std::optional<std::vector<SimLaneSpec>> pending;  // a layout waiting for lanes to go idle
   auto seconds = [](TimeNs t) { return (t - kOrigin) / 1e9; };
   while (true) {
     TimeNs next = std::max(runtime_->run_round(), clock_->now() + 1);
     next = std::min(next, cluster_->next_end());
-    if (i < n) next = std::min({next, arrival_ns(i), next_replan, next_check});
+    if (i < n) next = std::min({next, arrival_ns(i), replanner.next_tick()});
     if (next == kNever) break;
     if (next > clock_->now()) clock_->advance_to(next);
     ++result.steps;
     cluster_->finish_due();
     const TimeNs now = clock_->now();
-    bool drifted = false;
-    if (now >= next_check) {
-      // Early re-plan when a planned model's rate since the last plan moved by more than
-      // `drift` (relative), on at least 10 arrivals of evidence.
-      const double span = (now - window_start) / 1e9;
-      for (int m = 0; m < n_models && rate[m] >= 0; ++m) {
-        const double planned = std::max(rate[m], replan_.min_rate);
-        drifted = drifted || (window[m] >= 10 &&
-                              std::abs(window[m] / span - planned) > replan_.drift * planned);
-      }
-      next_check = now + check;
-    }
-    if (now >= next_replan || drifted) {
-      const double span = (now - window_start) / 1e9;
-      for (int m = 0; m < n_models; ++m) {
-        const double r = window[m] / span;
-        rate[m] = rate[m] < 0 ? r : replan_.alpha * r + (1 - replan_.alpha) * rate[m];
-        window[m] = 0;
-      }
-      window_start = now;
-      ReplanEvent event;
-      event.t_s = seconds(now);
-      event.drift = drifted && now < next_replan;
-      std::vector<SimLaneSpec> layout = replan(rate, &event);
+    ReplanEvent event;
+    if (replanner.due(now, &event)) {
+      std::vector<SimLaneSpec> layout = replan(event.rates, &event);
       const auto& current = cluster_->layout();
       event.changed = layout.size() != current.size() ||
                       !std::equal(layout.begin(), layout.end(), current.begin(),
@@ -163,8 +136,7 @@ SimRunResult Simulator::run(const double* t_s, const std::int32_t* model, std::s
         pending = std::move(layout);
         runtime_->pause_dispatch();
       }
-      result.replans.push_back(event);
-      next_replan = now + every;
+      result.replans.push_back(std::move(event));
     }
     if (pending && runtime_->lanes_idle()) {
       cluster_->set_layout(std::move(*pending));
@@ -174,7 +146,7 @@ SimRunResult Simulator::run(const double* t_s, const std::int32_t* model, std::s
     }
     for (; i < n && arrival_ns(i) <= now; ++i) {
       const int m = model[i];
-      window[m] += 1;
+      replanner.on_arrival(m);
       const DurationNs rel = m < static_cast<int>(deadline_ns.size()) ? deadline_ns[m] : 0;
       const ErrorCode code = runtime_->try_submit(
           m, {}, rel > 0 ? std::optional<TimeNs>(now + rel) : std::nullopt, 0, nullptr,

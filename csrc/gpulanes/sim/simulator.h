@@ -12,6 +12,7 @@
 
 #include "gpulanes/core/clock.h"
 #include "gpulanes/plan/planner.h"
+#include "gpulanes/plan/replanner.h"
 #include "gpulanes/runtime/runtime.h"
 #include "gpulanes/sim/cluster.h"
 
@@ -25,33 +26,6 @@ struct SimModelSpec {
   SimModelProfile profile;
 };
 
-// Re-planning while the simulation runs: every `every_s`, or earlier when a model's rate since the
-// last re-plan drifts from the planned one by more than `drift` (checked every `check_s`), the
-// rates seen since the last re-plan (smoothed by an EWMA) go to the planner, and a layout that
-// differs is applied: dispatching pauses, running batches finish, the new lanes take over;
-// queued requests stay queued.
-struct ReplanOptions {
-  double every_s = 0;         // 0: never re-plan
-  double alpha = 0.5;         // EWMA weight of the newest window's rate
-  double min_rate = 1.0;      // requests/s every model is planned for, so it keeps a lane
-  double drift = 0;           // relative rate change that re-plans early; 0: timer only
-  double check_s = 1.0;       // how often drift is checked
-  std::vector<double> initial_rates;  // by model: what the starting layout was planned for
-                                      // (empty or < 0: unknown until the first re-plan)
-  PlannerConfig planner;      // variant, GPUs, granularity, interference coefficients
-};
-
-struct ReplanEvent {
-  double t_s = 0;             // when it planned (seconds from the start)
-  bool drift = false;         // triggered by rate drift rather than the timer
-  int gpus_used = 0;
-  bool feasible = true;
-  bool changed = false;       // the layout differed and was applied
-  double applied_t_s = -1;    // when the new lanes took over (after running batches ended)
-  double plan_wall_us = 0;    // what planning cost, wall clock
-  int lanes = 0;
-};
-
 struct SimulatorOptions {
   std::string policy = "deadline";
   PolicyConfig policy_config;
@@ -62,7 +36,7 @@ struct SimulatorOptions {
   double noise_cv = 0.0;
   std::uint64_t seed = 0;
   PredictorConfig predictor;      // the scheduler's latency predictor
-  ReplanOptions replan;
+  ReplanOptions replan;           // every_s 0: the layout stays as given
 };
 
 // Outcomes of the requests that arrived after the warm-up window, per model.
@@ -103,8 +77,8 @@ class Simulator {
     std::vector<float> latency_ms;
   };
   void on_finished(const Request& r, TraceOutcome outcome, TimeNs end);
-  // Plans for `rates`; returns the layout and fills `event`.
-  std::vector<SimLaneSpec> replan(const std::vector<double>& rates, ReplanEvent* event) const;
+  // Plans for `rates`; returns the layout, fills `event` and sets the admission limits.
+  std::vector<SimLaneSpec> replan(const std::vector<double>& rates, ReplanEvent* event);
 
   std::shared_ptr<VirtualClock> clock_;
   std::shared_ptr<SimCluster> cluster_;

@@ -30,6 +30,7 @@ import numpy as np
 from .. import _C
 from .. import profiles as _profiles
 from ..errors import InvalidInput, UnknownModel
+from ..planning import replan_config, share_profile
 from ..runtime import _model_stats, _policy_options, _predictor_config, _trace_frame
 from ..workloads import Workload, model_summary
 from . import scenarios, zoo
@@ -189,12 +190,14 @@ class Simulator:
 
         ``replan={"every_s": 10, "variant": "spatiotemporal"}`` (optional ``alpha`` 0.5,
         ``min_rate`` 1.0, ``drift`` (e.g. 0.5: re-plan early when a model's rate moved by 50%,
-        checked every ``check_s``, 1 s), ``granularity`` 8, ``gpus``): every ``every_s`` the
-        planner gets the rates seen since the last re-plan (EWMA-smoothed) and a layout that
-        differs is applied
-        while serving (dispatching pauses until running batches end; queued requests stay
-        queued). ``"replans"`` in the result lists each one: time, GPUs used, feasible, whether
-        the layout changed and when it took over, and what planning cost."""
+        checked every ``check_s``, 1 s), ``granularity`` 8, ``gpus``, ``admission`` True):
+        every ``every_s`` the planner gets the rates seen since the last re-plan
+        (EWMA-smoothed) and a layout that differs is applied while serving (dispatching pauses
+        until running batches end; queued requests stay queued). When the plan cannot place a
+        model's whole rate, the excess is shed at submit (counted ``rejected``) unless
+        ``admission`` is False. ``"replans"`` in the result lists each one: time, rates, GPUs
+        used, feasible, whether the layout changed and when it took over, and what planning
+        cost."""
         if not isinstance(workload, Workload):
             raise TypeError("the simulator runs open-loop workloads (gpulanes.workloads."
                             "Poisson, Gamma, Steps, Ramp, AzureTrace)")
@@ -211,21 +214,11 @@ class Simulator:
                        for m in order]
         config = self._config()
         if replan is not None:
-            keys = {"every_s", "variant", "alpha", "min_rate", "drift", "check_s", "granularity",
-                    "gpus"}
-            if set(replan) - keys or replan.get("every_s", 0) <= 0:
-                raise InvalidInput(f"replan takes every_s > 0 and {sorted(keys - {'every_s'})}; "
-                                   f"got {dict(replan)}")
-            config["replan"] = {"every_s": float(replan["every_s"]),
-                                "alpha": float(replan.get("alpha", 0.5)),
-                                "min_rate": float(replan.get("min_rate", 1.0)),
-                                "drift": float(replan.get("drift", 0.0)),
-                                "check_s": float(replan.get("check_s", 1.0)),
-                                "initial_rates": [float(self._planned_rates.get(m, -1.0))
-                                                  for m in self._models],
-                                "planner": self._planner_config(replan.get("variant", "spatiotemporal"),
-                                                                replan.get("gpus"),
-                                                                replan.get("granularity", 8))}
+            planner = self._planner_config(replan.get("variant", "spatiotemporal"),
+                                           replan.get("gpus"), replan.get("granularity", 8))
+            config["replan"] = replan_config(replan, planner)
+            config["replan"]["initial_rates"] = [float(self._planned_rates.get(m, -1.0))
+                                                 for m in self._models]
         self._core = _C.Simulator(config)
         res = self._core.run(times, models, float(warmup_s), deadline_ns)
         window = max(1e-9, workload.duration_s - warmup_s)
@@ -285,20 +278,10 @@ class Simulator:
         models = []
         for name in self._models:
             m = self._models[name]
-            shares = []
-            for e in sorted(m["entries"], key=lambda e: e["sm_share"]):
-                default = e.get("intensity") or {}
-                pts = e["points"]
-                shares.append({"share": e["sm_share"],
-                               "batch_sizes": [p["batch_size"] for p in pts],
-                               "p50_us": [float(p["p50_us"]) for p in pts],
-                               "l2": [float(p.get("l2", default.get("l2", 0.0))) for p in pts],
-                               "dram": [float(p.get("dram", default.get("dram", 0.0)))
-                                        for p in pts]})
-            memory = max((e.get("memory_mb", 0.0) for e in m["entries"]), default=0.0)
+            prof = share_profile(m["entries"])
             models.append({"name": name, "slo_ns": int(m["slo_ms"] * 1e6),
                            "max_batch_size": m["max_batch_size"], "max_queue": m["max_queue"],
-                           "shares": shares, "memory_mb": float(memory)})
+                           **prof})
         return models
 
     def _config(self) -> Dict[str, Any]:
@@ -333,7 +316,7 @@ class Simulator:
         """With ``predictor_options={"record": True}``: every finished batch of the last run, as
         numpy columns: model (names), lane, batch_size, start_s/end_s (from the run's start),
         solo_ms (the profile's), predicted_ms (what the scheduler predicted), actual_ms, and
-        the ``fine`` and ``coarse`` co-location features (n x 10; see gpulanes.predict)."""
+        the ``fine`` and ``coarse`` co-location features (n x 12; see gpulanes.predict.FEATURES)."""
         cols = self._last().predictions()
         names = np.array(list(self._models), dtype=object)
         cols["model"] = names[cols.pop("model_index")] if len(cols["lane"]) else names[:0]

@@ -1,0 +1,138 @@
+// Conversions for planning that the runtime and simulator bindings share: profiles by SM share,
+// planner and re-planning options, plans and re-plan events, as plain Python structures.
+#include <pybind11/stl.h>
+
+#include "bindings.h"
+
+namespace gpulanes::bindings {
+
+SimModelProfile profile_from(const py::dict& d) {
+  std::vector<SharePoints> shares;
+  for (py::handle h : d["shares"].cast<py::list>()) {
+    auto s = h.cast<py::dict>();
+    SharePoints sp;
+    sp.share = s["share"].cast<double>();
+    const auto sizes = s["batch_sizes"].cast<std::vector<int>>();
+    const auto p50 = s["p50_us"].cast<std::vector<double>>();
+    const auto l2 = s["l2"].cast<std::vector<double>>();
+    const auto dram = s["dram"].cast<std::vector<double>>();
+    if (p50.size() != sizes.size() || l2.size() != sizes.size() || dram.size() != sizes.size()) {
+      throw Error(ErrorCode::kInvalidInput, "profile columns differ in length");
+    }
+    for (std::size_t i = 0; i < sizes.size(); ++i) {
+      LatencyPoint p;
+      p.batch_size = sizes[i];
+      p.p50_us = p.mean_us = p.p99_us = p50[i];
+      sp.points.push_back(p);
+      sp.l2[sizes[i]] = l2[i];
+      sp.dram[sizes[i]] = dram[i];
+    }
+    shares.push_back(std::move(sp));
+  }
+  return SimModelProfile(std::move(shares), d["memory_mb"].cast<double>());
+}
+
+PlannerConfig planner_config_from(const py::dict& c) {
+  PlannerConfig cfg;
+  cfg.variant = c["variant"].cast<std::string>();
+  cfg.gpus = c["gpus"].cast<int>();
+  cfg.sms_per_gpu = c["sms_per_gpu"].cast<int>();
+  cfg.granularity = c["granularity"].cast<int>();
+  cfg.memory_gb = c["memory_gb"].cast<double>();
+  if (c.contains("interference")) cfg.interference = c["interference"].cast<std::vector<double>>();
+  return cfg;
+}
+
+ReplanOptions replan_options_from(const py::dict& r) {
+  ReplanOptions o;
+  o.every_s = r["every_s"].cast<double>();
+  o.alpha = r["alpha"].cast<double>();
+  o.min_rate = r["min_rate"].cast<double>();
+  o.drift = r["drift"].cast<double>();
+  o.check_s = r["check_s"].cast<double>();
+  o.admission = r["admission"].cast<bool>();
+  o.admit_fraction = r["admit_fraction"].cast<double>();
+  if (r.contains("initial_rates")) o.initial_rates = r["initial_rates"].cast<std::vector<double>>();
+  o.planner = planner_config_from(r["planner"].cast<py::dict>());
+  return o;
+}
+
+py::dict replan_event_dict(const ReplanEvent& e) {
+  py::dict ev;
+  ev["t_s"] = e.t_s;
+  ev["drift"] = e.drift;
+  ev["gpus_used"] = e.gpus_used;
+  ev["feasible"] = e.feasible;
+  ev["changed"] = e.changed;
+  ev["applied_t_s"] = e.applied_t_s;
+  ev["plan_wall_us"] = e.plan_wall_us;
+  ev["apply_wall_ms"] = e.apply_wall_ms;
+  ev["lanes"] = e.lanes;
+  ev["rates"] = e.rates;
+  return ev;
+}
+
+py::dict plan_dict(const Plan& plan, const std::vector<PlannerModel>& models) {
+  py::list lanes;
+  for (const PlannedLane& l : plan.lanes) {
+    py::list ms;
+    for (const PlannedModel& pm : l.models) {
+      py::dict d;
+      d["model"] = models[pm.model].name;
+      d["batch"] = pm.batch;
+      d["rate"] = pm.rate;
+      d["latency_ms"] = pm.latency_ns / 1e6;
+      ms.append(d);
+    }
+    py::dict d;
+    d["gpu"] = l.gpu;
+    d["sms"] = l.sms;
+    d["duty_ms"] = l.duty_ns / 1e6;
+    d["models"] = ms;
+    lanes.append(d);
+  }
+  py::dict unplaced;
+  for (std::size_t i = 0; i < models.size(); ++i) {
+    if (plan.unplaced_rate[i] > 0) unplaced[py::str(models[i].name)] = plan.unplaced_rate[i];
+  }
+  py::dict d;
+  d["variant"] = plan.variant;
+  d["gpus_used"] = plan.gpus_used;
+  d["feasible"] = plan.feasible;
+  d["unplaced_rate"] = unplaced;
+  d["lanes"] = lanes;
+  return d;
+}
+
+Plan plan_from(const py::dict& d, const std::vector<std::string>& names) {
+  auto index = [&](const std::string& name) {
+    const auto it = std::find(names.begin(), names.end(), name);
+    if (it == names.end()) throw Error(ErrorCode::kUnknownModel, "the plan names an unknown model '" + name + "'");
+    return static_cast<int>(it - names.begin());
+  };
+  Plan plan;
+  plan.variant = d["variant"].cast<std::string>();
+  plan.gpus_used = d["gpus_used"].cast<int>();
+  plan.feasible = d["feasible"].cast<bool>();
+  plan.unplaced_rate.assign(names.size(), 0.0);
+  for (auto kv : d["unplaced_rate"].cast<py::dict>()) {
+    plan.unplaced_rate[index(kv.first.cast<std::string>())] = kv.second.cast<double>();
+  }
+  for (py::handle h : d["lanes"].cast<py::list>()) {
+    auto l = h.cast<py::dict>();
+    PlannedLane lane;
+    lane.gpu = l["gpu"].cast<int>();
+    lane.sms = l["sms"].cast<int>();
+    lane.duty_ns = static_cast<DurationNs>(l["duty_ms"].cast<double>() * 1e6);
+    for (py::handle mh : l["models"].cast<py::list>()) {
+      auto m = mh.cast<py::dict>();
+      lane.models.push_back({index(m["model"].cast<std::string>()), m["batch"].cast<int>(),
+                             m["rate"].cast<double>(),
+                             static_cast<DurationNs>(m["latency_ms"].cast<double>() * 1e6)});
+    }
+    plan.lanes.push_back(std::move(lane));
+  }
+  return plan;
+}
+
+}  // namespace gpulanes::bindings

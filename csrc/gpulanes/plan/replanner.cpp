@@ -1,0 +1,81 @@
+#include "gpulanes/plan/replanner.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "gpulanes/core/error.h"
+
+namespace gpulanes {
+
+Replanner::Replanner(ReplanOptions options, int n_models, TimeNs start)
+    : opt_(std::move(options)),
+      origin_(start),
+      every_(static_cast<DurationNs>(opt_.every_s * 1e9)),
+      check_(opt_.drift > 0 ? static_cast<DurationNs>(opt_.check_s * 1e9) : 0),
+      window_(new std::atomic<double>[static_cast<std::size_t>(n_models)]),
+      n_models_(n_models),
+      window_start_(start),
+      rate_(n_models, -1.0) {
+  if (opt_.every_s < 0 || opt_.check_s <= 0 || opt_.drift < 0 || opt_.min_rate < 0) {
+    throw Error(ErrorCode::kInvalidInput,
+                "replan: every_s, drift and min_rate must be >= 0 and check_s > 0");
+  }
+  if (!(opt_.alpha > 0 && opt_.alpha <= 1) || !(opt_.admit_fraction > 0 && opt_.admit_fraction <= 1)) {
+    throw Error(ErrorCode::kInvalidInput, "replan: alpha and admit_fraction must be in (0, 1]");
+  }
+  for (int m = 0; m < n_models; ++m) window_[m].store(0, std::memory_order_relaxed);
+  for (int m = 0; m < n_models && m < static_cast<int>(opt_.initial_rates.size()); ++m) {
+    rate_[m] = opt_.initial_rates[m];
+  }
+  next_replan_ = every_ > 0 ? start + every_ : kNever;
+  next_check_ = every_ > 0 && check_ > 0 ? start + check_ : kNever;
+}
+
+bool Replanner::due(TimeNs now, ReplanEvent* event) {
+  if (every_ <= 0) return false;
+  const double span = std::max(1e-9, (now - window_start_) / 1e9);
+  bool drifted = false;
+  if (now >= next_check_) {
+    // Early re-plan when a planned model's rate since the last plan moved by more than `drift`
+    // (relative), on at least 10 arrivals of evidence.
+    for (int m = 0; m < n_models_ && rate_[m] >= 0; ++m) {
+      const double seen = window_[m].load(std::memory_order_relaxed);
+      const double planned = std::max(rate_[m], opt_.min_rate);
+      drifted = drifted || (seen >= 10 && std::abs(seen / span - planned) > opt_.drift * planned);
+    }
+    next_check_ = now + check_;
+  }
+  const bool timer = now >= next_replan_;
+  if (!timer && !drifted) return false;
+  for (int m = 0; m < n_models_; ++m) {
+    const double r = window_[m].exchange(0, std::memory_order_relaxed) / span;
+    rate_[m] = rate_[m] < 0 ? r : opt_.alpha * r + (1 - opt_.alpha) * rate_[m];
+  }
+  window_start_ = now;
+  next_replan_ = now + every_;
+  if (event) {
+    event->t_s = (now - origin_) / 1e9;
+    event->drift = drifted && !timer;
+    event->rates = planning_rates();
+  }
+  return true;
+}
+
+std::vector<double> Replanner::planning_rates() const {
+  std::vector<double> out(n_models_);
+  for (int m = 0; m < n_models_; ++m) out[m] = std::max(rate_[m], opt_.min_rate);
+  return out;
+}
+
+std::vector<double> admission_limits(const Plan& plan, const std::vector<double>& rates,
+                                     double fraction) {
+  std::vector<double> limit(rates.size(), -1.0);
+  for (std::size_t m = 0; m < rates.size() && m < plan.unplaced_rate.size(); ++m) {
+    if (plan.unplaced_rate[m] > 0) {
+      limit[m] = fraction * std::max(0.0, rates[m] - plan.unplaced_rate[m]);
+    }
+  }
+  return limit;
+}
+
+}  // namespace gpulanes

@@ -1,0 +1,177 @@
+// The Runtime's planning half: measured rates, the planner over this runtime's devices, and
+// applying a plan while serving (a lane layout through set_lanes, admission limits for what did
+// not fit). The planner thread re-plans on the Replanner's schedule, the same trigger and
+// planner the simulator uses (sim/simulator.cpp), so a plan evaluated there is the plan served
+// here.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+
+#include "gpulanes/core/error.h"
+#include "gpulanes/exec/executor.h"
+#include "gpulanes/runtime/runtime.h"
+
+namespace gpulanes {
+
+namespace {
+
+bool on_cpu(const std::string& device) {
+  return device == "cpu" || (device == "auto" && cuda_device_count() == 0);
+}
+
+}  // namespace
+
+void Runtime::set_planner_profile(const std::string& model, SimModelProfile profile) {
+  const int m = models_.find(model);
+  if (m < 0) throw Error(ErrorCode::kUnknownModel, "no model named '" + model + "' is registered");
+  std::lock_guard<std::mutex> lock(plan_mu_);
+  if (static_cast<int>(plan_profiles_.size()) <= m) plan_profiles_.resize(m + 1);
+  plan_profiles_[m] = std::move(profile);
+}
+
+PlannerConfig Runtime::planner_config() const {
+  PlannerConfig cfg = options_.replan.planner;
+  const std::string& dev = options_.device;
+  if (dev == "virtual") {
+    throw Error(ErrorCode::kInvalidInput, "a virtual runtime is planned by its simulator");
+  }
+  if (on_cpu(dev)) {
+    // CPU lanes have no SMs to split: the planner packs models into at most cpu_lanes lanes.
+    cfg.gpus = options_.cpu_lanes;
+    cfg.sms_per_gpu = 1;
+    cfg.granularity = 1;
+  } else {
+    cfg.gpus = dev.rfind("cuda:", 0) == 0 ? 1 : cuda_device_count();
+    const int first = dev.rfind("cuda:", 0) == 0 ? std::stoi(dev.substr(5)) : 0;
+    cfg.sms_per_gpu = cuda_sm_count(first);
+  }
+  return cfg;
+}
+
+std::vector<double> Runtime::measured_rates() const {
+  if (replanner_) return replanner_->planning_rates();
+  const TimeNs now = clock_->now();
+  std::vector<double> out;
+  for (const auto& r : rates_) {
+    const DurationNs gap = r->mean_gap();
+    if (gap == kNever || gap <= 0) {
+      out.push_back(0.0);
+      continue;
+    }
+    // A model that stopped sending is slower than its last gaps say.
+    out.push_back(1e9 / std::max<double>(gap, static_cast<double>(now - r->last())));
+  }
+  return out;
+}
+
+Plan Runtime::plan(const std::vector<double>& rates, const PlannerConfig& config) const {
+  if (!started_) throw Error(ErrorCode::kInvalidInput, "plan() needs a started runtime (profiles)");
+  const int n = models_.size();
+  if (static_cast<int>(rates.size()) != n) {
+    throw Error(ErrorCode::kInvalidInput, "plan() takes one rate per registered model");
+  }
+  // Without a per-share profile, the measured one stands for the whole device; the planner then
+  // extrapolates smaller shares as latency / share (sim_profile.h).
+  std::vector<SimModelProfile> measured(n);
+  std::vector<PlannerModel> pm;
+  std::lock_guard<std::mutex> lock(plan_mu_);
+  for (int m = 0; m < n; ++m) {
+    const ModelSpec& spec = models_.at(m).spec;
+    const SimModelProfile* profile = nullptr;
+    if (m < static_cast<int>(plan_profiles_.size()) && plan_profiles_[m]) {
+      profile = &*plan_profiles_[m];
+    } else {
+      SharePoints whole;
+      whole.points = profiles_[m].points();
+      for (const LatencyPoint& p : whole.points) {
+        whole.l2[p.batch_size] = p.l2;
+        whole.dram[p.batch_size] = p.dram;
+      }
+      measured[m] = SimModelProfile({std::move(whole)}, 0.0);
+      profile = &measured[m];
+    }
+    pm.push_back({spec.name, rates[m], spec.slo, spec.max_batch_size, profile});
+  }
+  return make_plan(pm, config);
+}
+
+bool Runtime::apply_plan(const Plan& plan, const std::vector<double>& rates, bool admission,
+                         double admit_fraction) {
+  const bool cpu = on_cpu(options_.device);
+  const bool single = options_.device.rfind("cuda:", 0) == 0;
+  std::vector<LaneSpec> layout;
+  for (const PlannedLane& l : plan.lanes) {
+    LaneSpec spec;
+    spec.device = cpu ? "cpu" : single ? options_.device : "cuda:" + std::to_string(l.gpu);
+    spec.sms = cpu ? 0 : l.sms;
+    for (const PlannedModel& p : l.models) spec.models.push_back(models_.at(p.model).spec.name);
+    layout.push_back(std::move(spec));
+  }
+  bool changed;
+  {
+    std::lock_guard<std::mutex> lock(control_mu_);
+    changed = layout.size() != layout_.size() ||
+              !std::equal(layout.begin(), layout.end(), layout_.begin(),
+                          [](const LaneSpec& a, const LaneSpec& b) {
+                            return a.device == b.device && a.sms == b.sms && a.models == b.models;
+                          });
+  }
+  if (changed) set_lanes(std::move(layout));
+  set_admission_limits(admission ? admission_limits(plan, rates, admit_fraction)
+                                 : std::vector<double>{});
+  return changed;
+}
+
+void Runtime::set_admission_limits(const std::vector<double>& limits) {
+  if (!admission_) throw Error(ErrorCode::kInvalidInput, "admission limits need a started runtime");
+  admission_->set_limits(limits, clock_->now());
+}
+
+std::vector<ReplanEvent> Runtime::replans() const {
+  std::lock_guard<std::mutex> lock(plan_mu_);
+  return replans_;
+}
+
+void Runtime::planner_main() {
+  const PlannerConfig config = planner_config();
+  std::unique_lock<std::mutex> lock(plan_mu_);
+  while (!plan_stop_) {
+    const auto at = std::chrono::steady_clock::time_point(
+        std::chrono::nanoseconds(replanner_->next_tick()));
+    plan_cv_.wait_until(lock, at, [&] { return plan_stop_; });
+    if (plan_stop_) break;
+    ReplanEvent event;
+    if (!replanner_->due(clock_->now(), &event)) continue;
+    lock.unlock();  // plan() and set_lanes() take it (and control_mu_)
+    try {
+      const auto t0 = std::chrono::steady_clock::now();
+      const Plan p = plan(event.rates, config);
+      const auto t1 = std::chrono::steady_clock::now();
+      event.plan_wall_us = std::chrono::duration<double, std::micro>(t1 - t0).count();
+      event.gpus_used = p.gpus_used;
+      event.feasible = p.feasible;
+      event.lanes = static_cast<int>(p.lanes.size());
+      event.changed = apply_plan(p, event.rates, options_.replan.admission,
+                                 options_.replan.admit_fraction);
+      event.apply_wall_ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t1).count();
+      if (event.changed) event.applied_t_s = (clock_->now() - started_at_.load()) / 1e9;
+    } catch (const std::exception& e) {
+      // Serving goes on with the old layout; a plan that cannot be applied is not fatal.
+      std::fprintf(stderr, "gpulanes: re-planning failed: %s\n", e.what());
+    }
+    lock.lock();
+    replans_.push_back(std::move(event));
+  }
+}
+
+void Runtime::stop_planner() {
+  {
+    std::lock_guard<std::mutex> lock(plan_mu_);
+    plan_stop_ = true;
+  }
+  plan_cv_.notify_all();
+  if (planner_thread_.joinable()) planner_thread_.join();
+}
+
+}  // namespace gpulanes

@@ -1,0 +1,142 @@
+"""Lane planning for a serving :class:`gpulanes.Runtime` (the same core planner and re-planning
+trigger the simulator uses; ``csrc/gpulanes/plan/``).
+
+>>> rt = gl.Runtime(device="cuda", replan={"every_s": 10, "drift": 0.5})
+>>> plan = rt.plan()                      # for the rates measured so far
+>>> rt.apply_plan(plan)                   # lanes follow the plan; what it cannot place is shed
+
+Plans are JSON-able dicts: ``variant``, ``gpus_used``, ``feasible``, ``unplaced_rate`` (by
+model, requests/s no device was left for), ``meets_slos`` and ``lanes`` (``gpu``, ``sms``,
+``duty_ms``, ``models`` with ``batch``, ``rate`` and predicted ``latency_ms``).
+:func:`gpulanes.plot.plan` draws one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from . import profiles as _profiles
+from .errors import InvalidInput, UnknownModel
+
+__all__ = ["REPLAN_KEYS", "replan_config", "share_profile"]
+
+# Re-planning options and their defaults (ReplanOptions in csrc/gpulanes/plan/replanner.h).
+REPLAN_KEYS: Dict[str, Any] = {"every_s": None, "variant": "spatiotemporal", "alpha": 0.5,
+                               "min_rate": 1.0, "drift": 0.0, "check_s": 1.0, "granularity": 8,
+                               "gpus": None, "admission": True,
+                               "admit_fraction": 0.9}
+
+
+def replan_config(replan: Mapping[str, Any], planner: Dict[str, Any]) -> Dict[str, Any]:
+    """Validated re-planning options for the core; ``planner``: the planner config to start
+    from (the variant and granularity of ``replan`` override its own)."""
+    unknown = set(replan) - set(REPLAN_KEYS)
+    if unknown or not float(replan.get("every_s") or 0) > 0:
+        raise InvalidInput(f"replan takes every_s > 0 and {sorted(set(REPLAN_KEYS) - {'every_s'})}"
+                           f"; got {dict(replan)}")
+    opt = {k: replan.get(k, v) for k, v in REPLAN_KEYS.items()}
+    if opt["gpus"] is not None:
+        planner = {**planner, "gpus": int(opt["gpus"])}
+    return {"every_s": float(opt["every_s"]), "alpha": float(opt["alpha"]),
+            "min_rate": float(opt["min_rate"]), "drift": float(opt["drift"]),
+            "check_s": float(opt["check_s"]), "admission": bool(opt["admission"]),
+            "admit_fraction": float(opt["admit_fraction"]),
+            "planner": {**planner, "variant": str(opt["variant"]),
+                        "granularity": int(opt["granularity"])}}
+
+
+def share_profile(entries: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """A model's profile entries (one per measured SM share, :mod:`gpulanes.profiles` schema) as
+    the core's planner and simulator take them."""
+    shares = []
+    for e in sorted(entries, key=lambda e: e["sm_share"]):
+        default = e.get("intensity") or {}
+        pts = e["points"]
+        shares.append({"share": e["sm_share"],
+                       "batch_sizes": [p["batch_size"] for p in pts],
+                       "p50_us": [float(p["p50_us"]) for p in pts],
+                       "l2": [float(p.get("l2", default.get("l2", 0.0))) for p in pts],
+                       "dram": [float(p.get("dram", default.get("dram", 0.0))) for p in pts]})
+    memory = max((e.get("memory_mb", 0.0) for e in entries), default=0.0)
+    return {"shares": shares, "memory_mb": float(memory)}
+
+
+class Planning:
+    """The planning methods of :class:`gpulanes.Runtime` (it mixes them in)."""
+
+    _core: Any
+    _slo_ms: Dict[str, float]
+
+    def measured_rates(self) -> Dict[str, float]:
+        """Requests/s per model: the re-planner's EWMA when ``replan`` is on, else an estimate
+        from recent arrival gaps."""
+        return self._core.measured_rates()
+
+    def plan(self, rates: Optional[Mapping[str, float]] = None,
+             variant: Optional[str] = None, *, gpus: Optional[int] = None,
+             granularity: Optional[int] = None) -> Dict[str, Any]:
+        """Plans lanes for ``rates`` (requests/s by model; default :meth:`measured_rates`) on this
+        runtime's devices: on GPUs, SM-count lanes (multiples of ``granularity``) on up to
+        ``gpus`` GPUs; on the CPU, at most ``cpu_lanes`` lanes. Profiles by SM share come from
+        :meth:`load_planner_profiles`; a model without one is planned with its measured profile
+        as the whole device's. ``variant``: ``"spatiotemporal"`` (default), ``"no_interference"``,
+        ``"temporal_only"``. Needs a started runtime."""
+        names = list(self._slo_ms)
+        given = dict(rates) if rates is not None else self.measured_rates()
+        unknown = [m for m in given if m not in self._slo_ms]
+        if unknown:
+            raise UnknownModel(f"rates for models that are not registered: {unknown}")
+        config = self._core.planner_config()
+        if variant is not None:
+            config["variant"] = variant
+        if gpus is not None:
+            config["gpus"] = int(gpus)
+        if granularity is not None:
+            config["granularity"] = int(granularity)
+        vector = [float(given.get(m, 0.0)) for m in names]
+        plan = self._core.plan(vector, config)
+        plan["rates"] = dict(zip(names, vector))
+        return plan
+
+    def apply_plan(self, plan: Mapping[str, Any], *, admission: bool = True,
+                   admit_fraction: float = 0.9) -> bool:
+        """Makes ``plan`` the lane layout while serving (as :meth:`set_lanes`: nothing queued is
+        lost) and, with ``admission``, sheds each model's requests above ``admit_fraction`` of
+        the rate the plan placed (:class:`gpulanes.Overloaded` at submit) when it could not
+        place them all (a lane planned at its saturated throughput has no slack for bursts).
+        Returns whether the layout changed."""
+        rates = dict(plan.get("rates") or {})
+        if not rates:  # a plan made elsewhere: what it placed plus what it could not
+            for lane in plan["lanes"]:
+                for m in lane["models"]:
+                    rates[m["model"]] = rates.get(m["model"], 0.0) + m["rate"]
+            for m, r in plan.get("unplaced_rate", {}).items():
+                rates[m] = rates.get(m, 0.0) + r
+        vector = [float(rates.get(m, 0.0)) for m in self._slo_ms]
+        if not 0 < admit_fraction <= 1:
+            raise InvalidInput(f"admit_fraction must be in (0, 1], got {admit_fraction}")
+        return self._core.apply_plan(dict(plan), vector, bool(admission), float(admit_fraction))
+
+    def replans(self) -> List[Dict[str, Any]]:
+        """With ``replan``: each re-plan so far (t_s, drift, rates, gpus_used, feasible, lanes,
+        changed, applied_t_s, plan_wall_us, apply_wall_ms)."""
+        return self._core.replans()
+
+    def admission_limits(self) -> Dict[str, float]:
+        """Models being shed, with the requests/s still admitted."""
+        return self._core.admission_limits()
+
+    def load_planner_profiles(self, source: Any, models: Optional[Mapping[str, str]] = None) -> None:
+        """Per-SM-share profiles for the planner: a profile file or document in the
+        :mod:`gpulanes.profiles` schema with one entry per measured share (e.g. what
+        ``benchmarks/gpu_partitions.py`` writes). ``models`` maps a registered model to its key
+        in the file (default: the same name); models the file lacks keep their measured
+        profile."""
+        doc = _profiles.validate(source) if isinstance(source, dict) else _profiles.load(source)
+        keys = dict(models or {m: m for m in self._slo_ms})
+        for name, key in keys.items():
+            if name not in self._slo_ms:
+                raise UnknownModel(f"no model named {name!r} is registered")
+            entries = _profiles.find(doc, key)
+            if entries:
+                self._core.set_planner_profile(name, share_profile(entries))
