@@ -4,9 +4,19 @@ the highest load each planner sustains: the plan for that load must fit the 4 GP
 simulating the load on the planned lanes must keep every model at >= 99% SLO attainment (load
 found by bisection). Also the GPUs each planner needs per load level (planning only).
 Planners: spatiotemporal (ours: SM-count lanes, interference-checked placement),
-no_interference (same, placement ignores interference), temporal_only (whole-GPU lanes).
+no_interference (same, placement ignores interference), temporal_only (whole-GPU lanes),
+self_tuning (feedback baseline: a lane per model sized from the profile, then re-planned every
+simulated second from what each lane did; its attainment counts after half the run, so that it
+has 5 s to converge).
 
-    python benchmarks/planner.py [--seconds 10] [--scenarios game traffic ...]
+Interference (--interference): "gpulet" is gpu-let's published regression (RTX 2080 Ti); with
+the zoo's L2/DRAM use it slows co-located 66-SM lanes by 1.1-1.3x. "gpulet-x2" doubles its
+excess slow-down (1 + 2 (a - 1)): a sensitivity run for co-locations where interference matters,
+until the H100's own co-location matrix (issue 6) replaces both. The planner is given the same
+coefficients the simulator uses as ground truth (as gpu-let profiles them offline).
+
+    python benchmarks/planner.py [--seconds 10] [--interference gpulet|gpulet-x2]
+                                 [--scenarios game traffic ...]
 """
 
 from __future__ import annotations
@@ -18,14 +28,26 @@ from typing import Any, Dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-VARIANTS = ("spatiotemporal", "no_interference", "temporal_only")
+VARIANTS = ("spatiotemporal", "no_interference", "temporal_only", "self_tuning")
+
+
+def coefficients(name: str):
+    from gpulanes.sim import GPULET_COEFFICIENTS as c
+
+    if name == "gpulet":
+        return list(c)
+    if name == "gpulet-x2":  # a = 1 + 2 (a_gpulet - 1)
+        return [2 * c[0], 2 * c[1], 2 * c[2], 2 * c[3], 2 * c[4] - 1]
+    raise SystemExit(f"unknown interference {name!r}")
 SCENARIOS = ("game", "traffic", "scen1", "scen2", "scen3", "scen4", "scen5")
 
 
-def sustains(scn_name: str, variant: str, load: float, gpus: int, seconds: float) -> Dict[str, Any]:
+def sustains(scn_name: str, variant: str, load: float, gpus: int, seconds: float,
+             interference: str) -> Dict[str, Any]:
     import gpulanes as gl
 
-    sim = gl.sim.Simulator(gpus=gpus, seed=0, interference="linear")
+    sim = gl.sim.Simulator(gpus=gpus, seed=0,
+                           interference={"kind": "linear", "coefficients": coefficients(interference)})
     scn = sim.add_scenario(scn_name)
     plan = sim.plan(scn.rates(load), variant)
     row: Dict[str, Any] = {"load": load, "gpus_used": plan["gpus_used"], "feasible": plan["feasible"],
@@ -34,28 +56,33 @@ def sustains(scn_name: str, variant: str, load: float, gpus: int, seconds: float
         row["ok"] = False
         return row
     sim.apply_plan(plan)
-    out = sim.run(scn.workload(load, seconds, seed=1), warmup_s=min(2.0, seconds / 5))
+    if variant == "self_tuning":
+        out = sim.run(scn.workload(load, seconds, seed=1), warmup_s=seconds / 2,
+                      replan={"every_s": 1.0, "variant": "self_tuning"})
+    else:
+        out = sim.run(scn.workload(load, seconds, seed=1), warmup_s=min(2.0, seconds / 5))
     worst = min(s["attainment"] for s in out["models"].values())
     row.update({"worst_attainment": worst, "ok": worst >= 0.99,
                 "goodput": sum(s["goodput"] for s in out["models"].values())})
     return row
 
 
-def peak(scn_name: str, variant: str, gpus: int, seconds: float, steps: int) -> Dict[str, Any]:
+def peak(scn_name: str, variant: str, gpus: int, seconds: float, steps: int,
+         interference: str) -> Dict[str, Any]:
     from gpulanes.sim import scenario
 
     lo_bound, hi_bound = scenario(scn_name).loads
     lo, hi, tried = 0.0, hi_bound, []
-    row = sustains(scn_name, variant, hi, gpus, seconds)
+    row = sustains(scn_name, variant, hi, gpus, seconds, interference)
     tried.append(row)
     while row["ok"] and hi < 64 * hi_bound:  # the range was too small: grow it
         lo, hi = hi, hi * 2
-        row = sustains(scn_name, variant, hi, gpus, seconds)
+        row = sustains(scn_name, variant, hi, gpus, seconds, interference)
         tried.append(row)
     best = tried[-2] if row["ok"] is False and len(tried) > 1 and tried[-2]["ok"] else None
     for _ in range(steps):
         mid = (lo + hi) / 2
-        row = sustains(scn_name, variant, mid, gpus, seconds)
+        row = sustains(scn_name, variant, mid, gpus, seconds, interference)
         tried.append(row)
         if row["ok"]:
             lo, best = mid, row
@@ -70,31 +97,42 @@ def main() -> None:
     ap.add_argument("--gpus", type=int, default=4)
     ap.add_argument("--steps", type=int, default=7, help="bisection steps")
     ap.add_argument("--scenarios", nargs="+", default=list(SCENARIOS))
+    ap.add_argument("--interference", default="gpulet", choices=("gpulet", "gpulet-x2"))
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     import gpulanes as gl
     from _common import RESULTS, environment, write_result
 
-    results: Dict[str, Any] = {"gpus": args.gpus, "seconds": args.seconds, "scenarios": {}}
+    results: Dict[str, Any] = {"gpus": args.gpus, "seconds": args.seconds,
+                               "interference": {"name": args.interference,
+                                                "coefficients": coefficients(args.interference)},
+                               "scenarios": {}}
     for name in args.scenarios:
-        per = {v: peak(name, v, args.gpus, args.seconds, args.steps) for v in VARIANTS}
+        per = {v: peak(name, v, args.gpus, args.seconds, args.steps, args.interference)
+               for v in VARIANTS}
         # GPUs each planner needs per load (planning only, up to 16 GPUs).
-        sim = gl.sim.Simulator(gpus=16, seed=0)
+        sim = gl.sim.Simulator(gpus=16, seed=0, interference={
+            "kind": "linear", "coefficients": coefficients(args.interference)})
         scn = sim.add_scenario(name)
         lo, hi = scn.loads
         levels = [lo + (hi - lo) * k / 5 for k in range(6)]
         need = {v: [sim.plan(scn.rates(l), v)["gpus_used"] if sim.plan(scn.rates(l), v)["feasible"]
                     else None for l in levels] for v in VARIANTS}
         results["scenarios"][name] = {"peaks": per, "gpus_needed": {"loads": levels, **need}}
-        st, ni, to = (per[v]["max_load"] for v in VARIANTS)
+        st, ni, to, tu = (per[v]["max_load"] for v in VARIANTS)
         print(f"{name:<8} max load at >= 99% on {args.gpus} GPUs: spatiotemporal {st:8.1f}  "
-              f"no_interference {ni:8.1f}  temporal_only {to:8.1f}  "
+              f"no_interference {ni:8.1f}  temporal_only {to:8.1f}  self_tuning {tu:8.1f}  "
               f"(x{st / to if to else float('inf'):.2f} of temporal_only)", flush=True)
     ratios = [r["peaks"]["spatiotemporal"]["max_load"] / r["peaks"]["temporal_only"]["max_load"]
               for r in results["scenarios"].values() if r["peaks"]["temporal_only"]["max_load"] > 0]
     results["mean_ratio_spatiotemporal_vs_temporal_only"] = sum(ratios) / len(ratios) if ratios else None
-    print(f"mean ratio spatiotemporal / temporal_only: {results['mean_ratio_spatiotemporal_vs_temporal_only']:.2f}")
-    path = write_result("planner", environment("cpu"), results, args.out or RESULTS)
+    ni = [r["peaks"]["spatiotemporal"]["max_load"] / r["peaks"]["no_interference"]["max_load"]
+          for r in results["scenarios"].values() if r["peaks"]["no_interference"]["max_load"] > 0]
+    results["mean_ratio_spatiotemporal_vs_no_interference"] = sum(ni) / len(ni) if ni else None
+    print(f"mean ratio spatiotemporal / temporal_only: {results['mean_ratio_spatiotemporal_vs_temporal_only']:.2f}"
+          f"; / no_interference: {results['mean_ratio_spatiotemporal_vs_no_interference']:.2f}")
+    name = "planner" if args.interference == "gpulet" else f"planner-{args.interference}"
+    path = write_result(name, environment("cpu"), results, args.out or RESULTS)
     print(f"wrote {path}")
 
 

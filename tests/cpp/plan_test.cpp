@@ -4,6 +4,7 @@
 #include "gpulanes/core/error.h"
 #include "gpulanes/plan/planner.h"
 #include "gpulanes/plan/replanner.h"
+#include "gpulanes/plan/self_tuning.h"
 #include "gpulanes/sched/admission.h"
 
 using namespace gpulanes;
@@ -113,4 +114,61 @@ TEST(Planner, OverloadSharesTheGpusMaxMinFairly) {
   EXPECT_DOUBLE_EQ(small, 100);
   EXPECT_NEAR(big, 1e6 - plan.unplaced_rate[1], 1e-6);
   EXPECT_TRUE(plan_meets_slos(plan, models, cfg));
+}
+
+TEST(SelfTuning, StartsWithALanePerModelSizedByItsLoad) {
+  const SimModelProfile prof = flat_profile();
+  PlannerConfig cfg;
+  cfg.gpus = 2;
+  cfg.variant = "self_tuning";
+  // Whole-GPU cost of one request: 1.8 ms / 8 = 0.225 ms. At 70% busy, 1000/s needs
+  // 1000 * 0.000225 / 0.7 * 132 = 42.4 SMs -> 48; 100/s needs 4.2 -> 8.
+  std::vector<PlannerModel> models = {{"light", 100, from_ms(100), 8, &prof},
+                                      {"heavy", 1000, from_ms(100), 8, &prof}};
+  const Plan plan = make_plan(models, cfg);
+  ASSERT_EQ(plan.lanes.size(), 2u);
+  EXPECT_TRUE(plan.feasible);
+  EXPECT_EQ(plan.lanes[0].models[0].model, 1);  // the larger need is placed first
+  EXPECT_EQ(plan.lanes[0].sms, 48);
+  EXPECT_EQ(plan.lanes[1].sms, 8);
+  EXPECT_EQ(plan.gpus_used, 1);
+}
+
+TEST(SelfTuning, GrowsStrugglingLanesAndShrinksIdleOnes) {
+  const SimModelProfile prof = flat_profile();
+  PlannerConfig cfg;
+  cfg.gpus = 2;
+  cfg.variant = "self_tuning";
+  std::vector<PlannerModel> models = {{"a", 1, from_ms(100), 8, &prof},
+                                      {"b", 1, from_ms(100), 8, &prof},
+                                      {"c", 1, from_ms(100), 8, &prof}};
+  Plan cur;
+  cur.unplaced_rate.assign(3, 0.0);
+  auto lane = [](int gpu, int sms, int m) {
+    PlannedLane l;
+    l.gpu = gpu;
+    l.sms = sms;
+    l.models.push_back({m, 8, 0, 0});
+    return l;
+  };
+  cur.lanes = {lane(0, 64, 0), lane(0, 40, 1), lane(1, 16, 2)};
+  // a misses deadlines (grows from the 28 free SMs), b idles (shrinks), c is fine (stays).
+  Plan next = self_tuning_step(cur, {{0.5, 0.9}, {0.2, 1.0}, {0.6, 1.0}}, models, cfg);
+  EXPECT_EQ(next.lanes[0].sms, 72);
+  EXPECT_EQ(next.lanes[1].sms, 32);
+  EXPECT_EQ(next.lanes[2].sms, 16);
+  // GPU 0 full: a busy lane takes a granule from the least busy lane beside it.
+  cur.lanes = {lane(0, 96, 0), lane(0, 36, 1), lane(1, 16, 2)};
+  next = self_tuning_step(cur, {{0.95, 1.0}, {0.5, 1.0}, {0.6, 1.0}}, models, cfg);
+  EXPECT_EQ(next.lanes[0].sms, 104);
+  EXPECT_EQ(next.lanes[1].sms, 28);
+  // A whole-GPU lane that still struggles gets a sibling of two granules where there is room.
+  cur.lanes = {lane(0, 132, 0), lane(1, 16, 2)};
+  next = self_tuning_step(cur, {{0.99, 0.5}, {0.6, 1.0}}, models, cfg);
+  ASSERT_EQ(next.lanes.size(), 3u);
+  EXPECT_EQ(next.lanes[2].gpu, 1);
+  EXPECT_EQ(next.lanes[2].sms, 16);
+  EXPECT_EQ(next.lanes[2].models[0].model, 0);
+  EXPECT_EQ(next.gpus_used, 2);
+  EXPECT_THROW(self_tuning_step(cur, {}, models, cfg), Error);
 }

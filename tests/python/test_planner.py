@@ -177,3 +177,19 @@ def test_load_beyond_every_gpu_is_shed_rather_than_missed():
     requests_off, rejected_off, met_off, _ = run(False)
     assert requests_off == requests and rejected_off == 0
     assert met > 1.05 * met_off  # queueing everything also costs requests that could have made it
+
+
+def test_self_tuning_grows_an_undersized_layout_until_it_holds():
+    sim = gl.sim.Simulator(gpus=2, seed=0)
+    scn = sim.add_scenario("scen4")
+    start = sim.plan(scn.rates(100), "self_tuning")  # sized for a third of the load
+    assert start["variant"] == "self_tuning"
+    assert all(len(l["models"]) == 1 for l in start["lanes"])
+    sim.apply_plan(start)
+    work = gl.workloads.Poisson(scn.rates(300), 30, seed=4)
+    out = sim.run(work, warmup_s=20, replan={"every_s": 1, "variant": "self_tuning"})
+    changed = [e for e in out["replans"] if e["changed"]]
+    assert len(changed) >= 3  # feedback steps, one granule at a time
+    lanes = sim.stats(per="lane")
+    assert sum(l["sms"] for l in lanes.values()) > sum(l["sms"] for l in start["lanes"])
+    assert min(s["attainment"] for s in out["models"].values()) >= 0.99  # the last 10 s

@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "gpulanes/core/error.h"
+#include "gpulanes/plan/self_tuning.h"
 
 namespace gpulanes {
 namespace {
@@ -16,8 +17,9 @@ class Planner {
       : models_(models), cfg_(cfg), interference_(cfg.variant == "spatiotemporal") {
     if (cfg.variant != "spatiotemporal" && cfg.variant != "no_interference" &&
         cfg.variant != "temporal_only") {
-      throw Error(ErrorCode::kInvalidInput, "unknown planner '" + cfg.variant +
-                                                "' (spatiotemporal, no_interference, temporal_only)");
+      throw Error(ErrorCode::kInvalidInput,
+                  "unknown planner '" + cfg.variant +
+                      "' (spatiotemporal, no_interference, temporal_only, self_tuning)");
     }
     if (cfg.interference.size() != 5) {
       throw Error(ErrorCode::kInvalidInput, "planner interference needs 5 coefficients");
@@ -298,6 +300,7 @@ double gpu_seconds_per_request(const PlannerModel& m, const PlannerConfig& cfg) 
 }  // namespace
 
 Plan make_plan(const std::vector<PlannerModel>& models, const PlannerConfig& config) {
+  if (config.variant == "self_tuning") return self_tuning_start(models, config);
   Plan full = Planner(models, config).run();
   if (full.feasible) return full;
   // Overloaded: share the GPUs max-min fairly. Each model asks for rate x cost GPUs; find the

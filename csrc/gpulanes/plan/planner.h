@@ -16,7 +16,8 @@
 //     all GPUs are used the plan says which rate it could not place.
 // Latencies are the profile's solo latency at the lane's share times a safety factor (1.1).
 // Variants: "spatiotemporal" (ours), "no_interference" (placement ignores interference),
-// "temporal_only" (whole-GPU lanes only, Nexus-style packing).
+// "temporal_only" (whole-GPU lanes only, Nexus-style packing), "self_tuning" (a feedback
+// baseline: make_plan gives its starting plan, re-planning steps it; self_tuning.h).
 #pragma once
 
 #include <string>
@@ -36,7 +37,8 @@ struct PlannerModel {
 };
 
 struct PlannerConfig {
-  std::string variant = "spatiotemporal";  // spatiotemporal, no_interference, temporal_only
+  std::string variant = "spatiotemporal";  // spatiotemporal, no_interference, temporal_only,
+                                           // self_tuning
   int gpus = 1;                            // GPUs available
   int sms_per_gpu = 132;
   int granularity = 8;                     // lane sizes are multiples of this (and the whole GPU)

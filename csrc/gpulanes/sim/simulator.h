@@ -13,6 +13,7 @@
 #include "gpulanes/core/clock.h"
 #include "gpulanes/plan/planner.h"
 #include "gpulanes/plan/replanner.h"
+#include "gpulanes/plan/self_tuning.h"
 #include "gpulanes/runtime/runtime.h"
 #include "gpulanes/sim/cluster.h"
 
@@ -77,8 +78,12 @@ class Simulator {
     std::vector<float> latency_ms;
   };
   void on_finished(const Request& r, TraceOutcome outcome, TimeNs end);
-  // Plans for `rates`; returns the layout, fills `event` and sets the admission limits.
+  // Plans for `rates` (self_tuning: steps from the current layout by what its lanes did since
+  // the last re-plan); returns the layout, fills `event` and sets the admission limits.
   std::vector<SimLaneSpec> replan(const std::vector<double>& rates, ReplanEvent* event);
+  // self_tuning: per lane of the current layout, its busy fraction and worst model attainment
+  // since the last feedback() (or since the layout took over).
+  std::vector<LaneFeedback> feedback();
 
   std::shared_ptr<VirtualClock> clock_;
   std::shared_ptr<SimCluster> cluster_;
@@ -87,6 +92,11 @@ class Simulator {
   std::vector<SimModelSpec> models_; // specs and profiles, for the planner
   ReplanOptions replan_;
   TimeNs warmup_end_ = 0;            // absolute; arrivals before it are not recorded
+  // self_tuning feedback baselines: when, lane busy seconds (lane stats restart with a new
+  // layout), per-model met and decided-late counts.
+  TimeNs fb_since_ = 0;
+  std::vector<double> fb_busy_s_;
+  std::vector<std::uint64_t> fb_met_, fb_bad_;
   bool ran_ = false;
 };
 
