@@ -202,6 +202,10 @@ class DeadlinePolicy final : public BatchPolicy {
     const int max_batch = s.models.at(m).spec.max_batch_size;
     if (queued < 3 || q.size(1) > 0) return;
     auto cost = [&](int b) { return scaled(m, s.profiles.fastest(m, b)) + margin(m); };
+    // The common case, checked first: the largest batch the queue allows fits the head.
+    const int full = static_cast<int>(std::min<std::size_t>(queued, max_batch));
+    const auto head = q.earliest_deadline();
+    if (!head || now + cost(full) <= *head) return;
     // The largest batch of the requests after the first `skip` that, started at `at`, ends
     // within the deadline of the first of them.
     auto batch_within = [&](std::size_t skip, TimeNs at) {
@@ -213,7 +217,6 @@ class DeadlinePolicy final : public BatchPolicy {
     };
     // A lone head runs without the margin (next_batch): it was not dropped, so b0 >= 1.
     const int b0 = std::max(1, batch_within(0, now));
-    if (b0 >= static_cast<int>(std::min<std::size_t>(queued, max_batch))) return;
     const int after = batch_within(b0, now + cost(b0));
     if (after >= static_cast<int>(std::min<std::size_t>(queued - b0, max_batch))) return;
     const double rate0 = b0 / static_cast<double>(cost(b0));
