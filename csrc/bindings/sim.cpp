@@ -137,6 +137,19 @@ class PySimulator {
     return out;
   }
 
+  // The layout serving at the end of the run (re-planning may have changed it).
+  py::list layout() const {
+    py::list out;
+    for (const SimLaneSpec& l : sim_->cluster().layout()) {
+      py::dict d;
+      d["gpu"] = l.gpu;
+      d["sms"] = l.sms;
+      d["models"] = l.models;
+      out.append(d);
+    }
+    return out;
+  }
+
   py::dict trace() const { return trace_columns(sim_->runtime().trace()); }
   py::dict predictions() const { return prediction_columns(sim_->runtime().predictor()->records()); }
   std::vector<double> predictor_weights() const { return sim_->runtime().predictor()->weights(); }
@@ -180,6 +193,7 @@ void init_sim(py::module_& m) {
            py::arg("deadline_ns"))
       .def("stats", &PySimulator::stats)
       .def("lane_stats", &PySimulator::lane_stats)
+      .def("layout", &PySimulator::layout)
       .def("trace", &PySimulator::trace)
       .def("predictions", &PySimulator::predictions)
       .def("predictor_weights", &PySimulator::predictor_weights);

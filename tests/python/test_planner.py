@@ -192,4 +192,6 @@ def test_self_tuning_grows_an_undersized_layout_until_it_holds():
     assert len(changed) >= 3  # feedback steps, one granule at a time
     lanes = sim.stats(per="lane")
     assert sum(l["sms"] for l in lanes.values()) > sum(l["sms"] for l in start["lanes"])
+    assert sorted(l["sms"] for l in out["lanes_at_end"]) == sorted(l["sms"] for l in lanes.values())
+    assert [(l["gpu"], l["sms"]) for l in sim.lanes()] == [(l["gpu"], l["sms"]) for l in start["lanes"]]
     assert min(s["attainment"] for s in out["models"].values()) >= 0.99  # the last 10 s

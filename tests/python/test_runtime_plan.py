@@ -99,3 +99,21 @@ def test_replanning_while_serving_follows_the_rates_and_loses_nothing():
     assert sorted(m for l in lanes for m in l["models"]) == ["a", "busy"]
     with pytest.raises(gl.InvalidInput, match="every_s"):
         gl.Runtime(device="cpu", replan={"every": 1})
+
+
+def test_self_tuning_replans_a_serving_runtime_without_losing_requests():
+    rt = two_model_runtime(cpu_lanes=2, replan={"every_s": 0.3, "variant": "self_tuning"})
+    futs = []
+    with rt:
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            futs.append(rt.submit("a", torch.ones(4)))
+            if len(futs) % 20 == 0:
+                futs.append(rt.submit("busy", torch.zeros(4)))
+            time.sleep(0.004)
+        events = rt.replans()
+        lanes = rt.lanes()
+    for f in futs:
+        f.result(timeout=60)
+    assert len(events) >= 3 and events[0]["changed"]  # its starting plan: a lane per model
+    assert sorted(sorted(l["models"]) for l in lanes) == [["a"], ["busy"]]

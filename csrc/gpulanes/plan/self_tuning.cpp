@@ -146,4 +146,42 @@ Plan self_tuning_step(const Plan& current, const std::vector<LaneFeedback>& feed
   return plan;
 }
 
+void FeedbackMeter::reset(TimeNs now, const std::vector<LaneStats>& lanes,
+                          const std::vector<ModelStats>& models) {
+  since_ = now;
+  busy_s_.clear();
+  for (const LaneStats& l : lanes) busy_s_.push_back(l.busy_s);
+  met_.clear();
+  bad_.clear();
+  for (const ModelStats& m : models) {
+    met_.push_back(m.met);
+    bad_.push_back(m.missed + m.dropped);
+  }
+}
+
+std::vector<LaneFeedback> FeedbackMeter::measure(TimeNs now, const std::vector<LaneStats>& lanes,
+                                                 const std::vector<ModelStats>& models,
+                                                 const Plan& plan) {
+  const double span = std::max(1e-9, (now - since_) / 1e9);
+  std::vector<double> attainment(models.size(), 1.0);
+  for (std::size_t m = 0; m < models.size(); ++m) {
+    const double met = static_cast<double>(models[m].met - (m < met_.size() ? met_[m] : 0));
+    const double bad = static_cast<double>(models[m].missed + models[m].dropped -
+                                           (m < bad_.size() ? bad_[m] : 0));
+    if (met + bad > 0) attainment[m] = met / (met + bad);
+  }
+  std::vector<LaneFeedback> out(plan.lanes.size());
+  for (std::size_t i = 0; i < plan.lanes.size(); ++i) {
+    if (i < lanes.size()) {
+      const double before = i < busy_s_.size() ? busy_s_[i] : 0.0;
+      out[i].busy = std::clamp((lanes[i].busy_s - before) / span, 0.0, 1.0);
+    }
+    for (const PlannedModel& pm : plan.lanes[i].models) {
+      out[i].attainment = std::min(out[i].attainment, attainment[pm.model]);
+    }
+  }
+  reset(now, lanes, models);
+  return out;
+}
+
 }  // namespace gpulanes

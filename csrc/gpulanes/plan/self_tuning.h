@@ -7,8 +7,11 @@
 // simulator's or the runtime's re-planning) measures the feedback and applies the plan.
 #pragma once
 
+#include <cstdint>
 #include <vector>
 
+#include "gpulanes/metrics/lane_metrics.h"
+#include "gpulanes/metrics/model_metrics.h"
 #include "gpulanes/plan/planner.h"
 
 namespace gpulanes {
@@ -38,5 +41,23 @@ Plan self_tuning_start(const std::vector<PlannerModel>& models, const PlannerCon
 Plan self_tuning_step(const Plan& current, const std::vector<LaneFeedback>& feedback,
                       const std::vector<PlannerModel>& models, const PlannerConfig& config,
                       const SelfTuningConfig& tuning = {});
+
+// Measures LaneFeedback between re-plans from a runtime's cumulative statistics: per lane the
+// busy seconds (lane statistics restart with each layout, so reset() after a swap), per model
+// the met and late-or-dropped counts. Used by one thread, the owner's planning thread.
+class FeedbackMeter {
+ public:
+  // Baselines: from `now` on.
+  void reset(TimeNs now, const std::vector<LaneStats>& lanes, const std::vector<ModelStats>& models);
+  // What each lane of `plan` (the layout serving since the last call) did since then; the
+  // baselines move to `now`.
+  std::vector<LaneFeedback> measure(TimeNs now, const std::vector<LaneStats>& lanes,
+                                    const std::vector<ModelStats>& models, const Plan& plan);
+
+ private:
+  TimeNs since_ = 0;                   // start of the window
+  std::vector<double> busy_s_;         // by lane
+  std::vector<std::uint64_t> met_, bad_;  // by model
+};
 
 }  // namespace gpulanes

@@ -9,6 +9,7 @@
 
 #include "gpulanes/core/error.h"
 #include "gpulanes/exec/executor.h"
+#include "gpulanes/plan/self_tuning.h"
 #include "gpulanes/runtime/runtime.h"
 
 namespace gpulanes {
@@ -49,7 +50,10 @@ PlannerConfig Runtime::planner_config() const {
 }
 
 std::vector<double> Runtime::measured_rates() const {
-  if (replanner_) return replanner_->planning_rates();
+  if (replanner_) {
+    std::lock_guard<std::mutex> lock(plan_mu_);  // the planner thread updates its rates
+    return replanner_->planning_rates();
+  }
   const TimeNs now = clock_->now();
   std::vector<double> out;
   for (const auto& r : rates_) {
@@ -64,17 +68,16 @@ std::vector<double> Runtime::measured_rates() const {
   return out;
 }
 
-Plan Runtime::plan(const std::vector<double>& rates, const PlannerConfig& config) const {
-  if (!started_) throw Error(ErrorCode::kInvalidInput, "plan() needs a started runtime (profiles)");
+std::vector<PlannerModel> Runtime::planner_models(const std::vector<double>& rates,
+                                                  std::vector<SimModelProfile>& measured) const {
   const int n = models_.size();
   if (static_cast<int>(rates.size()) != n) {
     throw Error(ErrorCode::kInvalidInput, "plan() takes one rate per registered model");
   }
   // Without a per-share profile, the measured one stands for the whole device; the planner then
   // extrapolates smaller shares as latency / share (sim_profile.h).
-  std::vector<SimModelProfile> measured(n);
+  measured.assign(n, SimModelProfile());
   std::vector<PlannerModel> pm;
-  std::lock_guard<std::mutex> lock(plan_mu_);
   for (int m = 0; m < n; ++m) {
     const ModelSpec& spec = models_.at(m).spec;
     const SimModelProfile* profile = nullptr;
@@ -92,7 +95,16 @@ Plan Runtime::plan(const std::vector<double>& rates, const PlannerConfig& config
     }
     pm.push_back({spec.name, rates[m], spec.slo, spec.max_batch_size, profile});
   }
-  return make_plan(pm, config);
+  return pm;
+}
+
+Plan Runtime::plan(const std::vector<double>& rates, const PlannerConfig& config) const {
+  if (started_at_.load(std::memory_order_acquire) == 0) {
+    throw Error(ErrorCode::kInvalidInput, "plan() needs a started runtime (profiles)");
+  }
+  std::vector<SimModelProfile> measured;
+  std::lock_guard<std::mutex> lock(plan_mu_);
+  return make_plan(planner_models(rates, measured), config);
 }
 
 bool Runtime::apply_plan(const Plan& plan, const std::vector<double>& rates, bool admission,
@@ -134,6 +146,10 @@ std::vector<ReplanEvent> Runtime::replans() const {
 
 void Runtime::planner_main() {
   const PlannerConfig config = planner_config();
+  const bool tuning = config.variant == "self_tuning";
+  std::optional<Plan> applied;  // the last plan this thread applied (self_tuning steps from it)
+  FeedbackMeter feedback;       // self_tuning: what the lanes did between re-plans
+  feedback.reset(clock_->now(), lane_stats(), stats());
   std::unique_lock<std::mutex> lock(plan_mu_);
   while (!plan_stop_) {
     const auto at = std::chrono::steady_clock::time_point(
@@ -142,25 +158,38 @@ void Runtime::planner_main() {
     if (plan_stop_) break;
     ReplanEvent event;
     if (!replanner_->due(clock_->now(), &event)) continue;
-    lock.unlock();  // plan() and set_lanes() take it (and control_mu_)
     try {
       const auto t0 = std::chrono::steady_clock::now();
-      const Plan p = plan(event.rates, config);
+      Plan p;
+      if (tuning && applied) {
+        std::vector<SimModelProfile> measured;
+        const auto fb = feedback.measure(clock_->now(), lane_stats(), stats(), *applied);
+        p = self_tuning_step(*applied, fb, planner_models(event.rates, measured), config);
+      } else {
+        std::vector<SimModelProfile> measured;
+        p = make_plan(planner_models(event.rates, measured), config);
+      }
       const auto t1 = std::chrono::steady_clock::now();
       event.plan_wall_us = std::chrono::duration<double, std::micro>(t1 - t0).count();
       event.gpus_used = p.gpus_used;
       event.feasible = p.feasible;
       event.lanes = static_cast<int>(p.lanes.size());
+      lock.unlock();  // set_lanes() takes control_mu_ and waits for running batches
       event.changed = apply_plan(p, event.rates, options_.replan.admission,
                                  options_.replan.admit_fraction);
+      lock.lock();
       event.apply_wall_ms =
           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t1).count();
-      if (event.changed) event.applied_t_s = (clock_->now() - started_at_.load()) / 1e9;
+      if (event.changed) {
+        event.applied_t_s = (clock_->now() - started_at_.load()) / 1e9;
+        feedback.reset(clock_->now(), lane_stats(), stats());  // new lanes, new statistics
+      }
+      applied = std::move(p);
     } catch (const std::exception& e) {
       // Serving goes on with the old layout; a plan that cannot be applied is not fatal.
+      if (!lock.owns_lock()) lock.lock();
       std::fprintf(stderr, "gpulanes: re-planning failed: %s\n", e.what());
     }
-    lock.lock();
     replans_.push_back(std::move(event));
   }
 }

@@ -202,6 +202,10 @@ class Runtime final : private LaneListener, private LoopSink {
   SchedulingState scheduling_state();
   // With tracing on: one "rejected" record for a refused submission of model `m`.
   void trace_rejection(int m, std::optional<TimeNs> deadline);
+  // The planner's view of the models at `rates` (profiles by share: plan_profiles_, else the
+  // measured one as share 1, kept in `measured`). Caller holds plan_mu_.
+  std::vector<PlannerModel> planner_models(const std::vector<double>& rates,
+                                           std::vector<SimModelProfile>& measured) const;
   // The planner thread (options.replan.every_s > 0, real time): re-plans until stop_planner().
   void planner_main();
   void stop_planner();

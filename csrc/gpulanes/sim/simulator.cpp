@@ -73,7 +73,7 @@ std::vector<SimLaneSpec> Simulator::replan(const std::vector<double>& rates, Rep
   }
   const auto t0 = std::chrono::steady_clock::now();
   Plan plan;
-  if (replan_.planner.variant == "self_tuning" && fb_since_ > 0) {
+  if (replan_.planner.variant == "self_tuning") {
     Plan current;
     for (const SimLaneSpec& l : cluster_->layout()) {
       PlannedLane lane;
@@ -83,7 +83,9 @@ std::vector<SimLaneSpec> Simulator::replan(const std::vector<double>& rates, Rep
       current.lanes.push_back(std::move(lane));
     }
     current.unplaced_rate.assign(models_.size(), 0.0);
-    plan = self_tuning_step(current, feedback(), pm, replan_.planner);
+    const auto fb = feedback_.measure(clock_->now(), runtime_->lane_stats(), runtime_->stats(),
+                                      current);
+    plan = self_tuning_step(current, fb, pm, replan_.planner);
   } else {
     plan = make_plan(pm, replan_.planner);
   }
@@ -102,36 +104,6 @@ std::vector<SimLaneSpec> Simulator::replan(const std::vector<double>& rates, Rep
     layout.push_back(std::move(s));
   }
   return layout;
-}
-
-std::vector<LaneFeedback> Simulator::feedback() {
-  const TimeNs now = clock_->now();
-  const double span = std::max(1e-9, (now - fb_since_) / 1e9);
-  const auto lanes = runtime_->lane_stats();
-  const auto models = runtime_->stats();
-  std::vector<double> attainment(models.size(), 1.0);
-  fb_met_.resize(models.size(), 0);
-  fb_bad_.resize(models.size(), 0);
-  for (std::size_t m = 0; m < models.size(); ++m) {
-    const std::uint64_t bad = models[m].missed + models[m].dropped;
-    const double met = static_cast<double>(models[m].met - fb_met_[m]);
-    const double late = static_cast<double>(bad - fb_bad_[m]);
-    if (met + late > 0) attainment[m] = met / (met + late);
-    fb_met_[m] = models[m].met;
-    fb_bad_[m] = bad;
-  }
-  std::vector<LaneFeedback> out;
-  const auto& layout = cluster_->layout();
-  fb_busy_s_.resize(lanes.size(), 0.0);
-  for (std::size_t i = 0; i < lanes.size() && i < layout.size(); ++i) {
-    LaneFeedback f;
-    f.busy = std::clamp((lanes[i].busy_s - fb_busy_s_[i]) / span, 0.0, 1.0);
-    for (int m : layout[i].models) f.attainment = std::min(f.attainment, attainment[m]);
-    fb_busy_s_[i] = lanes[i].busy_s;
-    out.push_back(f);
-  }
-  fb_since_ = now;
-  return out;
 }
 
 SimRunResult Simulator::run(const double* t_s, const std::int32_t* model, std::size_t n,
@@ -156,7 +128,7 @@ SimRunResult Simulator::run(const double* t_s, const std::int32_t* model, std::s
   std::size_t i = 0;
   TimeNs last_outcome = kOrigin;
   Replanner replanner(replan_, n_models, kOrigin);
-  if (replan_.planner.variant == "self_tuning") feedback();  // baselines from the start
+  feedback_.reset(clock_->now(), runtime_->lane_stats(), runtime_->stats());
   std::optional<std::vector<SimLaneSpec>> pending;  // a layout waiting for lanes to go idle
   auto seconds = [](TimeNs t) { return (t - kOrigin) / 1e9; };
   while (true) {
@@ -187,8 +159,7 @@ SimRunResult Simulator::run(const double* t_s, const std::int32_t* model, std::s
       cluster_->set_layout(std::move(*pending));
       runtime_->take_virtual_lanes();
       pending.reset();
-      feedback();                               // per-model baselines: now
-      fb_busy_s_.assign(cluster_->layout().size(), 0.0);  // new lanes, new lane statistics
+      feedback_.reset(clock_->now(), runtime_->lane_stats(), runtime_->stats());  // new lanes
       result.replans.back().applied_t_s = seconds(now);
     }
     for (; i < n && arrival_ns(i) <= now; ++i) {

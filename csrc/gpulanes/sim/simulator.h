@@ -81,9 +81,6 @@ class Simulator {
   // Plans for `rates` (self_tuning: steps from the current layout by what its lanes did since
   // the last re-plan); returns the layout, fills `event` and sets the admission limits.
   std::vector<SimLaneSpec> replan(const std::vector<double>& rates, ReplanEvent* event);
-  // self_tuning: per lane of the current layout, its busy fraction and worst model attainment
-  // since the last feedback() (or since the layout took over).
-  std::vector<LaneFeedback> feedback();
 
   std::shared_ptr<VirtualClock> clock_;
   std::shared_ptr<SimCluster> cluster_;
@@ -92,11 +89,7 @@ class Simulator {
   std::vector<SimModelSpec> models_; // specs and profiles, for the planner
   ReplanOptions replan_;
   TimeNs warmup_end_ = 0;            // absolute; arrivals before it are not recorded
-  // self_tuning feedback baselines: when, lane busy seconds (lane stats restart with a new
-  // layout), per-model met and decided-late counts.
-  TimeNs fb_since_ = 0;
-  std::vector<double> fb_busy_s_;
-  std::vector<std::uint64_t> fb_met_, fb_bad_;
+  FeedbackMeter feedback_;           // self_tuning: what lanes did between re-plans
   bool ran_ = false;
 };
 

@@ -197,7 +197,8 @@ class Simulator:
         model's whole rate, the excess is shed at submit (counted ``rejected``) unless
         ``admission`` is False. ``"replans"`` in the result lists each one: time, rates, GPUs
         used, feasible, whether the layout changed and when it took over, and what planning
-        cost."""
+        cost; ``"lanes_at_end"`` is the layout serving when the run ended (:meth:`lanes` stays
+        the layout a run starts from)."""
         if not isinstance(workload, Workload):
             raise TypeError("the simulator runs open-loop workloads (gpulanes.workloads."
                             "Poisson, Gamma, Steps, Ramp, AzureTrace)")
@@ -231,6 +232,8 @@ class Simulator:
         return {
             "models": per,
             "replans": res["replans"],
+            "lanes_at_end": [{**l, "models": [order[i] for i in l["models"]]}
+                             for l in self._core.layout()],
             "duration_s": workload.duration_s,
             "warmup_s": warmup_s,
             "submit_lateness_ms": {"p50": 0.0, "p99": 0.0, "max": 0.0},  # exact on virtual time
