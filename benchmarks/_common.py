@@ -60,6 +60,15 @@ def environment(device: str) -> Dict[str, Any]:
     return env
 
 
+def traced(specs: Dict[str, Any]) -> Dict[str, Any]:
+    """{name: (module, example input)} -> {name: (TorchScript trace, example)}, in eval mode."""
+    out = {}
+    for name, (model, example) in specs.items():
+        with torch.no_grad():
+            out[name] = (torch.jit.trace(model.eval(), example, check_trace=False), example)
+    return out
+
+
 def device_tag(env: Dict[str, Any]) -> str:
     if "gpu" in env:
         name = env["gpu"].lower()

@@ -35,7 +35,7 @@ import gpulanes as gl
 from gpulanes import workloads as wl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, environment, write_result  # noqa: E402
+from _common import RESULTS, environment, traced, write_result  # noqa: E402
 from policies import TextEncoder  # noqa: E402
 
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -52,11 +52,7 @@ def build(device: str) -> Dict[str, Any]:
              "mobilenet_v2": (torchvision.models.mobilenet_v2(weights=None),
                               torch.randn(1, 3, px, px)),
              "encoder": (TextEncoder(), torch.randint(0, 1000, (1, 32)))}
-    out = {}
-    for name, (model, example) in specs.items():
-        with torch.no_grad():
-            out[name] = (torch.jit.trace(model.eval(), example, check_trace=False), example)
-    return out
+    return traced(specs)
 
 
 def runtime(device: str, models, slo, profiles, planner: bool, profile_file) -> gl.Runtime:

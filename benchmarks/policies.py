@@ -29,7 +29,7 @@ import gpulanes as gl
 from gpulanes import workloads as wl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, device_tag, environment, write_result  # noqa: E402
+from _common import RESULTS, device_tag, environment, traced, write_result  # noqa: E402
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -57,11 +57,7 @@ def build(device: str):
         specs = {"mobilenet_v3": (torchvision.models.mobilenet_v3_small(weights=None),
                                   torch.randn(1, 3, 96, 96)),
                  "transformer": (TextEncoder(), torch.randint(0, 1000, (1, 32)))}
-    out = {}
-    for name, (model, example) in specs.items():
-        with torch.no_grad():
-            out[name] = (torch.jit.trace(model.eval(), example, check_trace=False), example)
-    return out
+    return traced(specs)
 
 
 def policies():
