@@ -87,15 +87,19 @@ def test_replanning_while_serving_follows_the_rates_and_loses_nothing():
         events = rt.replans()
         lanes = rt.lanes()
         measured = rt.measured_rates()
+        same_window = len(rt.replans()) == len(events)  # no re-plan in between
     for f in futs:  # every request resolved; none lost in a layout swap
         f.result(timeout=60)
     assert len(events) >= 4
     assert events[0]["changed"]  # from the default layout to the plan
     assert all(e["feasible"] and e["apply_wall_ms"] >= 0 for e in events)
-    # The rates it planned for are the ones offered: ~100-250/s of "a", ~10/s of "busy".
-    a_rate, busy_rate = events[-1]["rates"]
+    # The rates it planned for are the ones offered: up to ~250/s of "a", ~10/s of "busy" (the
+    # busiest window; the last one may have caught the load stopping).
+    a_rate = max(e["rates"][0] for e in events)
+    busy_rate = max(e["rates"][1] for e in events)
     assert 40 < a_rate < 400 and 3 < busy_rate < 20
-    assert measured["a"] == pytest.approx(a_rate)
+    if same_window:  # measured_rates() is what the last re-plan planned for
+        assert measured["a"] == pytest.approx(events[-1]["rates"][0])
     assert sorted(m for l in lanes for m in l["models"]) == ["a", "busy"]
     with pytest.raises(gl.InvalidInput, match="every_s"):
         gl.Runtime(device="cpu", replan={"every": 1})
