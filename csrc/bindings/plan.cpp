@@ -92,14 +92,22 @@ py::dict plan_dict(const Plan& plan, const std::vector<PlannerModel>& models) {
     lanes.append(d);
   }
   py::dict unplaced;
+  double placed = 0, left = 0;
+  for (const PlannedLane& l : plan.lanes) {
+    for (const PlannedModel& pm : l.models) placed += pm.rate;
+  }
   for (std::size_t i = 0; i < models.size(); ++i) {
     if (plan.unplaced_rate[i] > 0) unplaced[py::str(models[i].name)] = plan.unplaced_rate[i];
+    left += plan.unplaced_rate[i];
   }
   py::dict d;
   d["variant"] = plan.variant;
   d["gpus_used"] = plan.gpus_used;
   d["feasible"] = plan.feasible;
   d["unplaced_rate"] = unplaced;
+  // The share of the offered requests the plan places on lanes that meet their SLOs as
+  // predicted (admission control sheds the rest).
+  d["predicted_attainment"] = placed + left > 0 ? placed / (placed + left) : 1.0;
   d["lanes"] = lanes;
   return d;
 }

@@ -425,7 +425,9 @@ class PyRuntime {
     }
     std::vector<PlannerModel> named;
     for (const auto& n : model_names()) named.push_back({n});
-    return plan_dict(p, named);
+    py::dict d = plan_dict(p, named);
+    d["meets_slos"] = core_->meets_slos(p, rates, cfg);
+    return d;
   }
 
   bool apply_plan(const py::dict& plan, const std::vector<double>& rates, bool admission,

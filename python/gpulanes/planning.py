@@ -6,8 +6,10 @@ trigger the simulator uses; ``csrc/gpulanes/plan/``).
 >>> rt.apply_plan(plan)                   # lanes follow the plan; what it cannot place is shed
 
 Plans are JSON-able dicts: ``variant``, ``gpus_used``, ``feasible``, ``unplaced_rate`` (by
-model, requests/s no device was left for), ``meets_slos`` and ``lanes`` (``gpu``, ``sms``,
-``duty_ms``, ``models`` with ``batch``, ``rate`` and predicted ``latency_ms``).
+model, requests/s no device was left for), ``predicted_attainment`` (the share of the offered
+requests it places), ``meets_slos`` (every lane within its SLOs under predicted interference)
+and ``lanes`` (``gpu``, ``sms``, ``duty_ms``, ``models`` with ``batch``, ``rate`` and predicted
+``latency_ms``).
 :func:`gpulanes.plot.plan` draws one.
 """
 

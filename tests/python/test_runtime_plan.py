@@ -30,7 +30,8 @@ def test_a_plan_for_given_rates_becomes_the_layout():
         with pytest.raises(gl.UnknownModel):
             rt.plan({"nope": 1.0})
         plan = rt.plan({"a": 100.0, "busy": 5.0})
-        assert plan["feasible"] and 1 <= plan["gpus_used"] <= 2
+        assert plan["feasible"] and plan["meets_slos"] and 1 <= plan["gpus_used"] <= 2
+        assert plan["predicted_attainment"] == 1.0
         assert plan["rates"] == {"a": 100.0, "busy": 5.0}
         assert sorted(sum(planned_models(plan), [])) == ["a", "busy"]
         assert rt.apply_plan(plan)
@@ -45,6 +46,7 @@ def test_overload_is_shed_at_submit_with_a_typed_error():
     with rt:
         plan = rt.plan({"a": 10.0, "busy": 1e6})  # far beyond a CPU lane
         assert not plan["feasible"] and plan["unplaced_rate"]["busy"] > 0
+        assert plan["meets_slos"] and plan["predicted_attainment"] < 0.01
         rt.apply_plan(plan)
         limit = rt.admission_limits()["busy"]
         assert 0 < limit < 1e6

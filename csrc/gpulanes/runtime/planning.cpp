@@ -107,6 +107,13 @@ Plan Runtime::plan(const std::vector<double>& rates, const PlannerConfig& config
   return make_plan(planner_models(rates, measured), config);
 }
 
+bool Runtime::meets_slos(const Plan& plan, const std::vector<double>& rates,
+                         const PlannerConfig& config) const {
+  std::vector<SimModelProfile> measured;
+  std::lock_guard<std::mutex> lock(plan_mu_);
+  return plan_meets_slos(plan, planner_models(rates, measured), config);
+}
+
 bool Runtime::apply_plan(const Plan& plan, const std::vector<double>& rates, bool admission,
                          double admit_fraction) {
   const bool cpu = on_cpu(options_.device);

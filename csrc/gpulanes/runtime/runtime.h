@@ -169,6 +169,10 @@ class Runtime final : private LaneListener, private LoopSink {
   std::vector<double> measured_rates() const;
   // A plan for `rates` (by model). Throws Error(kInvalidInput) before start().
   Plan plan(const std::vector<double>& rates, const PlannerConfig& config) const;
+  // Whether every lane of `plan` meets its models' SLOs under the interference its co-runners
+  // predict (plan_meets_slos with this runtime's profiles).
+  bool meets_slos(const Plan& plan, const std::vector<double>& rates,
+                  const PlannerConfig& config) const;
   // Makes `plan` the lane layout (set_lanes, when it differs) and, unless `admission` is off,
   // sheds what it could not place (admission_limits()). Returns whether the layout changed.
   bool apply_plan(const Plan& plan, const std::vector<double>& rates, bool admission = true,
