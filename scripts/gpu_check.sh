@@ -5,6 +5,7 @@
 #   (device)      run(command="bash scripts/gpu_check.sh bench", carry=[".deps"])
 #   (device)      run(command="bash scripts/gpu_check.sh partitions", carry=[".deps"])
 #   (device)      run(command="bash scripts/gpu_check.sh plan", carry=[".deps"])
+#   (device)      run(command="bash scripts/gpu_check.sh mix", carry=[".deps"])
 # (`all`, the default, does both in one call, which may pass the 10-minute limit of one call; a
 # warm machine keeps build/gpu between calls, so the second call does not rebuild.)
 # Builds gpulanes against that machine's torch (no network: --no-index). `tests`: the C++ tests
@@ -13,7 +14,9 @@
 # `partitions`: benchmarks/gpu_partitions.py (probe, SM-count curve, co-location matrix, H100
 # profile file) and the simulator fidelity check on CUDA. `plan`: benchmarks/gpu_plan.py (the
 # planner re-laying out green-context lanes through a rate step vs one whole-GPU lane; it uses
-# benchmarks/profiles/h100-profiles.json when committed). Logs, JSON and plots land in $OUT;
+# benchmarks/profiles/h100-profiles.json when committed). `mix`: benchmarks/gpu_mix.py (four
+# models: one whole-GPU lane vs streams vs green lanes; highest rate at >= 99%). Logs, JSON and
+# plots land in $OUT;
 # commit them to benchmarks/results/ (and h100-profiles.json to benchmarks/profiles/).
 set -uo pipefail
 STAGE="${1:-all}"
@@ -73,6 +76,11 @@ step "planner on the runtime (cuda)"
 PROFILES=()
 [ -f benchmarks/profiles/h100-profiles.json ] && PROFILES=(--profiles benchmarks/profiles/h100-profiles.json)
 "$PY" benchmarks/gpu_plan.py --device cuda --out "$OUT" "${PROFILES[@]}" 2>&1 | tail -8 | tee -a "$LOG" || status=1
+fi
+
+if [ "$STAGE" = mix ]; then
+step "four-model mix: temporal vs streams vs green (cuda)"
+"$PY" benchmarks/gpu_mix.py --device cuda --out "$OUT" 2>&1 | tail -8 | tee -a "$LOG" || status=1
 fi
 
 echo "gpu_check status: $status" | tee -a "$LOG"
