@@ -232,9 +232,9 @@ class PyRuntime {
     core_->start(fn);
   }
 
-  py::list profile(const std::string& model) const {
+  py::list profile(const std::string& model, int lane) const {
     py::list out;
-    for (const LatencyPoint& p : core_->profile(model)) {
+    for (const LatencyPoint& p : lane < 0 ? core_->profile(model) : core_->lane_profile(model, lane)) {
       py::dict d;
       d["batch_size"] = p.batch_size;
       d["mean_us"] = p.mean_us;
@@ -498,7 +498,7 @@ void init_runtime(py::module_& m) {
            py::arg("source"), py::arg("example_inputs"), py::arg("slo_ns"),
            py::arg("max_batch_size"), py::arg("max_queue"))
       .def("start", &PyRuntime::start, py::arg("progress") = py::none())
-      .def("profile", &PyRuntime::profile, py::arg("model"))
+      .def("profile", &PyRuntime::profile, py::arg("model"), py::arg("lane") = -1)
       .def("set_profile", &PyRuntime::set_profile, py::arg("model"), py::arg("points"))
       .def("submit", &PyRuntime::submit, py::arg("model"), py::arg("inputs"),
            py::arg("deadline_ns"), py::arg("priority"), py::arg("sink"),

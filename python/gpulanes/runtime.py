@@ -427,10 +427,12 @@ class Runtime(Planning):
             used.append(e["model"])
         return used
 
-    def profile(self, model: str) -> List[Dict[str, float]]:
+    def profile(self, model: str, lane: Optional[int] = None) -> List[Dict[str, float]]:
         """The latency profile ``model`` is scheduled with: per profiled batch size its mean,
-        p50 and p99 latency (microseconds, stack + forward + split on one lane) and samples."""
-        return self._core.profile(model)
+        p50 and p99 latency (microseconds, stack + forward + split on one lane) and samples.
+        With ``lane`` (an index of :meth:`lanes`), the one that lane uses: a GPU partition lane
+        has its own, measured at start at its SM count."""
+        return self._core.profile(model, -1 if lane is None else int(lane))
 
     def set_profile(self, model: str, points: Sequence[Dict[str, float]]) -> None:
         """Before :meth:`start`: use these points (``batch_size``, ``p50_us``; optionally

@@ -67,3 +67,24 @@ def test_two_green_lanes_run_batches_at_the_same_time():
     overlap = sum(max(0.0, min(ea, eb) - max(sa, sb))
                   for sa, ea in zip(a["start_s"], a["end_s"]) for sb, eb in zip(b["start_s"], b["end_s"]))
     assert overlap > 0.5 * (a["end_s"] - a["start_s"]).sum()
+
+
+def test_partition_lanes_are_profiled_at_their_own_sm_count():
+    why = gl._C.green_context_support(0)
+    if why:
+        pytest.skip(f"green contexts unavailable: {why}")
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None).eval().cuda().half()
+    x = torch.randn(1, 3, 224, 224, device="cuda").half()
+    with torch.no_grad():
+        module = torch.jit.trace(net, x, check_trace=False)
+    rt = gl.Runtime(device="cuda", partitioning="green", profile_cache=False)
+    rt.register("r", module, slo_ms=10_000, example_inputs=x.cpu(), max_batch_size=32)
+    rt.set_lanes([{"device": 0, "sms": 16, "models": ["r"]}, {"device": 0, "sms": 96, "models": ["r"]}])
+    with rt:
+        small, large = (rt.profile("r", lane=i) for i in range(2))
+        batch32 = [next(p["p50_us"] for p in prof if p["batch_size"] == 32) for prof in (small, large)]
+        assert batch32[0] > 1.5 * batch32[1]  # compute-bound: 6x the SMs is much faster
+        assert rt.infer("r", torch.randn(3, 224, 224).half()).shape == (1000,)

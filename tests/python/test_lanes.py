@@ -105,3 +105,16 @@ def test_partitioning_choices_without_a_gpu():
         rt.register("a", scripted(Affine()), slo_ms=10_000, example_inputs=torch.zeros(1, 4))
         with rt:  # CPU lanes do not depend on how GPUs would be split
             assert torch.equal(rt.infer("a", torch.zeros(4)), torch.ones(4))
+
+
+def test_each_lane_reports_the_profile_it_schedules_with():
+    rt = two_model_runtime()
+    rt.set_lanes([{"device": "cpu", "models": ["a"]}, {"device": "cpu", "models": ["a", "busy"]}])
+    with rt:
+        # CPU lanes are alike: one measured profile per model serves every lane.
+        assert rt.profile("a", lane=0) == rt.profile("a", lane=1) == rt.profile("a")
+        assert rt.profile("busy", lane=1) == rt.profile("busy")
+        with pytest.raises(gl.InvalidInput, match="no lane 2"):
+            rt.profile("a", lane=2)
+        with pytest.raises(gl.UnknownModel):
+            rt.profile("nope", lane=0)

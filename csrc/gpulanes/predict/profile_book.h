@@ -20,6 +20,8 @@ class ProfileBook {
              const std::vector<std::vector<char>>& serves, const std::vector<int>& max_batch);
 
   int models() const { return static_cast<int>(tables_.empty() ? 0 : tables_[0].size()); }
+  // The profile `model` is scheduled with on `lane`.
+  const LatencyProfile& profile(int model, int lane) const { return *tables_[lane][model].profile; }
   // Predicted latency of a batch of `b` of `model` on `lane`; 0 when its profile is empty.
   DurationNs predict(int model, int lane, int b) const;
   // Resource use of a batch of `b` of `model` on `lane` (see LatencyPoint).

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 
 #include "gpulanes/exec/batching.h"
 #include "gpulanes/exec/executor.h"
@@ -144,15 +145,25 @@ std::vector<std::unique_ptr<Lane>> Runtime::make_lanes(const std::vector<LaneSpe
 }
 
 void Runtime::start_lanes(std::vector<std::unique_ptr<Lane>>& lanes, const ProgressFn& progress) {
-  // Each missing profile is measured once, on the first lane that serves its model.
+  // Each missing profile is measured once: the model's own (kMeasureDefault) on the first
+  // whole-device lane that serves it (else its first lane), and one per SM count of the GPU
+  // partitions that serve it (kMeasurePartition), each on the first such lane.
   std::vector<std::vector<char>> measure(lanes.size(), std::vector<char>(models_.size(), 0));
   for (int m = 0; m < models_.size(); ++m) {
-    if (!profiles_[m].empty()) continue;
+    std::size_t first = lanes.size();
     for (std::size_t l = 0; l < lanes.size(); ++l) {
-      if (lanes[l]->serves(m) && lanes[l]->executor()) {
-        measure[l][m] = 1;
-        break;
-      }
+      if (!lanes[l]->serves(m) || !lanes[l]->executor()) continue;
+      if (first == lanes.size() || (lanes[first]->sm_share() < 1 && lanes[l]->sm_share() >= 1)) first = l;
+    }
+    if (first == lanes.size()) continue;
+    if (profiles_[m].empty()) measure[first][m] |= kMeasureDefault;
+    std::set<int> planned;
+    for (std::size_t l = 0; l < lanes.size(); ++l) {
+      Lane& lane = *lanes[l];
+      if (!lane.serves(m) || !lane.executor() || lane.sm_share() >= 1) continue;
+      std::lock_guard<std::mutex> lock(partition_mu_);
+      if (partition_profiles_.count({m, lane.sms()}) || !planned.insert(lane.sms()).second) continue;
+      measure[l][m] |= kMeasurePartition;
     }
   }
   try {
@@ -277,7 +288,7 @@ void Runtime::prepare_lane(Lane& lane, const std::vector<char>& measure,
         }
       }
       ++done;
-      if (!measure[m]) continue;
+      if (!measure[m]) continue;  // kMeasureDefault and/or kMeasurePartition
       std::vector<LatencyPoint> points;
       for (int b : profiled_sizes(model.spec.max_batch_size)) {
         step = "profile " + model.spec.name + " batch " + std::to_string(b);
@@ -285,7 +296,11 @@ void Runtime::prepare_lane(Lane& lane, const std::vector<char>& measure,
         points.push_back(measure_batch(lane, m, b));
         ++done;
       }
-      profiles_[m] = LatencyProfile(points);
+      if (measure[m] & kMeasureDefault) profiles_[m] = LatencyProfile(points);
+      if (measure[m] & kMeasurePartition) {
+        std::lock_guard<std::mutex> lock(partition_mu_);
+        partition_profiles_[{m, lane.sms()}] = LatencyProfile(points);
+      }
     } catch (const std::exception& e) {
       throw Error(ErrorCode::kModelError, "model '" + model.spec.name + "' failed its " + step +
                                               " on " + lane.device() + ": " +
@@ -304,7 +319,15 @@ void Runtime::build_profile_book() {
   for (std::size_t l = 0; l < lanes_.size(); ++l) {
     for (int m = 0; m < n_models; ++m) {
       serves[l].push_back(lanes_[l]->serves(m) ? 1 : 0);
-      lane_profiles[l].push_back(backend_ ? backend_->lane_profile(static_cast<int>(l), m) : nullptr);
+      const LatencyProfile* own = nullptr;
+      if (backend_) {
+        own = backend_->lane_profile(static_cast<int>(l), m);
+      } else if (lanes_[l]->sm_share() < 1) {
+        std::lock_guard<std::mutex> lock(partition_mu_);
+        auto it = partition_profiles_.find({m, lanes_[l]->sms()});
+        if (it != partition_profiles_.end()) own = &it->second;  // the book copies it
+      }
+      lane_profiles[l].push_back(own);
     }
   }
   book_.build(profiles_, lane_profiles, serves, max_batch);

@@ -361,6 +361,16 @@ std::vector<LatencyPoint> Runtime::profile(const std::string& model) const {
   return profiles_[m].points();
 }
 
+std::vector<LatencyPoint> Runtime::lane_profile(const std::string& model, int lane) const {
+  const int m = models_.find(model);
+  if (m < 0) throw Error(ErrorCode::kUnknownModel, "no model named '" + model + "' is registered");
+  std::shared_lock<std::shared_mutex> lock(submit_mu_);  // lanes_ is swapped under it
+  if (lane < 0 || lane >= static_cast<int>(lanes_.size())) {
+    throw Error(ErrorCode::kInvalidInput, "no lane " + std::to_string(lane));
+  }
+  return book_.profile(m, lane).points();
+}
+
 TimeNs Runtime::run_round() {
   if (!loop_ || !clock_->is_virtual()) {
     throw Error(ErrorCode::kInvalidInput, "run_round() is for a started runtime on virtual time");

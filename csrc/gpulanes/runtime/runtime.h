@@ -11,6 +11,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -141,6 +142,9 @@ class Runtime final : private LaneListener, private LoopSink {
   std::vector<LaneInfo> lanes() const;
   // The CUDA stream lane `index` runs on (a cudaStream_t), null for CPU and virtual lanes.
   void* lane_stream(int index) const;
+  // The latency profile `model` is scheduled with (empty before start()); with `lane`, the one
+  // that lane uses (a GPU partition lane has its own, measured at its SM count).
+  std::vector<LatencyPoint> lane_profile(const std::string& model, int lane) const;
   // The latency profile `model` is scheduled with (empty before start()).
   std::vector<LatencyPoint> profile(const std::string& model) const;
   std::string policy_name() const { return policy_->name(); }
@@ -199,6 +203,9 @@ class Runtime final : private LaneListener, private LoopSink {
   std::vector<std::unique_ptr<Lane>> install_lanes(std::vector<std::unique_ptr<Lane>> fresh);
   // Profiles by (model, lane) and which lane serves which model, once lanes and profiles exist.
   void build_profile_book();
+  // What prepare_lane() measures for a model (bit flags): its default profile, and the profile
+  // of this lane's SM count when the lane is a GPU partition.
+  static constexpr char kMeasureDefault = 1, kMeasurePartition = 2;
   // On the lane's thread: load and warm up the models it serves; measure the missing profiles of
   // those `measure` says.
   void prepare_lane(Lane& lane, const std::vector<char>& measure, const ProgressFn& progress);
@@ -222,6 +229,10 @@ class Runtime final : private LaneListener, private LoopSink {
   std::vector<std::unique_ptr<RequestQueue>> queues_;          // per model
   std::vector<std::unique_ptr<ModelMetrics>> metrics_;         // per model
   std::vector<LatencyProfile> profiles_;             // per model; fixed once serving
+  mutable std::mutex partition_mu_;                  // guards partition_profiles_ (lane threads
+                                                     // measure concurrently)
+  std::map<std::pair<int, int>, LatencyProfile> partition_profiles_;  // (model, SMs) of GPU
+                                                     // partition lanes; never erased
   ProfileBook book_;                                 // by (model, lane); built by start()
   std::unique_ptr<LatencyPredictor> predictor_;      // built by start(), after book_
   std::shared_ptr<VirtualBackend> backend_;          // device "virtual": creates the lanes
