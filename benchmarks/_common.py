@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 import torch
 
@@ -58,6 +58,29 @@ def environment(device: str) -> Dict[str, Any]:
         env["gpu"] = torch.cuda.get_device_name(0)
         env["versions"]["cuda"] = torch.version.cuda
     return env
+
+
+def peak_search(run: Callable[[float], Dict[str, Any]], ok: Callable[[Dict[str, Any]], bool],
+                start: float, steps: int, grow_limit: float = 64.0) -> Dict[str, Any]:
+    """The highest load x with ok(run(x)): from `start`, doubling while it holds (up to
+    grow_limit x start), then `steps` bisection steps. Returns max_load (0: not even the
+    smallest tried), at_max (that load's row) and tried (every row, in order)."""
+    lo, hi, tried, best = 0.0, start, [], None
+    row = run(hi)
+    tried.append(row)
+    while ok(row) and hi < grow_limit * start:
+        lo, best, hi = hi, row, hi * 2
+        row = run(hi)
+        tried.append(row)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        row = run(mid)
+        tried.append(row)
+        if ok(row):
+            lo, best = mid, row
+        else:
+            hi = mid
+    return {"max_load": lo, "at_max": best, "tried": tried}
 
 
 def traced(specs: Dict[str, Any]) -> Dict[str, Any]:

@@ -24,7 +24,7 @@ import argparse
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch
 
@@ -32,7 +32,7 @@ import gpulanes as gl
 from gpulanes import workloads as wl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, environment, traced, write_result  # noqa: E402
+from _common import RESULTS, environment, peak_search, traced, write_result  # noqa: E402
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -98,25 +98,6 @@ def serve(device, models, slo, kw, layout, rate: float, seconds: float) -> Dict[
             "attainment": {n: m["attainment"] for n, m in per.items()}, "lanes": lanes}
 
 
-def peak(device, models, slo, kw, layout, start: float, seconds: float, steps: int):
-    lo, hi, tried, best = 0.0, start, [], None
-    row = serve(device, models, slo, kw, layout, hi, seconds)
-    tried.append(row)
-    while row["worst_attainment"] >= 0.99 and hi < 64 * start:
-        lo, best, hi = hi, row, hi * 2
-        row = serve(device, models, slo, kw, layout, hi, seconds)
-        tried.append(row)
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        row = serve(device, models, slo, kw, layout, mid, seconds)
-        tried.append(row)
-        if row["worst_attainment"] >= 0.99:
-            lo, best = mid, row
-        else:
-            hi = mid
-    return {"max_rate": lo, "at_max": best, "tried": tried}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -147,7 +128,9 @@ def main() -> None:
     results: Dict[str, Any] = {"slo_ms": slo, "seconds_per_request": cost, "max_batch": MAX_BATCH,
                                "seconds_per_point": args.seconds, "configs": {}}
     for label, kw, layout in layouts(args.device, names, cost):
-        res = peak(args.device, models, slo, kw, layout, start, args.seconds, args.steps)
+        res = peak_search(lambda rate: serve(args.device, models, slo, kw, layout, rate, args.seconds),
+                          lambda row: row["worst_attainment"] >= 0.99, start, args.steps)
+        res["max_rate"] = res.pop("max_load")
         results["configs"][label] = {"runtime": kw, "layout": layout, **res}
         good = res["at_max"]["goodput"] if res["at_max"] else 0.0
         print(f"{label:<9} max rate at >= 99%: {res['max_rate']:8.1f}/s  goodput there "

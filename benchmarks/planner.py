@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import peak_search  # noqa: E402
 
 VARIANTS = ("spatiotemporal", "no_interference", "temporal_only", "self_tuning")
 
@@ -71,24 +72,8 @@ def peak(scn_name: str, variant: str, gpus: int, seconds: float, steps: int,
          interference: str) -> Dict[str, Any]:
     from gpulanes.sim import scenario
 
-    lo_bound, hi_bound = scenario(scn_name).loads
-    lo, hi, tried = 0.0, hi_bound, []
-    row = sustains(scn_name, variant, hi, gpus, seconds, interference)
-    tried.append(row)
-    while row["ok"] and hi < 64 * hi_bound:  # the range was too small: grow it
-        lo, hi = hi, hi * 2
-        row = sustains(scn_name, variant, hi, gpus, seconds, interference)
-        tried.append(row)
-    best = tried[-2] if row["ok"] is False and len(tried) > 1 and tried[-2]["ok"] else None
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        row = sustains(scn_name, variant, mid, gpus, seconds, interference)
-        tried.append(row)
-        if row["ok"]:
-            lo, best = mid, row
-        else:
-            hi = mid
-    return {"max_load": lo, "at_max": best, "tried": tried}
+    return peak_search(lambda load: sustains(scn_name, variant, load, gpus, seconds, interference),
+                       lambda row: row["ok"], scenario(scn_name).loads[1], steps)
 
 
 def main() -> None:
