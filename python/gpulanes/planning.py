@@ -70,8 +70,9 @@ class Planning:
     _slo_ms: Dict[str, float]
 
     def measured_rates(self) -> Dict[str, float]:
-        """Requests/s per model: the re-planner's EWMA when ``replan`` is on, else an estimate
-        from recent arrival gaps."""
+        """Requests/s per model: the re-planner's EWMA of offered requests (shed ones
+        included) when ``replan`` is on, else an estimate from the gaps between recently
+        admitted requests (which under admission limits understates demand)."""
         return self._core.measured_rates()
 
     def plan(self, rates: Optional[Mapping[str, float]] = None,

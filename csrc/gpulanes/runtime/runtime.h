@@ -169,7 +169,8 @@ class Runtime final : private LaneListener, private LoopSink {
   // The planner's view of this runtime's devices: GPUs (CPU: cpu_lanes whole-device lanes), SMs
   // per GPU, granularity; the variant and interference coefficients of options.replan.
   PlannerConfig planner_config() const;
-  // Requests/s per model: the re-planner's EWMA when it runs, else the recent arrival gaps.
+  // Requests/s per model: the re-planner's EWMA of offered requests when it runs, else the gaps
+  // between recently admitted ones.
   std::vector<double> measured_rates() const;
   // A plan for `rates` (by model). Throws Error(kInvalidInput) before start().
   Plan plan(const std::vector<double>& rates, const PlannerConfig& config) const;
