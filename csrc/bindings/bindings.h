@@ -17,6 +17,10 @@
 #include "gpulanes/sched/batch_policy.h"
 #include "gpulanes/sim/sim_profile.h"
 
+namespace gpulanes {
+class Runtime;
+}
+
 namespace gpulanes::bindings {
 
 namespace py = pybind11;
@@ -51,6 +55,27 @@ py::dict replan_event_dict(const ReplanEvent& e);
 py::dict plan_dict(const Plan& plan, const std::vector<PlannerModel>& models);
 Plan plan_from(const py::dict& d, const std::vector<std::string>& names);
 
+// A serving Runtime's planning calls with models by name (plan.cpp); Runtime.planning() returns
+// one, kept alive with its runtime. Models are fixed once the runtime has started.
+class RuntimePlanning {
+ public:
+  explicit RuntimePlanning(Runtime& core);
+  py::dict measured_rates() const;
+  py::dict planner_config() const;
+  // rates: by model index; config: planner_config()'s fields.
+  py::dict plan(const std::vector<double>& rates, const py::dict& config) const;
+  bool apply_plan(const py::dict& plan, const std::vector<double>& rates, bool admission,
+                  double admit_fraction);
+  void set_planner_profile(const std::string& model, const py::dict& profile);
+  py::list replans() const;
+  py::dict admission_limits() const;
+
+ private:
+  Runtime& core_;
+  std::vector<std::string> names_;  // registered models, in index order
+};
+
+void init_plan(py::module_& m);
 void init_errors(py::module_& m);
 void init_runtime(py::module_& m);
 void init_sim(py::module_& m);

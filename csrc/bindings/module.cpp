@@ -6,5 +6,6 @@ PYBIND11_MODULE(_C, m) {
   gpulanes::bindings::init_errors(m);
   gpulanes::bindings::init_runtime(m);
   gpulanes::bindings::init_sim(m);
+  gpulanes::bindings::init_plan(m);
   gpulanes::bindings::init_predict(m);
 }

@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include "bindings.h"
+#include "gpulanes/runtime/runtime.h"
 
 namespace gpulanes::bindings {
 
@@ -141,6 +142,84 @@ Plan plan_from(const py::dict& d, const std::vector<std::string>& names) {
     plan.lanes.push_back(std::move(lane));
   }
   return plan;
+}
+
+RuntimePlanning::RuntimePlanning(Runtime& core) : core_(core) {
+  for (const ModelStats& st : core_.stats()) names_.push_back(st.name);
+}
+
+py::dict RuntimePlanning::measured_rates() const {
+  const auto rates = core_.measured_rates();
+  py::dict d;
+  for (std::size_t m = 0; m < names_.size(); ++m) d[py::str(names_[m])] = rates[m];
+  return d;
+}
+
+py::dict RuntimePlanning::planner_config() const {
+  const PlannerConfig c = core_.planner_config();
+  py::dict d;
+  d["variant"] = c.variant;
+  d["gpus"] = c.gpus;
+  d["sms_per_gpu"] = c.sms_per_gpu;
+  d["granularity"] = c.granularity;
+  d["memory_gb"] = c.memory_gb;
+  d["interference"] = c.interference;
+  return d;
+}
+
+py::dict RuntimePlanning::plan(const std::vector<double>& rates, const py::dict& config) const {
+  const PlannerConfig cfg = planner_config_from(config);
+  Plan p;
+  bool meets;
+  {
+    py::gil_scoped_release nogil;
+    p = core_.plan(rates, cfg);
+    meets = core_.meets_slos(p, rates, cfg);
+  }
+  std::vector<PlannerModel> named;
+  for (const auto& n : names_) named.push_back({n});
+  py::dict d = plan_dict(p, named);
+  d["meets_slos"] = meets;
+  return d;
+}
+
+bool RuntimePlanning::apply_plan(const py::dict& plan, const std::vector<double>& rates,
+                                 bool admission, double admit_fraction) {
+  const Plan p = plan_from(plan, names_);
+  py::gil_scoped_release nogil;  // new lanes load and warm up their models
+  return core_.apply_plan(p, rates, admission, admit_fraction);
+}
+
+void RuntimePlanning::set_planner_profile(const std::string& model, const py::dict& profile) {
+  core_.set_planner_profile(model, profile_from(profile));
+}
+
+py::list RuntimePlanning::replans() const {
+  py::list out;
+  for (const ReplanEvent& e : core_.replans()) out.append(replan_event_dict(e));
+  return out;
+}
+
+py::dict RuntimePlanning::admission_limits() const {
+  py::dict d;
+  for (std::size_t m = 0; m < names_.size(); ++m) {
+    const double l = core_.admission_limit(static_cast<int>(m));
+    if (l >= 0) d[py::str(names_[m])] = l;
+  }
+  return d;
+}
+
+void init_plan(py::module_& m) {
+  py::class_<RuntimePlanning>(m, "RuntimePlanning")
+      .def("measured_rates", &RuntimePlanning::measured_rates)
+      .def("planner_config", &RuntimePlanning::planner_config)
+      .def("plan", &RuntimePlanning::plan, py::arg("rates"), py::arg("config"))
+      .def("apply_plan", &RuntimePlanning::apply_plan, py::arg("plan"), py::arg("rates"),
+           py::arg("admission"), py::arg("admit_fraction"))
+      .def("set_planner_profile", &RuntimePlanning::set_planner_profile, py::arg("model"),
+           py::arg("profile"))
+      .def("replans", &RuntimePlanning::replans)
+      .def("admission_limits", &RuntimePlanning::admission_limits);
 }
 
 }  // namespace gpulanes::bindings

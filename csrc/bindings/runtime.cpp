@@ -388,74 +388,7 @@ class PyRuntime {
     return out;
   }
 
-  // Planning: rates and plans by model name.
-  std::vector<std::string> model_names() const {
-    std::vector<std::string> names;
-    for (const ModelStats& st : core_->stats()) names.push_back(st.name);
-    return names;
-  }
-
-  py::dict measured_rates() const {
-    const auto names = model_names();
-    const auto rates = core_->measured_rates();
-    py::dict d;
-    for (std::size_t m = 0; m < names.size(); ++m) d[py::str(names[m])] = rates[m];
-    return d;
-  }
-
-  py::dict planner_config() const {
-    const PlannerConfig c = core_->planner_config();
-    py::dict d;
-    d["variant"] = c.variant;
-    d["gpus"] = c.gpus;
-    d["sms_per_gpu"] = c.sms_per_gpu;
-    d["granularity"] = c.granularity;
-    d["memory_gb"] = c.memory_gb;
-    d["interference"] = c.interference;
-    return d;
-  }
-
-  // rates: by model index; config: planner_config()'s fields.
-  py::dict plan(const std::vector<double>& rates, const py::dict& config) const {
-    const PlannerConfig cfg = planner_config_from(config);
-    Plan p;
-    {
-      py::gil_scoped_release nogil;
-      p = core_->plan(rates, cfg);
-    }
-    std::vector<PlannerModel> named;
-    for (const auto& n : model_names()) named.push_back({n});
-    py::dict d = plan_dict(p, named);
-    d["meets_slos"] = core_->meets_slos(p, rates, cfg);
-    return d;
-  }
-
-  bool apply_plan(const py::dict& plan, const std::vector<double>& rates, bool admission,
-                  double admit_fraction) {
-    const Plan p = plan_from(plan, model_names());
-    py::gil_scoped_release nogil;  // new lanes load and warm up their models
-    return core_->apply_plan(p, rates, admission, admit_fraction);
-  }
-
-  void set_planner_profile(const std::string& model, const py::dict& profile) {
-    core_->set_planner_profile(model, profile_from(profile));
-  }
-
-  py::list replans() const {
-    py::list out;
-    for (const ReplanEvent& e : core_->replans()) out.append(replan_event_dict(e));
-    return out;
-  }
-
-  py::dict admission_limits() const {
-    const auto names = model_names();
-    py::dict d;
-    for (std::size_t m = 0; m < names.size(); ++m) {
-      const double l = core_->admission_limit(static_cast<int>(m));
-      if (l >= 0) d[py::str(names[m])] = l;
-    }
-    return d;
-  }
+  Runtime& core() { return *core_; }
 
   void set_lanes(const py::list& layout) {
     std::vector<LaneSpec> specs;
@@ -510,15 +443,8 @@ void init_runtime(py::module_& m) {
       .def("lane_stats", &PyRuntime::lane_stats)
       .def("lanes", &PyRuntime::lanes)
       .def("set_lanes", &PyRuntime::set_lanes, py::arg("layout"))
-      .def("measured_rates", &PyRuntime::measured_rates)
-      .def("planner_config", &PyRuntime::planner_config)
-      .def("plan", &PyRuntime::plan, py::arg("rates"), py::arg("config"))
-      .def("apply_plan", &PyRuntime::apply_plan, py::arg("plan"), py::arg("rates"),
-           py::arg("admission"), py::arg("admit_fraction"))
-      .def("set_planner_profile", &PyRuntime::set_planner_profile, py::arg("model"),
-           py::arg("profile"))
-      .def("replans", &PyRuntime::replans)
-      .def("admission_limits", &PyRuntime::admission_limits)
+      .def("planning", [](PyRuntime& r) { return RuntimePlanning(r.core()); },
+           py::keep_alive<0, 1>(), "The planning calls of this runtime (gpulanes.planning).")
       .def("lane_stream", [](const PyRuntime& r, int i) { return r.lane_stream(i); }, py::arg("index"),
            "The lane's cudaStream_t as an integer (0 on the CPU): for probes.")
       .def("metrics_text", &PyRuntime::metrics_text)

@@ -73,7 +73,7 @@ class Planning:
         """Requests/s per model: the re-planner's EWMA of offered requests (shed ones
         included) when ``replan`` is on, else an estimate from the gaps between recently
         admitted requests (which under admission limits understates demand)."""
-        return self._core.measured_rates()
+        return self._core.planning().measured_rates()
 
     def plan(self, rates: Optional[Mapping[str, float]] = None,
              variant: Optional[str] = None, *, gpus: Optional[int] = None,
@@ -89,7 +89,7 @@ class Planning:
         unknown = [m for m in given if m not in self._slo_ms]
         if unknown:
             raise UnknownModel(f"rates for models that are not registered: {unknown}")
-        config = self._core.planner_config()
+        config = self._core.planning().planner_config()
         if variant is not None:
             config["variant"] = variant
         if gpus is not None:
@@ -97,7 +97,7 @@ class Planning:
         if granularity is not None:
             config["granularity"] = int(granularity)
         vector = [float(given.get(m, 0.0)) for m in names]
-        plan = self._core.plan(vector, config)
+        plan = self._core.planning().plan(vector, config)
         plan["rates"] = dict(zip(names, vector))
         return plan
 
@@ -118,16 +118,17 @@ class Planning:
         vector = [float(rates.get(m, 0.0)) for m in self._slo_ms]
         if not 0 < admit_fraction <= 1:
             raise InvalidInput(f"admit_fraction must be in (0, 1], got {admit_fraction}")
-        return self._core.apply_plan(dict(plan), vector, bool(admission), float(admit_fraction))
+        return self._core.planning().apply_plan(dict(plan), vector, bool(admission),
+                                                float(admit_fraction))
 
     def replans(self) -> List[Dict[str, Any]]:
         """With ``replan``: each re-plan so far (t_s, drift, rates, gpus_used, feasible, lanes,
         changed, applied_t_s, plan_wall_us, apply_wall_ms)."""
-        return self._core.replans()
+        return self._core.planning().replans()
 
     def admission_limits(self) -> Dict[str, float]:
         """Models being shed, with the requests/s still admitted."""
-        return self._core.admission_limits()
+        return self._core.planning().admission_limits()
 
     def load_planner_profiles(self, source: Any, models: Optional[Mapping[str, str]] = None) -> None:
         """Per-SM-share profiles for the planner: a profile file or document in the
@@ -142,4 +143,4 @@ class Planning:
                 raise UnknownModel(f"no model named {name!r} is registered")
             entries = _profiles.find(doc, key)
             if entries:
-                self._core.set_planner_profile(name, share_profile(entries))
+                self._core.planning().set_planner_profile(name, share_profile(entries))

@@ -20,88 +20,13 @@ import torch
 from . import _C
 from . import profiles as _profiles
 from .errors import InvalidInput, UnknownModel
-from .planning import Planning, replan_config
-
-# The planner's starting config in a runtime; the core fills in its devices (GPUs, SMs).
-_RUNTIME_PLANNER = {"variant": "spatiotemporal", "gpus": 1, "sms_per_gpu": 1, "granularity": 8,
-                    "memory_gb": 80.0}
-
-
-def _replan_config(replan: Optional[Dict[str, Any]], planner: Dict[str, Any]):
-    return None if replan is None else replan_config(replan, planner)
+from ._options import (_PARTITIONING, _RUNTIME_PLANNER, _model_stats, _policy_options,
+                       _predictor_config, _replan_config, _trace_frame)
+from .planning import Planning
 
 __all__ = ["Runtime"]
 
 ModelSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, torch.jit.ScriptModule]
-
-# Each policy's options (Triton's configuration names for max_delay) and their defaults.
-_POLICY_OPTIONS = {
-    "deadline": {"min_margin_us": 200.0, "margin_quantile": 0.99, "margin_window": 256,
-                 "wait_for_batch": False},
-    "fifo": {},
-    "max_delay": {"preferred_batch_size": [], "max_queue_delay_microseconds": 0,
-                  "default_timeout_microseconds": 0},
-    "aimd": {"additive_increase": 1, "multiplicative_decrease": 0.9},
-}
-_PARTITIONING = ("auto", "green", "streams", "none", "mps", "cpu")
-_PREDICTORS = ("none", "static", "ewma", "sgd", "rls")
-# Options of the latency predictors (see gpulanes.predict and csrc/gpulanes/predict/).
-_PREDICTOR_OPTIONS = {"alpha": 0.3, "forgetting": 0.98, "delta": 10.0, "lr": 0.05, "weights": None,
-                      "warmup_batches": 20, "record": False}
-
-
-
-def _policy_options(policy: str, options: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    """The policy's options with defaults filled in; InvalidInput for an unknown name."""
-    if policy not in _POLICY_OPTIONS:
-        raise InvalidInput(f"policy must be one of {tuple(_POLICY_OPTIONS)}, got {policy!r}")
-    unknown = set(options or {}) - set(_POLICY_OPTIONS[policy])
-    if unknown:
-        raise InvalidInput(f"policy {policy!r} has no option(s) {sorted(unknown)}; "
-                           f"it takes {sorted(_POLICY_OPTIONS[policy])}")
-    merged = {**_POLICY_OPTIONS[policy], **(options or {})}
-    if policy == "deadline" and not 0 < merged["margin_quantile"] <= 1:
-        raise InvalidInput(f"margin_quantile must be in (0, 1], got {merged['margin_quantile']}")
-    return merged
-
-
-def _predictor_config(predictor: str, options: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    """The predictor's kind and options with defaults; InvalidInput for unknown names."""
-    if predictor not in _PREDICTORS:
-        raise InvalidInput(f"predictor must be one of {_PREDICTORS}, got {predictor!r}")
-    unknown = set(options or {}) - set(_PREDICTOR_OPTIONS)
-    if unknown:
-        raise InvalidInput(f"predictors have no option(s) {sorted(unknown)}; "
-                           f"they take {sorted(_PREDICTOR_OPTIONS)}")
-    cfg = {**_PREDICTOR_OPTIONS, **(options or {}), "kind": predictor}
-    if cfg["weights"] is not None:
-        cfg["weights"] = [float(w) for w in cfg["weights"]]
-    return cfg
-
-
-def _model_stats(rows: List[Dict[str, Any]], slo_ms: Dict[str, float]) -> Dict[str, Dict[str, Any]]:
-    out = {}
-    for s in rows:
-        name = s.pop("name")
-        s["slo_ms"] = slo_ms.get(name)
-        out[name] = s
-    return out
-
-
-def _trace_frame(cols: Dict[str, Any], names: List[str], origin_ns: int = 0):
-    """The core's trace columns as a DataFrame; times in seconds since `origin_ns`."""
-    import pandas as pd
-
-    df = pd.DataFrame(cols)
-    df.insert(1, "model", [names[i] for i in df.pop("model_index")])
-    never_ran = df["start_ns"] == 0
-    for c in ("arrival", "start", "end", "deadline"):
-        df[f"{c}_s"] = (df.pop(f"{c}_ns") - origin_ns) / 1e9
-    df.loc[never_ran, "start_s"] = float("nan")
-    df["latency_ms"] = (df["end_s"] - df["arrival_s"]) * 1e3
-    return df[["request_id", "model", "arrival_s", "start_s", "end_s", "deadline_s",
-               "latency_ms", "batch_id", "lane", "batch_size", "outcome"]]
-
 
 # Runtimes still running at interpreter exit are shut down (without draining) before Python
 # finalizes, so no core thread ever waits for a GIL that is gone.

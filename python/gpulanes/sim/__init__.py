@@ -31,7 +31,7 @@ from .. import _C
 from .. import profiles as _profiles
 from ..errors import InvalidInput, UnknownModel
 from ..planning import replan_config, share_profile
-from ..runtime import _model_stats, _policy_options, _predictor_config, _trace_frame
+from .._options import _model_stats, _policy_options, _predictor_config, _trace_frame
 from ..workloads import Workload, model_summary
 from . import scenarios, zoo
 from .scenarios import Scenario, scenario
