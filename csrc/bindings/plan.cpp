@@ -173,8 +173,7 @@ py::dict RuntimePlanning::plan(const std::vector<double>& rates, const py::dict&
   bool meets;
   {
     py::gil_scoped_release nogil;
-    p = core_.plan(rates, cfg);
-    meets = core_.meets_slos(p, rates, cfg);
+    p = core_.plan(rates, cfg, &meets);
   }
   std::vector<PlannerModel> named;
   for (const auto& n : names_) named.push_back({n});

@@ -37,6 +37,10 @@ int parse_device(const std::string& dev, int gpus) {
 
 }  // namespace
 
+bool Runtime::on_cpu() const {
+  return options_.device == "cpu" || (options_.device == "auto" && cuda_device_count() == 0);
+}
+
 void Runtime::create_lanes() {
   const std::string& dev = options_.device;
   if (dev == "virtual") {
@@ -55,7 +59,7 @@ void Runtime::create_lanes() {
   std::vector<LaneSpec> layout = layout_;
   if (layout.empty()) {
     const int gpus = cuda_device_count();
-    if (dev == "cpu" || (dev == "auto" && gpus == 0)) {
+    if (on_cpu()) {
       layout.assign(options_.cpu_lanes, LaneSpec{"cpu", 0, {}});
     } else if (dev == "cuda" || dev == "auto") {
       if (gpus == 0) throw Error(ErrorCode::kInvalidInput, "device='cuda' but no usable CUDA GPU");

@@ -14,14 +14,6 @@
 
 namespace gpulanes {
 
-namespace {
-
-bool on_cpu(const std::string& device) {
-  return device == "cpu" || (device == "auto" && cuda_device_count() == 0);
-}
-
-}  // namespace
-
 void Runtime::set_planner_profile(const std::string& model, SimModelProfile profile) {
   const int m = models_.find(model);
   if (m < 0) throw Error(ErrorCode::kUnknownModel, "no model named '" + model + "' is registered");
@@ -36,7 +28,7 @@ PlannerConfig Runtime::planner_config() const {
   if (dev == "virtual") {
     throw Error(ErrorCode::kInvalidInput, "a virtual runtime is planned by its simulator");
   }
-  if (on_cpu(dev)) {
+  if (on_cpu()) {
     // CPU lanes have no SMs to split: the planner packs models into at most cpu_lanes lanes.
     cfg.gpus = options_.cpu_lanes;
     cfg.sms_per_gpu = 1;
@@ -98,25 +90,22 @@ std::vector<PlannerModel> Runtime::planner_models(const std::vector<double>& rat
   return pm;
 }
 
-Plan Runtime::plan(const std::vector<double>& rates, const PlannerConfig& config) const {
+Plan Runtime::plan(const std::vector<double>& rates, const PlannerConfig& config,
+                   bool* meets_slos) const {
   if (started_at_.load(std::memory_order_acquire) == 0) {
     throw Error(ErrorCode::kInvalidInput, "plan() needs a started runtime (profiles)");
   }
   std::vector<SimModelProfile> measured;
   std::lock_guard<std::mutex> lock(plan_mu_);
-  return make_plan(planner_models(rates, measured), config);
-}
-
-bool Runtime::meets_slos(const Plan& plan, const std::vector<double>& rates,
-                         const PlannerConfig& config) const {
-  std::vector<SimModelProfile> measured;
-  std::lock_guard<std::mutex> lock(plan_mu_);
-  return plan_meets_slos(plan, planner_models(rates, measured), config);
+  const std::vector<PlannerModel> models = planner_models(rates, measured);
+  Plan p = make_plan(models, config);
+  if (meets_slos) *meets_slos = plan_meets_slos(p, models, config);
+  return p;
 }
 
 bool Runtime::apply_plan(const Plan& plan, const std::vector<double>& rates, bool admission,
                          double admit_fraction) {
-  const bool cpu = on_cpu(options_.device);
+  const bool cpu = on_cpu();
   const bool single = options_.device.rfind("cuda:", 0) == 0;
   std::vector<LaneSpec> layout;
   for (const PlannedLane& l : plan.lanes) {

@@ -172,12 +172,11 @@ class Runtime final : private LaneListener, private LoopSink {
   // Requests/s per model: the re-planner's EWMA of offered requests when it runs, else the gaps
   // between recently admitted ones.
   std::vector<double> measured_rates() const;
-  // A plan for `rates` (by model). Throws Error(kInvalidInput) before start().
-  Plan plan(const std::vector<double>& rates, const PlannerConfig& config) const;
-  // Whether every lane of `plan` meets its models' SLOs under the interference its co-runners
-  // predict (plan_meets_slos with this runtime's profiles).
-  bool meets_slos(const Plan& plan, const std::vector<double>& rates,
-                  const PlannerConfig& config) const;
+  // A plan for `rates` (by model); `meets_slos`, if given, says whether every lane of it meets
+  // its models' SLOs under the interference its co-runners predict (plan_meets_slos). Throws
+  // Error(kInvalidInput) before start().
+  Plan plan(const std::vector<double>& rates, const PlannerConfig& config,
+            bool* meets_slos = nullptr) const;
   // Makes `plan` the lane layout (set_lanes, when it differs) and, unless `admission` is off,
   // sheds what it could not place (admission_limits()). Returns whether the layout changed.
   bool apply_plan(const Plan& plan, const std::vector<double>& rates, bool admission = true,
@@ -193,6 +192,8 @@ class Runtime final : private LaneListener, private LoopSink {
                          const BatchReport& report) override;
   void fail(std::vector<RequestPtr>&& requests, ErrorCode code, const std::string& why) override;
   void on_dispatch(int lane, const Batch& batch, TimeNs now) override;
+  // Whether the default layout is CPU lanes (device "cpu", or "auto" without a usable GPU).
+  bool on_cpu() const;
   void create_lanes();
   // Lanes for `layout`, indexed from 0, not started.
   std::vector<std::unique_ptr<Lane>> make_lanes(const std::vector<LaneSpec>& layout);
