@@ -39,6 +39,7 @@ PlannerConfig planner_config_from(const py::dict& c) {
   cfg.gpus = c["gpus"].cast<int>();
   cfg.sms_per_gpu = c["sms_per_gpu"].cast<int>();
   cfg.granularity = c["granularity"].cast<int>();
+  if (c.contains("split_sms")) cfg.split_sms = c["split_sms"].cast<int>();
   cfg.memory_gb = c["memory_gb"].cast<double>();
   if (c.contains("interference")) cfg.interference = c["interference"].cast<std::vector<double>>();
   return cfg;
@@ -162,6 +163,7 @@ py::dict RuntimePlanning::planner_config() const {
   d["gpus"] = c.gpus;
   d["sms_per_gpu"] = c.sms_per_gpu;
   d["granularity"] = c.granularity;
+  d["split_sms"] = c.split_sms;
   d["memory_gb"] = c.memory_gb;
   d["interference"] = c.interference;
   return d;

@@ -232,9 +232,9 @@ class PyRuntime {
     core_->start(fn);
   }
 
-  py::list profile(const std::string& model, int lane) const {
+  static py::list points_list(const std::vector<LatencyPoint>& points) {
     py::list out;
-    for (const LatencyPoint& p : lane < 0 ? core_->profile(model) : core_->lane_profile(model, lane)) {
+    for (const LatencyPoint& p : points) {
       py::dict d;
       d["batch_size"] = p.batch_size;
       d["mean_us"] = p.mean_us;
@@ -247,7 +247,33 @@ class PyRuntime {
     return out;
   }
 
-  void set_profile(const std::string& model, const py::list& points) {
+  py::list profile(const std::string& model, int lane) const {
+    return points_list(lane < 0 ? core_->profile(model) : core_->lane_profile(model, lane));
+  }
+
+  py::dict profile_origin(const std::string& model) const {
+    const ProfileOrigin o = core_->profile_origin(model);
+    py::dict d;
+    d["lane_kind"] = o.lane_kind;
+    d["sms"] = o.sms;
+    d["sm_share"] = o.sm_share;
+    return d;
+  }
+
+  // [{"model", "sms", "points"}] of every GPU partition lane's profile so far.
+  py::list partition_profiles() const {
+    py::list out;
+    for (const auto& [key, points] : core_->partition_profiles()) {
+      py::dict d;
+      d["model"] = core_->model_name(key.first);
+      d["sms"] = key.second;
+      d["points"] = points_list(points);
+      out.append(d);
+    }
+    return out;
+  }
+
+  void set_profile(const std::string& model, const py::list& points, int sms) {
     std::vector<LatencyPoint> pts;
     for (py::handle h : points) {
       py::dict d = py::reinterpret_borrow<py::dict>(h);
@@ -260,7 +286,7 @@ class PyRuntime {
       p.device_p50_us = d.contains("device_p50_us") ? d["device_p50_us"].cast<double>() : 0.0;
       pts.push_back(p);
     }
-    core_->set_profile(model, pts);
+    core_->set_profile(model, pts, sms);
   }
 
   void submit(const std::string& model, const py::sequence& inputs,
@@ -432,7 +458,10 @@ void init_runtime(py::module_& m) {
            py::arg("max_batch_size"), py::arg("max_queue"))
       .def("start", &PyRuntime::start, py::arg("progress") = py::none())
       .def("profile", &PyRuntime::profile, py::arg("model"), py::arg("lane") = -1)
-      .def("set_profile", &PyRuntime::set_profile, py::arg("model"), py::arg("points"))
+      .def("set_profile", &PyRuntime::set_profile, py::arg("model"), py::arg("points"),
+           py::arg("sms") = 0)
+      .def("profile_origin", &PyRuntime::profile_origin, py::arg("model"))
+      .def("partition_profiles", &PyRuntime::partition_profiles)
       .def("submit", &PyRuntime::submit, py::arg("model"), py::arg("inputs"),
            py::arg("deadline_ns"), py::arg("priority"), py::arg("sink"),
            py::arg("resolved") = nullptr)
@@ -460,6 +489,29 @@ void init_runtime(py::module_& m) {
   m.def("green_context_support", [](int device) { return green_context_support(device); },
         py::arg("device") = 0,
         "'' when this build and machine can split `device` with green contexts, else why not.");
+  m.def("green_sm_split", [](int device) {
+        const SmSplit s = green_sm_split(device);
+        py::dict d;
+        d["device_sms"] = s.device_sms;
+        d["min_partition"] = s.min_partition;
+        d["alignment"] = s.alignment;
+        d["group_sms"] = s.group_sms;
+        d["groups"] = s.groups;
+        d["usable_sms"] = s.usable_sms();
+        return d;
+      }, py::arg("device") = 0,
+        "How `device` splits into green-context groups (a dry run): device_sms, min_partition "
+        "and alignment (read from its SM resource), group_sms, groups, usable_sms. Raises "
+        "InvalidInput saying why where green contexts are unavailable.");
+  m.def("green_groups_for", [](int group_sms, int groups, int device_sms, const std::vector<int>& asked) {
+        SmSplit s;
+        s.group_sms = group_sms;
+        s.groups = groups;
+        s.device_sms = device_sms;
+        return green_groups_for(s, asked, "the device");
+      }, py::arg("group_sms"), py::arg("groups"), py::arg("device_sms"), py::arg("asked"),
+        "Groups each green lane of `asked` SMs takes of a split into `groups` groups of "
+        "`group_sms`; raises InvalidInput saying what fits when they do not.");
   m.def("cuda_lane_support", [] { return cuda_device_count() > 0; },
         "Whether this build has CUDA lanes and a usable GPU.");
 }

@@ -199,6 +199,7 @@ class Runtime(Planning):
         # Per model: what its profile depends on (a profile entry without points).
         self._profile_keys: Dict[str, Dict[str, Any]] = {}
         self._profile_source: Dict[str, str] = {}  # model -> "given", "cache" or "measured"
+        self._layout: List[Dict[str, Any]] = []   # the last set_lanes() layout, as the core took it
         if profile_cache is True:
             self._cache: Optional[_profiles.ProfileCache] = _profiles.ProfileCache(
                 _profiles.default_cache_dir())
@@ -288,21 +289,66 @@ class Runtime(Planning):
                 if hit is not None:
                     self._core.set_profile(name, hit["points"])
                     self._profile_source[name] = "cache"
+            self._load_partition_profiles(lane)
         try:
             self._core.start(update)
         finally:
             bar.close()
-        for name in self._slo_ms:
-            if name not in self._profile_source:
-                self._profile_source[name] = "measured"
-                if self._cache is not None:
-                    try:
-                        self._cache.put(self._profile_entry(name, lane, self.profile(name)))
-                    except OSError as e:  # a read-only home must not stop serving
-                        import warnings
-
-                        warnings.warn(f"gpulanes: profile cache not written: {e}")
+        measured = [n for n in self._slo_ms if n not in self._profile_source]
+        for name in measured:
+            self._profile_source[name] = "measured"
+        self._cache_profiles(lane, measured)
         return self
+
+    def _load_partition_profiles(self, lane: Dict[str, Any]) -> None:
+        """Before start: cached profiles of the green-lane sizes the layout will have."""
+        for name, sms in self._partition_sizes():
+            hit = self._cache.get(self._partition_entry(name, lane, sms, []))
+            if hit is not None:
+                self._core.set_profile(name, hit["points"], sms=sms)
+
+    def _partition_sizes(self) -> List[tuple]:
+        """(model, SMs) of each green lane the layout makes: whole groups of the device's split."""
+        if self.partitioning not in ("green", "auto") or not _C.cuda_lane_support():
+            return []
+        out = set()
+        for spec in self._layout:
+            if not spec["device"].startswith("cuda") or spec["sms"] <= 0:
+                continue
+            index = int(spec["device"].split(":")[1])
+            if _C.green_context_support(index):
+                return []
+            split = _C.green_sm_split(index)
+            if spec["sms"] >= split["device_sms"]:
+                continue
+            sms = -(-spec["sms"] // split["group_sms"]) * split["group_sms"]
+            for name in spec["models"] or list(self._slo_ms):
+                out.add((name, sms))
+        return sorted(out)
+
+    def _cache_profiles(self, lane: Dict[str, Any], measured: Sequence[str]) -> None:
+        """Writes the profiles measured so far to the cache, each keyed by the SM share it was
+        measured at: a model's own (whole device, or the partition lane it had to use) and every
+        green-lane size's."""
+        if self._cache is None:
+            return
+        entries = []
+        for name in measured:
+            origin = self._core.profile_origin(name)
+            if origin["sms"] > 0:
+                entries.append(self._partition_entry(name, lane, origin["sms"], self.profile(name)))
+            else:
+                entries.append(self._profile_entry(name, lane, self.profile(name)))
+        for p in self._core.partition_profiles():
+            entries.append(self._partition_entry(p["model"], lane, p["sms"], p["points"]))
+        try:
+            for entry in entries:
+                if self._cache.get(entry) is None:
+                    self._cache.put(entry)
+        except OSError as e:  # a read-only home must not stop serving
+            import warnings
+
+            warnings.warn(f"gpulanes: profile cache not written: {e}")
 
     def _profile_lane(self) -> Dict[str, Any]:
         """Device name and lane kind the profiles of this runtime are measured on."""
@@ -320,6 +366,13 @@ class Runtime(Planning):
                        points: Sequence[Dict[str, float]]) -> Dict[str, Any]:
         return {**self._profile_keys[name], **lane, "torch": torch.__version__, "sm_share": 1.0,
                 "sms": None, "points": list(points)}
+
+    def _partition_entry(self, name: str, lane: Dict[str, Any], sms: int,
+                         points: Sequence[Dict[str, float]]) -> Dict[str, Any]:
+        """A profile measured on a green lane of ``sms`` SMs (the runtime's first GPU)."""
+        total = torch.cuda.get_device_properties(0).multi_processor_count
+        return {**self._profile_entry(name, lane, points), "lane_kind": "cuda-green",
+                "sm_share": min(1.0, sms / total), "sms": int(sms)}
 
     def profile_source(self, model: str) -> Optional[str]:
         """Where ``model``'s latency profile came from: ``"given"`` (:meth:`set_profile` or
@@ -485,6 +538,9 @@ class Runtime(Planning):
                 raise UnknownModel(f"lane {i} names models that are not registered: {missing}")
             specs.append({"device": str(device), "sms": int(lane.get("sms", 0)), "models": models})
         self._core.set_lanes(specs)
+        self._layout = specs
+        if self._core.running:  # the new lanes' sizes may have been measured just now
+            self._cache_profiles(self._profile_lane(), [])
 
     @property
     def models(self) -> List[str]:

@@ -5,11 +5,14 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/core/ivalue.h>
+#include <c10/core/Event.h>
+#include <c10/core/Stream.h>
 
 #include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,6 +45,13 @@ struct Request {
   int priority = 0;                   // 0 = latency-critical, 1 = best effort
   bool native_completion = false;     // on_done needs no delivery hook (e.g. a C++ waiter)
   TimeNs started = 0;                 // when its batch was handed to a lane (0 = not yet)
+  // GPU inputs: one event per input device, recorded at submit on the submitter's current
+  // stream there; a lane waits for them before it reads the inputs (the work that made them
+  // may still be queued).
+  std::vector<c10::Event> inputs_ready;
+  // Outputs left on the GPU: the submitter's current stream at submit, on which the lane
+  // records them (record_stream) so that their memory is not reused before work queued there.
+  std::optional<c10::Stream> consumer_stream;
 
   // Runs the completion callback the first and only time; later calls return false and do
   // nothing, which is what makes "resolves exactly once" hold even on racing failure paths.

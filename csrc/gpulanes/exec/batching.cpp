@@ -5,8 +5,16 @@
 #include <string>
 
 #include "gpulanes/core/error.h"
+#include "gpulanes/exec/executor.h"
 
 namespace gpulanes {
+
+c10::IValue Executor::run_requests(int index, const std::vector<RequestPtr>& requests) {
+  for (const RequestPtr& r : requests) {
+    for (const c10::Event& ready : r->inputs_ready) ready.synchronize();
+  }
+  return run(index, stack_inputs(requests));
+}
 
 std::vector<c10::IValue> stack_inputs(const std::vector<RequestPtr>& requests) {
   std::vector<c10::IValue> out;

@@ -1,8 +1,13 @@
-// CUDA lane executor: one non-default stream per lane from torch's stream pool. Host-to-device
-// copies, the forward pass and the device-to-host copy are all issued on that stream, and the
-// only synchronization is on that stream, never device-wide. Two timing events bracket each run
-// on the stream, so the lane knows the batch's device time (what profiles and the predictor
-// need), separate from host overheads.
+// CUDA lane executor: one non-default stream per lane (from torch's stream pool, or a green
+// context's). Every kernel of a batch runs on that stream: stacking the samples, the copies in
+// and out, the forward pass; the only synchronization is on that stream, never device-wide.
+// Samples on the host are stacked into pinned memory so the copy to the GPU is asynchronous,
+// and outputs come back into pinned memory. Samples already on a GPU are read only after the
+// event their submitter's stream recorded at submit. Outputs left on the GPU are recorded on
+// their submitter's stream (record_stream), so the caching allocator does not hand their memory
+// to the next batch while work the submitter queued on them may still run. Two timing events
+// bracket each run on the stream, so the lane knows the batch's device time (what profiles and
+// the predictor need), separate from host overheads.
 #include "gpulanes/core/error.h"
 #include "gpulanes/exec/executor.h"
 
@@ -15,6 +20,9 @@
 
 #include <cuda_runtime_api.h>
 
+#include <ATen/ATen.h>
+
+#include <algorithm>
 #include <unordered_map>
 
 #include "gpulanes/exec/batching.h"
@@ -78,17 +86,39 @@ class CudaStreamExecutor final : public Executor {
   }
 
   c10::IValue run(int index, std::vector<c10::IValue> inputs) override {
+    return on_stream(index, nullptr, [&] {
+      for (auto& in : inputs) {
+        in = map_tensors(in, [&](const at::Tensor& t) { return to_device(t); });
+      }
+      return std::move(inputs);
+    });
+  }
+
+  c10::IValue run_requests(int index, const std::vector<RequestPtr>& requests) override {
+    return on_stream(index, &requests, [&] { return stack(requests); });
+  }
+
+  std::int64_t last_device_ns() const override { return last_device_ns_; }
+  void* stream_handle() const override { return stream_.stream(); }
+
+ private:
+  // Runs model `index` on inputs that `make_inputs` issues on the lane's stream, between the
+  // timing events; waits for that stream only. `requests`, when given, are the batch's.
+  template <class MakeInputs>
+  c10::IValue on_stream(int index, const std::vector<RequestPtr>* requests, MakeInputs&& make_inputs) {
     c10::cuda::CUDAStreamGuard guard(stream_);
     c10::InferenceMode mode;
     last_device_ns_ = 0;
     C10_CUDA_CHECK(cudaEventRecord(begin_, stream_.stream()));
-    for (auto& in : inputs) {
-      in = map_tensors(in, [&](const at::Tensor& t) { return t.to(device_, /*non_blocking=*/true); });
-    }
-    c10::IValue out = modules_.at(index).forward(std::move(inputs));
-    if (!outputs_on_device_) {
-      // A blocking copy to pageable host memory waits for this stream only.
-      out = map_tensors(out, [](const at::Tensor& t) { return t.to(c10::kCPU); });
+    c10::IValue out = modules_.at(index).forward(make_inputs());
+    if (outputs_on_device_) {
+      if (requests) keep_for_consumers(out, *requests);
+    } else {
+      out = map_tensors(out, [](const at::Tensor& t) {
+        at::Tensor host = at::empty(t.sizes(), t.options().device(c10::kCPU).pinned_memory(true));
+        host.copy_(t, /*non_blocking=*/true);
+        return host;
+      });
     }
     C10_CUDA_CHECK(cudaEventRecord(end_, stream_.stream()));
     C10_CUDA_CHECK(cudaEventSynchronize(end_));
@@ -98,10 +128,65 @@ class CudaStreamExecutor final : public Executor {
     return out;
   }
 
-  std::int64_t last_device_ns() const override { return last_device_ns_; }
-  void* stream_handle() const override { return stream_.stream(); }
+  // A host tensor goes through pinned memory, so the copy is asynchronous on the lane's stream.
+  at::Tensor to_device(const at::Tensor& t) const {
+    if (t.device() == device_) return t;
+    if (t.is_cuda() || t.is_pinned()) return t.to(device_, /*non_blocking=*/true);
+    return t.pin_memory().to(device_, /*non_blocking=*/true);
+  }
 
- private:
+  // One batched tensor per model input. Host samples are stacked straight into pinned memory
+  // and copied once; GPU samples are stacked by a kernel on the lane's stream after the events
+  // of their submitters' streams.
+  std::vector<c10::IValue> stack(const std::vector<RequestPtr>& requests) const {
+    const c10::Stream lane = stream_.unwrap();
+    for (const RequestPtr& r : requests) {
+      for (const c10::Event& ready : r->inputs_ready) ready.block(lane);
+    }
+    const std::size_t n = requests.size();
+    const std::size_t arity = n ? requests.front()->inputs.size() : 0;
+    std::vector<c10::IValue> out;
+    std::vector<at::Tensor> column(n);
+    for (std::size_t k = 0; k < arity; ++k) {
+      bool on_host = true;
+      for (std::size_t i = 0; i < n; ++i) {
+        column[i] = requests[i]->inputs[k];
+        on_host = on_host && !column[i].is_cuda();
+      }
+      if (on_host) {
+        std::vector<std::int64_t> sizes = column[0].sizes().vec();
+        sizes.insert(sizes.begin(), static_cast<std::int64_t>(n));
+        at::Tensor host = at::empty(sizes, column[0].options().pinned_memory(true));
+        at::stack_out(host, column, 0);
+        out.emplace_back(host.to(device_, /*non_blocking=*/true));
+      } else {
+        for (at::Tensor& t : column) t = to_device(t);
+        out.emplace_back(at::stack(column, 0));  // the guard made the lane's stream current
+      }
+    }
+    return out;
+  }
+
+  // Outputs handed out on the GPU: their memory came from the lane stream's pool; record each
+  // submitter's stream on this device (else the device's default stream) so the allocator does
+  // not reuse it before the work queued there on them is done.
+  void keep_for_consumers(const c10::IValue& out, const std::vector<RequestPtr>& requests) const {
+    std::vector<c10::Stream> consumers{c10::cuda::getDefaultCUDAStream(device_.index()).unwrap()};
+    for (const RequestPtr& r : requests) {
+      const auto& s = r->consumer_stream;
+      if (s && s->device() == device_ &&
+          std::find(consumers.begin(), consumers.end(), *s) == consumers.end()) {
+        consumers.push_back(*s);
+      }
+    }
+    map_tensors(out, [&](const at::Tensor& t) {
+      if (t.is_cuda()) {
+        for (const c10::Stream& s : consumers) t.record_stream(s);
+      }
+      return t;
+    });
+  }
+
   c10::Device device_;                                   // the GPU this lane runs on
   c10::cuda::CUDAStream stream_;                         // the lane's own stream
   bool outputs_on_device_;                               // keep outputs on the GPU

@@ -1,5 +1,8 @@
 #include "gpulanes/exec/green_context.h"
 
+#include <algorithm>
+#include <numeric>
+
 #include "gpulanes/core/error.h"
 
 #ifdef GPULANES_WITH_CUDA
@@ -10,6 +13,77 @@
 #endif
 
 namespace gpulanes {
+
+namespace {
+
+constexpr int kGreenStreamDriver = 12050;  // cuGreenCtxStreamCreate appeared in CUDA 12.5
+
+std::string join(const std::vector<int>& v) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+// As many lanes as `need` (groups each) within `have` groups, each keeping at least one group
+// and at most what it asked, sized in proportion to what it asked.
+std::vector<int> shrink_to_fit(const std::vector<int>& need, int have) {
+  const long total = std::accumulate(need.begin(), need.end(), 0L);
+  std::vector<int> got;
+  for (int k : need) got.push_back(std::max(1, static_cast<int>(static_cast<long>(k) * have / total)));
+  auto sum = [&] { return std::accumulate(got.begin(), got.end(), 0); };
+  while (sum() > have) {
+    auto it = std::max_element(got.begin(), got.end());
+    if (*it <= 1) break;
+    --*it;
+  }
+  for (bool grew = true; grew && sum() < have;) {
+    grew = false;
+    for (std::size_t i = 0; i < got.size() && sum() < have; ++i) {
+      if (got[i] < need[i]) ++got[i], grew = true;
+    }
+  }
+  return got;
+}
+
+}  // namespace
+
+std::vector<int> green_groups_for(const SmSplit& split, const std::vector<int>& asked,
+                                  const std::string& where) {
+  if (split.group_sms <= 0 || split.groups <= 0) {
+    throw Error(ErrorCode::kInvalidInput, where + " cannot be split into green-context groups");
+  }
+  std::vector<int> need;
+  for (std::size_t i = 0; i < asked.size(); ++i) {
+    if (asked[i] < 1) {
+      throw Error(ErrorCode::kInvalidInput, "lane " + std::to_string(i) + " on " + where +
+                                                " asks for " + std::to_string(asked[i]) +
+                                                " SMs; a green lane needs at least 1");
+    }
+    need.push_back((asked[i] + split.group_sms - 1) / split.group_sms);
+  }
+  const int total = std::accumulate(need.begin(), need.end(), 0);
+  if (total <= split.groups) return need;
+  std::string msg = "green lanes asking " + join(asked) + " SMs on " + where + " need " +
+                    std::to_string(total) + " groups of " + std::to_string(split.group_sms) +
+                    " SMs, and the device splits into " + std::to_string(split.groups) +
+                    " such groups (" + std::to_string(split.usable_sms()) + " of its " +
+                    std::to_string(split.device_sms) +
+                    " SMs; every lane is rounded up to whole groups)";
+  if (static_cast<int>(asked.size()) > split.groups) {
+    msg += ": at most " + std::to_string(split.groups) + " green lanes fit";
+  } else {
+    std::vector<int> fits;
+    for (int k : shrink_to_fit(need, split.groups)) fits.push_back(k * split.group_sms);
+    msg += "; this fits: " + join(fits);
+  }
+  throw Error(ErrorCode::kInvalidInput, msg);
+}
+
+std::string green_driver_problem(int version) {
+  if (version >= kGreenStreamDriver) return "";
+  return "green lanes need a CUDA 12.5+ driver for cuGreenCtxStreamCreate (this one is " +
+         std::to_string(version / 1000) + "." + std::to_string(version % 1000 / 10) + ")";
+}
 
 #ifdef GPULANES_WITH_CUDA
 namespace {
@@ -64,20 +138,57 @@ const Driver& driver() {
     int version = 0;
     if (d.cuInit(0) != CUDA_SUCCESS || d.cuDriverGetVersion(&version) != CUDA_SUCCESS) {
       d.missing = "the CUDA driver did not initialize";
-    } else if (version < 12040) {
-      d.missing = "green contexts need a CUDA 12.4+ driver (this one is " +
-                  std::to_string(version / 1000) + "." + std::to_string(version % 1000 / 10) + ")";
+    } else {
+      d.missing = green_driver_problem(version);
     }
   });
   return d;
 }
 
-void check(CUresult r, const char* what) {
+void check(CUresult r, const std::string& what) {
   if (r == CUDA_SUCCESS) return;
   const char* msg = nullptr;
   if (driver().cuGetErrorString) driver().cuGetErrorString(r, &msg);
   throw Error(ErrorCode::kInvalidInput,
-              std::string("green contexts: ") + what + " failed: " + (msg ? msg : "unknown error"));
+              "green contexts: " + what + " failed: " + (msg ? msg : "unknown error"));
+}
+
+// The one split of a device: its groups (driver resources, all of one split) and their sizes.
+struct DeviceSplit {
+  CUdevice dev = 0;
+  SmSplit split;
+  std::vector<CUdevResource> groups;
+};
+
+DeviceSplit split_device(int device) {
+  const Driver& d = driver();
+  if (!d.missing.empty()) throw Error(ErrorCode::kInvalidInput, "green contexts unavailable: " + d.missing);
+  DeviceSplit out;
+  const std::string where = "cuda:" + std::to_string(device);
+  check(d.cuDeviceGet(&out.dev, device), "cuDeviceGet(" + where + ")");
+  CUdevResource whole;
+  check(d.cuDeviceGetDevResource(out.dev, &whole, CU_DEV_RESOURCE_TYPE_SM),
+        "cuDeviceGetDevResource(" + where + ")");
+  out.split.device_sms = static_cast<int>(whole.sm.smCount);
+  out.split.min_partition = static_cast<int>(whole.sm.minSmPartitionSize);
+  out.split.alignment = static_cast<int>(whole.sm.smCoscheduledAlignment);
+  // The driver rounds the minimum count up to its granularity itself; a driver that leaves the
+  // fields at 0 is asked for groups of 1 and rounds likewise.
+  const unsigned int min_count = static_cast<unsigned int>(std::max(1, out.split.min_partition));
+  unsigned int n = 0;
+  check(d.cuDevSmResourceSplitByCount(nullptr, &n, &whole, nullptr, 0, min_count),
+        "dry-run split of " + where);
+  if (n == 0) throw Error(ErrorCode::kInvalidInput, where + " cannot split its SMs into groups");
+  out.groups.resize(n);
+  CUdevResource rest;
+  check(d.cuDevSmResourceSplitByCount(out.groups.data(), &n, &whole, &rest, 0, min_count),
+        "splitting " + where + " into groups of " + std::to_string(min_count) + " SMs");
+  out.groups.resize(n);
+  int smallest = out.split.device_sms;
+  for (const CUdevResource& g : out.groups) smallest = std::min(smallest, static_cast<int>(g.sm.smCount));
+  out.split.group_sms = smallest;  // the driver makes them symmetrical; the smallest is safe
+  out.split.groups = static_cast<int>(n);
+  return out;
 }
 
 }  // namespace
@@ -88,66 +199,40 @@ struct GreenPartition::Group {
   int sms = 0;
 };
 
+SmSplit green_sm_split(int device) { return split_device(device).split; }
+
 std::string green_context_support(int device) {
-  const Driver& d = driver();
-  if (!d.missing.empty()) return d.missing;
-  CUdevice dev;
-  CUdevResource res;
-  if (d.cuDeviceGet(&dev, device) != CUDA_SUCCESS ||
-      d.cuDeviceGetDevResource(dev, &res, CU_DEV_RESOURCE_TYPE_SM) != CUDA_SUCCESS) {
-    return "device " + std::to_string(device) + " reports no SM resource";
-  }
-  unsigned int groups = 0;  // dry run: can the SMs be split in two?
-  if (d.cuDevSmResourceSplitByCount(nullptr, &groups, &res, nullptr, 0, res.sm.smCount / 2) !=
-          CUDA_SUCCESS ||
-      groups < 1) {
-    return "device " + std::to_string(device) + " cannot split its SMs";
+  try {
+    split_device(device);
+  } catch (const Error& e) {
+    return e.what();
   }
   return "";
 }
 
 GreenPartition::GreenPartition(int device, const std::vector<int>& sms) : device_(device) {
-  const std::string why = green_context_support(device);
-  if (!why.empty()) throw Error(ErrorCode::kInvalidInput, "green contexts unavailable: " + why);
+  DeviceSplit s = split_device(device);
+  const std::vector<int> take = green_groups_for(s.split, sms, "cuda:" + std::to_string(device));
   const Driver& d = driver();
-  CUdevice dev;
-  check(d.cuDeviceGet(&dev, device), "cuDeviceGet");
-  CUdevResource input;
-  check(d.cuDeviceGetDevResource(dev, &input, CU_DEV_RESOURCE_TYPE_SM), "cuDeviceGetDevResource");
   try {
-    for (std::size_t i = 0; i < sms.size(); ++i) {
-      if (sms[i] < 1) throw Error(ErrorCode::kInvalidInput, "a green lane needs at least 1 SM");
-      CUdevResource group, rest;
-      unsigned int n = 1;
-      check(d.cuDevSmResourceSplitByCount(&group, &n, &input, &rest, 0,
-                                          static_cast<unsigned int>(sms[i])),
-            ("splitting " + std::to_string(sms[i]) + " SMs for lane " + std::to_string(i)).c_str());
-      if (n != 1) {
-        throw Error(ErrorCode::kInvalidInput, "green contexts: not enough SMs left for lane " +
-                                                  std::to_string(i) + " (" +
-                                                  std::to_string(sms[i]) + " asked)");
-      }
+    std::size_t next = 0;  // lanes take consecutive groups: neighbours in the split's order
+    for (std::size_t i = 0; i < take.size(); ++i) {
       auto g = std::make_unique<Group>();
+      const std::string lane = " for lane " + std::to_string(i);
       CUdevResourceDesc desc;
-      check(d.cuDevResourceGenerateDesc(&desc, &group, 1), "cuDevResourceGenerateDesc");
-      check(d.cuGreenCtxCreate(&g->ctx, desc, dev, CU_GREEN_CTX_DEFAULT_STREAM), "cuGreenCtxCreate");
-      check(d.cuGreenCtxStreamCreate(&g->stream, g->ctx, CU_STREAM_NON_BLOCKING, 0),
-            "cuGreenCtxStreamCreate");
+      check(d.cuDevResourceGenerateDesc(&desc, s.groups.data() + next, static_cast<unsigned>(take[i])),
+            "cuDevResourceGenerateDesc" + lane);
+      next += static_cast<std::size_t>(take[i]);
+      check(d.cuGreenCtxCreate(&g->ctx, desc, s.dev, CU_GREEN_CTX_DEFAULT_STREAM),
+            "cuGreenCtxCreate" + lane);
+      Group* raw = g.get();
+      groups_.push_back(std::move(g));  // owned now, so release() frees it if a later step throws
+      check(d.cuGreenCtxStreamCreate(&raw->stream, raw->ctx, CU_STREAM_NON_BLOCKING, 0),
+            "cuGreenCtxStreamCreate" + lane);
       CUdevResource granted;
-      check(d.cuGreenCtxGetDevResource(g->ctx, &granted, CU_DEV_RESOURCE_TYPE_SM),
-            "cuGreenCtxGetDevResource");
-      g->sms = static_cast<int>(granted.sm.smCount);
-      groups_.push_back(std::move(g));
-      if (i + 1 == sms.size()) break;
-      // The rest can be split again only through a green context of its own.
-      CUdevResourceDesc rest_desc;
-      CUgreenCtx rest_ctx = nullptr;
-      check(d.cuDevResourceGenerateDesc(&rest_desc, &rest, 1), "cuDevResourceGenerateDesc (rest)");
-      check(d.cuGreenCtxCreate(&rest_ctx, rest_desc, dev, CU_GREEN_CTX_DEFAULT_STREAM),
-            "cuGreenCtxCreate (rest)");
-      scratch_.push_back(rest_ctx);
-      check(d.cuGreenCtxGetDevResource(rest_ctx, &input, CU_DEV_RESOURCE_TYPE_SM),
-            "cuGreenCtxGetDevResource (rest)");
+      check(d.cuGreenCtxGetDevResource(raw->ctx, &granted, CU_DEV_RESOURCE_TYPE_SM),
+            "cuGreenCtxGetDevResource" + lane);
+      raw->sms = static_cast<int>(granted.sm.smCount);
     }
   } catch (...) {
     release();
@@ -164,8 +249,6 @@ void GreenPartition::release() {
     if (g->ctx) d.cuGreenCtxDestroy(g->ctx);
   }
   groups_.clear();
-  for (void* c : scratch_) d.cuGreenCtxDestroy(static_cast<CUgreenCtx>(c));
-  scratch_.clear();
 }
 
 int GreenPartition::sms(int i) const { return groups_.at(i)->sms; }
@@ -175,10 +258,18 @@ void* GreenPartition::stream(int i) const { return groups_.at(i)->stream; }
 
 struct GreenPartition::Group {};
 
-std::string green_context_support(int) { return "this build of gpulanes has no CUDA support"; }
+namespace {
+const char* const kNoCuda = "this build of gpulanes has no CUDA support";
+}
+
+std::string green_context_support(int) { return kNoCuda; }
+
+SmSplit green_sm_split(int) {
+  throw Error(ErrorCode::kInvalidInput, std::string("green contexts unavailable: ") + kNoCuda);
+}
 
 GreenPartition::GreenPartition(int device, const std::vector<int>&) : device_(device) {
-  throw Error(ErrorCode::kInvalidInput, "green contexts unavailable: " + green_context_support(device));
+  throw Error(ErrorCode::kInvalidInput, std::string("green contexts unavailable: ") + kNoCuda);
 }
 GreenPartition::~GreenPartition() = default;
 void GreenPartition::release() {}

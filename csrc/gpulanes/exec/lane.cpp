@@ -119,9 +119,8 @@ void WorkerLane::run_batch(Batch&& batch) {
   std::vector<Outcome> outcomes;
   outcomes.reserve(n);
   try {
-    std::vector<c10::IValue> inputs = stack_inputs(batch.requests);
     const TimeNs t0 = clock_.now();
-    c10::IValue output = executor_->run(batch.model, std::move(inputs));
+    c10::IValue output = executor_->run_requests(batch.model, batch.requests);
     report.exec_ns = clock_.now() - t0;
     if (const std::int64_t device_ns = executor_->last_device_ns(); device_ns > 0) {
       report.exec_ns = device_ns;

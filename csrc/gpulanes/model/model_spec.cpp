@@ -29,6 +29,23 @@ void validate_inputs(const ModelSpec& spec, const std::vector<at::Tensor>& input
       throw Error(ErrorCode::kInvalidInput,
                   "model '" + spec.name + "' input " + std::to_string(i) + " is undefined");
     }
+    // Checked before sizes(): a nested tensor has none, and a lane cannot stack a sparse, mkldnn
+    // or meta tensor into a batch.
+    const std::string which = "model '" + spec.name + "' input " + std::to_string(i);
+    if (t.is_nested() || t.layout() != c10::kStrided) {
+      std::ostringstream os;
+      os << which << " must be a dense (strided) tensor, got ";
+      if (t.is_nested()) {
+        os << "a nested tensor";
+      } else {
+        os << "layout " << t.layout();
+      }
+      throw Error(ErrorCode::kInvalidInput, os.str());
+    }
+    if (!t.is_cpu() && !t.is_cuda()) {
+      throw Error(ErrorCode::kInvalidInput,
+                  which + " must be on the CPU or a CUDA GPU, got device " + t.device().str());
+    }
     TensorSpec got{t.sizes().vec(), t.scalar_type()};
     if (got.dtype != want.dtype || got.shape != want.shape) {
       throw Error(ErrorCode::kInvalidInput,

@@ -30,7 +30,9 @@ class Planner {
     if (cfg.variant == "temporal_only") {
       sizes_ = {cfg.sms_per_gpu};
     } else {
-      for (int s = cfg.granularity; s < cfg.sms_per_gpu; s += cfg.granularity) sizes_.push_back(s);
+      for (int s = cfg.granularity; s < cfg.sms_per_gpu && lane_fits(cfg, 0, s); s += cfg.granularity) {
+        sizes_.push_back(s);
+      }
       sizes_.push_back(cfg.sms_per_gpu);
     }
   }
@@ -180,10 +182,10 @@ class Planner {
     }
     return false;
   }
-  int free_sms(int gpu) const {
+  int used_sms(int gpu) const {
     int used = 0;
     for (const auto& l : plan_.lanes) used += l.gpu == gpu ? l.sms : 0;
-    return cfg_.sms_per_gpu - used;
+    return used;
   }
   double memory_gb(int gpu) const {
     double mb = 0;
@@ -197,12 +199,12 @@ class Planner {
   bool place(PlannedLane lane, bool may_open) {
     std::vector<int> gpus(plan_.gpus_used);
     std::iota(gpus.begin(), gpus.end(), 0);
-    std::stable_sort(gpus.begin(), gpus.end(), [&](int a, int b) { return free_sms(a) < free_sms(b); });
+    std::stable_sort(gpus.begin(), gpus.end(), [&](int a, int b) { return used_sms(a) > used_sms(b); });
     if (may_open && plan_.gpus_used < cfg_.gpus) gpus.push_back(plan_.gpus_used);
     double mem = 0;
     for (const auto& pm : lane.models) mem += models_[pm.model].profile->memory_mb() / 1024;
     for (int g : gpus) {
-      if (free_sms(g) < lane.sms || memory_gb(g) + mem > cfg_.memory_gb) continue;
+      if (!lane_fits(cfg_, used_sms(g), lane.sms) || memory_gb(g) + mem > cfg_.memory_gb) continue;
       std::vector<PlannedLane> trial = plan_.lanes;
       lane.gpu = g;
       trial.push_back(lane);
@@ -298,6 +300,13 @@ double gpu_seconds_per_request(const PlannerModel& m, const PlannerConfig& cfg) 
 }
 
 }  // namespace
+
+bool lane_fits(const PlannerConfig& config, int used, int sms) {
+  if (sms >= config.sms_per_gpu) return used == 0;
+  const int split = config.split_sms > 0 ? std::min(config.split_sms, config.sms_per_gpu)
+                                         : config.sms_per_gpu;
+  return used + sms <= split;
+}
 
 Plan make_plan(const std::vector<PlannerModel>& models, const PlannerConfig& config) {
   if (config.variant == "self_tuning") return self_tuning_start(models, config);

@@ -42,6 +42,9 @@ struct PlannerConfig {
   int gpus = 1;                            // GPUs available
   int sms_per_gpu = 132;
   int granularity = 8;                     // lane sizes are multiples of this (and the whole GPU)
+  int split_sms = 0;                       // SMs the lanes splitting one GPU may hold in all
+                                           // (green contexts: whole groups of one split, fewer
+                                           // than sms_per_gpu); 0: sms_per_gpu
   double memory_gb = 80;
   double safety = 1.1;                     // latency margin, as gpu-let
   int max_models_per_lane = 3;
@@ -69,6 +72,10 @@ struct Plan {
   std::vector<double> unplaced_rate;  // by model: requests/s no GPU was left for
   std::vector<PlannedLane> lanes;
 };
+
+// Whether a lane of `sms` SMs fits beside lanes holding `used` SMs of one GPU: a whole-GPU lane
+// (sms_per_gpu) only alone, lanes that split it only within split_sms in all.
+bool lane_fits(const PlannerConfig& config, int used, int sms);
 
 // When the GPUs cannot serve every rate, the plan shares them max-min fairly in GPU time per
 // second: models needing less than the fair share keep their rate, the others are cut to it

@@ -9,11 +9,16 @@
 namespace gpulanes {
 namespace {
 
-// SMs lane `gpu` has left under `plan`.
+// The most SMs one more lane may take on `gpu` under `plan` (lane_fits): the whole GPU when it
+// is empty, else what the lanes splitting it leave of cfg.split_sms, in whole granules.
 int free_sms(const Plan& plan, int gpu, const PlannerConfig& cfg) {
   int used = 0;
   for (const PlannedLane& l : plan.lanes) used += l.gpu == gpu ? l.sms : 0;
-  return cfg.sms_per_gpu - used;
+  if (used == 0) return cfg.sms_per_gpu;
+  const int g = std::max(1, cfg.granularity);
+  int room = g * ((cfg.sms_per_gpu - used) / g);
+  while (room > 0 && !lane_fits(cfg, used, room)) room -= g;
+  return std::max(0, room);
 }
 
 int round_up(double sms, const PlannerConfig& cfg) {
@@ -71,7 +76,7 @@ Plan self_tuning_start(const std::vector<PlannerModel>& models, const PlannerCon
         if (f >= want) gpu = g;
         if (f > room) room = f, best = g;
       }
-      const int sms = gpu >= 0 ? want : (room >= std::max(1, cfg.granularity) ? room : 0);
+      const int sms = gpu >= 0 ? want : room;
       if (gpu < 0) gpu = best;
       if (sms == 0) {
         plan.unplaced_rate[m] = models[m].rate * left / std::max(1e-9, sms_needed);

@@ -86,7 +86,9 @@ std::vector<std::unique_ptr<Lane>> Runtime::make_lanes(const std::vector<LaneSpe
   if (how == "mps" && !on_gpu.empty()) {
     throw Error(ErrorCode::kInvalidInput, "partitioning 'mps' is not implemented yet");
   }
-  std::map<std::size_t, std::pair<std::shared_ptr<GreenPartition>, int>> green;  // lane -> group
+  // Every GPU's layout is checked against its split before any partition is built, so a layout
+  // that does not fit is refused whole, with what would fit.
+  std::map<int, std::vector<int>> split_gpus;  // GPU -> SMs asked by its lanes, in lane order
   for (const auto& [d, lanes] : on_gpu) {
     const int total = cuda_sm_count(d);
     std::vector<int> asked;
@@ -101,7 +103,13 @@ std::vector<std::unique_ptr<Lane>> Runtime::make_lanes(const std::vector<LaneSpe
       throw Error(ErrorCode::kInvalidInput, "when lanes split cuda:" + std::to_string(d) +
                                                 ", every lane on it needs its 'sms'");
     }
+    green_groups_for(green_sm_split(d), asked, "cuda:" + std::to_string(d));
+    split_gpus[d] = std::move(asked);
+  }
+  std::map<std::size_t, std::pair<std::shared_ptr<GreenPartition>, int>> green;  // lane -> group
+  for (const auto& [d, asked] : split_gpus) {
     auto partition = std::make_shared<GreenPartition>(d, asked);
+    const auto& lanes = on_gpu[d];
     for (std::size_t k = 0; k < lanes.size(); ++k) green[lanes[k]] = {partition, static_cast<int>(k)};
   }
   std::vector<std::unique_ptr<Lane>> out;
@@ -160,7 +168,18 @@ void Runtime::start_lanes(std::vector<std::unique_ptr<Lane>>& lanes, const Progr
       if (first == lanes.size() || (lanes[first]->sm_share() < 1 && lanes[l]->sm_share() >= 1)) first = l;
     }
     if (first == lanes.size()) continue;
-    if (profiles_[m].empty()) measure[first][m] |= kMeasureDefault;
+    if (profiles_[m].empty()) {
+      // Served by partition lanes only: a known profile of the first one's size is the model's.
+      std::lock_guard<std::mutex> lock(partition_mu_);
+      const Lane& lane = *lanes[first];
+      auto known = partition_profiles_.find({m, lane.sms()});
+      if (lane.sm_share() < 1 && known != partition_profiles_.end()) {
+        profiles_[m] = known->second;
+        profile_origins_[m] = ProfileOrigin{lane.kind(), lane.sms(), lane.sm_share()};
+      } else {
+        measure[first][m] |= kMeasureDefault;
+      }
+    }
     std::set<int> planned;
     for (std::size_t l = 0; l < lanes.size(); ++l) {
       Lane& lane = *lanes[l];
@@ -300,11 +319,13 @@ void Runtime::prepare_lane(Lane& lane, const std::vector<char>& measure,
         points.push_back(measure_batch(lane, m, b));
         ++done;
       }
-      if (measure[m] & kMeasureDefault) profiles_[m] = LatencyProfile(points);
-      if (measure[m] & kMeasurePartition) {
-        std::lock_guard<std::mutex> lock(partition_mu_);
-        partition_profiles_[{m, lane.sms()}] = LatencyProfile(points);
+      std::lock_guard<std::mutex> lock(partition_mu_);
+      if (measure[m] & kMeasureDefault) {
+        profiles_[m] = LatencyProfile(points);
+        const bool part = lane.sm_share() < 1;
+        profile_origins_[m] = ProfileOrigin{lane.kind(), part ? lane.sms() : 0, lane.sm_share()};
       }
+      if (measure[m] & kMeasurePartition) partition_profiles_[{m, lane.sms()}] = LatencyProfile(points);
     } catch (const std::exception& e) {
       throw Error(ErrorCode::kModelError, "model '" + model.spec.name + "' failed its " + step +
                                               " on " + lane.device() + ": " +

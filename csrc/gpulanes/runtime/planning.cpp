@@ -9,6 +9,7 @@
 
 #include "gpulanes/core/error.h"
 #include "gpulanes/exec/executor.h"
+#include "gpulanes/exec/green_context.h"
 #include "gpulanes/plan/self_tuning.h"
 #include "gpulanes/runtime/runtime.h"
 
@@ -37,8 +38,23 @@ PlannerConfig Runtime::planner_config() const {
     cfg.gpus = dev.rfind("cuda:", 0) == 0 ? 1 : cuda_device_count();
     const int first = dev.rfind("cuda:", 0) == 0 ? std::stoi(dev.substr(5)) : 0;
     cfg.sms_per_gpu = cuda_sm_count(first);
+    fit_to_split(cfg);
   }
   return cfg;
+}
+
+void Runtime::fit_to_split(PlannerConfig& cfg) const {
+  const std::string& how = options_.partitioning;
+  if (on_cpu() || (how != "green" && how != "auto")) return;
+  const int first = options_.device.rfind("cuda:", 0) == 0 ? std::stoi(options_.device.substr(5)) : 0;
+  if (!green_context_support(first).empty()) return;
+  // Green lanes are whole groups of the device's one split: whatever granularity was asked,
+  // lane sizes are multiples of a group and the lanes of a GPU fit in the split.
+  const SmSplit split = green_sm_split(first);
+  const int g = split.group_sms;
+  cfg.sms_per_gpu = split.device_sms;
+  cfg.granularity = std::max(g, (cfg.granularity + g - 1) / g * g);
+  cfg.split_sms = cfg.split_sms > 0 ? std::min(cfg.split_sms, split.usable_sms()) : split.usable_sms();
 }
 
 std::vector<double> Runtime::measured_rates() const {
@@ -66,8 +82,9 @@ std::vector<PlannerModel> Runtime::planner_models(const std::vector<double>& rat
   if (static_cast<int>(rates.size()) != n) {
     throw Error(ErrorCode::kInvalidInput, "plan() takes one rate per registered model");
   }
-  // Without a per-share profile, the measured one stands for the whole device; the planner then
-  // extrapolates smaller shares as latency / share (sim_profile.h).
+  // Without a per-share profile, the measured one stands for the share it was measured at (the
+  // whole device, unless only partition lanes served the model); the planner extrapolates other
+  // shares from it (sim_profile.h).
   measured.assign(n, SimModelProfile());
   std::vector<PlannerModel> pm;
   for (int m = 0; m < n; ++m) {
@@ -78,6 +95,10 @@ std::vector<PlannerModel> Runtime::planner_models(const std::vector<double>& rat
     } else {
       SharePoints whole;
       whole.points = profiles_[m].points();
+      {
+        std::lock_guard<std::mutex> lock(partition_mu_);
+        whole.share = profile_origins_[m].sm_share;
+      }
       for (const LatencyPoint& p : whole.points) {
         whole.l2[p.batch_size] = p.l2;
         whole.dram[p.batch_size] = p.dram;
@@ -98,8 +119,10 @@ Plan Runtime::plan(const std::vector<double>& rates, const PlannerConfig& config
   std::vector<SimModelProfile> measured;
   std::lock_guard<std::mutex> lock(plan_mu_);
   const std::vector<PlannerModel> models = planner_models(rates, measured);
-  Plan p = make_plan(models, config);
-  if (meets_slos) *meets_slos = plan_meets_slos(p, models, config);
+  PlannerConfig cfg = config;
+  fit_to_split(cfg);
+  Plan p = make_plan(models, cfg);
+  if (meets_slos) *meets_slos = plan_meets_slos(p, models, cfg);
   return p;
 }
 

@@ -1,5 +1,6 @@
 #include "gpulanes/runtime/runtime.h"
 
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/script.h>
 
 #include <algorithm>
@@ -8,6 +9,32 @@
 #include "gpulanes/exec/executor.h"
 
 namespace gpulanes {
+
+namespace {
+
+// On the submitting thread, whose current CUDA streams are the submitter's: GPU inputs get an
+// event on the stream that made them (the lane waits for it), and outputs left on the GPU get
+// that thread's current stream as their consumer.
+void note_streams(Request& req, bool gpu_outputs) {
+  const c10::impl::DeviceGuardImplInterface* cuda = nullptr;
+  for (const at::Tensor& t : req.inputs) {
+    if (!t.is_cuda()) continue;
+    if (std::any_of(req.inputs_ready.begin(), req.inputs_ready.end(),
+                    [&](const c10::Event& e) { return e.device() == t.device(); })) {
+      continue;
+    }
+    if (!cuda) cuda = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
+    c10::Event ready(c10::DeviceType::CUDA);
+    ready.record(cuda->getStream(t.device()));
+    req.inputs_ready.push_back(std::move(ready));
+  }
+  if (gpu_outputs) {
+    if (!cuda) cuda = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
+    req.consumer_stream = cuda->getStream(cuda->getDevice());
+  }
+}
+
+}  // namespace
 
 Runtime::Runtime(RuntimeOptions options, std::shared_ptr<Clock> clock)
     : options_(std::move(options)),
@@ -30,6 +57,7 @@ int Runtime::register_model(ModelSpec spec, torch::jit::Module module, std::vect
   queues_.push_back(std::make_unique<RequestQueue>(cap, policy_->queue_order()));
   metrics_.push_back(std::make_unique<ModelMetrics>(name));
   profiles_.emplace_back();
+  profile_origins_.emplace_back();
   rates_.push_back(std::make_unique<ArrivalRate>());
   return idx;
 }
@@ -49,6 +77,7 @@ int Runtime::register_virtual_model(ModelSpec spec) {
   queues_.push_back(std::make_unique<RequestQueue>(cap, policy_->queue_order()));
   metrics_.push_back(std::make_unique<ModelMetrics>(name));
   profiles_.emplace_back();
+  profile_origins_.emplace_back();
   rates_.push_back(std::make_unique<ArrivalRate>());
   return idx;
 }
@@ -59,13 +88,20 @@ void Runtime::set_delivery_hook(DeliveryHook hook) {
   delivery_hook_ = std::move(hook);
 }
 
-void Runtime::set_profile(const std::string& model, const std::vector<LatencyPoint>& points) {
+void Runtime::set_profile(const std::string& model, const std::vector<LatencyPoint>& points, int sms) {
   std::lock_guard<std::mutex> lock(control_mu_);
   if (started_) throw Error(ErrorCode::kInvalidInput, "set profiles before start()");
   const int m = models_.find(model);
   if (m < 0) throw Error(ErrorCode::kUnknownModel, "no model named '" + model + "' is registered");
+  if (sms < 0) throw Error(ErrorCode::kInvalidInput, "sms must be >= 0, got " + std::to_string(sms));
   try {
-    profiles_[m] = LatencyProfile(points);
+    if (sms > 0) {
+      std::lock_guard<std::mutex> plock(partition_mu_);
+      partition_profiles_[{m, sms}] = LatencyProfile(points);
+    } else {
+      profiles_[m] = LatencyProfile(points);
+      profile_origins_[m] = ProfileOrigin{};
+    }
   } catch (const std::invalid_argument& e) {
     throw Error(ErrorCode::kInvalidInput, "bad profile for '" + model + "': " + e.what());
   }
@@ -80,6 +116,8 @@ void Runtime::start(const ProgressFn& progress) {
   if (shut_down_) throw Error(ErrorCode::kRuntimeClosed, "runtime was shut down");
   if (started_) throw Error(ErrorCode::kInvalidInput, "runtime already started");
   create_lanes();
+  gpu_outputs_ = options_.outputs_on_device &&
+                 std::any_of(lanes_.begin(), lanes_.end(), [](const auto& l) { return l->device_index() >= 0; });
   std::vector<Lane*> lane_ptrs;
   {
     std::unique_lock<std::shared_mutex> writing(submit_mu_);  // lane_stats() reads them shared
@@ -205,6 +243,7 @@ ErrorCode Runtime::try_submit(int m, std::vector<at::Tensor> inputs,
   req->priority = priority;
   req->on_done = std::move(done);
   req->native_completion = native;
+  note_streams(*req, gpu_outputs_);
   if (!queues_[m]->try_push(req)) {
     req->on_done = nullptr;  // never called for a refused request
     return reject(ErrorCode::kQueueFull, [&] {
@@ -359,6 +398,20 @@ std::vector<LatencyPoint> Runtime::profile(const std::string& model) const {
   const int m = models_.find(model);
   if (m < 0) throw Error(ErrorCode::kUnknownModel, "no model named '" + model + "' is registered");
   return profiles_[m].points();
+}
+
+ProfileOrigin Runtime::profile_origin(const std::string& model) const {
+  const int m = models_.find(model);
+  if (m < 0) throw Error(ErrorCode::kUnknownModel, "no model named '" + model + "' is registered");
+  std::lock_guard<std::mutex> lock(partition_mu_);  // lane threads set it while starting
+  return profile_origins_[m];
+}
+
+std::map<std::pair<int, int>, std::vector<LatencyPoint>> Runtime::partition_profiles() const {
+  std::lock_guard<std::mutex> lock(partition_mu_);
+  std::map<std::pair<int, int>, std::vector<LatencyPoint>> out;
+  for (const auto& [key, profile] : partition_profiles_) out[key] = profile.points();
+  return out;
 }
 
 std::vector<LatencyPoint> Runtime::lane_profile(const std::string& model, int lane) const {

@@ -71,6 +71,14 @@ struct LaneSpec {
   std::vector<std::string> models;  // empty: every registered model
 };
 
+// The lane a model's own latency profile was measured on: the whole device (sm_share 1), or a
+// GPU partition lane when no whole-device lane served the model.
+struct ProfileOrigin {
+  std::string lane_kind;  // "cpu", "cuda-stream", "cuda-green"; "" for a given profile
+  int sms = 0;            // SMs of that lane when it was a partition, else 0
+  double sm_share = 1.0;  // its share of the device's SMs
+};
+
 struct LaneInfo {
   int index;
   std::string kind;                 // "cpu", "cuda-stream", "sim", ...
@@ -103,8 +111,9 @@ class Runtime final : private LaneListener, private LoopSink {
   // queued (per-lane statistics restart). A model no lane serves is refused at submit. Throws
   // Error(kInvalidInput) for an unknown model or device, and on virtual time.
   void set_lanes(std::vector<LaneSpec> layout);
-  // Before start() only: use this latency profile for `model` instead of measuring one.
-  void set_profile(const std::string& model, const std::vector<LatencyPoint>& points);
+  // Before start() only: use this latency profile for `model` instead of measuring one; with
+  // `sms` > 0, the profile of GPU partition lanes of that many SMs (e.g. from a profile cache).
+  void set_profile(const std::string& model, const std::vector<LatencyPoint>& points, int sms = 0);
   // Creates lanes, loads every model onto each and warms them up, measures the latency profile
   // of every model that has none (on the first lane), starts the loop. Throws Error(kModelError)
   // if a model fails its warm-up forward.
@@ -125,6 +134,7 @@ class Runtime final : private LaneListener, private LoopSink {
                        std::string* why = nullptr);
   // Index of `model`, or -1.
   int model_index(const std::string& model) const { return models_.find(model); }
+  const std::string& model_name(int index) const { return models_.at(index).spec.name; }
 
   // Counts a submission the caller refused before it could reach submit() (e.g. an input that
   // is not a tensor) as submitted + rejected, then throws Error(code, why).
@@ -147,6 +157,10 @@ class Runtime final : private LaneListener, private LoopSink {
   std::vector<LatencyPoint> lane_profile(const std::string& model, int lane) const;
   // The latency profile `model` is scheduled with (empty before start()).
   std::vector<LatencyPoint> profile(const std::string& model) const;
+  // Where profile(model) was measured (lane_kind "" when it was given or not measured yet).
+  ProfileOrigin profile_origin(const std::string& model) const;
+  // The profiles of GPU partition lanes so far, by (model index, SMs).
+  std::map<std::pair<int, int>, std::vector<LatencyPoint>> partition_profiles() const;
   std::string policy_name() const { return policy_->name(); }
   // The latency predictor (null before start()).
   const LatencyPredictor* predictor() const { return predictor_.get(); }
@@ -169,6 +183,9 @@ class Runtime final : private LaneListener, private LoopSink {
   // The planner's view of this runtime's devices: GPUs (CPU: cpu_lanes whole-device lanes), SMs
   // per GPU, granularity; the variant and interference coefficients of options.replan.
   PlannerConfig planner_config() const;
+  // On green-context GPUs: makes `config`'s lane sizes whole groups of the device's split
+  // (granularity a multiple of a group, split_sms what the split offers); else leaves it.
+  void fit_to_split(PlannerConfig& config) const;
   // Requests/s per model: the re-planner's EWMA of offered requests when it runs, else the gaps
   // between recently admitted ones.
   std::vector<double> measured_rates() const;
@@ -231,6 +248,7 @@ class Runtime final : private LaneListener, private LoopSink {
   std::vector<std::unique_ptr<RequestQueue>> queues_;          // per model
   std::vector<std::unique_ptr<ModelMetrics>> metrics_;         // per model
   std::vector<LatencyProfile> profiles_;             // per model; fixed once serving
+  std::vector<ProfileOrigin> profile_origins_;       // per model: where profiles_ was measured
   mutable std::mutex partition_mu_;                  // guards partition_profiles_ (lane threads
                                                      // measure concurrently)
   std::map<std::pair<int, int>, LatencyProfile> partition_profiles_;  // (model, SMs) of GPU
@@ -259,6 +277,7 @@ class Runtime final : private LaneListener, private LoopSink {
   std::mutex control_mu_;                 // serializes register/start/shutdown
   bool started_ = false;                  // start() succeeded
   bool shut_down_ = false;                // shutdown() ran
+  bool gpu_outputs_ = false;              // outputs stay on GPU lanes' devices; set by start()
   mutable std::shared_mutex submit_mu_;   // submit/stats (shared) vs register/close (exclusive)
   std::atomic<bool> accepting_{false};    // between start() and shutdown()
   std::atomic<std::uint64_t> next_id_{1}; // request ids
