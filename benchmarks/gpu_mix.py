@@ -5,7 +5,8 @@ mix (a quarter of the rate each), served by
 - "temporal": one whole-GPU lane (partitioning "none": batches take turns);
 - "streams": one lane per model, concurrent CUDA streams without SM limits;
 - "green": one green-context lane per model, SMs split in proportion to each model's GPU time
-  per request at its largest batch (measured at start), in multiples of 8;
+  per request at its largest batch (measured at start), in whole groups of the device's
+  green-context split (`gl._C.green_sm_split`), within the SMs that split offers;
 - "mps": not implemented yet (recorded as skipped).
 
 For each, the highest total rate at which every model keeps >= 99% SLO attainment (bisection
@@ -56,7 +57,8 @@ def build(device: str) -> Dict[str, Any]:
 
 
 def green_split(cost: Dict[str, float], sms: int, granule: int = 8) -> Dict[str, int]:
-    """SMs per model in proportion to `cost`, multiples of `granule`, at least one each."""
+    """SMs per model in proportion to `cost`, multiples of `granule`, at least one each, at
+    most `sms` in all (the SMs the device's green-context split offers)."""
     total = sum(cost.values())
     share = {m: max(granule, int(sms * c / total) // granule * granule) for m, c in cost.items()}
     while sum(share.values()) > sms:  # rounding up the smallest ones can overshoot
@@ -73,8 +75,10 @@ def layouts(device: str, names: List[str], cost: Dict[str, float]):
         return
     yield "temporal", {"partitioning": "none"}, None
     yield "streams", {"partitioning": "streams"}, [{"device": 0, "models": [n]} for n in names]
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    split = green_split(cost, sms)
+    if gl._C.green_context_support(0):
+        return  # recorded as skipped by main()
+    device_split = gl._C.green_sm_split(0)
+    split = green_split(cost, device_split["usable_sms"], device_split["group_sms"])
     yield "green", {"partitioning": "green"}, [{"device": 0, "sms": split[n], "models": [n]}
                                              for n in names]
 
@@ -88,7 +92,8 @@ def serve(device, models, slo, kw, layout, rate: float, seconds: float) -> Dict[
         rt.set_lanes(layout)
     rt.start(progress=False)
     work = wl.Poisson({n: rate / len(models) for n in models}, seconds, seed=int(rate) % 9973)
-    out = wl.drive(rt, work, {n: (ex[0],) for n, (_, ex) in models.items()}, warmup_s=1.0,
+    out = wl.drive(rt, work, {n: (ex[0],) for n, (_, ex) in models.items()},
+                   warmup_s=min(1.0, seconds / 3),
                    progress=False)
     lanes = rt.lanes()
     rt.shutdown()
@@ -103,6 +108,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--seconds", type=float, default=6.0, help="per load point")
     ap.add_argument("--steps", type=int, default=6, help="bisection steps")
+    ap.add_argument("--grow", type=float, default=64.0,
+                    help="the search doubles the rate up to this factor over its start")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.device == "cuda" and not (torch.cuda.is_available() and gl._C.cuda_lane_support()):
@@ -127,20 +134,24 @@ def main() -> None:
 
     results: Dict[str, Any] = {"slo_ms": slo, "seconds_per_request": cost, "max_batch": MAX_BATCH,
                                "seconds_per_point": args.seconds, "configs": {}}
+    env = environment(args.device)
+    results["configs"]["mps"] = {"skipped": "MPS lanes are not implemented yet"}
+    if args.device == "cuda" and gl._C.green_context_support(0):
+        results["configs"]["green"] = {"skipped": gl._C.green_context_support(0)}
     for label, kw, layout in layouts(args.device, names, cost):
         res = peak_search(lambda rate: serve(args.device, models, slo, kw, layout, rate, args.seconds),
-                          lambda row: row["worst_attainment"] >= 0.99, start, args.steps)
+                          lambda row: row["worst_attainment"] >= 0.99, start, args.steps,
+                          grow_limit=args.grow)
         res["max_rate"] = res.pop("max_load")
         results["configs"][label] = {"runtime": kw, "layout": layout, **res}
         good = res["at_max"]["goodput"] if res["at_max"] else 0.0
         print(f"{label:<9} max rate at >= 99%: {res['max_rate']:8.1f}/s  goodput there "
               f"{good:8.1f}/s", flush=True)
-    results["configs"]["mps"] = {"skipped": "MPS lanes are not implemented yet"}
-    base = results["configs"]["temporal"]["max_rate"]
-    for label, r in results["configs"].items():
-        if "max_rate" in r and base > 0:
-            r["vs_temporal"] = r["max_rate"] / base
-    path = write_result("gpu-mix", environment(args.device), results, args.out or RESULTS)
+        base = results["configs"]["temporal"]["max_rate"]
+        for r in results["configs"].values():
+            if "max_rate" in r and base > 0:
+                r["vs_temporal"] = r["max_rate"] / base
+        path = write_result("gpu-mix", env, results, args.out or RESULTS)  # as it goes
     print(f"wrote {path}")
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run ON a lent GPU machine through the device tool:
+# Longer GPU checks, after scripts/gpu_proof.sh (the first thing a lent GPU runs). Run ON a lent
+# GPU machine through the device tool:
 #   (here, once)  bash scripts/gpu_prepare.sh
 #   (device)      run(command="bash scripts/gpu_check.sh tests", carry=[".deps"])
 #   (device)      run(command="bash scripts/gpu_check.sh bench", carry=[".deps"])
@@ -35,11 +36,7 @@ step() { echo "== $* ==" | tee -a "$LOG"; }
 } 2>&1 | tee -a "$LOG"
 
 step build
-"$PY" -m pip install -q --no-build-isolation --no-deps --no-index -e . \
-  -Cbuild-dir=build/gpu -Ccmake.build-type=Release \
-  -Ccmake.define.GPULANES_BUILD_TESTS=ON \
-  -Ccmake.define.GPULANES_GTEST_SRC="$PWD/.deps/googletest" \
-  -Ccmake.define.Eigen3_DIR="$PWD/.deps/eigen/share/eigen3/cmake" 2>&1 | tail -30 | tee -a "$LOG" \
+PYTHON="$PY" bash scripts/gpu_build.sh --tests 2>&1 | tail -30 | tee -a "$LOG" \
   || { echo "build failed" | tee -a "$LOG"; exit 1; }
 
 if [ "$STAGE" = all ] || [ "$STAGE" = tests ]; then

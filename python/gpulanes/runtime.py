@@ -281,6 +281,7 @@ class Runtime(Planning):
             bar.refresh()
 
         lane = self._profile_lane()
+        cached: set = set()
         if self._cache is not None:
             for name in self._slo_ms:
                 if name in self._profile_source:
@@ -289,23 +290,33 @@ class Runtime(Planning):
                 if hit is not None:
                     self._core.set_profile(name, hit["points"])
                     self._profile_source[name] = "cache"
-            self._load_partition_profiles(lane)
+            cached = self._load_partition_profiles(lane)
         try:
             self._core.start(update)
         finally:
             bar.close()
-        measured = [n for n in self._slo_ms if n not in self._profile_source]
-        for name in measured:
-            self._profile_source[name] = "measured"
+        measured = []
+        for name in self._slo_ms:
+            if name in self._profile_source:
+                continue
+            # Served by green lanes only, a model's profile is that of its first lane's size.
+            sms = self._core.profile_origin(name)["sms"]
+            self._profile_source[name] = "cache" if (name, sms) in cached else "measured"
+            if self._profile_source[name] == "measured":
+                measured.append(name)
         self._cache_profiles(lane, measured)
         return self
 
-    def _load_partition_profiles(self, lane: Dict[str, Any]) -> None:
-        """Before start: cached profiles of the green-lane sizes the layout will have."""
+    def _load_partition_profiles(self, lane: Dict[str, Any]) -> set:
+        """Before start: cached profiles of the green-lane sizes the layout will have; returns
+        the (model, SMs) found."""
+        found = set()
         for name, sms in self._partition_sizes():
             hit = self._cache.get(self._partition_entry(name, lane, sms, []))
             if hit is not None:
                 self._core.set_profile(name, hit["points"], sms=sms)
+                found.add((name, sms))
+        return found
 
     def _partition_sizes(self) -> List[tuple]:
         """(model, SMs) of each green lane the layout makes: whole groups of the device's split."""
@@ -329,7 +340,7 @@ class Runtime(Planning):
     def _cache_profiles(self, lane: Dict[str, Any], measured: Sequence[str]) -> None:
         """Writes the profiles measured so far to the cache, each keyed by the SM share it was
         measured at: a model's own (whole device, or the partition lane it had to use) and every
-        green-lane size's."""
+        green-lane size's. Entries already cached are left as they are."""
         if self._cache is None:
             return
         entries = []

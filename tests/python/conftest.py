@@ -26,16 +26,18 @@ class Affine(nn.Module):
 
 
 class Busy(nn.Module):
-    """Returns x + 1 after `iters` rounds of matmul work, so batches take measurable time."""
+    """Returns x + 1 after `iters` rounds of `size` x `size` matmul work, so batches take
+    measurable time. The work runs where x is: on a GPU lane, on its SMs."""
 
-    def __init__(self, iters: int) -> None:
+    def __init__(self, iters: int, size: int = 160) -> None:
         super().__init__()
         self.iters = iters
+        self.size = size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = torch.ones(160, 160)
+        a = torch.ones(self.size, self.size, device=x.device)
         for _ in range(self.iters):
-            a = torch.tanh(a @ a * 0.01)
+            a = torch.tanh(a @ a * (1.0 / self.size))
         return x + 1.0 + a.sum() * 0.0
 
 

@@ -62,6 +62,10 @@ def sm_ids(stream: int, device: int = 0, blocks: int = 2048, spin: int = 200_000
     assert cuda.cuLibraryLoadData(ctypes.byref(lib), ptx, None, None, 0, None, None, 0) == 0
     assert cuda.cuLibraryGetKernel(ctypes.byref(kernel), lib, b"probe") == 0
     out = torch.full((blocks,), -1, dtype=torch.int32, device=f"cuda:{device}")
+    # The fill ran on torch's current stream; the probe on `stream` must start after it.
+    filled = torch.cuda.Event()
+    filled.record()
+    torch.cuda.ExternalStream(stream, device=device).wait_event(filled)
     ptr = ctypes.c_void_p(out.data_ptr())
     spin_c = ctypes.c_longlong(spin)
     args = (ctypes.c_void_p * 2)(ctypes.cast(ctypes.byref(ptr), ctypes.c_void_p),

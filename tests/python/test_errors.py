@@ -37,6 +37,10 @@ def two_rt():
     ((torch.randn(4, 6),), "takes 2 input"),
     ((torch.randn(4, 6), torch.ones(4, dtype=torch.int64), torch.ones(4)), "got 3"),
     ((torch.randn(4, 6), [1, 0, 1, 1]), "list, not a torch.Tensor"),
+    ((torch.empty(4, 6, device="meta"), torch.ones(4, dtype=torch.int64)), "device meta"),
+    ((torch.randn(4, 6).to_sparse(), torch.ones(4, dtype=torch.int64)), "layout Sparse"),
+    ((torch.nested.nested_tensor([torch.randn(2, 6), torch.randn(2, 6)]),
+      torch.ones(4, dtype=torch.int64)), "a nested tensor"),
 ])
 def test_bad_inputs_are_refused_at_submit(two_rt, inputs, match):
     with pytest.raises(gl.InvalidInput, match=match):

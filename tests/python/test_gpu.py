@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import gpulanes as gl
-from conftest import Mlp, TwoInputsTupleOut, scripted
+from conftest import Affine, Mlp, TwoInputsTupleOut, scripted
 
 pytestmark = pytest.mark.gpu
 
@@ -83,6 +83,46 @@ def test_cuda_output_device_keeps_outputs_on_gpu():
         assert y.is_cuda
         y2 = rt.infer("mlp", torch.randn(16, device="cuda"))  # CUDA inputs are accepted too
         assert y2.is_cuda
+
+
+def test_gpu_inputs_are_read_after_the_submitter_stream_made_them(cuda_rt):
+    # The input is written on a side stream behind ~50 ms of spinning; a lane that did not wait
+    # for that stream would stack whatever the memory held before.
+    rt, mlp = cuda_rt
+    side = torch.cuda.Stream()
+    value = float(torch.randint(1, 1000, ()).item())
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(100_000_000)
+        x = torch.empty(16, device="cuda").fill_(value)
+        fut = rt.submit("mlp", x)
+    y = fut.result(timeout=60)
+    with torch.inference_mode():
+        torch.testing.assert_close(y, mlp(torch.full((1, 16), value))[0], rtol=1e-4, atol=1e-4)
+
+
+def test_gpu_outputs_are_not_reused_while_the_submitter_stream_reads_them():
+    # An output left on the GPU is read on the submitter's stream behind ~100 ms of spinning and
+    # dropped at once; later batches must not get its memory before that read ran.
+    rt = gl.Runtime(device="cuda", output_device="cuda", profile_cache=False)
+    rt.register("affine", scripted(Affine()), slo_ms=10_000, example_inputs=torch.zeros(1, 4096),
+                max_batch_size=1)
+    side = torch.cuda.Stream()
+    with rt:
+        with torch.cuda.stream(side):
+            y = rt.infer("affine", torch.ones(4096, device="cuda"))  # 3.0 everywhere
+            torch.cuda._sleep(200_000_000)
+            z = y * 10
+            del y
+        for _ in range(5):
+            assert rt.infer("affine", torch.full((4096,), 5.0)).eq(11.0).all()
+        side.synchronize()
+        assert z.eq(30.0).all()
+
+
+def test_inputs_that_cannot_be_stacked_are_refused_at_submit(cuda_rt):
+    rt, _ = cuda_rt
+    with pytest.raises(gl.InvalidInput, match="device meta"):
+        rt.submit("mlp", torch.empty(16, device="meta"))
 
 
 def test_cuda_model_error_and_bad_input(cuda_rt):

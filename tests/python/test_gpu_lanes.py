@@ -1,6 +1,8 @@
 """GPU lanes on a real GPU (skipped without CUDA): green-context lanes own disjoint SM groups of
 the size rt.lanes() reports, plain stream lanes reach every SM, and two lanes run at once."""
 
+import time
+
 import pytest
 import torch
 
@@ -49,24 +51,59 @@ def test_a_plain_stream_lane_reaches_every_sm():
         assert len(sm_probe.sm_ids(rt._core.lane_stream(0))) >= 0.9 * total
 
 
-def test_two_green_lanes_run_batches_at_the_same_time():
+def test_the_split_is_read_from_the_device():
     why = gl._C.green_context_support(0)
     if why:
         pytest.skip(f"green contexts unavailable: {why}")
-    rt = gl.Runtime(device="cuda", partitioning="green", profile_cache=False, trace=True)
+    split = gl._C.green_sm_split(0)
+    total = torch.cuda.get_device_properties(0).multi_processor_count
+    assert split["device_sms"] == total
+    assert split["group_sms"] >= max(1, split["min_partition"])
+    assert split["alignment"] == 0 or split["group_sms"] % split["alignment"] == 0
+    assert 2 <= split["groups"] and split["usable_sms"] == split["groups"] * split["group_sms"] <= total
+
+
+def test_a_layout_that_does_not_fit_is_refused_saying_what_fits():
+    why = gl._C.green_context_support(0)
+    if why:
+        pytest.skip(f"green contexts unavailable: {why}")
+    split = gl._C.green_sm_split(0)
+    half = split["device_sms"] // 2 + 1  # two lanes over half the device each
+    rt = green_runtime((8, 8))
+    with pytest.raises(gl.InvalidInput, match="this fits"):
+        rt.set_lanes([{"device": 0, "sms": half, "models": ["a"]},
+                      {"device": 0, "sms": half, "models": ["b"]}])
+    with rt:  # the refused layout left the valid one in place
+        g = split["group_sms"]
+        assert [l["sms"] for l in rt.lanes()] == [-(-8 // g) * g] * 2
+
+
+def test_two_green_lanes_run_batches_at_the_same_time():
+    # Each batch is compute-bound work on its lane's SMs. On disjoint SMs two lanes do twice
+    # the work in about the time one lane takes alone; run one after the other, twice as long.
+    why = gl._C.green_context_support(0)
+    if why:
+        pytest.skip(f"green contexts unavailable: {why}")
+    half = gl._C.green_sm_split(0)["usable_sms"] // 2
+    rt = gl.Runtime(device="cuda", partitioning="green", profile_cache=False, warmup_rounds=1)
     for name in ("a", "b"):
-        rt.register(name, scripted(Busy(400)), slo_ms=60_000, example_inputs=torch.zeros(1, 4),
-                    max_batch_size=1)
-    rt.set_lanes([{"device": 0, "sms": 64, "models": ["a"]}, {"device": 0, "sms": 64, "models": ["b"]}])
-    with rt:
-        futs = [rt.submit(m, torch.zeros(4)) for _ in range(20) for m in ("a", "b")]
+        rt.register(name, scripted(Busy(40, size=1024)), slo_ms=60_000,
+                    example_inputs=torch.zeros(1, 4), max_batch_size=1)
+    rt.set_lanes([{"device": 0, "sms": half, "models": ["a"]},
+                  {"device": 0, "sms": half, "models": ["b"]}])
+
+    def elapsed(models, n=30):
+        t0 = time.monotonic()
+        futs = [rt.submit(m, torch.zeros(4)) for _ in range(n) for m in models]
         for f in futs:
             f.result(timeout=120)
-    df = rt.trace_frame()
-    a, b = df[df["model"] == "a"], df[df["model"] == "b"]
-    overlap = sum(max(0.0, min(ea, eb) - max(sa, sb))
-                  for sa, ea in zip(a["start_s"], a["end_s"]) for sb, eb in zip(b["start_s"], b["end_s"]))
-    assert overlap > 0.5 * (a["end_s"] - a["start_s"]).sum()
+        return time.monotonic() - t0
+
+    with rt:
+        elapsed(("a", "b"), 3)  # settle
+        alone = elapsed(("a",))
+        both = elapsed(("a", "b"))
+    assert both < 1.5 * alone, (alone, both)
 
 
 def test_partition_lanes_are_profiled_at_their_own_sm_count():

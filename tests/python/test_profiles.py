@@ -120,3 +120,41 @@ def test_entries_with_an_sm_share_are_found_by_share(tmp_path):
     assert profiles.find(doc, "m", sm_share=0.5)[0]["intensity"] == {"l2": 0.3, "dram": 0.1}
     assert len(profiles.find(profiles.load(tmp_path / "zoo.json"), "m")) == 2
     assert profiles.find(doc, "other") == []
+
+
+class _PartitionCore:
+    """Stands in for the core of a runtime whose model ran only on 16-SM green lanes of a
+    132-SM GPU: what it measured there, and where."""
+
+    def __init__(self, points):
+        self.points = points
+
+    def profile(self, model, lane):
+        return self.points
+
+    def profile_origin(self, model):
+        return {"lane_kind": "cuda-green", "sms": 16, "sm_share": 16 / 132}
+
+    def partition_profiles(self):
+        return [{"model": "mlp", "sms": 16, "points": self.points}]
+
+
+def test_a_profile_measured_on_a_partition_lane_is_cached_at_its_share(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: type("P", (), {"multi_processor_count": 132})())
+    rt = runtime(mlp(0), tmp_path)
+    points = [{"batch_size": 1, "p50_us": 900.0}, {"batch_size": 4, "p50_us": 2000.0}]
+    core, rt._core = rt._core, _PartitionCore(points)
+    try:
+        rt._cache_profiles({"device": "NVIDIA H200", "lane_kind": "cuda-stream"}, ["mlp"])
+    finally:
+        rt._core = core
+    entries = [profiles.load(f)["profiles"][0] for f in tmp_path.glob("*.json")]
+    assert len(entries) == 1  # the model's own profile and the 16-SM lane's are one entry
+    assert entries[0]["lane_kind"] == "cuda-green" and entries[0]["sms"] == 16
+    assert entries[0]["sm_share"] == pytest.approx(16 / 132)
+    # A whole-GPU lookup misses it; a lookup at that share finds it.
+    whole = rt._profile_entry("mlp", {"device": "NVIDIA H200", "lane_kind": "cuda-stream"}, [])
+    assert rt._cache.get(whole) is None
+    part = rt._partition_entry("mlp", {"device": "NVIDIA H200", "lane_kind": "cuda-stream"}, 16, [])
+    assert rt._cache.get(part)["points"][1]["p50_us"] == 2000.0
