@@ -187,6 +187,12 @@ py::dict make_plan_py(const py::list& models_in, const py::dict& c) {
 
 void init_sim(py::module_& m) {
   m.def("make_plan", &make_plan_py, py::arg("models"), py::arg("config"));
+  m.def("validate_options", [](const std::string& policy, const py::dict& policy_options,
+                               const py::dict& predictor) {
+        make_policy(policy, policy_config_from(policy_options));
+        validate(predictor_config_from(predictor));
+      }, py::arg("policy"), py::arg("policy_options"), py::arg("predictor"),
+      "Raises InvalidInput for a policy or predictor option out of range, as a Runtime would.");
   py::class_<PySimulator>(m, "Simulator")
       .def(py::init<const py::dict&>(), py::arg("config"))
       .def("run", &PySimulator::run, py::arg("times_s"), py::arg("models"), py::arg("warmup_s"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
+from ._checks import _flag, _number, _numbers
 from .errors import InvalidInput
 from .planning import replan_config
 
@@ -33,32 +34,56 @@ _PREDICTOR_OPTIONS = {"alpha": 0.3, "forgetting": 0.98, "delta": 10.0, "lr": 0.0
                       "warmup_batches": 20, "record": False}
 
 
+def _typed_like(defaults: Dict[str, Any], given: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """`given` converted to the type of each default: bool, int, float, a list of ints (list
+    default), or a list of numbers or None (None default)."""
+    out = dict(defaults)
+    for key, value in given.items():
+        name, default = f"{where} {key}", defaults[key]
+        if isinstance(default, bool):
+            out[key] = _flag(name, value)
+        elif isinstance(default, int):
+            out[key] = _number(name, value, integer=True)
+        elif isinstance(default, float):
+            out[key] = _number(name, value)
+        elif isinstance(default, list):
+            out[key] = _numbers(name, value, integer=True)
+        else:
+            out[key] = None if value is None else _numbers(name, value)
+    return out
+
+
+def _options_dict(name: str, options: Any) -> Dict[str, Any]:
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise InvalidInput(f"{name} must be a dict, got {type(options).__name__}")
+    return options
+
+
 def _policy_options(policy: str, options: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    """The policy's options with defaults filled in; InvalidInput for an unknown name."""
+    """The policy's options with defaults filled in and types checked; InvalidInput for an
+    unknown name or a value of the wrong type (the core checks the ranges)."""
     if policy not in _POLICY_OPTIONS:
         raise InvalidInput(f"policy must be one of {tuple(_POLICY_OPTIONS)}, got {policy!r}")
-    unknown = set(options or {}) - set(_POLICY_OPTIONS[policy])
+    options = _options_dict("policy_options", options)
+    unknown = set(options) - set(_POLICY_OPTIONS[policy])
     if unknown:
         raise InvalidInput(f"policy {policy!r} has no option(s) {sorted(unknown)}; "
                            f"it takes {sorted(_POLICY_OPTIONS[policy])}")
-    merged = {**_POLICY_OPTIONS[policy], **(options or {})}
-    if policy == "deadline" and not 0 < merged["margin_quantile"] <= 1:
-        raise InvalidInput(f"margin_quantile must be in (0, 1], got {merged['margin_quantile']}")
-    return merged
+    return _typed_like(_POLICY_OPTIONS[policy], options, "policy option")
 
 
 def _predictor_config(predictor: str, options: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     """The predictor's kind and options with defaults; InvalidInput for unknown names."""
     if predictor not in _PREDICTORS:
         raise InvalidInput(f"predictor must be one of {_PREDICTORS}, got {predictor!r}")
-    unknown = set(options or {}) - set(_PREDICTOR_OPTIONS)
+    options = _options_dict("predictor_options", options)
+    unknown = set(options) - set(_PREDICTOR_OPTIONS)
     if unknown:
         raise InvalidInput(f"predictors have no option(s) {sorted(unknown)}; "
                            f"they take {sorted(_PREDICTOR_OPTIONS)}")
-    cfg = {**_PREDICTOR_OPTIONS, **(options or {}), "kind": predictor}
-    if cfg["weights"] is not None:
-        cfg["weights"] = [float(w) for w in cfg["weights"]]
-    return cfg
+    return {**_typed_like(_PREDICTOR_OPTIONS, options, "predictor option"), "kind": predictor}
 
 
 def _model_stats(rows: List[Dict[str, Any]], slo_ms: Dict[str, float]) -> Dict[str, Dict[str, Any]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from . import profiles as _profiles
+from ._checks import _flag, _number
 from .errors import InvalidInput, UnknownModel
 
 __all__ = ["REPLAN_KEYS", "replan_config", "share_profile"]
@@ -32,19 +33,28 @@ REPLAN_KEYS: Dict[str, Any] = {"every_s": None, "variant": "spatiotemporal", "al
 def replan_config(replan: Mapping[str, Any], planner: Dict[str, Any]) -> Dict[str, Any]:
     """Validated re-planning options for the core; ``planner``: the planner config to start
     from (the variant and granularity of ``replan`` override its own)."""
+    if not isinstance(replan, Mapping):
+        raise InvalidInput(f"replan must be a dict such as {{'every_s': 10}}, got {replan!r}")
     unknown = set(replan) - set(REPLAN_KEYS)
-    if unknown or not float(replan.get("every_s") or 0) > 0:
+    if unknown or replan.get("every_s") is None:
         raise InvalidInput(f"replan takes every_s > 0 and {sorted(set(REPLAN_KEYS) - {'every_s'})}"
                            f"; got {dict(replan)}")
     opt = {k: replan.get(k, v) for k, v in REPLAN_KEYS.items()}
+    every_s = _number("replan every_s", opt["every_s"])
+    if every_s <= 0:
+        raise InvalidInput(f"replan every_s must be > 0, got {every_s}")
     if opt["gpus"] is not None:
-        planner = {**planner, "gpus": int(opt["gpus"])}
-    return {"every_s": float(opt["every_s"]), "alpha": float(opt["alpha"]),
-            "min_rate": float(opt["min_rate"]), "drift": float(opt["drift"]),
-            "check_s": float(opt["check_s"]), "admission": bool(opt["admission"]),
-            "admit_fraction": float(opt["admit_fraction"]),
-            "planner": {**planner, "variant": str(opt["variant"]),
-                        "granularity": int(opt["granularity"])}}
+        planner = {**planner, "gpus": _number("replan gpus", opt["gpus"], integer=True)}
+    if not isinstance(opt["variant"], str):
+        raise InvalidInput(f"replan variant must be a string, got {opt['variant']!r}")
+    return {"every_s": every_s, "alpha": _number("replan alpha", opt["alpha"]),
+            "min_rate": _number("replan min_rate", opt["min_rate"]),
+            "drift": _number("replan drift", opt["drift"]),
+            "check_s": _number("replan check_s", opt["check_s"]),
+            "admission": _flag("replan admission", opt["admission"]),
+            "admit_fraction": _number("replan admit_fraction", opt["admit_fraction"]),
+            "planner": {**planner, "variant": opt["variant"],
+                        "granularity": _number("replan granularity", opt["granularity"], integer=True)}}
 
 
 def share_profile(entries: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:

@@ -20,6 +20,7 @@ import torch
 from . import _C
 from . import profiles as _profiles
 from .errors import InvalidInput, UnknownModel
+from ._checks import _flag, _number
 from ._options import (_PARTITIONING, _RUNTIME_PLANNER, _model_stats, _policy_options,
                        _predictor_config, _replan_config, _trace_frame)
 from .planning import Planning
@@ -184,17 +185,21 @@ class Runtime(Planning):
         self.predictor_options = _predictor_config(predictor, predictor_options)
         if output_device not in ("cpu", "cuda"):
             raise InvalidInput(f"output_device must be 'cpu' or 'cuda', got {output_device!r}")
+        if not isinstance(device, str):
+            raise InvalidInput(f"device must be a string such as 'cuda:0', got {device!r}")
         self.device = device
         self.partitioning = partitioning
         self.policy = policy
         self.predictor = predictor
-        if spin_us < 0:
-            raise InvalidInput(f"spin_us must be >= 0, got {spin_us}")
-        self._core = _C.Runtime(device, policy, self.policy_options, int(cpu_lanes),
-                                output_device == "cuda", int(warmup_rounds), float(spin_us),
-                                int(profile_reps), bool(trace), self.predictor_options,
+        spin_us = _number("spin_us", spin_us)
+        self._core = _C.Runtime(device, policy, self.policy_options,
+                                _number("cpu_lanes", cpu_lanes, integer=True),
+                                output_device == "cuda",
+                                _number("warmup_rounds", warmup_rounds, integer=True), spin_us,
+                                _number("profile_reps", profile_reps, integer=True),
+                                _flag("trace", trace), self.predictor_options,
                                 partitioning, _replan_config(replan, _RUNTIME_PLANNER))
-        self._spin_us = float(spin_us)
+        self._spin_us = spin_us
         self._slo_ms: Dict[str, float] = {}
         # Per model: what its profile depends on (a profile entry without points).
         self._profile_keys: Dict[str, Dict[str, Any]] = {}

@@ -217,5 +217,5 @@ def test_registration_and_construction_errors():
         gl.Runtime(policy="no-such-policy")
     with pytest.raises(gl.InvalidInput, match="max_queue_delay_microseconds"):
         gl.Runtime(policy="max_delay", policy_options={"max_queue_delay_us": 10})
-    with pytest.raises(gl.InvalidInput, match="unknown device"):
-        gl.Runtime(device="tpu").start()
+    with pytest.raises(gl.InvalidInput, match="device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+        gl.Runtime(device="tpu")

@@ -118,3 +118,28 @@ def test_each_lane_reports_the_profile_it_schedules_with():
             rt.profile("a", lane=2)
         with pytest.raises(gl.UnknownModel):
             rt.profile("nope", lane=0)
+
+
+def test_requests_queued_for_a_model_the_new_layout_drops_are_resolved():
+    # Used to strand them: their futures never resolved and shutdown(drain=True) never returned.
+    rt = gl.Runtime(device="cpu", cpu_lanes=2, profile_reps=3, warmup_rounds=1, spin_us=0)
+    rt.register("a", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(1, 4))
+    rt.register("busy", scripted(Busy(200)), slo_ms=60_000, example_inputs=torch.zeros(1, 4),
+                max_batch_size=1, max_queue=10_000)
+    rt.set_lanes([{"device": "cpu", "models": ["a"]}, {"device": "cpu", "models": ["busy"]}])
+    with rt:
+        futs = [rt.submit("busy", torch.zeros(4)) for _ in range(200)]
+        rt.set_lanes([{"device": "cpu", "models": ["a"]}])
+        done, shed = 0, 0
+        for f in futs:
+            try:
+                f.result(timeout=60)
+                done += 1
+            except gl.Overloaded as e:
+                assert "no longer served" in str(e)
+                shed += 1
+        assert done + shed == 200 and shed > 0
+        assert rt.stats()["busy"]["in_flight"] == 0
+        with pytest.raises(gl.InvalidInput, match="no lane serves"):
+            rt.submit("busy", torch.zeros(4))
+        assert torch.equal(rt.infer("a", torch.ones(4)), torch.full((4,), 3.0))

@@ -92,6 +92,5 @@ def test_predictor_options_are_validated():
         gl.sim.Simulator(predictor="magic")
     with pytest.raises(gl.InvalidInput, match="no option"):
         gl.sim.Simulator(predictor="rls", predictor_options={"gamma": 1})
-    sim = two_gpu_sim("static", weights=[1.0, 2.0])
     with pytest.raises(gl.InvalidInput, match=f"{len(gl.predict.FEATURES)} values"):
-        sim.run(WORK)
+        two_gpu_sim("static", weights=[1.0, 2.0])  # at construction, not at the first run

@@ -123,3 +123,28 @@ def test_self_tuning_replans_a_serving_runtime_without_losing_requests():
         f.result(timeout=60)
     assert len(events) >= 3 and events[0]["changed"]  # its starting plan: a lane per model
     assert sorted(sorted(l["models"]) for l in lanes) == [["a"], ["busy"]]
+
+
+def test_a_plan_that_leaves_a_model_out_still_serves_it():
+    # A model planned at rate 0 gets no lane of its own; the applied layout still serves it (it
+    # used to be refused with InvalidInput: "no lane serves model ...").
+    rt = two_model_runtime(cpu_lanes=2)
+    with rt:
+        plan = rt.plan({"a": 0.0, "busy": 5.0})
+        assert sorted(sum(planned_models(plan), [])) == ["busy"]
+        rt.apply_plan(plan)
+        assert any("a" in l["models"] for l in rt.lanes())
+        assert torch.equal(rt.infer("a", torch.ones(4)), torch.full((4,), 3.0))
+
+
+def test_a_model_the_plan_cannot_place_is_shed_never_refused_as_unserved():
+    rt = two_model_runtime(cpu_lanes=1)
+    with rt:
+        plan = rt.plan({"a": 10.0, "busy": 1e9})
+        plan["lanes"] = [l for l in plan["lanes"]
+                         if all(m["model"] != "busy" for m in l["models"])] or plan["lanes"][:1]
+        plan["unplaced_rate"]["busy"] = 1e9  # nothing of it placed
+        rt.apply_plan(plan)
+        with pytest.raises(gl.Overloaded):
+            for _ in range(50):
+                rt.submit("busy", torch.zeros(4))

@@ -81,6 +81,7 @@ void WorkerLane::dispatch(Batch&& batch) {
 }
 
 void WorkerLane::stop() {
+  stopping_.store(true, std::memory_order_relaxed);
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
@@ -95,7 +96,8 @@ void WorkerLane::worker() {
     if (spin_ns_ > 0 && !has_next_.load(std::memory_order_acquire)) {
       // Steady clock, not clock_: spinning is about wall time even under a virtual clock.
       const auto until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns_);
-      while (!has_next_.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < until) {
+      while (!has_next_.load(std::memory_order_acquire) && !stopping_.load(std::memory_order_relaxed) &&
+             std::chrono::steady_clock::now() < until) {
         cpu_relax();
       }
     }

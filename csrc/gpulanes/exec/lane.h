@@ -123,6 +123,7 @@ class WorkerLane final : public Lane {
   const DurationNs spin_ns_;            // idle polling budget before sleeping
   const LanePlacement placement_;       // device, SMs, models served
   std::atomic<bool> has_next_{false};   // next_ is set; lets the idle worker poll without mu_
+  std::atomic<bool> stopping_{false};   // stop() was called; ends idle polling early
 
   std::mutex mu_;                // guards the fields below
   std::condition_variable cv_;   // signals next_ or stop_

@@ -5,6 +5,7 @@
 #include <numeric>
 #include <optional>
 
+#include "gpulanes/core/check.h"
 #include "gpulanes/core/error.h"
 #include "gpulanes/plan/self_tuning.h"
 
@@ -301,6 +302,27 @@ double gpu_seconds_per_request(const PlannerModel& m, const PlannerConfig& cfg) 
 
 }  // namespace
 
+void validate(const PlannerConfig& c) {
+  if (c.variant != "spatiotemporal" && c.variant != "no_interference" &&
+      c.variant != "temporal_only" && c.variant != "self_tuning") {
+    throw Error(ErrorCode::kInvalidInput,
+                "unknown planner '" + c.variant +
+                    "' (spatiotemporal, no_interference, temporal_only, self_tuning)");
+  }
+  check_int("planner gpus", c.gpus, 1, 1 << 16);
+  check_int("planner sms_per_gpu", c.sms_per_gpu, 1, 1 << 16);
+  check_int("planner granularity", c.granularity, 1, 1 << 16);
+  check_int("planner split_sms", c.split_sms, 0, 1 << 16);
+  check_real("planner memory_gb", c.memory_gb, 0, 1e6, /*open_lo=*/true);
+  check_real("planner safety", c.safety, 1, 100);
+  check_int("planner max_models_per_lane", c.max_models_per_lane, 1, 1024);
+  if (c.interference.size() != 5) {
+    throw Error(ErrorCode::kInvalidInput, "planner interference needs 5 coefficients, got " +
+                                              std::to_string(c.interference.size()));
+  }
+  for (double x : c.interference) check_real("planner interference coefficients", x, -1e6, 1e6);
+}
+
 bool lane_fits(const PlannerConfig& config, int used, int sms) {
   if (sms >= config.sms_per_gpu) return used == 0;
   const int split = config.split_sms > 0 ? std::min(config.split_sms, config.sms_per_gpu)
@@ -309,6 +331,7 @@ bool lane_fits(const PlannerConfig& config, int used, int sms) {
 }
 
 Plan make_plan(const std::vector<PlannerModel>& models, const PlannerConfig& config) {
+  validate(config);
   if (config.variant == "self_tuning") return self_tuning_start(models, config);
   Plan full = Planner(models, config).run();
   if (full.feasible) return full;

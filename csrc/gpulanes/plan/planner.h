@@ -73,6 +73,9 @@ struct Plan {
   std::vector<PlannedLane> lanes;
 };
 
+// Throws Error(kInvalidInput) for an unknown variant or the first option outside its range.
+void validate(const PlannerConfig& config);
+
 // Whether a lane of `sms` SMs fits beside lanes holding `used` SMs of one GPU: a whole-GPU lane
 // (sms_per_gpu) only alone, lanes that split it only within split_sms in all.
 bool lane_fits(const PlannerConfig& config, int used, int sms);

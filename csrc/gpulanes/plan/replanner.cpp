@@ -3,9 +3,24 @@
 #include <algorithm>
 #include <cmath>
 
+#include "gpulanes/core/check.h"
 #include "gpulanes/core/error.h"
 
 namespace gpulanes {
+
+void validate(const ReplanOptions& o) {
+  constexpr double kDay = 86400;
+  check_real("replan every_s", o.every_s, 0, kDay);
+  check_real("replan check_s", o.check_s, 0, kDay, /*open_lo=*/true);
+  check_real("replan drift", o.drift, 0, 1e6);
+  check_real("replan min_rate", o.min_rate, 0, 1e9);
+  check_real("replan alpha", o.alpha, 0, 1, /*open_lo=*/true);
+  check_real("replan admit_fraction", o.admit_fraction, 0, 1, /*open_lo=*/true);
+  for (double r : o.initial_rates) {
+    if (r >= 0) check_real("replan initial_rates entries", r, 0, 1e9);
+  }
+  validate(o.planner);
+}
 
 Replanner::Replanner(ReplanOptions options, int n_models, TimeNs start)
     : opt_(std::move(options)),
@@ -16,13 +31,7 @@ Replanner::Replanner(ReplanOptions options, int n_models, TimeNs start)
       n_models_(n_models),
       window_start_(start),
       rate_(n_models, -1.0) {
-  if (opt_.every_s < 0 || opt_.check_s <= 0 || opt_.drift < 0 || opt_.min_rate < 0) {
-    throw Error(ErrorCode::kInvalidInput,
-                "replan: every_s, drift and min_rate must be >= 0 and check_s > 0");
-  }
-  if (!(opt_.alpha > 0 && opt_.alpha <= 1) || !(opt_.admit_fraction > 0 && opt_.admit_fraction <= 1)) {
-    throw Error(ErrorCode::kInvalidInput, "replan: alpha and admit_fraction must be in (0, 1]");
-  }
+  validate(opt_);
   for (int m = 0; m < n_models; ++m) window_[m].store(0, std::memory_order_relaxed);
   for (int m = 0; m < n_models && m < static_cast<int>(opt_.initial_rates.size()); ++m) {
     rate_[m] = opt_.initial_rates[m];

@@ -48,6 +48,9 @@ struct ReplanEvent {
   std::vector<double> rates;  // by model: the rates it planned for
 };
 
+// Throws Error(kInvalidInput) naming the first option (or planner option) outside its range.
+void validate(const ReplanOptions& options);
+
 class Replanner {
  public:
   // Throws Error(kInvalidInput) for negative periods or an alpha outside (0, 1].

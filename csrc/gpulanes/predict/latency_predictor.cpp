@@ -2,9 +2,31 @@
 
 #include <algorithm>
 
+#include "gpulanes/core/check.h"
 #include "gpulanes/core/error.h"
 
 namespace gpulanes {
+
+void validate(const PredictorConfig& c) {
+  static const char* kinds[] = {"none", "static", "ewma", "sgd", "rls"};
+  if (std::find(std::begin(kinds), std::end(kinds), c.kind) == std::end(kinds)) {
+    throw Error(ErrorCode::kInvalidInput, "unknown predictor '" + c.kind +
+                                              "' (available: none, static, ewma, sgd, rls)");
+  }
+  check_real("predictor option alpha", c.alpha, 0, 1, /*open_lo=*/true);
+  check_real("predictor option forgetting", c.forgetting, 0, 1, /*open_lo=*/true);
+  check_real("predictor option delta", c.delta, 0, 1e12, /*open_lo=*/true);
+  check_real("predictor option lr", c.lr, 0, 10, /*open_lo=*/true);
+  check_int("predictor option warmup_batches", c.warmup_batches, 0, 1 << 30);
+  if (!c.weights.empty()) {
+    constexpr int n = CoLocation::kFeatures;
+    if (static_cast<int>(c.weights.size()) != n) {
+      throw Error(ErrorCode::kInvalidInput, "predictor option weights needs " + std::to_string(n) +
+                                                " values, got " + std::to_string(c.weights.size()));
+    }
+    for (double w : c.weights) check_real("predictor option weights entries", w, -1e9, 1e9);
+  }
+}
 
 LatencyPredictor::LatencyPredictor(PredictorConfig config, const ProfileBook& book,
                                    std::vector<int> lane_device, std::vector<double> lane_share,
@@ -12,23 +34,11 @@ LatencyPredictor::LatencyPredictor(PredictorConfig config, const ProfileBook& bo
     : cfg_(std::move(config)),
       book_(book),
       coloc_(std::move(lane_device), std::move(lane_share), cfg_.alpha, std::move(backlog)) {
-  static const char* kinds[] = {"none", "static", "ewma", "sgd", "rls"};
-  if (std::find(std::begin(kinds), std::end(kinds), cfg_.kind) == std::end(kinds)) {
-    throw Error(ErrorCode::kInvalidInput, "unknown predictor '" + cfg_.kind +
-                                              "' (available: none, static, ewma, sgd, rls)");
-  }
-  if (!(cfg_.alpha > 0 && cfg_.alpha <= 1)) {
-    throw Error(ErrorCode::kInvalidInput, "predictor alpha must be in (0, 1]");
-  }
+  validate(cfg_);
   constexpr int n = CoLocation::kFeatures;
   w_ = Eigen::VectorXd::Zero(n);
   w_[1] = 1.0;  // latency = solo latency until trained
-  if (!cfg_.weights.empty()) {
-    if (static_cast<int>(cfg_.weights.size()) != n) {
-      throw Error(ErrorCode::kInvalidInput, "predictor weights need " + std::to_string(n) + " values");
-    }
-    w_ = Eigen::Map<const Eigen::VectorXd>(cfg_.weights.data(), n);
-  }
+  if (!cfg_.weights.empty()) w_ = Eigen::Map<const Eigen::VectorXd>(cfg_.weights.data(), n);
   if (cfg_.kind == "rls") {
     rls_.emplace(n, cfg_.forgetting, cfg_.delta);
     rls_->set_weights(w_);

@@ -39,6 +39,10 @@ struct PredictorConfig {
   bool record = false;          // keep every batch's features and outcome (records())
 };
 
+// Throws Error(kInvalidInput) for an unknown kind or the first option outside its range (named
+// as Runtime(predictor_options=...) names them).
+void validate(const PredictorConfig& config);
+
 // One finished batch, for experiments and offline fits.
 struct PredictionRecord {
   int model = -1, lane = -1, size = 0;

@@ -205,25 +205,30 @@ void Runtime::start_lanes(std::vector<std::unique_ptr<Lane>>& lanes, const Progr
 }
 
 void Runtime::set_lanes(std::vector<LaneSpec> layout) {
-  std::lock_guard<std::mutex> lock(control_mu_);
-  if (shut_down_) throw Error(ErrorCode::kRuntimeClosed, "runtime was shut down");
-  if (options_.device == "virtual") {
-    throw Error(ErrorCode::kInvalidInput, "device 'virtual' takes its lanes from its backend");
-  }
-  if (!started_) {
-    make_lanes(layout);  // validates now rather than at start()
+  Orphans orphans;
+  {
+    std::lock_guard<std::mutex> lock(control_mu_);
+    if (shut_down_) throw Error(ErrorCode::kRuntimeClosed, "runtime was shut down");
+    if (options_.device == "virtual") {
+      throw Error(ErrorCode::kInvalidInput, "device 'virtual' takes its lanes from its backend");
+    }
+    if (!started_) {
+      make_lanes(layout);  // validates now rather than at start()
+      layout_ = std::move(layout);
+      return;
+    }
+    std::vector<std::unique_ptr<Lane>> fresh = make_lanes(layout);
+    start_lanes(fresh, nullptr);  // warm-up while the old lanes keep serving
+    loop_->pause_until_idle();
+    std::vector<std::unique_ptr<Lane>> old = install_lanes(std::move(fresh), orphans);
     layout_ = std::move(layout);
-    return;
+    for (auto& lane : old) lane->stop();
   }
-  std::vector<std::unique_ptr<Lane>> fresh = make_lanes(layout);
-  start_lanes(fresh, nullptr);  // warm-up while the old lanes keep serving
-  loop_->pause_until_idle();
-  std::vector<std::unique_ptr<Lane>> old = install_lanes(std::move(fresh));
-  layout_ = std::move(layout);
-  for (auto& lane : old) lane->stop();
+  fail_orphans(std::move(orphans));  // no core lock held: their callbacks may call back in
 }
 
-std::vector<std::unique_ptr<Lane>> Runtime::install_lanes(std::vector<std::unique_ptr<Lane>> fresh) {
+std::vector<std::unique_ptr<Lane>> Runtime::install_lanes(std::vector<std::unique_ptr<Lane>> fresh,
+                                                          Orphans& orphans) {
   std::vector<Lane*> ptrs;
   for (auto& lane : fresh) ptrs.push_back(lane.get());
   std::vector<std::unique_ptr<Lane>> old;
@@ -237,8 +242,21 @@ std::vector<std::unique_ptr<Lane>> Runtime::install_lanes(std::vector<std::uniqu
       lane_metrics_.push_back(std::make_unique<LaneMetrics>(lane->index(), lane->kind(), lane->device()));
     }
     build_profile_book();
+    // What is queued for a model no new lane serves would never run; submit refuses new ones.
+    for (int m = 0; m < models_.size(); ++m) {
+      if (book_.served(m) || queues_[m]->size() == 0) continue;
+      orphans.emplace_back(m, queues_[m]->pop_up_to(queues_[m]->size()));
+    }
   });
   return old;
+}
+
+void Runtime::fail_orphans(Orphans&& orphans) {
+  for (auto& [m, requests] : orphans) {
+    fail(std::move(requests), ErrorCode::kOverloaded,
+         "model '" + models_.at(m).spec.name +
+             "' is no longer served: the new lane layout has no lane for it");
+  }
 }
 
 namespace {
@@ -385,7 +403,9 @@ void Runtime::take_virtual_lanes() {
   if (!backend_ || !loop_) throw Error(ErrorCode::kInvalidInput, "no virtual backend is serving");
   std::vector<std::unique_ptr<Lane>> fresh = backend_->make_lanes(*clock_);
   for (auto& lane : fresh) lane->start(static_cast<LaneListener*>(this), nullptr);
-  install_lanes(std::move(fresh));  // the old virtual lanes are idle and own nothing
+  Orphans orphans;
+  install_lanes(std::move(fresh), orphans);  // the old virtual lanes are idle and own nothing
+  fail_orphans(std::move(orphans));
 }
 
 void* Runtime::lane_stream(int index) const {

@@ -138,6 +138,21 @@ bool Runtime::apply_plan(const Plan& plan, const std::vector<double>& rates, boo
     for (const PlannedModel& p : l.models) spec.models.push_back(models_.at(p.model).spec.name);
     layout.push_back(std::move(spec));
   }
+  // A plan may leave a model out (no rate placed for it); the layout never does: such a model
+  // shares the lane with the fewest models, and admission sheds what the plan did not place
+  // (Overloaded), so a registered model is never refused as unserved.
+  if (layout.empty()) layout.push_back({cpu ? "cpu" : single ? options_.device : "cuda:0", 0, {}});
+  for (int m = 0; m < models_.size(); ++m) {
+    const std::string& name = models_.at(m).spec.name;
+    auto has = [&](const LaneSpec& s) {
+      return s.models.empty() || std::find(s.models.begin(), s.models.end(), name) != s.models.end();
+    };
+    if (std::any_of(layout.begin(), layout.end(), has)) continue;
+    auto fewest = std::min_element(layout.begin(), layout.end(), [](const LaneSpec& a, const LaneSpec& b) {
+      return a.models.size() < b.models.size();
+    });
+    fewest->models.push_back(name);
+  }
   bool changed;
   {
     std::lock_guard<std::mutex> lock(control_mu_);

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "gpulanes/core/check.h"
 #include "gpulanes/exec/batching.h"
 #include "gpulanes/exec/executor.h"
 
@@ -40,7 +41,26 @@ Runtime::Runtime(RuntimeOptions options, std::shared_ptr<Clock> clock)
     : options_(std::move(options)),
       clock_(clock ? std::move(clock) : std::make_shared<SteadyClock>()),
       policy_(make_policy(options_.policy, options_.policy_config)) {
-  if (options_.cpu_lanes < 1) throw Error(ErrorCode::kInvalidInput, "cpu_lanes must be >= 1");
+  const RuntimeOptions& o = options_;
+  check_int("cpu_lanes", o.cpu_lanes, 1, 1024);
+  check_int("warmup_rounds", o.warmup_rounds, 0, 1000);
+  check_int("profile_reps", o.profile_reps, 1, 100000);
+  check_real("profile_budget_s", o.profile_budget_s, 0, 3600, /*open_lo=*/true);
+  check_real("spin_us", o.spin_us, 0, 1e6);  // polling beyond a second only burns a core
+  static const char* parts[] = {"auto", "green", "streams", "none", "mps", "cpu"};
+  if (std::find(std::begin(parts), std::end(parts), o.partitioning) == std::end(parts)) {
+    throw Error(ErrorCode::kInvalidInput, "partitioning must be one of auto, green, streams, "
+                                          "none, mps, cpu; got '" + o.partitioning + "'");
+  }
+  const std::string& d = o.device;
+  const bool cuda_n = d.rfind("cuda:", 0) == 0 && d.size() > 5 && d.size() < 10 &&
+                      std::all_of(d.begin() + 5, d.end(), [](char c) { return c >= '0' && c <= '9'; });
+  if (d != "auto" && d != "cpu" && d != "cuda" && d != "virtual" && !cuda_n) {
+    throw Error(ErrorCode::kInvalidInput,
+                "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got '" + d + "'");
+  }
+  validate(o.predictor);
+  validate(o.replan);
 }
 
 Runtime::~Runtime() { shutdown(false); }

@@ -183,9 +183,6 @@ class Runtime final : private LaneListener, private LoopSink {
   // The planner's view of this runtime's devices: GPUs (CPU: cpu_lanes whole-device lanes), SMs
   // per GPU, granularity; the variant and interference coefficients of options.replan.
   PlannerConfig planner_config() const;
-  // On green-context GPUs: makes `config`'s lane sizes whole groups of the device's split
-  // (granularity a multiple of a group, split_sms what the split offers); else leaves it.
-  void fit_to_split(PlannerConfig& config) const;
   // Requests/s per model: the re-planner's EWMA of offered requests when it runs, else the gaps
   // between recently admitted ones.
   std::vector<double> measured_rates() const;
@@ -211,15 +208,24 @@ class Runtime final : private LaneListener, private LoopSink {
   void on_dispatch(int lane, const Batch& batch, TimeNs now) override;
   // Whether the default layout is CPU lanes (device "cpu", or "auto" without a usable GPU).
   bool on_cpu() const;
+  // On green-context GPUs: makes `config`'s lane sizes whole groups of the device's split
+  // (granularity a multiple of a group, split_sms what the split offers); else leaves it.
+  void fit_to_split(PlannerConfig& config) const;
   void create_lanes();
   // Lanes for `layout`, indexed from 0, not started.
   std::vector<std::unique_ptr<Lane>> make_lanes(const std::vector<LaneSpec>& layout);
   // Starts `lanes` as this runtime's: loads and warms up the models each serves, and measures
   // the missing profiles, each on the first lane that serves its model.
   void start_lanes(std::vector<std::unique_ptr<Lane>>& lanes, const ProgressFn& progress);
+  // Queued requests of models a new layout does not serve, by model index.
+  using Orphans = std::vector<std::pair<int, std::vector<RequestPtr>>>;
   // With the loop paused and every lane idle: makes `fresh` the serving lanes (new lane
-  // metrics, profile book and predictor) and resumes; returns the old lanes.
-  std::vector<std::unique_ptr<Lane>> install_lanes(std::vector<std::unique_ptr<Lane>> fresh);
+  // metrics, profile book and predictor) and resumes; returns the old lanes. Moves what is
+  // queued for models no new lane serves into `orphans`, for fail_orphans().
+  std::vector<std::unique_ptr<Lane>> install_lanes(std::vector<std::unique_ptr<Lane>> fresh,
+                                                   Orphans& orphans);
+  // Fails each orphan with Overloaded (the model is not served any more). No core lock held.
+  void fail_orphans(Orphans&& orphans);
   // Profiles by (model, lane) and which lane serves which model, once lanes and profiles exist.
   void build_profile_book();
   // What prepare_lane() measures for a model (bit flags): its default profile, and the profile

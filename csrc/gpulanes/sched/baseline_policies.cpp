@@ -4,6 +4,7 @@
 #include <cmath>
 #include <unordered_map>
 
+#include "gpulanes/core/check.h"
 #include "gpulanes/core/error.h"
 #include "gpulanes/sched/policies.h"
 
@@ -154,7 +155,21 @@ std::unique_ptr<BatchPolicy> make_aimd_policy(const PolicyConfig& c) {
   return std::make_unique<AimdPolicy>(c);
 }
 
+void validate(const PolicyConfig& c) {
+  constexpr double kMaxUs = 3600e6;  // an hour: anything longer is a unit mistake
+  for (int p : c.preferred_batch_sizes) check_int("preferred_batch_size entries", p, 1, 1 << 20);
+  check_real("max_queue_delay_microseconds", c.max_queue_delay_ns / 1e3, 0, kMaxUs);
+  check_real("default_timeout_microseconds", c.queue_timeout_ns / 1e3, 0, kMaxUs);
+  check_int("additive_increase", c.aimd_increase, 1, 1 << 20);
+  check_real("multiplicative_decrease", c.aimd_decrease, 0, 1, /*open_lo=*/true);
+  check_real("min_margin_us", c.min_margin_ns / 1e3, 0, kMaxUs);
+  check_real("margin_quantile", c.margin_quantile, 0, 1, /*open_lo=*/true);
+  check_int("margin_window", c.margin_window, 1, 1 << 20);
+  check_real("scale_alpha", c.scale_alpha, 0, 1, /*open_lo=*/true);
+}
+
 std::unique_ptr<BatchPolicy> make_policy(const std::string& name, const PolicyConfig& config) {
+  validate(config);
   if (name == "deadline") return make_deadline_policy(config);
   if (name == "fifo") return make_fifo_policy(config);
   if (name == "max_delay") return make_max_delay_policy(config);

@@ -83,7 +83,12 @@ class BatchPolicy {
   }
 };
 
-// "deadline", "fifo", "max_delay", "aimd". Throws Error(kInvalidInput) for another name.
+// Throws Error(kInvalidInput) naming the first knob outside its range (they are named as
+// Runtime(policy_options=...) names them; the ranges are in the README's policy table).
+void validate(const PolicyConfig& config);
+
+// "deadline", "fifo", "max_delay", "aimd". Throws Error(kInvalidInput) for another name or a
+// knob out of range (validate).
 std::unique_ptr<BatchPolicy> make_policy(const std::string& name, const PolicyConfig& config = {});
 
 }  // namespace gpulanes

@@ -98,6 +98,7 @@ class Simulator:
         self.policy_options = _policy_options(policy, policy_options)
         self.predictor = predictor
         self.predictor_options = _predictor_config(predictor, predictor_options)
+        _C.validate_options(policy, self.policy_options, self.predictor_options)
         self.interference = _interference(interference)
         if isinstance(profile, dict):
             self._profiles = _profiles.validate(profile)
