@@ -30,7 +30,9 @@ def test_the_gpu_proof_runs_every_stage_on_the_cpu(tmp_path):
     for row in probe["results"]["probe"]:  # every layout it would probe fits the split
         assert sum(row["groups"]) <= probe["results"]["split"]["groups"]
     mix = json.loads(next(tmp_path.glob("gpu-mix-*.json")).read_text())
-    assert mix["results"]["configs"]["temporal"]["max_rate"] > 0
+    for config in ("temporal", "streams"):  # searched (this machine's speed is not the point)
+        tried = mix["results"]["configs"][config]["tried"]
+        assert tried and all(0 <= row["worst_attainment"] <= 1 for row in tried)
     parts = json.loads(next(tmp_path.glob("gpu-partitions-*.json")).read_text())["results"]
     assert parts["sm_curve"]["rows"] and parts["colocation"]["slowdown"]["resnet50"]["bert"] > 0
 
