@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include "bindings.h"
+#include "gpulanes/core/serving_thread.h"
 #include "gpulanes/runtime/runtime.h"
 
 namespace gpulanes::bindings {
@@ -186,6 +187,11 @@ py::dict RuntimePlanning::plan(const std::vector<double>& rates, const py::dict&
 
 bool RuntimePlanning::apply_plan(const py::dict& plan, const std::vector<double>& rates,
                                  bool admission, double admit_fraction) {
+  if (serving_runtime() == &core_) {
+    throw Error(ErrorCode::kInvalidInput,
+                "apply_plan() cannot be called from a done-callback of this runtime: it waits "
+                "for the runtime's own threads, one of which runs the callback");
+  }
   const Plan p = plan_from(plan, names_);
   py::gil_scoped_release nogil;  // new lanes load and warm up their models
   return core_.apply_plan(p, rates, admission, admit_fraction);

@@ -12,7 +12,11 @@
 #include <condition_variable>
 #include <mutex>
 
+#include <unistd.h>
+
+#include "background.h"
 #include "bindings.h"
+#include "gpulanes/core/serving_thread.h"
 #include "gpulanes/exec/green_context.h"
 #include "gpulanes/metrics/prometheus.h"
 #include "gpulanes/model/torchscript.h"
@@ -165,7 +169,7 @@ class PyRuntime {
     o.outputs_on_device = outputs_on_device;
     o.warmup_rounds = warmup_rounds;
     o.partitioning = std::move(partitioning);
-    core_ = std::make_unique<Runtime>(std::move(o));
+    core_ = std::make_shared<Runtime>(std::move(o));
     core_->set_delivery_hook([](const std::function<void()>& deliver) {
       if (!Py_IsInitialized()) return;  // interpreter gone: no future left to resolve
       {
@@ -185,9 +189,46 @@ class PyRuntime {
   }
 
   ~PyRuntime() {
+    if (forked()) {
+      // Its threads live in the parent only: destroying it here would join threads that do not
+      // exist. Leaked on purpose; the child's exit reclaims the memory.
+      new std::shared_ptr<Runtime>(std::move(core_));
+      return;
+    }
     py::gil_scoped_release nogil;
+    if (on_own_thread()) {
+      // The last reference died in a done-callback: destroy it where it may join this thread.
+      run_in_background([core = std::move(core_)]() mutable { core.reset(); });
+      return;
+    }
     core_.reset();
   }
+
+  // Refuses calls in a child of fork(): the runtime's threads did not come along.
+  void check_process(const char* what) const {
+    if (forked()) {
+      throw Error(ErrorCode::kRuntimeClosed,
+                  std::string(what) + ": this Runtime was started in process " +
+                      std::to_string(pid_) + " and this is a forked child (" +
+                      std::to_string(getpid()) + "), which has none of its threads; create a "
+                      "new Runtime in the child");
+    }
+  }
+
+  // Refuses a call that would wait for this runtime's own threads when made on one of them
+  // (in a done-callback, which runs on a lane or the event loop).
+  void check_not_own_thread(const char* what) const {
+    if (on_own_thread()) {
+      throw Error(ErrorCode::kInvalidInput,
+                  std::string(what) + " cannot be called from a done-callback of this runtime: "
+                  "callbacks run on the runtime's own threads, which it would wait for. Submit "
+                  "and chain a callback instead, or call it from another thread");
+    }
+  }
+
+  bool forked() const { return getpid() != pid_; }
+  bool on_own_thread() const { return serving_runtime() == core_.get(); }
+  std::uintptr_t core_id() const { return reinterpret_cast<std::uintptr_t>(core_.get()); }
 
   int register_model(const std::string& name, const std::string& kind, const std::string& source,
                      const py::sequence& example_inputs, std::int64_t slo_ns, int max_batch_size,
@@ -217,6 +258,8 @@ class PyRuntime {
 
   // `progress(done, total, what)` is called from the lane threads while start() runs.
   void start(const py::object& progress) {
+    check_process("start()");
+    check_not_own_thread("start()");
     ProgressFn fn;
     if (!progress.is_none()) {
       fn = [&progress](int done, int total, const std::string& what) {
@@ -292,6 +335,7 @@ class PyRuntime {
   void submit(const std::string& model, const py::sequence& inputs,
               std::optional<std::int64_t> deadline_ns, int priority, const py::object& sink,
               std::shared_ptr<ResolvedFlag> resolved) {
+    check_process("submit()");
     std::vector<at::Tensor> tensors;
     try {
       tensors = tensors_from(inputs, "input");
@@ -318,6 +362,8 @@ class PyRuntime {
   py::object infer(const std::string& model, const py::sequence& inputs,
                    std::optional<std::int64_t> deadline_ns, int priority,
                    std::optional<double> timeout_s) {
+    check_process("infer()");
+    check_not_own_thread("infer()");
     std::vector<at::Tensor> tensors;
     try {
       tensors = tensors_from(inputs, "input");
@@ -349,7 +395,14 @@ class PyRuntime {
   }
 
   void shutdown(bool drain) {
+    if (forked()) return;  // nothing of it runs here; the parent's runtime is the parent's
     py::gil_scoped_release nogil;
+    if (on_own_thread()) {
+      // From a done-callback: refuse new requests now, finish (drain or fail) in the background.
+      core_->close_submission();
+      run_in_background([core = core_, drain] { core->shutdown(drain); });
+      return;
+    }
     core_->shutdown(drain);
   }
 
@@ -423,6 +476,8 @@ class PyRuntime {
       specs.push_back({d["device"].cast<std::string>(), d["sms"].cast<int>(),
                        d["models"].cast<std::vector<std::string>>()});
     }
+    check_process("set_lanes()");
+    check_not_own_thread("set_lanes()");
     py::gil_scoped_release nogil;  // warms up models on new lanes, waits for running batches
     core_->set_lanes(std::move(specs));
   }
@@ -435,11 +490,13 @@ class PyRuntime {
   std::vector<double> predictor_weights() const {
     return core_->predictor() ? core_->predictor()->weights() : std::vector<double>{};
   }
-  bool running() const { return core_->running(); }
+  bool running() const { return !forked() && core_->running(); }
 
  private:
   DurationNs spin_ns_;             // how long infer() polls before sleeping
-  std::unique_ptr<Runtime> core_;  // the core; destroyed without the GIL
+  const pid_t pid_ = getpid();     // the process that made it (a forked child cannot use it)
+  std::shared_ptr<Runtime> core_;  // the core; destroyed without the GIL, shared with a
+                                   // background shutdown begun on its own thread
 };
 
 }  // namespace
@@ -479,7 +536,9 @@ void init_runtime(py::module_& m) {
       .def("metrics_text", &PyRuntime::metrics_text)
       .def("trace", &PyRuntime::trace)
       .def("now_ns", &PyRuntime::now_ns)
-      .def_property_readonly("running", &PyRuntime::running);
+      .def_property_readonly("running", &PyRuntime::running)
+      .def_property_readonly("core_id", &PyRuntime::core_id,
+                             "Which core this is (compare with serving_runtime_id()).");
   py::class_<ResolvedFlag, std::shared_ptr<ResolvedFlag>>(m, "ResolvedFlag")
       .def(py::init<>())
       .def("poll", [](const ResolvedFlag& f, double spin_us) {
@@ -512,6 +571,13 @@ void init_runtime(py::module_& m) {
       }, py::arg("group_sms"), py::arg("groups"), py::arg("device_sms"), py::arg("asked"),
         "Groups each green lane of `asked` SMs takes of a split into `groups` groups of "
         "`group_sms`; raises InvalidInput saying what fits when they do not.");
+  m.def("serving_runtime_id", [] { return reinterpret_cast<std::uintptr_t>(serving_runtime()); },
+        "The core_id of the runtime whose own thread this is (in a done-callback), else 0.");
+  m.def("join_background", [](double timeout_s) {
+        py::gil_scoped_release nogil;
+        return join_background(timeout_s);
+      }, py::arg("timeout_s"),
+        "Waits for shutdowns begun in done-callbacks to end; True when none is left.");
   m.def("cuda_lane_support", [] { return cuda_device_count() > 0; },
         "Whether this build has CUDA lanes and a usable GPU.");
 }

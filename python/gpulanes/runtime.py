@@ -38,6 +38,7 @@ _live: "weakref.WeakSet[Runtime]" = weakref.WeakSet()
 def _shutdown_all() -> None:
     for rt in list(_live):
         rt.shutdown(drain=False)
+    _C.join_background(10.0)  # shutdowns begun in done-callbacks
 
 
 class _AsyncSink:
@@ -79,13 +80,20 @@ class _Future(Future):
     waiting sees the flag within the polling window and skips a thread wake-up.
     """
 
-    def __init__(self, spin_us: float) -> None:
+    def __init__(self, spin_us: float, owner: int) -> None:
         super().__init__()
         self._spin_us = spin_us
+        self._owner = owner  # core_id of the runtime that resolves it
         self._resolved = _C.ResolvedFlag() if spin_us > 0 else None
 
     def _poll(self) -> None:
-        if self._resolved is not None and not self.done():
+        if self.done():
+            return
+        if _C.serving_runtime_id() == self._owner:
+            raise InvalidInput("waiting for a result of this runtime inside one of its done-"
+                               "callbacks would block the thread that must produce it; chain "
+                               "another add_done_callback instead")
+        if self._resolved is not None:
             self._resolved.poll(self._spin_us)
 
     def result(self, timeout: Optional[float] = None) -> Any:
@@ -466,7 +474,7 @@ class Runtime(Planning):
         The future fails later with :class:`DeadlineExceeded`, :class:`ModelError` or
         :class:`RuntimeClosed`. It cannot be cancelled once submitted.
         """
-        fut = _Future(self._spin_us)
+        fut = _Future(self._spin_us, self._core.core_id)
         fut.set_running_or_notify_cancel()
         self._core.submit(model, inputs, self._deadline_ns(deadline_ms, deadline), priority, fut,
                           fut._resolved)
@@ -569,7 +577,12 @@ class Runtime(Planning):
     def shutdown(self, drain: bool = True) -> None:
         """Stops accepting requests. ``drain=True`` finishes queued requests first;
         ``drain=False`` fails them with :class:`RuntimeClosed`. Running batches always finish.
-        Idempotent."""
+        Idempotent.
+
+        Called from a done-callback of this runtime (which runs on one of its own threads), it
+        refuses new requests at once and finishes the rest in the background instead of waiting
+        on itself; interpreter exit waits for it. In a child of ``os.fork()`` it does nothing
+        (the runtime's threads stayed in the parent)."""
         self._core.shutdown(bool(drain))
         _live.discard(self)
 

@@ -22,7 +22,12 @@ EventLoop::~EventLoop() {
   if (thread_.joinable()) stop(false);
 }
 
-void EventLoop::start() { thread_ = std::thread([this] { run(); }); }
+void EventLoop::start(std::function<void()> on_thread) {
+  thread_ = std::thread([this, on_thread = std::move(on_thread)] {
+    if (on_thread) on_thread();
+    run();
+  });
+}
 
 void EventLoop::wake() { on_event(-1); }
 

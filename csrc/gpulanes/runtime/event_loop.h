@@ -44,7 +44,8 @@ class EventLoop {
 
   // Runs the loop on its own thread (real time). Without start(), the owner drives it with
   // run_round() (virtual time).
-  void start();
+  // Starts the loop thread, which runs `on_thread` first (e.g. to mark itself as the owner's).
+  void start(std::function<void()> on_thread = {});
   // One decision round at the clock's current time, on the calling thread; delivers the
   // failures it produces. Returns when the loop next needs a round without an event.
   TimeNs run_round();

@@ -11,6 +11,7 @@
 #include "gpulanes/exec/executor.h"
 #include "gpulanes/exec/green_context.h"
 #include "gpulanes/core/error.h"
+#include "gpulanes/core/serving_thread.h"
 #include "gpulanes/runtime/runtime.h"
 
 namespace gpulanes {
@@ -194,7 +195,10 @@ void Runtime::start_lanes(std::vector<std::unique_ptr<Lane>>& lanes, const Progr
       Lane* lane = lanes[l].get();
       std::function<void()> init;
       if (lane->executor()) {
-        init = [this, lane, &measure, l, &progress] { prepare_lane(*lane, measure[l], progress); };
+        init = [this, lane, &measure, l, &progress] {
+          mark_serving_thread(this);
+          prepare_lane(*lane, measure[l], progress);
+        };
       }
       lane->start(static_cast<LaneListener*>(this), init);
     }

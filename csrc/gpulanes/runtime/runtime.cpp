@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "gpulanes/core/check.h"
+#include "gpulanes/core/serving_thread.h"
 #include "gpulanes/exec/batching.h"
 #include "gpulanes/exec/executor.h"
 
@@ -163,14 +164,21 @@ void Runtime::start(const ProgressFn& progress) {
   }
   build_profile_book();
   admission_ = std::make_unique<Admission>(models_.size());
-  if (!clock_->is_virtual()) loop_->start();  // on virtual time, a driver calls run_round()
+  if (!clock_->is_virtual()) {  // on virtual time, a driver calls run_round()
+    loop_->start([this] { mark_serving_thread(this); });
+  }
   started_at_.store(clock_->now(), std::memory_order_release);
   if (options_.replan.every_s > 0 && !clock_->is_virtual()) {
     replanner_ = std::make_unique<Replanner>(options_.replan, models_.size(), clock_->now());
   }
   started_ = true;
   accepting_.store(true, std::memory_order_release);
-  if (replanner_) planner_thread_ = std::thread([this] { planner_main(); });
+  if (replanner_) {
+    planner_thread_ = std::thread([this] {
+      mark_serving_thread(this);
+      planner_main();
+    });
+  }
 }
 
 void Runtime::on_dispatch(int lane, const Batch& batch, TimeNs now) {
@@ -271,6 +279,9 @@ ErrorCode Runtime::try_submit(int m, std::vector<at::Tensor> inputs,
              std::to_string(spec.max_queue) + ")";
     });
   }
+  // The round this may run inline can fail expired requests, whose callbacks may call back in
+  // (even shutdown()): no core lock may be held by then.
+  lock.unlock();
   loop_->wake();
   return ErrorCode::kOk;
 }

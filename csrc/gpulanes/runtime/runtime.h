@@ -141,8 +141,12 @@ class Runtime final : private LaneListener, private LoopSink {
   [[noreturn]] void refuse(const std::string& model, ErrorCode code, const std::string& why);
 
   // Closes submission, then finishes (drain) or fails with RuntimeClosed (no drain) all queued
-  // requests, waits for running batches and joins every thread. Idempotent.
+  // requests, waits for running batches and joins every thread. Idempotent. Must not be called
+  // on one of the runtime's own threads (serving_runtime() == this): it would join itself.
   void shutdown(bool drain);
+  // Refuses new requests from now on (RuntimeClosed) without waiting for anything: what a
+  // runtime's own thread may do at once before shutdown() runs elsewhere.
+  void close_submission() { accepting_.store(false, std::memory_order_release); }
 
   std::vector<ModelStats> stats() const;
   // Per lane (empty before start()).
