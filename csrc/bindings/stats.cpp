@@ -30,6 +30,7 @@ py::dict stats_dict(const ModelStats& s) {
   d["failed"] = s.failed;
   d["in_flight"] = s.in_flight;
   d["batches"] = s.batches;
+  d["reruns"] = s.reruns;
   d["elapsed_s"] = s.elapsed_s;
   d["goodput"] = s.goodput;
   d["throughput"] = s.throughput;

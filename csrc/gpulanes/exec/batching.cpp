@@ -9,14 +9,14 @@
 
 namespace gpulanes {
 
-c10::IValue Executor::run_requests(int index, const std::vector<RequestPtr>& requests) {
+std::vector<c10::IValue> Executor::run_requests(int index, std::span<const RequestPtr> requests) {
   for (const RequestPtr& r : requests) {
     for (const c10::Event& ready : r->inputs_ready) ready.synchronize();
   }
-  return run(index, stack_inputs(requests));
+  return split_output(run(index, stack_inputs(requests)), requests.size(), /*copy_rows=*/true);
 }
 
-std::vector<c10::IValue> stack_inputs(const std::vector<RequestPtr>& requests) {
+std::vector<c10::IValue> stack_inputs(std::span<const RequestPtr> requests) {
   std::vector<c10::IValue> out;
   if (requests.empty()) return out;
   const std::size_t arity = requests.front()->inputs.size();
@@ -31,7 +31,7 @@ std::vector<c10::IValue> stack_inputs(const std::vector<RequestPtr>& requests) {
 
 namespace {
 
-c10::IValue slice_row(const c10::IValue& v, std::size_t n, std::int64_t row) {
+c10::IValue slice_row(const c10::IValue& v, std::size_t n, std::int64_t row, bool copy) {
   if (v.isTensor()) {
     const at::Tensor& t = v.toTensor();
     if (t.dim() == 0 || t.size(0) != static_cast<std::int64_t>(n)) {
@@ -39,23 +39,23 @@ c10::IValue slice_row(const c10::IValue& v, std::size_t n, std::int64_t row) {
                   "model output tensor has shape " + c10::str(t.sizes()) +
                       "; its first dimension must be the batch size " + std::to_string(n));
     }
-    return t.select(0, row);
+    return copy ? t.select(0, row).clone() : t.select(0, row);
   }
   if (v.isTuple()) {
     const auto& elems = v.toTupleRef().elements();
     std::vector<c10::IValue> parts;
     parts.reserve(elems.size());
-    for (const auto& e : elems) parts.push_back(slice_row(e, n, row));
+    for (const auto& e : elems) parts.push_back(slice_row(e, n, row, copy));
     return c10::ivalue::Tuple::create(std::move(parts));
   }
   if (v.isTensorList()) {
     c10::List<at::Tensor> parts;
-    for (const at::Tensor& t : v.toTensorVector()) parts.push_back(slice_row(t, n, row).toTensor());
+    for (const at::Tensor& t : v.toTensorVector()) parts.push_back(slice_row(t, n, row, copy).toTensor());
     return parts;
   }
   if (v.isList()) {
     auto parts = c10::impl::GenericList(v.toList().elementType());
-    for (const auto& e : v.toList()) parts.push_back(slice_row(e, n, row));
+    for (const auto& e : v.toList()) parts.push_back(slice_row(e, n, row, copy));
     return parts;
   }
   throw Error(ErrorCode::kModelError, "model output of type " + v.tagKind() +
@@ -65,10 +65,12 @@ c10::IValue slice_row(const c10::IValue& v, std::size_t n, std::int64_t row) {
 
 }  // namespace
 
-std::vector<c10::IValue> split_output(const c10::IValue& output, std::size_t n) {
+std::vector<c10::IValue> split_output(const c10::IValue& output, std::size_t n, bool copy_rows) {
   std::vector<c10::IValue> out;
   out.reserve(n);
-  for (std::size_t i = 0; i < n; ++i) out.push_back(slice_row(output, n, static_cast<std::int64_t>(i)));
+  for (std::size_t i = 0; i < n; ++i) {
+    out.push_back(slice_row(output, n, static_cast<std::int64_t>(i), copy_rows));
+  }
   return out;
 }
 

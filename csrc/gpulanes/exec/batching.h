@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <span>
 #include <vector>
 
 #include "gpulanes/core/request.h"
@@ -13,12 +14,15 @@ namespace gpulanes {
 
 // Stacks input k of every request along a new leading dimension: one batched tensor per
 // forward() argument. All requests are for the same model, so shapes and dtypes agree.
-std::vector<c10::IValue> stack_inputs(const std::vector<RequestPtr>& requests);
+std::vector<c10::IValue> stack_inputs(std::span<const RequestPtr> requests);
 
 // Splits a batch output (a tensor, or a tuple/list of them, nested) into `n` per-request outputs
 // of the same structure by selecting row i of every tensor. Throws Error(kModelError) when the
-// output holds something else or a tensor's leading dimension is not `n`.
-std::vector<c10::IValue> split_output(const c10::IValue& output, std::size_t n);
+// output holds something else or a tensor's leading dimension is not `n`. With `copy_rows`,
+// each row is a copy of its own (on the current stream), so that keeping one request's output
+// does not keep the whole batch's memory alive; else rows are views of the batch.
+std::vector<c10::IValue> split_output(const c10::IValue& output, std::size_t n,
+                                      bool copy_rows = false);
 
 // Applies `fn` to every tensor of a tensor / tuple / list structure, keeping the structure.
 c10::IValue map_tensors(const c10::IValue& value,

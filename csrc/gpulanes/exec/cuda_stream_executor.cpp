@@ -2,10 +2,11 @@
 // context's). Every kernel of a batch runs on that stream: stacking the samples, the copies in
 // and out, the forward pass; the only synchronization is on that stream, never device-wide.
 // Samples on the host are stacked into pinned memory so the copy to the GPU is asynchronous,
-// and outputs come back into pinned memory. Samples already on a GPU are read only after the
-// event their submitter's stream recorded at submit. Outputs left on the GPU are recorded on
-// their submitter's stream (record_stream), so the caching allocator does not hand their memory
-// to the next batch while work the submitter queued on them may still run. Two timing events
+// and outputs come back through pinned memory; each request gets a row of its own. Samples
+// already on a GPU are read only after the event their submitter's stream recorded at submit.
+// Outputs left on the GPU are copied per request on the lane's stream and recorded on their
+// submitter's stream (record_stream), so the caching allocator does not hand their memory to
+// the next batch while work the submitter queued on them may still run. Two timing events
 // bracket each run on the stream, so the lane knows the batch's device time (what profiles and
 // the predictor need), separate from host overheads.
 #include "gpulanes/core/error.h"
@@ -23,6 +24,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <unordered_map>
 
 #include "gpulanes/exec/batching.h"
@@ -86,46 +88,62 @@ class CudaStreamExecutor final : public Executor {
   }
 
   c10::IValue run(int index, std::vector<c10::IValue> inputs) override {
-    return on_stream(index, nullptr, [&] {
-      for (auto& in : inputs) {
-        in = map_tensors(in, [&](const at::Tensor& t) { return to_device(t); });
-      }
-      return std::move(inputs);
-    });
+    return on_stream(
+        index,
+        [&] {
+          for (auto& in : inputs) {
+            in = map_tensors(in, [&](const at::Tensor& t) { return to_device(t); });
+          }
+          return std::move(inputs);
+        },
+        [&](c10::IValue out) { return outputs_on_device_ ? out : to_host(out); });
   }
 
-  c10::IValue run_requests(int index, const std::vector<RequestPtr>& requests) override {
-    return on_stream(index, &requests, [&] { return stack(requests); });
+  std::vector<c10::IValue> run_requests(int index, std::span<const RequestPtr> requests) override {
+    const std::size_t n = requests.size();
+    if (outputs_on_device_) {
+      // Each row copied on the lane's stream into memory of its own, kept for its consumer.
+      return on_stream(index, [&] { return stack(requests); }, [&](c10::IValue out) {
+        std::vector<c10::IValue> rows = split_output(out, n, /*copy_rows=*/true);
+        for (std::size_t i = 0; i < n; ++i) keep_for_consumer(rows[i], *requests[i]);
+        return rows;
+      });
+    }
+    c10::IValue host = on_stream(index, [&] { return stack(requests); },
+                                 [&](c10::IValue out) { return to_host(out); });
+    // Rows in pageable memory of their own: the pinned batch goes back to the host cache.
+    return split_output(host, n, /*copy_rows=*/true);
   }
 
   std::int64_t last_device_ns() const override { return last_device_ns_; }
   void* stream_handle() const override { return stream_.stream(); }
 
  private:
-  // Runs model `index` on inputs that `make_inputs` issues on the lane's stream, between the
-  // timing events; waits for that stream only. `requests`, when given, are the batch's.
-  template <class MakeInputs>
-  c10::IValue on_stream(int index, const std::vector<RequestPtr>* requests, MakeInputs&& make_inputs) {
+  // Runs model `index` on the inputs `make_inputs` issues, then `finish` on its output, all on
+  // the lane's stream between the timing events; waits for that stream only.
+  template <class MakeInputs, class Finish>
+  std::invoke_result_t<Finish&, c10::IValue> on_stream(int index, MakeInputs&& make_inputs,
+                                                       Finish&& finish) {
     c10::cuda::CUDAStreamGuard guard(stream_);
     c10::InferenceMode mode;
     last_device_ns_ = 0;
     C10_CUDA_CHECK(cudaEventRecord(begin_, stream_.stream()));
-    c10::IValue out = modules_.at(index).forward(make_inputs());
-    if (outputs_on_device_) {
-      if (requests) keep_for_consumers(out, *requests);
-    } else {
-      out = map_tensors(out, [](const at::Tensor& t) {
-        at::Tensor host = at::empty(t.sizes(), t.options().device(c10::kCPU).pinned_memory(true));
-        host.copy_(t, /*non_blocking=*/true);
-        return host;
-      });
-    }
+    auto out = finish(modules_.at(index).forward(make_inputs()));
     C10_CUDA_CHECK(cudaEventRecord(end_, stream_.stream()));
     C10_CUDA_CHECK(cudaEventSynchronize(end_));
     float ms = 0;
     C10_CUDA_CHECK(cudaEventElapsedTime(&ms, begin_, end_));
     last_device_ns_ = static_cast<std::int64_t>(static_cast<double>(ms) * 1e6);
     return out;
+  }
+
+  // Outputs into pinned host memory, copied asynchronously on the current (lane) stream.
+  static c10::IValue to_host(const c10::IValue& out) {
+    return map_tensors(out, [](const at::Tensor& t) {
+      at::Tensor host = at::empty(t.sizes(), t.options().device(c10::kCPU).pinned_memory(true));
+      host.copy_(t, /*non_blocking=*/true);
+      return host;
+    });
   }
 
   // A host tensor goes through pinned memory, so the copy is asynchronous on the lane's stream.
@@ -138,7 +156,7 @@ class CudaStreamExecutor final : public Executor {
   // One batched tensor per model input. Host samples are stacked straight into pinned memory
   // and copied once; GPU samples are stacked by a kernel on the lane's stream after the events
   // of their submitters' streams.
-  std::vector<c10::IValue> stack(const std::vector<RequestPtr>& requests) const {
+  std::vector<c10::IValue> stack(std::span<const RequestPtr> requests) const {
     const c10::Stream lane = stream_.unwrap();
     for (const RequestPtr& r : requests) {
       for (const c10::Event& ready : r->inputs_ready) ready.block(lane);
@@ -167,21 +185,18 @@ class CudaStreamExecutor final : public Executor {
     return out;
   }
 
-  // Outputs handed out on the GPU: their memory came from the lane stream's pool; record each
-  // submitter's stream on this device (else the device's default stream) so the allocator does
-  // not reuse it before the work queued there on them is done.
-  void keep_for_consumers(const c10::IValue& out, const std::vector<RequestPtr>& requests) const {
-    std::vector<c10::Stream> consumers{c10::cuda::getDefaultCUDAStream(device_.index()).unwrap()};
-    for (const RequestPtr& r : requests) {
-      const auto& s = r->consumer_stream;
-      if (s && s->device() == device_ &&
-          std::find(consumers.begin(), consumers.end(), *s) == consumers.end()) {
-        consumers.push_back(*s);
-      }
-    }
-    map_tensors(out, [&](const at::Tensor& t) {
+  // An output handed out on the GPU: its memory came from the lane stream's pool; record its
+  // submitter's stream on this device (and the device's default stream) so the allocator does
+  // not reuse it before the work queued there on it is done.
+  void keep_for_consumer(const c10::IValue& row, const Request& request) const {
+    const c10::Stream fallback = c10::cuda::getDefaultCUDAStream(device_.index()).unwrap();
+    const auto& consumer = request.consumer_stream;
+    map_tensors(row, [&](const at::Tensor& t) {
       if (t.is_cuda()) {
-        for (const c10::Stream& s : consumers) t.record_stream(s);
+        t.record_stream(fallback);
+        if (consumer && consumer->device() == device_ && *consumer != fallback) {
+          t.record_stream(*consumer);
+        }
       }
       return t;
     });

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -28,10 +29,11 @@ class Executor {
   // with tensors on the CPU, or on the executor's device when outputs_on_device was asked for.
   // Throws whatever the model throws.
   virtual c10::IValue run(int index, std::vector<c10::IValue> inputs) = 0;
-  // Stacks the requests' samples into a batch and runs it: what a served batch does. Here, on
-  // the calling thread once their GPU inputs are ready; a CUDA executor stacks, copies, runs
-  // and copies back on its own stream.
-  virtual c10::IValue run_requests(int index, const std::vector<RequestPtr>& requests);
+  // Stacks the requests' samples into a batch, runs it and splits the output into one row per
+  // request, each a copy of its own (split_output with copy_rows): what a served batch does.
+  // Here on the calling thread, once their GPU inputs are ready; a CUDA executor stacks,
+  // copies, runs, copies back and splits on its own stream.
+  virtual std::vector<c10::IValue> run_requests(int index, std::span<const RequestPtr> requests);
   // Device time of the last run(), from its first copy to its outputs being ready, measured with
   // CUDA events on a GPU; 0 where there is no device clock (CPU).
   virtual std::int64_t last_device_ns() const { return 0; }

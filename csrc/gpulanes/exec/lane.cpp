@@ -2,8 +2,10 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <chrono>
 #include <exception>
+#include <span>
 #include <future>
 #include <stdexcept>
 
@@ -117,27 +119,43 @@ void WorkerLane::run_batch(Batch&& batch) {
   report.lane = index_;
   report.start = clock_.now();
   report.predicted_ns = batch.predicted_ns;
-  const std::size_t n = batch.requests.size();
-  std::vector<Outcome> outcomes;
-  outcomes.reserve(n);
-  try {
-    const TimeNs t0 = clock_.now();
-    c10::IValue output = executor_->run_requests(batch.model, batch.requests);
-    report.exec_ns = clock_.now() - t0;
-    if (const std::int64_t device_ns = executor_->last_device_ns(); device_ns > 0) {
-      report.exec_ns = device_ns;
-    }
-    for (c10::IValue& row : split_output(output, n)) outcomes.push_back(Outcome::success(std::move(row)));
-    report.ok = true;
-  } catch (const std::exception& e) {
-    // The model's failure is its requests' failure only; the lane keeps serving.
-    outcomes.clear();
-    const auto* typed = dynamic_cast<const Error*>(&e);
-    std::string msg = typed ? e.what() : "forward() raised: " + std::string(e.what()).substr(0, 4000);
-    for (std::size_t i = 0; i < n; ++i) outcomes.push_back(Outcome::failure(ErrorCode::kModelError, msg));
-  }
+  std::vector<Outcome> outcomes(batch.requests.size());
+  run_part(batch, 0, batch.requests.size(), outcomes, report);
   report.end = clock_.now();
   listener_->on_batch_finished(std::move(batch), std::move(outcomes), report);
+}
+
+void WorkerLane::run_part(const Batch& batch, std::size_t lo, std::size_t hi,
+                          std::vector<Outcome>& outcomes, BatchReport& report) {
+  const std::span<const RequestPtr> part(batch.requests.data() + lo, hi - lo);
+  std::string why;
+  try {
+    const TimeNs t0 = clock_.now();
+    std::vector<c10::IValue> rows = executor_->run_requests(batch.model, part);
+    if (lo == 0 && hi == batch.requests.size()) {
+      report.exec_ns = clock_.now() - t0;
+      if (const std::int64_t device_ns = executor_->last_device_ns(); device_ns > 0) {
+        report.exec_ns = device_ns;
+      }
+      report.ok = true;
+    }
+    for (std::size_t i = lo; i < hi; ++i) outcomes[i] = Outcome::success(std::move(rows[i - lo]));
+    return;
+  } catch (const std::exception& e) {
+    // The model's failure is its requests' failure only; the lane keeps serving.
+    const auto* typed = dynamic_cast<const Error*>(&e);
+    why = typed ? e.what() : "forward() raised: " + std::string(e.what()).substr(0, 4000);
+  }
+  TimeNs latest = 0;
+  for (const RequestPtr& r : part) latest = std::max(latest, r->deadline);
+  if (hi - lo > 1 && clock_.now() < latest) {
+    const std::size_t mid = lo + (hi - lo) / 2;
+    report.reruns += 2;
+    run_part(batch, lo, mid, outcomes, report);
+    run_part(batch, mid, hi, outcomes, report);
+    return;
+  }
+  for (std::size_t i = lo; i < hi; ++i) outcomes[i] = Outcome::failure(ErrorCode::kModelError, why);
 }
 
 }  // namespace gpulanes

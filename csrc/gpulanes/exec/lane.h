@@ -37,6 +37,7 @@ struct BatchReport {
                            // where the executor measures it, else wall time
   bool ok = false;         // false when the model raised or its output could not be split
   DurationNs predicted_ns = 0;  // the policy's prediction for this batch (0: none)
+  int reruns = 0;          // runs of parts of the batch after it failed whole (culprit search)
 };
 
 class LaneListener {
@@ -114,6 +115,11 @@ class WorkerLane final : public Lane {
  private:
   void worker();
   void run_batch(Batch&& batch);
+  // Runs requests[lo, hi) of `batch` as one batch into outcomes[lo, hi). When a batch of more
+  // than one fails, runs each half again while a request in it can still make its deadline, so
+  // that only requests whose own input makes the model raise get ModelError; counts re-runs.
+  void run_part(const Batch& batch, std::size_t lo, std::size_t hi, std::vector<Outcome>& outcomes,
+                BatchReport& report);
 
   const int index_;                     // position in the runtime's lane list
   const std::string kind_;              // "cpu", "cuda-stream", ...

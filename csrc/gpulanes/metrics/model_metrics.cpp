@@ -15,9 +15,10 @@ void ModelMetrics::on_failure(bool dropped) {
 }
 
 void ModelMetrics::on_batch(int size, DurationNs exec_ns, DurationNs predicted_ns,
-                            DurationNs actual_ns) {
+                            DurationNs actual_ns, int reruns) {
   std::lock_guard<std::mutex> lock(mu_);
-  prediction_.record(predicted_ns, actual_ns);
+  reruns_ += static_cast<std::uint64_t>(reruns);
+  if (reruns == 0) prediction_.record(predicted_ns, actual_ns);  // re-runs are not its latency
   batches_++;
   batch_sizes_[size]++;
   exec_ns_.record(exec_ns);
@@ -37,6 +38,7 @@ ModelStats ModelMetrics::snapshot(TimeNs now, TimeNs started_at) const {
   s.dropped = dropped_;
   s.failed = failed_;
   s.batches = batches_;
+  s.reruns = reruns_;
   const std::uint64_t done = s.completed + s.dropped + s.failed + s.rejected;
   s.in_flight = s.submitted > done ? s.submitted - done : 0;
   s.elapsed_s = started_at > 0 && now > started_at ? to_ms(now - started_at) / 1e3 : 0.0;

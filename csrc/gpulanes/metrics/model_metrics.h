@@ -28,6 +28,7 @@ struct ModelStats {
   std::uint64_t failed = 0;     // ModelError, or RuntimeClosed by shutdown(drain=false)
   std::uint64_t in_flight = 0;  // accepted, not finished yet
   std::uint64_t batches = 0;    // batches run (successful or not)
+  std::uint64_t reruns = 0;     // extra runs of parts of failed batches, to find the culprits
   double elapsed_s = 0;         // since the runtime started
   double goodput = 0;           // met / elapsed_s
   double throughput = 0;        // completed / elapsed_s
@@ -52,7 +53,9 @@ class ModelMetrics {
   void on_failure(bool dropped);
   // One batch ran: its executor time, and the policy's latency prediction (0: none) against the
   // lane's measured start-to-outputs time.
-  void on_batch(int size, DurationNs exec_ns, DurationNs predicted_ns, DurationNs actual_ns);
+  // `reruns`: runs of parts of it after it failed as a whole.
+  void on_batch(int size, DurationNs exec_ns, DurationNs predicted_ns, DurationNs actual_ns,
+                int reruns = 0);
 
   ModelStats snapshot(TimeNs now, TimeNs started_at) const;
 
@@ -62,7 +65,7 @@ class ModelMetrics {
   std::atomic<std::uint64_t> rejected_{0};
 
   mutable std::mutex mu_;  // guards everything below
-  std::uint64_t met_ = 0, missed_ = 0, dropped_ = 0, failed_ = 0, batches_ = 0;
+  std::uint64_t met_ = 0, missed_ = 0, dropped_ = 0, failed_ = 0, batches_ = 0, reruns_ = 0;
   LogHistogram latency_ns_, queue_ns_, exec_ns_;
   std::map<int, std::uint64_t> batch_sizes_;
   PredictionErrorWindow prediction_;

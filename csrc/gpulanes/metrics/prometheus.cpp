@@ -62,6 +62,11 @@ std::string prometheus_text(const std::vector<ModelStats>& stats,
     os << "gpulanes_requests_submitted_total{model=\"" << escape(s.name) << "\"} " << s.submitted
        << '\n';
   }
+  header(os, "gpulanes_batch_reruns_total", "counter",
+         "Runs of parts of failed batches, to find the requests that made them fail.");
+  for (const auto& s : stats) {
+    os << "gpulanes_batch_reruns_total{model=\"" << escape(s.name) << "\"} " << s.reruns << '\n';
+  }
   header(os, "gpulanes_requests_in_flight", "gauge", "Accepted requests not finished yet.");
   for (const auto& s : stats) {
     os << "gpulanes_requests_in_flight{model=\"" << escape(s.name) << "\"} " << s.in_flight << '\n';

@@ -1,5 +1,6 @@
 #include "gpulanes/runtime/runtime.h"
 
+#include <c10/core/InferenceMode.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/script.h>
 
@@ -262,6 +263,13 @@ ErrorCode Runtime::try_submit(int m, std::vector<at::Tensor> inputs,
     });
   }
   rates_[m]->on_arrival(now);
+  {
+    // The request owns a copy: its result must not depend on what the caller does with its
+    // tensors after submit returns (on a GPU the copy is queued on the caller's stream, which
+    // note_streams then records).
+    c10::InferenceMode no_autograd;
+    for (at::Tensor& t : inputs) t = t.detach().clone(at::MemoryFormat::Contiguous);
+  }
   auto req = std::make_unique<Request>();
   req->id = next_id_.fetch_add(1, std::memory_order_relaxed);
   req->model = m;
@@ -343,7 +351,7 @@ void Runtime::on_batch_finished(Batch&& batch, std::vector<Outcome>&& outcomes,
   }
   const int size = static_cast<int>(batch.requests.size());
   const DurationNs actual_ns = report.end - report.start;
-  metrics.on_batch(size, report.exec_ns, report.predicted_ns, actual_ns);
+  metrics.on_batch(size, report.exec_ns, report.predicted_ns, actual_ns, report.reruns);
   lane_metrics_[report.lane]->on_batch(models_.at(batch.model).spec.name, size, met, missed,
                                        failed, actual_ns);
   if (options_.trace || options_.on_finished) {
@@ -369,7 +377,7 @@ void Runtime::on_batch_finished(Batch&& batch, std::vector<Outcome>&& outcomes,
   obs.profiled_ns = book_.predict(batch.model, report.lane, obs.size);
   obs.actual_ns = actual_ns;
   obs.slo_ns = models_.at(batch.model).spec.slo;
-  loop_->observe(obs);
+  if (report.reruns == 0) loop_->observe(obs);  // re-runs say nothing of a batch's latency
   deliver(batch.requests, outcomes);
   loop_->lane_idle(report.lane);
 }
