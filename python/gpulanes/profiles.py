@@ -53,9 +53,11 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import platform
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
@@ -127,6 +129,10 @@ def make_entry(model: str, points: Sequence[Dict[str, float]], *, model_hash: Op
     return entry
 
 
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def _check_entry(e: Any, where: str) -> None:
     if not isinstance(e, dict):
         raise ProfileError(f"{where}: must be an object")
@@ -134,7 +140,7 @@ def _check_entry(e: Any, where: str) -> None:
                        ("sm_share", (int, float)), ("max_batch_size", int), ("points", list)):
         if not isinstance(e.get(key), types):
             raise ProfileError(f"{where}: '{key}' is missing or of the wrong type")
-    if not 0 < e["sm_share"] <= 1:
+    if not _finite(e["sm_share"]) or not 0 < e["sm_share"] <= 1:
         raise ProfileError(f"{where}: sm_share must be in (0, 1], got {e['sm_share']}")
     if not e["points"]:
         raise ProfileError(f"{where}: 'points' is empty")
@@ -146,16 +152,16 @@ def _check_entry(e: Any, where: str) -> None:
         if p["batch_size"] <= last:
             raise ProfileError(f"{here}: batch sizes must increase")
         last = p["batch_size"]
-        if not isinstance(p.get("p50_us"), (int, float)) or p["p50_us"] <= 0:
-            raise ProfileError(f"{here}: needs 'p50_us' > 0")
+        if not _finite(p.get("p50_us")) or not 0 < p["p50_us"] < 1e12:
+            raise ProfileError(f"{here}: needs a finite 'p50_us' > 0")
         for k in _POINT_KEYS[2:]:
-            if k in p and not isinstance(p[k], (int, float)):
-                raise ProfileError(f"{here}: '{k}' must be a number")
-    if "memory_mb" in e and not isinstance(e["memory_mb"], (int, float)):
-        raise ProfileError(f"{where}: 'memory_mb' must be a number")
+            if k in p and (not _finite(p[k]) or p[k] < 0):
+                raise ProfileError(f"{here}: '{k}' must be a finite number >= 0")
+    if "memory_mb" in e and (not _finite(e["memory_mb"]) or e["memory_mb"] < 0):
+        raise ProfileError(f"{where}: 'memory_mb' must be a finite number >= 0")
     intensity = e.get("intensity")
     if intensity is not None and not (isinstance(intensity, dict) and all(
-            isinstance(v, (int, float)) for v in intensity.values())):
+            _finite(v) and v >= 0 for v in intensity.values())):
         raise ProfileError(f"{where}: 'intensity' must map names to numbers")
 
 
@@ -181,7 +187,7 @@ def load(path: PathLike) -> Dict[str, Any]:
     try:
         with open(path) as f:
             doc = json.load(f)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise ProfileError(f"{path}: not JSON ({e})") from None
     try:
         return validate(doc)
@@ -246,9 +252,14 @@ class ProfileCache:
         A missing, unreadable or invalid file is a miss."""
         if entry.get("model_hash") is None:
             return None
+        path = self.path(entry)
         try:
-            doc = load(self.path(entry))
-        except (OSError, ProfileError):
+            doc = load(path)
+        except FileNotFoundError:
+            return None
+        except (OSError, ProfileError) as e:
+            # Never fatal, never used: the profile is measured again and the file replaced.
+            warnings.warn(f"gpulanes: ignoring a broken profile cache file ({e})")
             return None
         for e in doc["profiles"]:
             if self.key(e) == self.key(entry):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import io
+import math
 import os
 import time
 import weakref
@@ -28,6 +29,10 @@ from .planning import Planning
 __all__ = ["Runtime"]
 
 ModelSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, torch.jit.ScriptModule]
+
+_MAX_DEADLINE_S = 30 * 86400  # a deadline further ahead is a unit or clock mistake
+_MAX_BATCH = 65536            # largest max_batch_size
+_MAX_BATCH_BYTES = 4 * 2**30  # largest batch of inputs warm-up may stack
 
 # Runtimes still running at interpreter exit are shut down (without draining) before Python
 # finalizes, so no core thread ever waits for a GIL that is gone.
@@ -264,15 +269,38 @@ class Runtime(Planning):
         else:
             raise TypeError(f"model must be a path, bytes or torch.jit.ScriptModule, "
                             f"not {type(model).__name__}")
+        if not isinstance(name, str) or not name:
+            raise InvalidInput(f"name must be a non-empty str, got {name!r}")
         if isinstance(example_inputs, torch.Tensor):
             example_inputs = (example_inputs,)
-        if slo_ms <= 0:
-            raise InvalidInput(f"slo_ms must be > 0, got {slo_ms}")
+        if not isinstance(example_inputs, (tuple, list)) or not all(
+                isinstance(t, torch.Tensor) for t in example_inputs):
+            raise InvalidInput(f"example_inputs of {name!r} must be a tensor or a tuple/list of "
+                               f"tensors, got {type(example_inputs).__name__}")
+        slo_ms = _number("slo_ms", slo_ms)
+        if not 0 < slo_ms <= _MAX_DEADLINE_S * 1e3:
+            raise InvalidInput(f"slo_ms must be > 0 and at most 30 days, got {slo_ms}")
+        max_batch_size = _number("max_batch_size", max_batch_size, integer=True)
+        max_queue = _number("max_queue", max_queue, integer=True)
+        if not 1 <= max_batch_size <= _MAX_BATCH:
+            raise InvalidInput(f"max_batch_size must be in [1, {_MAX_BATCH}], got {max_batch_size}")
+        # Warm-up and profiling stack max_batch_size copies of the example: refuse what would
+        # take more memory than a batch can sensibly use.
+        batch_bytes = max_batch_size * sum(
+            (t.numel() // t.shape[0] if t.dim() and t.shape[0] else t.numel()) * t.element_size()
+            for t in example_inputs)
+        if batch_bytes > _MAX_BATCH_BYTES:
+            raise InvalidInput(f"max_batch_size={max_batch_size} makes a batch of {name!r} "
+                               f"{batch_bytes / 2**30:.1f} GiB of inputs (more than "
+                               f"{_MAX_BATCH_BYTES / 2**30:.0f} GiB): warm-up would exhaust "
+                               "memory; lower max_batch_size")
+        if not 1 <= max_queue <= 10**9:
+            raise InvalidInput(f"max_queue must be in [1, 1e9], got {max_queue}")
         self._core.register_model(name, kind, source, tuple(example_inputs),
-                                  int(slo_ms * 1e6), int(max_batch_size), int(max_queue))
-        self._slo_ms[name] = float(slo_ms)
+                                  int(slo_ms * 1e6), max_batch_size, max_queue)
+        self._slo_ms[name] = slo_ms
         self._profile_keys[name] = {
-            "model": name, "model_hash": digest, "max_batch_size": int(max_batch_size),
+            "model": name, "model_hash": digest, "max_batch_size": max_batch_size,
             "inputs": [[list(t.shape[1:]), str(t.dtype).replace("torch.", "")]
                        for t in example_inputs]}
 
@@ -452,14 +480,33 @@ class Runtime(Planning):
 
     # -- requests ----------------------------------------------------------------------------
 
-    def _deadline_ns(self, deadline_ms: Optional[float], deadline: Optional[float]) -> Optional[int]:
+    def _request_args(self, model: Any, deadline_ms: Optional[float], deadline: Optional[float],
+                      priority: Any) -> tuple:
+        """(model, absolute deadline in ns or None, priority), checked: InvalidInput naming the
+        argument for a wrong type, NaN, infinity or a deadline that cannot be meant."""
+        if not isinstance(model, str):
+            raise InvalidInput(f"model must be a registered model's name (str), got "
+                               f"{type(model).__name__} {model!r}")
+        if isinstance(priority, bool) or priority not in (0, 1):
+            raise InvalidInput(f"priority must be 0 (latency-critical) or 1 (best effort), "
+                               f"got {priority!r}")
         if deadline_ms is not None and deadline is not None:
             raise InvalidInput("give deadline_ms (relative) or deadline (absolute), not both")
         if deadline_ms is not None:
-            return time.monotonic_ns() + int(deadline_ms * 1e6)
+            ms = _number("deadline_ms", deadline_ms)
+            if ms > _MAX_DEADLINE_S * 1e3:
+                raise InvalidInput(f"deadline_ms must be at most {_MAX_DEADLINE_S * 1e3:.0f} "
+                                   f"(30 days), got {deadline_ms!r}")
+            return model, time.monotonic_ns() + int(ms * 1e6), int(priority)
         if deadline is not None:
-            return int(deadline * 1e9)
-        return None  # the model's SLO from now
+            at = _number("deadline", deadline)
+            if at > time.monotonic() + _MAX_DEADLINE_S:
+                raise InvalidInput(f"deadline={deadline!r} is more than 30 days ahead of "
+                                   f"time.monotonic() ({time.monotonic():.0f}): deadlines are "
+                                   "time.monotonic() seconds, not time.time(); for a relative "
+                                   "deadline pass deadline_ms")
+            return model, int(at * 1e9), int(priority)
+        return model, None, int(priority)  # the model's SLO from now
 
     def submit(self, model: str, *inputs: torch.Tensor, deadline_ms: Optional[float] = None,
                deadline: Optional[float] = None, priority: int = 0) -> Future:
@@ -474,10 +521,10 @@ class Runtime(Planning):
         The future fails later with :class:`DeadlineExceeded`, :class:`ModelError` or
         :class:`RuntimeClosed`. It cannot be cancelled once submitted.
         """
+        model, at, priority = self._request_args(model, deadline_ms, deadline, priority)
         fut = _Future(self._spin_us, self._core.core_id)
         fut.set_running_or_notify_cancel()
-        self._core.submit(model, inputs, self._deadline_ns(deadline_ms, deadline), priority, fut,
-                          fut._resolved)
+        self._core.submit(model, inputs, at, priority, fut, fut._resolved)
         return fut
 
     def infer(self, model: str, *inputs: torch.Tensor, deadline_ms: Optional[float] = None,
@@ -488,17 +535,21 @@ class Runtime(Planning):
         Waits in C++ with the GIL released (other Python threads run; Ctrl-C interrupts it).
         ``timeout`` (seconds) raises :class:`TimeoutError`; the request stays in flight.
         """
-        return self._core.infer(model, inputs, self._deadline_ns(deadline_ms, deadline), priority,
-                                timeout)
+        model, at, priority = self._request_args(model, deadline_ms, deadline, priority)
+        if timeout is not None:
+            timeout = _number("timeout", timeout) if timeout != math.inf else None
+            if timeout is not None and timeout < 0:
+                raise InvalidInput(f"timeout must be >= 0 seconds (or None), got {timeout}")
+        return self._core.infer(model, inputs, at, priority, timeout)
 
     async def infer_async(self, model: str, *inputs: torch.Tensor,
                           deadline_ms: Optional[float] = None, deadline: Optional[float] = None,
                           priority: int = 0) -> Any:
         """Awaitable :meth:`infer`: no thread is blocked while the request is served."""
+        model, at, priority = self._request_args(model, deadline_ms, deadline, priority)
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._core.submit(model, inputs, self._deadline_ns(deadline_ms, deadline), priority,
-                          _AsyncSink(loop, fut))
+        self._core.submit(model, inputs, at, priority, _AsyncSink(loop, fut))
         return await fut
 
     # -- observation and teardown ------------------------------------------------------------
@@ -548,19 +599,34 @@ class Runtime(Planning):
         out batches, lets running ones finish, swaps the layout in and resumes: queued requests
         stay queued and none is lost (per-lane statistics restart). A model that no lane serves
         is refused at submit with :class:`InvalidInput`."""
+        if isinstance(layout, (str, bytes, dict)) or not hasattr(layout, "__iter__"):
+            raise InvalidInput(f"layout must be a list of lane dicts, got {type(layout).__name__}")
         specs = []
         for i, lane in enumerate(layout):
+            if not isinstance(lane, dict):
+                raise InvalidInput(f"lane {i} must be a dict with device, sms and models, got "
+                                   f"{type(lane).__name__} {lane!r}")
             unknown = set(lane) - {"device", "sms", "models"}
             if unknown:
                 raise InvalidInput(f"lane {i}: unknown key(s) {sorted(unknown)}")
             device = lane.get("device", "cpu")
-            if isinstance(device, int):
+            if isinstance(device, int) and not isinstance(device, bool) and device >= 0:
                 device = f"cuda:{device}"
-            models = list(lane.get("models", []))
+            if not isinstance(device, str):
+                raise InvalidInput(f"lane {i}: device must be 'cpu', 'cuda:N' or N, got {device!r}")
+            models = lane.get("models", [])
+            if isinstance(models, str) or not isinstance(models, (list, tuple)) or not all(
+                    isinstance(m, str) for m in models):
+                raise InvalidInput(f"lane {i}: models must be a list of model names, got "
+                                   f"{models!r}")
+            models = list(models)
             missing = [m for m in models if m not in self._slo_ms]
             if missing:
                 raise UnknownModel(f"lane {i} names models that are not registered: {missing}")
-            specs.append({"device": str(device), "sms": int(lane.get("sms", 0)), "models": models})
+            sms = _number(f"lane {i} sms", lane.get("sms", 0), integer=True)
+            if sms < 0:
+                raise InvalidInput(f"lane {i}: sms must be >= 0 (0: the whole device), got {sms}")
+            specs.append({"device": device, "sms": sms, "models": models})
         self._core.set_lanes(specs)
         self._layout = specs
         if self._core.running:  # the new lanes' sizes may have been measured just now

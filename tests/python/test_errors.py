@@ -219,3 +219,60 @@ def test_registration_and_construction_errors():
         gl.Runtime(policy="max_delay", policy_options={"max_queue_delay_us": 10})
     with pytest.raises(gl.InvalidInput, match="device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"):
         gl.Runtime(device="tpu")
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda rt: rt.submit(123, torch.zeros(4)), "model must be a registered model's name"),
+    (lambda rt: rt.submit(["affine"], torch.zeros(4)), "model must be"),
+    (lambda rt: rt.submit("affine", torch.zeros(4), deadline_ms=float("nan")),
+     "deadline_ms must be finite"),
+    (lambda rt: rt.submit("affine", torch.zeros(4), deadline_ms=float("inf")),
+     "deadline_ms must be finite"),
+    (lambda rt: rt.submit("affine", torch.zeros(4), deadline_ms=1e300), "at most"),
+    (lambda rt: rt.submit("affine", torch.zeros(4), deadline_ms="10"), "deadline_ms must be a number"),
+    (lambda rt: rt.submit("affine", torch.zeros(4), deadline=time.time() + 1),
+     "not time.time"),
+    (lambda rt: rt.submit("affine", torch.zeros(4), deadline=float("nan")), "deadline must be finite"),
+    (lambda rt: rt.submit("affine", torch.zeros(4), priority=2), "priority must be 0"),
+    (lambda rt: rt.submit("affine", torch.zeros(4), priority="1"), "priority must be 0"),
+    (lambda rt: rt.submit("affine", torch.zeros(4), priority=True), "priority must be 0"),
+    (lambda rt: rt.infer("affine", torch.zeros(4), timeout=float("nan")), "timeout must be finite"),
+    (lambda rt: rt.infer("affine", torch.zeros(4), timeout=-1), "timeout must be >= 0"),
+    (lambda rt: rt.submit("affine", "zeros"), "not a torch.Tensor"),
+    (lambda rt: rt.set_lanes("cpu"), "layout must be a list"),
+    (lambda rt: rt.set_lanes([("cpu", 0)]), "lane 0 must be a dict"),
+    (lambda rt: rt.set_lanes([{"device": "cpu", "models": "affine"}]), "models must be a list"),
+    (lambda rt: rt.set_lanes([{"device": "cpu", "sms": float("nan")}]), "sms must be finite"),
+    (lambda rt: rt.set_lanes([{"device": "cpu", "sms": -8}]), "sms must be >= 0"),
+    (lambda rt: rt.set_lanes([{"device": 1.5}]), "device must be"),
+])
+def test_bad_request_arguments_get_typed_errors_naming_them(affine_rt, call, match):
+    before = affine_rt.stats()["affine"]["in_flight"]
+    with pytest.raises(gl.InvalidInput, match=match):
+        call(affine_rt)
+    assert affine_rt.stats()["affine"]["in_flight"] == before
+    assert torch.equal(affine_rt.infer("affine", torch.zeros(4), timeout=float("inf")),
+                       torch.ones(4))  # still serving; an infinite timeout means none
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"slo_ms": float("nan")}, "slo_ms must be finite"),
+    ({"slo_ms": float("inf")}, "slo_ms must be finite"),
+    ({"slo_ms": -1}, "slo_ms must be > 0"),
+    ({"slo_ms": "100"}, "slo_ms must be a number"),
+    ({"max_batch_size": 0}, "max_batch_size must be in"),
+    ({"max_batch_size": 10**6}, "max_batch_size must be in"),
+    ({"max_batch_size": 2.5}, "max_batch_size must be an integer"),
+    ({"max_queue": 0}, "max_queue must be in"),
+    ({"max_queue": None}, "max_queue must be an integer"),
+    ({"example_inputs": [1, 2]}, "example_inputs .* must be a tensor"),
+    ({"example_inputs": torch.zeros(1, 3, 1024, 1024), "max_batch_size": 65536},
+     "warm-up would exhaust memory"),
+])
+def test_bad_registration_arguments_get_typed_errors_naming_them(kwargs, match):
+    rt = gl.Runtime(device="cpu")
+    args = {"slo_ms": 100, "example_inputs": torch.zeros(1, 4), **kwargs}
+    with pytest.raises(gl.InvalidInput, match=match):
+        rt.register("a", scripted(Affine()), **args)
+    with pytest.raises(gl.InvalidInput, match="name must be a non-empty str"):
+        rt.register(7, scripted(Affine()), slo_ms=100, example_inputs=torch.zeros(1, 4))

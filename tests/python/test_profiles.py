@@ -1,6 +1,7 @@
 """Profile files (schema, validation, round trip) and the profile cache of Runtime.start()."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -61,10 +62,21 @@ def test_cache_off_and_corrupt_cache_files_mean_measuring(tmp_path):
     with runtime(mlp(0), tmp_path):
         pass
     (path,) = tmp_path.glob("*.json")
+    good = path.read_text()
     path.write_text("{not json")
-    with runtime(mlp(0), tmp_path) as rt:
-        assert rt.profile_source("mlp") == "measured"
+    with pytest.warns(UserWarning, match="broken profile cache file"):
+        with runtime(mlp(0), tmp_path) as rt:
+            assert rt.profile_source("mlp") == "measured"
     profiles.load(path)  # rewritten whole
+    # Non-finite numbers parse as JSON (Python reads NaN and Infinity) but are never used.
+    for bad in ("NaN", "Infinity", "-5.0"):
+        doc = json.loads(good)
+        doc["profiles"][0]["points"][0]["p50_us"] = float(bad)
+        path.write_text(json.dumps(doc))
+        with pytest.warns(UserWarning, match="p50_us"):
+            with runtime(mlp(0), tmp_path) as rt:
+                assert rt.profile_source("mlp") == "measured"
+                assert all(math.isfinite(p["p50_us"]) for p in rt.profile("mlp"))
 
 
 def test_save_and_load_profiles_round_trip(tmp_path):
