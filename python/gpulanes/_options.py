@@ -21,7 +21,7 @@ def _replan_config(replan: Optional[Dict[str, Any]], planner: Dict[str, Any]):
 # Each policy's options (Triton's configuration names for max_delay) and their defaults.
 _POLICY_OPTIONS = {
     "deadline": {"min_margin_us": 200.0, "margin_quantile": 0.99, "margin_window": 256,
-                 "wait_for_batch": False},
+                 "wait_for_batch": False, "queue_admission": True},
     "fifo": {},
     "max_delay": {"preferred_batch_size": [], "max_queue_delay_microseconds": 0,
                   "default_timeout_microseconds": 0},

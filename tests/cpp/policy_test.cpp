@@ -25,12 +25,16 @@ class Sim {
  public:
   using LatencyFn = std::function<DurationNs(int model, int batch_size)>;
 
-  Sim(const std::string& policy, LatencyFn latency, PolicyConfig config = {}, int lanes = 1)
+  // These tests follow the loop's decisions exactly, so requests reach the queue: admission by
+  // queued work at submit is off unless `queue_admission` (its own tests).
+  Sim(const std::string& policy, LatencyFn latency, PolicyConfig config = {}, int lanes = 1,
+      bool queue_admission = false)
       : clock_(std::make_shared<VirtualClock>(kT0)) {
     RuntimeOptions o;
     o.device = "virtual";
     o.policy = policy;
     o.policy_config = config;
+    o.policy_config.queue_admission = queue_admission;
     o.virtual_lanes = lanes;
     o.virtual_latency = [this, latency](int m, int b) {
       dispatches.push_back({clock_->now(), m, b});
@@ -523,4 +527,24 @@ TEST(DeadlinePolicyOverload, KeepsTheHeadWhenTheRestStillFitsAfterIt) {
   sim.run();
   EXPECT_EQ(sim.sizes(), (std::vector<int>{1, 1, 8}));
   EXPECT_EQ(sim.count(ErrorCode::kOk), 10);
+}
+
+TEST(DeadlinePolicyQueueAdmission, RefusesAtSubmitWhatTheQueueAheadWouldMakeLate) {
+  // 10 ms per batch of up to 4 (2.5 ms per request in full batches). With 8 queued behind a
+  // running batch, the lane needs 20 ms for them and 10 ms for a 9th's own batch: a request due
+  // in 25 ms is refused with Overloaded at once, one due in 40 ms is taken.
+  auto lat = [](int, int) { return ms(10); };
+  Sim sim("deadline", lat, {}, 1, /*queue_admission=*/true);
+  sim.add("m", 4, ms(1000), lat);
+  sim.start();
+  sim.submit_at(0, "m", ms(1000));                                  // runs 0..10 ms
+  for (int i = 0; i < 8; ++i) sim.submit_at(ms(0.1), "m", ms(100));  // queued
+  sim.submit_at(ms(0.2), "m", ms(25));                              // 20 + 10 > 25: refused
+  sim.submit_at(ms(0.3), "m", ms(40));                              // 20 + 10 <= 40: taken
+  sim.run();
+  ASSERT_EQ(sim.refused.size(), 1u);
+  EXPECT_EQ(sim.refused[0].key, 9);
+  EXPECT_EQ(sim.refused[0].code, ErrorCode::kOverloaded);
+  EXPECT_EQ(sim.count(ErrorCode::kOk), 10);
+  EXPECT_EQ(sim.count(ErrorCode::kDeadlineExceeded), 0);
 }

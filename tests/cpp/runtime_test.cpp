@@ -59,7 +59,9 @@ TEST(Runtime, ResultsMatchDirectForwardAndAreCounted) {
 }
 
 TEST(Runtime, RequestsPastTheirDeadlineAreDroppedWithoutRunning) {
-  Runtime rt(RuntimeOptions{.device = "cpu", .warmup_rounds = 1});
+  RuntimeOptions o{.device = "cpu", .warmup_rounds = 1};
+  o.policy_config.queue_admission = false;  // let them queue: the loop's drop is the subject
+  Runtime rt(o);
   rt.register_model(spec("slow", /*max_batch=*/1), affine_module(400), {sample(0)});
   rt.start();
   Collector c;

@@ -125,8 +125,8 @@ def affine_rt():
 
 
 def busy_runtime(iters: int, *, max_batch_size: int = 1, max_queue: int = 10_000,
-                 device: str = "cpu") -> "gl.Runtime":
-    rt = gl.Runtime(device=device, warmup_rounds=1)
+                 device: str = "cpu", **options) -> "gl.Runtime":
+    rt = gl.Runtime(device=device, warmup_rounds=1, **options)
     rt.register("busy", scripted(Busy(iters)), slo_ms=60_000, example_inputs=torch.zeros(1, 4),
                 max_batch_size=max_batch_size, max_queue=max_queue)
     return rt.start()

@@ -183,8 +183,9 @@ def test_metrics_text_is_valid_prometheus_and_matches_stats(affine_rt):
 
 
 def test_trace_frame_records_every_request():
-
-    rt = gl.Runtime(device="cpu", trace=True, profile_reps=3, warmup_rounds=1)
+    # Queue admission off: the request due too soon must queue and be dropped, not be refused.
+    rt = gl.Runtime(device="cpu", trace=True, profile_reps=3, warmup_rounds=1,
+                    policy_options={"queue_admission": False})
     rt.register("a", scripted(Affine()), slo_ms=5_000, example_inputs=torch.zeros(1, 4))
     rt.register("busy", scripted(Busy(300)), slo_ms=60_000, example_inputs=torch.zeros(1, 4),
                 max_batch_size=1)

@@ -97,7 +97,8 @@ def test_deadline_an_idle_lane_cannot_meet_is_refused_at_submit():
 
 
 def test_deadline_passing_in_queue_fails_future_without_running():
-    rt = busy_runtime(iters=400, max_batch_size=1)
+    # Queue admission off: these must queue (and be dropped there), not be refused at submit.
+    rt = busy_runtime(iters=400, max_batch_size=1, policy_options={"queue_admission": False})
     try:
         alone_ms = rt.profile("busy")[0]["p50_us"] / 1e3
         # ~4 x alone of work ahead: even if the machine runs batches much faster than it did

@@ -159,8 +159,8 @@ def test_rate_drift_replans_before_the_timer():
 
 
 def test_load_beyond_every_gpu_is_shed_rather_than_missed():
-    def run(admission):
-        sim = gl.sim.Simulator(gpus=1, seed=0)
+    def run(admission, queue_admission=False):
+        sim = gl.sim.Simulator(gpus=1, seed=0, policy_options={"queue_admission": queue_admission})
         scn = sim.add_scenario("scen4")
         work = gl.workloads.Poisson(scn.rates(2000), 12, seed=2)  # about two GPUs' worth
         out = sim.run(work, warmup_s=4, replan={"every_s": 2, "alpha": 1.0, "admission": admission})
@@ -177,6 +177,11 @@ def test_load_beyond_every_gpu_is_shed_rather_than_missed():
     requests_off, rejected_off, met_off, _ = run(False)
     assert requests_off == requests and rejected_off == 0
     assert met > 1.05 * met_off  # queueing everything also costs requests that could have made it
+    # The deadline policy's own admission by queued work, without any plan, holds too.
+    requests_q, rejected_q, met_q, _ = run(False, queue_admission=True)
+    assert rejected_q > 0.3 * requests_q and met_q >= 0.97 * (requests_q - rejected_q)
+    assert met_q > 1.05 * met_off
+    print("plan admission", met, "queue admission", met_q, "none", met_off)
 
 
 def test_self_tuning_grows_an_undersized_layout_until_it_holds():

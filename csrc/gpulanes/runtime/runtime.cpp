@@ -255,6 +255,9 @@ ErrorCode Runtime::try_submit(int m, std::vector<at::Tensor> inputs,
              std::to_string(to_ms(due - now)) + " ms left)";
     });
   }
+  if (std::string busy; !policy_->has_room(scheduling_state(), m, priority, now, due, &busy)) {
+    return reject(ErrorCode::kOverloaded, [&] { return busy; });
+  }
   if (!admission_->admit(m, now)) {
     return reject(ErrorCode::kOverloaded, [&] {
       return "model '" + spec.name + "' is shed: the lane plan serves " +

@@ -58,6 +58,8 @@ struct PolicyConfig {
   int margin_window = 256;             // recent batches per model the margin looks at
   double scale_alpha = 0.1;            // EWMA weight of measured/profiled latency per batch
   bool wait_for_batch = false;         // may idle a lane to let a larger batch form
+  bool queue_admission = true;         // refuse at submit (Overloaded) what the work queued
+                                       // ahead would make finish late (has_room)
 };
 
 class BatchPolicy {
@@ -79,6 +81,14 @@ class BatchPolicy {
   // DeadlineExceeded. May read only what does not change while serving (profiles, specs).
   virtual bool admits(const SchedulingState&, int /*model*/, TimeNs /*now*/,
                       TimeNs /*deadline*/) const {
+    return true;
+  }
+  // Admission by queued work, on the submitting thread after admits(): false refuses the
+  // request with Overloaded because what is queued ahead of it on the lanes that serve its model
+  // would not let it finish in time; `why` then says by how much. May read profiles, specs and
+  // queue sizes (which are thread-safe), nothing the loop changes otherwise.
+  virtual bool has_room(const SchedulingState&, int /*model*/, int /*priority*/, TimeNs /*now*/,
+                        TimeNs /*deadline*/, std::string* /*why*/) const {
     return true;
   }
 };

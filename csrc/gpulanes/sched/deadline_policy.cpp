@@ -182,6 +182,45 @@ class DeadlinePolicy final : public BatchPolicy {
     return alone != kNever && now + alone <= deadline;
   }
 
+  // The lanes of `m` drain what is queued for their models (critical requests; best-effort ones
+  // too for a best-effort request, which goes after them) at each model's largest batch, shared
+  // evenly; then the request's own batch runs. Refusing here, at once, what would finish late
+  // keeps the queue as long as the lanes can serve in time, so under any overload the lanes run
+  // full batches that meet their deadlines instead of a backlog that all misses.
+  bool has_room(const SchedulingState& s, int m, int priority, TimeNs now, TimeNs deadline,
+                std::string* why) const override {
+    const std::vector<int>& lanes = s.profiles.lanes_of(m);
+    if (!cfg_.queue_admission || lanes.empty()) return true;  // no lane: refused elsewhere
+    double work_ns = 0;
+    std::size_t ahead = 0, own_queue = 0;
+    std::vector<char> seen(s.queues.size(), 0);
+    for (int l : lanes) {
+      for (int k : s.profiles.models_of(l)) {
+        if (seen[k]) continue;
+        seen[k] = 1;
+        const RequestQueue& q = *s.queues[k];
+        const std::size_t n = priority == 0 ? q.size(0) : q.size();
+        if (n == 0) continue;
+        const int full = s.models.at(k).spec.max_batch_size;
+        work_ns += static_cast<double>(n) * s.profiles.fastest(k, full) / full;
+        ahead += n;
+        if (k == m) own_queue = n;
+      }
+    }
+    const int batch = static_cast<int>(std::min<std::size_t>(
+        own_queue + 1, static_cast<std::size_t>(s.models.at(m).spec.max_batch_size)));
+    const DurationNs done = now + static_cast<DurationNs>(work_ns / lanes.size()) +
+                            s.profiles.fastest(m, batch);
+    if (done <= deadline) return true;
+    if (why) {
+      *why = "model '" + s.models.at(m).spec.name + "' is overloaded: " + std::to_string(ahead) +
+             " request(s) queued ahead on its " + std::to_string(lanes.size()) +
+             " lane(s) would finish it " + std::to_string(to_ms(done - deadline)) +
+             " ms after its deadline";
+    }
+    return false;
+  }
+
  private:
   struct Errors {
     std::deque<DurationNs> window;  // recent measured - predicted
