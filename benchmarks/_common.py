@@ -83,6 +83,21 @@ def peak_search(run: Callable[[float], Dict[str, Any]], ok: Callable[[Dict[str, 
     return {"max_load": lo, "at_max": best, "tried": tried}
 
 
+def measured_profiles(device: str, models: Dict[str, Any], max_batch: int) -> Dict[str, Any]:
+    """{name: (module, example)} -> each model's latency profile, measured once on one
+    whole-device lane (runs that set these profiles start in a second)."""
+    import gpulanes as gl
+
+    probe = gl.Runtime(device=device, profile_cache=False)
+    for name, (module, example) in models.items():
+        probe.register(name, module, slo_ms=60_000, example_inputs=example,
+                       max_batch_size=max_batch)
+    probe.start(progress=False)
+    out = {name: probe.profile(name) for name in models}
+    probe.shutdown()
+    return out
+
+
 def traced(specs: Dict[str, Any]) -> Dict[str, Any]:
     """{name: (module, example input)} -> {name: (TorchScript trace, example)}, in eval mode."""
     out = {}

@@ -33,7 +33,8 @@ import gpulanes as gl
 from gpulanes import workloads as wl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, environment, peak_search, traced, write_result  # noqa: E402
+from _common import (RESULTS, environment, measured_profiles, peak_search, traced,  # noqa: E402
+                     write_result)
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -118,17 +119,13 @@ def main() -> None:
     names = list(models)
 
     # Calibrate on one whole-device lane: SLOs from batch-1 latency, GPU time per request.
-    probe = gl.Runtime(device=args.device, profile_cache=False)
-    for name, (module, example) in models.items():
-        probe.register(name, module, slo_ms=10_000, example_inputs=example, max_batch_size=MAX_BATCH)
-    probe.start(progress=False)
+    profiles = measured_profiles(args.device, models, MAX_BATCH)
     slo, cost = {}, {}
     for name in names:
-        pts = probe.profile(name)
+        pts = profiles[name]
         l1 = next(p["p50_us"] for p in pts if p["batch_size"] == 1) / 1e3
         slo[name] = max(10.0, round(10 * l1, 1))
         cost[name] = min(p["p50_us"] / p["batch_size"] for p in pts) / 1e6  # s per request
-    probe.shutdown()
     # Start the search at the rate one device would serve with perfect batching, / 4.
     start = len(names) / sum(cost.values()) / 4
 

@@ -332,9 +332,11 @@ class PyRuntime {
     core_->set_profile(model, pts, sms);
   }
 
-  void submit(const std::string& model, const py::sequence& inputs,
-              std::optional<std::int64_t> deadline_ns, int priority, const py::object& sink,
-              std::shared_ptr<ResolvedFlag> resolved) {
+  // None when accepted, else the exception the caller must raise: under overload refusing is
+  // the common path, and returning it costs a fraction of a C++ throw through pybind11.
+  py::object submit(const std::string& model, const py::sequence& inputs,
+                    std::optional<std::int64_t> deadline_ns, int priority, const py::object& sink,
+                    std::shared_ptr<ResolvedFlag> resolved) {
     check_process("submit()");
     std::vector<at::Tensor> tensors;
     try {
@@ -344,17 +346,21 @@ class PyRuntime {
     }
     PyObject* ref = sink.ptr();
     Py_INCREF(ref);
-    try {
-      py::gil_scoped_release nogil;
-      core_->submit(model, std::move(tensors), deadline_ns, priority,
-                    [ref, resolved = std::move(resolved)](Outcome&& o) {
-                      resolve(ref, std::move(o));  // runs inside the delivery hook
-                      if (resolved) t_resolved_in_delivery.push_back(resolved);
-                    });
-    } catch (...) {
-      Py_DECREF(ref);  // the completion will never run; the GIL is held again here
-      throw;
-    }
+    const int m = core_->model_index(model);
+    std::string why;
+    // With the GIL held: submitting never waits for a thread that needs the GIL (a round it runs
+    // inline may deliver, which takes the GIL again on this thread), and dropping the GIL here
+    // would make every submit, refusals included, queue for it behind the delivery threads.
+    const ErrorCode code = core_->try_submit(m, std::move(tensors), deadline_ns, priority,
+                               [ref, resolved = std::move(resolved)](Outcome&& o) {
+                                 resolve(ref, std::move(o));  // runs inside the delivery hook
+                                 if (resolved) t_resolved_in_delivery.push_back(resolved);
+                               },
+                               /*native=*/false, &why);
+    if (code == ErrorCode::kOk) return py::none();
+    Py_DECREF(ref);  // the completion will never run
+    if (code == ErrorCode::kUnknownModel) why = "no model named '" + model + "' is registered";
+    return error_type(code)(why);
   }
 
   // submit + wait in C++: the completion needs no GIL and the waiter can poll, which saves two

@@ -524,7 +524,9 @@ class Runtime(Planning):
         model, at, priority = self._request_args(model, deadline_ms, deadline, priority)
         fut = _Future(self._spin_us, self._core.core_id)
         fut.set_running_or_notify_cancel()
-        self._core.submit(model, inputs, at, priority, fut, fut._resolved)
+        refused = self._core.submit(model, inputs, at, priority, fut, fut._resolved)
+        if refused is not None:
+            raise refused
         return fut
 
     def infer(self, model: str, *inputs: torch.Tensor, deadline_ms: Optional[float] = None,
@@ -549,7 +551,9 @@ class Runtime(Planning):
         model, at, priority = self._request_args(model, deadline_ms, deadline, priority)
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._core.submit(model, inputs, at, priority, _AsyncSink(loop, fut))
+        refused = self._core.submit(model, inputs, at, priority, _AsyncSink(loop, fut), None)
+        if refused is not None:
+            raise refused
         return await fut
 
     # -- observation and teardown ------------------------------------------------------------

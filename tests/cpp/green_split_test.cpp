@@ -8,6 +8,7 @@
 #include "gpulanes/core/error.h"
 #include "gpulanes/exec/green_context.h"
 #include "gpulanes/plan/planner.h"
+#include "plan_support.h"
 
 using namespace gpulanes;
 
@@ -110,14 +111,7 @@ TEST(GreenSplit, WholeGpuLanesGoAloneAndSplitLanesStayWithinTheSplit) {
 
 TEST(GreenSplit, PlansFitTheSplitAtEveryLoad) {
   // A model whose throughput per SM is best on small lanes, so plans split GPUs into many.
-  SharePoints whole;
-  for (int b = 1; b <= 8; ++b) {
-    LatencyPoint p;
-    p.batch_size = b;
-    p.p50_us = p.mean_us = p.p99_us = 300 + 40 * b;
-    whole.points.push_back(p);
-  }
-  const SimModelProfile prof({whole}, 100);
+  const SimModelProfile prof = gpulanes::testing::linear_profile(300, 40);
   for (const char* variant : {"spatiotemporal", "no_interference", "self_tuning"}) {
     for (double rate : {50.0, 500.0, 5e3, 5e4, 5e5}) {
       PlannerConfig cfg;

@@ -6,6 +6,7 @@
 #include "gpulanes/plan/replanner.h"
 #include "gpulanes/plan/self_tuning.h"
 #include "gpulanes/sched/admission.h"
+#include "plan_support.h"
 
 using namespace gpulanes;
 
@@ -18,16 +19,7 @@ void arrive(Replanner& r, int model, int n) {
 }
 
 // Latency 1 ms + 0.1 ms per sample at the whole GPU (less SMs: latency / share), no L2/DRAM use.
-SimModelProfile flat_profile() {
-  SharePoints whole;
-  for (int b = 1; b <= 8; ++b) {
-    LatencyPoint p;
-    p.batch_size = b;
-    p.p50_us = p.mean_us = p.p99_us = 1000 + 100 * b;
-    whole.points.push_back(p);
-  }
-  return SimModelProfile({whole}, 100);
-}
+SimModelProfile flat_profile() { return gpulanes::testing::linear_profile(1000, 100); }
 
 }  // namespace
 

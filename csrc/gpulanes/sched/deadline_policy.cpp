@@ -36,6 +36,7 @@
 #include <algorithm>
 #include <cmath>
 #include <deque>
+#include <mutex>
 #include <unordered_map>
 
 #include "gpulanes/sched/policies.h"
@@ -175,6 +176,9 @@ class DeadlinePolicy final : public BatchPolicy {
                        1, static_cast<std::size_t>(std::ceil(cfg_.margin_quantile * sorted.size()))) - 1;
     std::nth_element(sorted.begin(), sorted.begin() + k, sorted.end());
     e.margin = std::max(cfg_.min_margin_ns, sorted[k]);
+    std::lock_guard<std::mutex> lock(seen_mu_);
+    if (static_cast<int>(seen_.size()) <= obs.model) seen_.resize(obs.model + 1, {1.0, cfg_.min_margin_ns});
+    seen_[obs.model] = {e.scale, e.margin};
   }
 
   bool admits(const SchedulingState& s, int model, TimeNs now, TimeNs deadline) const override {
@@ -184,33 +188,46 @@ class DeadlinePolicy final : public BatchPolicy {
 
   // The lanes of `m` drain what is queued for their models (critical requests; best-effort ones
   // too for a best-effort request, which goes after them) at each model's largest batch, shared
-  // evenly; then the request's own batch runs. Refusing here, at once, what would finish late
-  // keeps the queue as long as the lanes can serve in time, so under any overload the lanes run
-  // full batches that meet their deadlines instead of a backlog that all misses.
+  // evenly; then the request's own batch runs. Latencies are the profiles' scaled by what the
+  // lanes measured lately, plus the safety margin, as the loop predicts them. Refusing here, at
+  // once, what would finish late keeps the queue as long as the lanes can serve in time, so
+  // under any overload the lanes run full batches that meet their deadlines instead of a
+  // backlog that all misses.
   bool has_room(const SchedulingState& s, int m, int priority, TimeNs now, TimeNs deadline,
                 std::string* why) const override {
     const std::vector<int>& lanes = s.profiles.lanes_of(m);
     if (!cfg_.queue_admission || lanes.empty()) return true;  // no lane: refused elsewhere
     double work_ns = 0;
     std::size_t ahead = 0, own_queue = 0;
-    std::vector<char> seen(s.queues.size(), 0);
+    std::vector<char> counted(s.queues.size(), 0);
     for (int l : lanes) {
       for (int k : s.profiles.models_of(l)) {
-        if (seen[k]) continue;
-        seen[k] = 1;
+        if (counted[k]) continue;
+        counted[k] = 1;
         const RequestQueue& q = *s.queues[k];
-        const std::size_t n = priority == 0 ? q.size(0) : q.size();
+        std::size_t n = priority == 0 ? q.size(0) : q.size();
         if (n == 0) continue;
-        const int full = s.models.at(k).spec.max_batch_size;
-        work_ns += static_cast<double>(n) * s.profiles.fastest(k, full) / full;
+        if (k == m) {
+          own_queue = n;
+        } else if (auto head = q.earliest_deadline()) {
+          // EDF: only another model's requests due before this one go first. Their deadlines
+          // run from its head's to about now + its SLO (the newest); take them as even.
+          const double newest = static_cast<double>(now + s.models.at(k).spec.slo);
+          const double span = std::max(1.0, newest - static_cast<double>(*head));
+          n = static_cast<std::size_t>(std::ceil(
+              n * std::clamp((static_cast<double>(deadline) - *head) / span, 0.0, 1.0)));
+        }
+        const int full = saturated_batch(s, k);
+        work_ns += static_cast<double>(n) * seen(k).scale * s.profiles.fastest(k, full) / full;
         ahead += n;
-        if (k == m) own_queue = n;
       }
     }
-    const int batch = static_cast<int>(std::min<std::size_t>(
-        own_queue + 1, static_cast<std::size_t>(s.models.at(m).spec.max_batch_size)));
+    const int batch = static_cast<int>(
+        std::min<std::size_t>(own_queue + 1, static_cast<std::size_t>(saturated_batch(s, m))));
+    const Seen own = seen(m);
     const DurationNs done = now + static_cast<DurationNs>(work_ns / lanes.size()) +
-                            s.profiles.fastest(m, batch);
+                            static_cast<DurationNs>(own.scale * s.profiles.fastest(m, batch)) +
+                            own.margin;
     if (done <= deadline) return true;
     if (why) {
       *why = "model '" + s.models.at(m).spec.name + "' is overloaded: " + std::to_string(ahead) +
@@ -278,8 +295,31 @@ class DeadlinePolicy final : public BatchPolicy {
     return it == errors_.end() ? profiled : static_cast<DurationNs>(profiled * it->second.scale);
   }
 
+  // The batch a backlogged lane runs of model `m`: the largest whose latency leaves half the SLO
+  // to wait in (a request waits about one batch, then runs in the next), at least 1.
+  static int saturated_batch(const SchedulingState& s, int m) {
+    const ModelSpec& spec = s.models.at(m).spec;
+    for (int b = spec.max_batch_size; b > 1; --b) {
+      if (2 * s.profiles.fastest(m, b) <= spec.slo) return b;
+    }
+    return 1;
+  }
+
+  // What has_room (submitting threads) reads of errors_ (the loop's): per model, scale and
+  // margin as of the last batch.
+  struct Seen {
+    double scale = 1.0;
+    DurationNs margin = 0;
+  };
+  Seen seen(int m) const {
+    std::lock_guard<std::mutex> lock(seen_mu_);
+    return m < static_cast<int>(seen_.size()) ? seen_[m] : Seen{1.0, cfg_.min_margin_ns};
+  }
+
   const PolicyConfig cfg_;
-  std::unordered_map<int, Errors> errors_;  // per model
+  std::unordered_map<int, Errors> errors_;  // per model; the loop's alone
+  mutable std::mutex seen_mu_;              // guards seen_
+  std::vector<Seen> seen_;                  // per model: copied from errors_ after each batch
 };
 
 }  // namespace
