@@ -80,5 +80,6 @@ void init_errors(py::module_& m);
 void init_runtime(py::module_& m);
 void init_sim(py::module_& m);
 void init_predict(py::module_& m);
+void init_devices(py::module_& m);
 
 }  // namespace gpulanes::bindings

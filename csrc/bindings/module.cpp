@@ -8,4 +8,5 @@ PYBIND11_MODULE(_C, m) {
   gpulanes::bindings::init_sim(m);
   gpulanes::bindings::init_plan(m);
   gpulanes::bindings::init_predict(m);
+  gpulanes::bindings::init_devices(m);
 }

@@ -16,6 +16,7 @@
 
 #include "background.h"
 #include "bindings.h"
+#include "waiting.h"
 #include "gpulanes/core/serving_thread.h"
 #include "gpulanes/exec/green_context.h"
 #include "gpulanes/metrics/prometheus.h"
@@ -77,72 +78,6 @@ std::vector<at::Tensor> tensors_from(const py::sequence& seq, const char* what) 
   }
   return out;
 }
-
-// Where a synchronous infer() waits for its outcome, without the GIL. Shared with the completion,
-// which may run after the waiter gave up (timeout, Ctrl-C).
-struct SyncSlot {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::atomic<bool> ready{false};
-  Outcome outcome;
-
-  void set(Outcome&& o) {
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      outcome = std::move(o);
-      ready.store(true, std::memory_order_release);
-    }
-    cv.notify_one();
-  }
-};
-
-enum class WaitResult { kReady, kTimeout, kInterrupted };
-
-// Polls for `spin_ns`, then sleeps in short slices so that Ctrl-C (checked under the GIL between
-// slices) interrupts a long wait. Called without the GIL.
-WaitResult wait_for_slot(SyncSlot& slot, DurationNs spin_ns, std::optional<double> timeout_s) {
-  using clock = std::chrono::steady_clock;
-  const auto start = clock::now();
-  const auto spin_until = start + std::chrono::nanoseconds(spin_ns);
-  while (clock::now() < spin_until) {
-    if (slot.ready.load(std::memory_order_acquire)) return WaitResult::kReady;
-  }
-  const auto deadline = timeout_s ? start + std::chrono::duration_cast<clock::duration>(
-                                                std::chrono::duration<double>(*timeout_s))
-                                  : clock::time_point::max();
-  std::unique_lock<std::mutex> lock(slot.mu);
-  while (!slot.ready.load(std::memory_order_acquire)) {
-    const auto slice = std::min(deadline, clock::now() + std::chrono::milliseconds(50));
-    slot.cv.wait_until(lock, slice);
-    if (slot.ready.load(std::memory_order_acquire)) break;
-    if (clock::now() >= deadline) return WaitResult::kTimeout;
-    lock.unlock();
-    {
-      py::gil_scoped_acquire gil;
-      if (PyErr_CheckSignals() != 0) {
-        PyErr_Clear();  // re-raised by the caller as KeyboardInterrupt once it holds the GIL
-        return WaitResult::kInterrupted;
-      }
-    }
-    lock.lock();
-  }
-  return WaitResult::kReady;
-}
-
-// Set (after the future was resolved) so that a thread about to block in Future.result() can
-// poll for it without the GIL instead of paying a thread wake-up.
-struct ResolvedFlag {
-  std::atomic<bool> done{false};
-
-  // Polls up to `spin_us`; true when the future is resolved. Called without the GIL.
-  bool poll(double spin_us) const {
-    const auto until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(from_us(spin_us));
-    do {
-      if (done.load(std::memory_order_acquire)) return true;
-    } while (std::chrono::steady_clock::now() < until);
-    return false;
-  }
-};
 
 // Flags of futures resolved during the current delivery; set only after the GIL is released, so
 // a polling waiter that sees its flag can take the GIL at once instead of queueing for it.
@@ -551,32 +486,6 @@ void init_runtime(py::module_& m) {
         py::gil_scoped_release nogil;
         return f.poll(spin_us);
       }, py::arg("spin_us"), "Polls (GIL released) up to spin_us for the future to be resolved.");
-  m.def("green_context_support", [](int device) { return green_context_support(device); },
-        py::arg("device") = 0,
-        "'' when this build and machine can split `device` with green contexts, else why not.");
-  m.def("green_sm_split", [](int device) {
-        const SmSplit s = green_sm_split(device);
-        py::dict d;
-        d["device_sms"] = s.device_sms;
-        d["min_partition"] = s.min_partition;
-        d["alignment"] = s.alignment;
-        d["group_sms"] = s.group_sms;
-        d["groups"] = s.groups;
-        d["usable_sms"] = s.usable_sms();
-        return d;
-      }, py::arg("device") = 0,
-        "How `device` splits into green-context groups (a dry run): device_sms, min_partition "
-        "and alignment (read from its SM resource), group_sms, groups, usable_sms. Raises "
-        "InvalidInput saying why where green contexts are unavailable.");
-  m.def("green_groups_for", [](int group_sms, int groups, int device_sms, const std::vector<int>& asked) {
-        SmSplit s;
-        s.group_sms = group_sms;
-        s.groups = groups;
-        s.device_sms = device_sms;
-        return green_groups_for(s, asked, "the device");
-      }, py::arg("group_sms"), py::arg("groups"), py::arg("device_sms"), py::arg("asked"),
-        "Groups each green lane of `asked` SMs takes of a split into `groups` groups of "
-        "`group_sms`; raises InvalidInput saying what fits when they do not.");
   m.def("serving_runtime_id", [] { return reinterpret_cast<std::uintptr_t>(serving_runtime()); },
         "The core_id of the runtime whose own thread this is (in a done-callback), else 0.");
   m.def("join_background", [](double timeout_s) {
@@ -584,8 +493,6 @@ void init_runtime(py::module_& m) {
         return join_background(timeout_s);
       }, py::arg("timeout_s"),
         "Waits for shutdowns begun in done-callbacks to end; True when none is left.");
-  m.def("cuda_lane_support", [] { return cuda_device_count() > 0; },
-        "Whether this build has CUDA lanes and a usable GPU.");
 }
 
 }  // namespace gpulanes::bindings
