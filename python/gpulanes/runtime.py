@@ -376,6 +376,7 @@ class Runtime(Planning, Profiling):
             if ms > _MAX_DEADLINE_S * 1e3:
                 raise InvalidInput(f"deadline_ms must be at most {_MAX_DEADLINE_S * 1e3:.0f} "
                                    f"(30 days), got {deadline_ms!r}")
+            ms = max(ms, -_MAX_DEADLINE_S * 1e3)  # long past is past: keep the ns in range
             return model, time.monotonic_ns() + int(ms * 1e6), int(priority)
         if deadline is not None:
             at = _number("deadline", deadline)
@@ -384,7 +385,7 @@ class Runtime(Planning, Profiling):
                                    f"time.monotonic() ({time.monotonic():.0f}): deadlines are "
                                    "time.monotonic() seconds, not time.time(); for a relative "
                                    "deadline pass deadline_ms")
-            return model, int(at * 1e9), int(priority)
+            return model, int(max(at, 0.0) * 1e9), int(priority)
         return model, None, int(priority)  # the model's SLO from now
 
     def submit(self, model: str, *inputs: torch.Tensor, deadline_ms: Optional[float] = None,

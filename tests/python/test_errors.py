@@ -277,3 +277,10 @@ def test_bad_registration_arguments_get_typed_errors_naming_them(kwargs, match):
         rt.register("a", scripted(Affine()), **args)
     with pytest.raises(gl.InvalidInput, match="name must be a non-empty str"):
         rt.register(7, scripted(Affine()), slo_ms=100, example_inputs=torch.zeros(1, 4))
+
+
+def test_a_long_past_deadline_is_past_not_an_overflow(affine_rt):
+    # Found by hypothesis: deadline_ms=-1e10 overflowed the nanosecond deadline (a TypeError).
+    for kwargs in ({"deadline_ms": -1e300}, {"deadline": -1e300}, {"deadline": -5.0}):
+        with pytest.raises(gl.DeadlineExceeded):
+            affine_rt.submit("affine", torch.zeros(4), **kwargs)
