@@ -140,8 +140,10 @@ class Runtime(Planning, Profiling):
 
             Only ``deadline`` knows deadlines: the baselines run late requests (counted missed).
         policy_options: the chosen policy's options (see above); ``deadline`` takes
-            ``min_margin_us``, ``margin_quantile``, ``margin_window`` and ``wait_for_batch``
-            (True: may idle a lane to let a larger batch form).
+            ``min_margin_us``, ``margin_quantile``, ``margin_window``, ``wait_for_batch``
+            (True: may idle a lane to let a larger batch form) and ``queue_admission`` (True:
+            refuse at submit, with :class:`Overloaded`, a request that the work queued ahead
+            of it would finish late). Every option is checked here (type and range).
         predictor: how the ``deadline`` policy predicts a batch's latency: ``"none"`` (the
             profile times a learned slow-down factor), ``"static"`` / ``"ewma"`` (a linear model
             over co-location features with offline weights), ``"sgd"`` / ``"rls"`` (the same,
