@@ -60,6 +60,15 @@ def environment(device: str) -> Dict[str, Any]:
     return env
 
 
+def current_rss_mb() -> float:
+    """This process's resident memory now, MB (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def peak_search(run: Callable[[float], Dict[str, Any]], ok: Callable[[Dict[str, Any]], bool],
                 start: float, steps: int, grow_limit: float = 64.0) -> Dict[str, Any]:
     """The highest load x with ok(run(x)): from `start`, doubling while it holds (up to

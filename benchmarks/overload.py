@@ -39,8 +39,8 @@ import gpulanes as gl
 from gpulanes import workloads as wl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, device_tag, environment, measured_profiles,  # noqa: E402
-                     peak_search, write_result)
+from _common import (RESULTS, current_rss_mb, device_tag, environment,  # noqa: E402
+                     measured_profiles, peak_search, write_result)
 from policies import build  # noqa: E402
 
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -53,14 +53,6 @@ QUEUES = (16, 10_000, 100_000)
 def rss_mb() -> float:
     """Peak resident set size of this process so far, MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def current_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def runtime(device: str, models: Dict[str, Any], slo: Dict[str, float], profiles,

@@ -33,7 +33,7 @@ import gpulanes as gl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "python"))
-from _common import RESULTS, environment, write_result  # noqa: E402
+from _common import RESULTS, current_rss_mb, environment, write_result  # noqa: E402
 from conftest import Affine, Busy, Picky, scripted  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -44,14 +44,6 @@ LAYOUTS = [
     [{"device": "cpu", "models": ["affine"]}, {"device": "cpu", "models": ["picky", "busy"]}],
     [{"device": "cpu", "models": ["affine", "busy"]}],  # drops picky: its queue fails
 ]
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def cycle(n: int, seed: int, drain: bool, threads: int = 2) -> Dict[str, Any]:
@@ -169,7 +161,7 @@ def main() -> None:
         n = min(args.cycle, args.requests - done)
         row = cycle(n, seed=k, drain=k % 2 == 0)
         gc.collect()
-        rss.append(rss_mb())
+        rss.append(current_rss_mb())
         row["rss_mb_after"] = rss[-1]
         cycles.append(row)
         done += n
