@@ -47,10 +47,14 @@ void Runtime::fit_to_split(PlannerConfig& cfg) const {
   const std::string& how = options_.partitioning;
   if (on_cpu() || (how != "green" && how != "auto")) return;
   const int first = options_.device.rfind("cuda:", 0) == 0 ? std::stoi(options_.device.substr(5)) : 0;
-  if (!green_context_support(first).empty()) return;
   // Green lanes are whole groups of the device's one split: whatever granularity was asked,
   // lane sizes are multiples of a group and the lanes of a GPU fit in the split.
-  const SmSplit split = green_sm_split(first);
+  SmSplit split;
+  try {
+    split = green_sm_split(first);  // one dry run answers both "supported?" and "how?"
+  } catch (const Error&) {
+    return;  // no green contexts here: lanes are plain streams
+  }
   const int g = split.group_sms;
   cfg.sms_per_gpu = split.device_sms;
   cfg.granularity = std::max(g, (cfg.granularity + g - 1) / g * g);
