@@ -115,6 +115,8 @@ def serve(device: str, models: Dict[str, Any], slo: Dict[str, float], profiles, 
         f.exception(timeout=120)
     time.sleep(0.05)  # callbacks run right after the future resolves
     rss_after = current_rss_mb()
+    lanes = rt.stats(per="lane")
+    per_model = rt.stats()
     rt.shutdown()
     window = np.array([off >= warmup for off, _ in arrivals])
     measured_s = seconds - warmup
@@ -129,7 +131,10 @@ def serve(device: str, models: Dict[str, Any], slo: Dict[str, float], profiles, 
             "refusal_us": ({"p50": float(np.percentile(refused_us, 50)),
                             "p99": float(np.percentile(refused_us, 99)),
                             "count": len(refused_us)} if refused_us else None),
-            "rss_mb": {"before": rss_before, "after": rss_after, "peak_process": rss_mb()}}
+            "rss_mb": {"before": rss_before, "after": rss_after, "peak_process": rss_mb()},
+            "lanes": [{"busy_fraction": round(l["busy_fraction"], 3),
+                       "mean_batch_size": round(l["mean_batch_size"], 2)} for l in lanes.values()],
+            "met_by_model": {n: per_model[n]["met"] for n in models}}
 
 
 def main() -> None:

@@ -1,9 +1,11 @@
 // Runtime binding: argument conversion, GIL handling and future resolution. Rules kept here:
 // - every blocking or non-trivial core call runs with the GIL released;
-// - a completion owns one strong reference to its sink (a concurrent.futures.Future or an
-//   asyncio adapter), taken under the GIL at submit and released under the GIL when it runs;
-// - completions run through the delivery hook, which takes the GIL once per batch; the core
-//   calls it with no core lock held, so the GIL and core locks never nest the other way.
+// - an accepted request's PendingSink owns one strong reference to its sink (a
+//   concurrent.futures.Future or an asyncio adapter), taken under the GIL at submit and
+//   released under the GIL when it is resolved;
+// - completions run through the delivery hook on the core's delivery thread, which takes the
+//   GIL once for all outcomes pending then, with no core lock held: the GIL and core locks
+//   never nest the other way.
 #include <pybind11/stl.h>
 #include <torch/extension.h>
 
@@ -11,6 +13,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <optional>
+#include <utility>
 
 #include <unistd.h>
 
@@ -82,6 +86,55 @@ std::vector<at::Tensor> tensors_from(const py::sequence& seq, const char* what) 
 // Flags of futures resolved during the current delivery; set only after the GIL is released, so
 // a polling waiter that sees its flag can take the GIL at once instead of queueing for it.
 thread_local std::vector<std::shared_ptr<ResolvedFlag>> t_resolved_in_delivery;
+
+// An accepted request's Python sink, attached by submit() right after the core accepted it.
+// Both sides run with the GIL held (submit, and the delivery hook), which orders them: another
+// thread's delivery waits for the GIL until submit has attached, and a delivery that runs
+// inline in try_submit (a round the submitting thread ran) leaves its outcome for attach().
+class PendingSink {
+ public:
+  // A sink still held here was never resolved, which the core rules out; it is leaked rather
+  // than released on a thread that may not hold the GIL.
+  PendingSink() = default;
+  PendingSink(const PendingSink&) = delete;
+  PendingSink& operator=(const PendingSink&) = delete;
+
+  void complete(Outcome&& o) {
+    if (!attached_) {
+      early_ = std::move(o);
+      return;
+    }
+    deliver(std::move(o));
+  }
+
+  // `sink` is None when making it failed: the outcome is then dropped.
+  void attach(const py::object& sink) {
+    attached_ = true;
+    if (!sink.is_none()) {
+      sink_ = sink.inc_ref().ptr();
+      py::object flag = py::getattr(sink, "_resolved", py::none());
+      if (!flag.is_none()) resolved_ = flag.cast<std::shared_ptr<ResolvedFlag>>();
+    }
+    if (early_) {
+      deliver(std::move(*early_));
+      early_.reset();
+      for (auto& f : t_resolved_in_delivery) f->done.store(true, std::memory_order_release);
+      t_resolved_in_delivery.clear();
+    }
+  }
+
+ private:
+  void deliver(Outcome&& o) {
+    if (sink_ == nullptr) return;
+    resolve(std::exchange(sink_, nullptr), std::move(o));  // steals the reference
+    if (resolved_) t_resolved_in_delivery.push_back(std::move(resolved_));
+  }
+
+  bool attached_ = false;        // submit() is done with it
+  PyObject* sink_ = nullptr;     // strong reference until resolved
+  std::optional<Outcome> early_;  // an outcome delivered before attach()
+  std::shared_ptr<ResolvedFlag> resolved_;  // the Future's poll flag, if it has one
+};
 
 // Owns the core runtime; makes sure it is destroyed (threads joined) without the GIL.
 class PyRuntime {
@@ -267,11 +320,13 @@ class PyRuntime {
     core_->set_profile(model, pts, sms);
   }
 
-  // None when accepted, else the exception the caller must raise: under overload refusing is
-  // the common path, and returning it costs a fraction of a C++ throw through pybind11.
+  // The sink `make_sink()` returns when accepted, else the exception the caller must raise:
+  // under overload refusing is the common path, and returning it costs a fraction of a C++
+  // throw through pybind11. The sink (a Future, with its lock and condition) is made only once
+  // the core has accepted the request, so that a refusal allocates next to nothing.
   py::object submit(const std::string& model, const py::sequence& inputs,
-                    std::optional<std::int64_t> deadline_ns, int priority, const py::object& sink,
-                    std::shared_ptr<ResolvedFlag> resolved) {
+                    std::optional<std::int64_t> deadline_ns, int priority,
+                    const py::function& make_sink) {
     check_process("submit()");
     std::vector<at::Tensor> tensors;
     try {
@@ -279,23 +334,30 @@ class PyRuntime {
     } catch (const Error& e) {
       core_->refuse(model, e.code(), e.what());
     }
-    PyObject* ref = sink.ptr();
-    Py_INCREF(ref);
+    auto pending = std::make_shared<PendingSink>();
     const int m = core_->model_index(model);
     std::string why;
     // With the GIL held: submitting never waits for a thread that needs the GIL (a round it runs
     // inline may deliver, which takes the GIL again on this thread), and dropping the GIL here
     // would make every submit, refusals included, queue for it behind the delivery threads.
-    const ErrorCode code = core_->try_submit(m, std::move(tensors), deadline_ns, priority,
-                               [ref, resolved = std::move(resolved)](Outcome&& o) {
-                                 resolve(ref, std::move(o));  // runs inside the delivery hook
-                                 if (resolved) t_resolved_in_delivery.push_back(resolved);
-                               },
-                               /*native=*/false, &why);
-    if (code == ErrorCode::kOk) return py::none();
-    Py_DECREF(ref);  // the completion will never run
-    if (code == ErrorCode::kUnknownModel) why = "no model named '" + model + "' is registered";
-    return error_type(code)(why);
+    const ErrorCode code = core_->try_submit(
+        m, std::move(tensors), deadline_ns, priority,
+        [pending](Outcome&& o) { pending->complete(std::move(o)); },  // in the delivery hook
+        /*native=*/false, &why);
+    if (code != ErrorCode::kOk) {
+      if (code == ErrorCode::kUnknownModel) why = "no model named '" + model + "' is registered";
+      return error_type(code)(why);
+    }
+    py::object sink;
+    try {
+      sink = make_sink();
+    } catch (py::error_already_set&) {
+      // The request is queued: its outcome must still go somewhere. Nothing can observe it.
+      pending->attach(py::none());
+      throw;
+    }
+    pending->attach(sink);
+    return sink;
   }
 
   // submit + wait in C++: the completion needs no GIL and the waiter can poll, which saves two
@@ -461,8 +523,7 @@ void init_runtime(py::module_& m) {
       .def("profile_origin", &PyRuntime::profile_origin, py::arg("model"))
       .def("partition_profiles", &PyRuntime::partition_profiles)
       .def("submit", &PyRuntime::submit, py::arg("model"), py::arg("inputs"),
-           py::arg("deadline_ns"), py::arg("priority"), py::arg("sink"),
-           py::arg("resolved") = nullptr)
+           py::arg("deadline_ns"), py::arg("priority"), py::arg("make_sink"))
       .def("infer", &PyRuntime::infer, py::arg("model"), py::arg("inputs"),
            py::arg("deadline_ns"), py::arg("priority"), py::arg("timeout"))
       .def("shutdown", &PyRuntime::shutdown, py::arg("drain"))

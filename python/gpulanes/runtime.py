@@ -50,11 +50,11 @@ def _shutdown_all() -> None:
 class _AsyncSink:
     """Resolves an asyncio future from a core thread, on the future's own event loop."""
 
-    __slots__ = ("_loop", "_fut")
+    __slots__ = ("_loop", "future")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future) -> None:
         self._loop = loop
-        self._fut = fut
+        self.future = fut
 
     def set_result(self, value: Any) -> None:
         self._post(_set_result, value)
@@ -64,7 +64,7 @@ class _AsyncSink:
 
     def _post(self, fn, arg) -> None:
         try:
-            self._loop.call_soon_threadsafe(fn, self._fut, arg)
+            self._loop.call_soon_threadsafe(fn, self.future, arg)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
 
@@ -404,11 +404,14 @@ class Runtime(Planning, Profiling):
         :class:`RuntimeClosed`. It cannot be cancelled once submitted.
         """
         model, at, priority = self._request_args(model, deadline_ms, deadline, priority)
+        out = self._core.submit(model, inputs, at, priority, self._new_future)
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def _new_future(self) -> "_Future":
         fut = _Future(self._spin_us, self._core.core_id)
         fut.set_running_or_notify_cancel()
-        refused = self._core.submit(model, inputs, at, priority, fut, fut._resolved)
-        if refused is not None:
-            raise refused
         return fut
 
     def infer(self, model: str, *inputs: torch.Tensor, deadline_ms: Optional[float] = None,
@@ -432,11 +435,11 @@ class Runtime(Planning, Profiling):
         """Awaitable :meth:`infer`: no thread is blocked while the request is served."""
         model, at, priority = self._request_args(model, deadline_ms, deadline, priority)
         loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        refused = self._core.submit(model, inputs, at, priority, _AsyncSink(loop, fut), None)
-        if refused is not None:
-            raise refused
-        return await fut
+        out = self._core.submit(model, inputs, at, priority,
+                                lambda: _AsyncSink(loop, loop.create_future()))
+        if isinstance(out, BaseException):
+            raise out
+        return await out.future
 
     # -- observation and teardown ------------------------------------------------------------
 

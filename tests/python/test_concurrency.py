@@ -229,3 +229,39 @@ def test_trace_frame_records_every_request():
     assert err["batches"] == 2 and err["mape"] >= 0 and err["p99_abs_ms"] >= 0
     with pytest.raises(ValueError, match="per"):
         rt.stats(per="gpu")
+
+
+def test_refusals_make_no_future_and_every_accepted_one_resolves_once(unraisable):
+    # Futures are made only for accepted requests (a refusal must stay cheap under overload),
+    # including those the submitting thread's own round already failed before submit returned.
+    rt = gl.Runtime(device="cpu", warmup_rounds=1, profile_reps=3, profile_cache=False,
+                    policy_options={"queue_admission": False})
+    rt.register("busy", scripted(Busy(40)), slo_ms=60_000, example_inputs=torch.zeros(2, 3),
+                max_batch_size=2, max_queue=4)
+    made = []
+    new_future = rt._new_future
+    rt._new_future = lambda: made.append(new_future()) or made[-1]
+    accepted, refused = [], 0
+    with rt.start():
+        busy_ms = rt.profile("busy")[0]["p50_us"] / 1e3
+        for i in range(400):
+            try:  # deadlines from "just makes a batch of one" to "waits behind a few"
+                accepted.append(rt.submit("busy", torch.zeros(3),
+                                          deadline_ms=busy_ms * (1.05 + (i % 7) * 0.5)))
+            except gl.QueueFull:
+                refused += 1
+            except gl.Overloaded:
+                refused += 1
+            except gl.DeadlineExceeded:  # could not start in time even on an idle lane
+                refused += 1
+        outcomes = {}
+        for f in accepted:
+            e = f.exception(timeout=120)
+            outcomes[type(e).__name__] = outcomes.get(type(e).__name__, 0) + 1
+    assert refused > 0 and accepted
+    assert made == accepted  # one future per accepted request, none for a refused one
+    assert set(outcomes) <= {"NoneType", "DeadlineExceeded"}, outcomes
+    assert not unraisable
+    s = rt.stats()["busy"]
+    assert s["submitted"] == len(accepted) + refused and s["rejected"] == refused
+    assert s["in_flight"] == 0

@@ -166,6 +166,11 @@ void Runtime::start(const ProgressFn& progress) {
   build_profile_book();
   admission_ = std::make_unique<Admission>(models_.size());
   if (!clock_->is_virtual()) {  // on virtual time, a driver calls run_round()
+    // Virtual time keeps delivery on the driver's thread: its caller expects every outcome of
+    // a step delivered when the step returns.
+    if (delivery_hook_) {
+      deliverer_ = std::make_unique<Deliverer>(delivery_hook_, [this] { mark_serving_thread(this); });
+    }
     loop_->start([this] { mark_serving_thread(this); });
   }
   started_at_.store(clock_->now(), std::memory_order_release);
@@ -248,6 +253,14 @@ ErrorCode Runtime::try_submit(int m, std::vector<at::Tensor> inputs,
     });
   }
   if (replanner_) replanner_->on_arrival(m);  // demand, whether or not it is admitted
+  // Checked again at the push; a full queue found here skips the admission maths and the copy.
+  auto queue_full = [&] {
+    return reject(ErrorCode::kQueueFull, [&] {
+      return "queue of model '" + spec.name + "' is full (max_queue=" +
+             std::to_string(spec.max_queue) + ")";
+    });
+  };
+  if (queues_[m]->size() >= queues_[m]->capacity()) return queue_full();
   if (!policy_->admits(scheduling_state(), m, now, due)) {
     return reject(ErrorCode::kDeadlineExceeded, [&] {
       return "deadline cannot be met even by a batch of one on an idle lane (predicted " +
@@ -285,10 +298,7 @@ ErrorCode Runtime::try_submit(int m, std::vector<at::Tensor> inputs,
   note_streams(*req, gpu_outputs_);
   if (!queues_[m]->try_push(req)) {
     req->on_done = nullptr;  // never called for a refused request
-    return reject(ErrorCode::kQueueFull, [&] {
-      return "queue of model '" + spec.name + "' is full (max_queue=" +
-             std::to_string(spec.max_queue) + ")";
-    });
+    return queue_full();
   }
   // The round this may run inline can fail expired requests, whose callbacks may call back in
   // (even shutdown()): no core lock may be held by then.
@@ -319,20 +329,24 @@ void Runtime::trace_rejection(int m, std::optional<TimeNs> deadline) {
   trace_.add(r);
 }
 
-void Runtime::deliver(std::vector<RequestPtr>& requests, std::vector<Outcome>& outcomes) const {
-  bool hooked = false;
+void Runtime::deliver(std::vector<RequestPtr>&& requests, std::vector<Outcome>&& outcomes) const {
+  std::vector<RequestPtr> hooked;
+  std::vector<Outcome> hooked_outcomes;
   for (std::size_t i = 0; i < requests.size(); ++i) {
     if (requests[i]->native_completion || !delivery_hook_) {
       requests[i]->complete(std::move(outcomes[i]));
     } else {
-      hooked = true;
+      hooked.push_back(std::move(requests[i]));
+      hooked_outcomes.push_back(std::move(outcomes[i]));
     }
   }
-  if (!hooked) return;
+  if (hooked.empty()) return;
+  if (deliverer_) {
+    deliverer_->post(std::move(hooked), std::move(hooked_outcomes));
+    return;
+  }
   delivery_hook_([&] {
-    for (std::size_t i = 0; i < requests.size(); ++i) {
-      if (!requests[i]->completed()) requests[i]->complete(std::move(outcomes[i]));
-    }
+    for (std::size_t i = 0; i < hooked.size(); ++i) hooked[i]->complete(std::move(hooked_outcomes[i]));
   });
 }
 
@@ -381,7 +395,7 @@ void Runtime::on_batch_finished(Batch&& batch, std::vector<Outcome>&& outcomes,
   obs.actual_ns = actual_ns;
   obs.slo_ns = models_.at(batch.model).spec.slo;
   if (report.reruns == 0) loop_->observe(obs);  // re-runs say nothing of a batch's latency
-  deliver(batch.requests, outcomes);
+  deliver(std::move(batch.requests), std::move(outcomes));
   loop_->lane_idle(report.lane);
 }
 
@@ -401,7 +415,7 @@ void Runtime::fail(std::vector<RequestPtr>&& requests, ErrorCode code, const std
   std::vector<Outcome> outcomes;
   outcomes.reserve(requests.size());
   for (std::size_t i = 0; i < requests.size(); ++i) outcomes.push_back(Outcome::failure(code, why));
-  deliver(requests, outcomes);
+  deliver(std::move(requests), std::move(outcomes));
 }
 
 void Runtime::shutdown(bool drain) {
@@ -416,6 +430,7 @@ void Runtime::shutdown(bool drain) {
   }
   if (loop_) loop_->stop(drain);
   for (auto& lane : lanes_) lane->stop();
+  if (deliverer_) deliverer_->stop();  // last: the loop's final failures went through it
 }
 
 std::vector<ModelStats> Runtime::stats() const {

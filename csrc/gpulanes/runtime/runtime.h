@@ -5,7 +5,9 @@
 // LaneListener / LoopSink interfaces, never holding a core lock.
 //
 // Contract for completions: if submit() throws, `done` is never called; otherwise it is called
-// exactly once, through the delivery hook, on a lane worker or the loop thread.
+// exactly once: a native one on the lane worker or loop thread that decided it, any other
+// through the delivery hook on the runtime's delivery thread (on virtual time, on the deciding
+// thread).
 #pragma once
 
 #include <atomic>
@@ -26,6 +28,7 @@
 #include "gpulanes/metrics/lane_metrics.h"
 #include "gpulanes/metrics/model_metrics.h"
 #include "gpulanes/metrics/trace.h"
+#include "gpulanes/runtime/deliverer.h"
 #include "gpulanes/plan/replanner.h"
 #include "gpulanes/runtime/event_loop.h"
 #include "gpulanes/sched/admission.h"
@@ -86,10 +89,6 @@ struct LaneInfo {
   int sms;                          // SMs it owns (0 on the CPU)
   std::vector<std::string> models;  // the models it serves
 };
-
-// Runs `deliver` (which resolves futures) in whatever context completions need; the Python
-// binding takes the GIL here once per batch. Never called with a core lock held.
-using DeliveryHook = std::function<void(const std::function<void()>& deliver)>;
 
 class Runtime final : private LaneListener, private LoopSink {
  public:
@@ -249,8 +248,9 @@ class Runtime final : private LaneListener, private LoopSink {
   // The planner thread (options.replan.every_s > 0, real time): re-plans until stop_planner().
   void planner_main();
   void stop_planner();
-  // Completes `requests[i]` with `outcomes[i]`: native ones directly, the rest in one hook call.
-  void deliver(std::vector<RequestPtr>& requests, std::vector<Outcome>& outcomes) const;
+  // Completes `requests[i]` with `outcomes[i]`: native ones directly, the rest through the
+  // delivery thread (or, without one, in one hook call here).
+  void deliver(std::vector<RequestPtr>&& requests, std::vector<Outcome>&& outcomes) const;
 
   const RuntimeOptions options_;
   std::shared_ptr<Clock> clock_;                     // SteadyClock unless a test injects one
@@ -274,6 +274,8 @@ class Runtime final : private LaneListener, private LoopSink {
   std::unique_ptr<BatchPolicy> policy_;              // used only by the loop
   std::unique_ptr<EventLoop> loop_;                  // created by start()
   DeliveryHook delivery_hook_;                       // empty: call directly
+  std::unique_ptr<Deliverer> deliverer_;             // runs hooked completions off the lanes'
+                                                     // threads; real time with a hook only
   std::unique_ptr<Admission> admission_;             // built by start(); sheds what a plan cannot
   std::unique_ptr<Replanner> replanner_;             // built by start() when re-planning
 

@@ -1,0 +1,109 @@
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "gpulanes/core/serving_thread.h"
+#include "gpulanes/runtime/deliverer.h"
+
+using namespace gpulanes;
+
+namespace {
+
+// A hook that, like the GIL, may be held by someone else: deliver() runs only while `gate` is
+// not held by the test.
+struct GatedHook {
+  std::mutex gate;
+  std::atomic<int> calls{0};
+  DeliveryHook hook() {
+    return [this](const std::function<void()>& deliver) {
+      std::lock_guard<std::mutex> lock(gate);
+      calls++;
+      deliver();
+    };
+  }
+};
+
+std::vector<RequestPtr> requests(int n, std::vector<int>& order, std::mutex& mu, int first) {
+  std::vector<RequestPtr> out;
+  for (int i = 0; i < n; ++i) {
+    auto r = std::make_unique<Request>();
+    r->on_done = [&order, &mu, id = first + i](Outcome&&) {
+      std::lock_guard<std::mutex> lock(mu);
+      order.push_back(id);
+    };
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+std::vector<Outcome> oks(int n) {
+  std::vector<Outcome> out;
+  for (int i = 0; i < n; ++i) out.push_back(Outcome::success(c10::IValue(i)));
+  return out;
+}
+
+}  // namespace
+
+TEST(Deliverer, PostNeverWaitsForTheHookAndOneHookCallServesWhatPiledUp) {
+  GatedHook gated;
+  std::vector<int> order;
+  std::mutex mu;
+  Deliverer d(gated.hook(), nullptr);
+  {
+    std::unique_lock<std::mutex> held(gated.gate);  // "the GIL" is busy elsewhere
+    for (int b = 0; b < 50; ++b) {
+      auto posted = std::async(std::launch::async, [&] {
+        d.post(requests(4, order, mu, 4 * b), oks(4));
+      });
+      // A lane worker posting must not block while the hook is unavailable.
+      ASSERT_EQ(posted.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_TRUE(order.empty());
+  }
+  d.stop();  // delivers what is pending before it returns
+  ASSERT_EQ(order.size(), 200u);
+  for (int i = 0; i < 200; ++i) EXPECT_EQ(order[i], i);  // posting order
+  EXPECT_LT(gated.calls.load(), 50);  // batches that piled up shared hook calls
+}
+
+TEST(Deliverer, PostAfterStopDeliversOnTheCallingThread) {
+  GatedHook gated;
+  std::vector<int> order;
+  std::mutex mu;
+  Deliverer d(gated.hook(), nullptr);
+  d.stop();
+  d.stop();  // idempotent
+  d.post(requests(3, order, mu, 0), oks(3));
+  EXPECT_EQ(order, (std::vector<int>{0, 1, 2}));
+  EXPECT_EQ(gated.calls.load(), 1);
+}
+
+TEST(Deliverer, AlreadyCompletedRequestsAreNotCompletedAgain) {
+  GatedHook gated;
+  std::vector<int> order;
+  std::mutex mu;
+  auto rs = requests(2, order, mu, 0);
+  ASSERT_TRUE(rs[0]->complete(Outcome::failure(ErrorCode::kRuntimeClosed, "raced")));
+  Deliverer d(gated.hook(), nullptr);
+  d.post(std::move(rs), oks(2));
+  d.stop();
+  EXPECT_EQ(order, (std::vector<int>{0, 1}));  // 0 once (the racing failure), 1 once
+}
+
+TEST(Deliverer, ItsThreadIsMarkedAsTheRuntimes) {
+  int owner = 0;
+  std::atomic<const void*> seen{nullptr};
+  Deliverer d([&](const std::function<void()>& deliver) { seen = serving_runtime(); deliver(); },
+              [&] { mark_serving_thread(&owner); });
+  std::vector<int> order;
+  std::mutex mu;
+  d.post(requests(1, order, mu, 0), oks(1));
+  d.stop();
+  EXPECT_EQ(seen.load(), &owner);  // a done-callback there cannot wait on its own runtime
+}
