@@ -15,6 +15,8 @@
 #include "gpulanes/metrics/trace.h"
 #include "gpulanes/plan/replanner.h"
 #include "gpulanes/sched/batch_policy.h"
+#include "gpulanes/plan/arrival_shape.h"
+#include "gpulanes/sim/plan_check.h"
 #include "gpulanes/sim/sim_profile.h"
 
 namespace gpulanes {
@@ -53,6 +55,10 @@ ReplanOptions replan_options_from(const py::dict& r);
 py::dict replan_event_dict(const ReplanEvent& e);
 // A plan as a JSON-able dict, models by name, and back (names: the models in index order).
 py::dict plan_dict(const Plan& plan, const std::vector<PlannerModel>& models);
+// A plan's simulation: passed, min_attainment, attainment by model.
+py::dict check_dict(const PlanCheck& c, const std::vector<PlannerModel>& models);
+// {model: {rate, cv, dispersion, peak_rate, window_ms, windows}}; cv/dispersion None if unknown.
+py::dict traffic_dict(const std::vector<TrafficShape>& shapes, const std::vector<std::string>& names);
 Plan plan_from(const py::dict& d, const std::vector<std::string>& names);
 
 // A serving Runtime's planning calls with models by name (plan.cpp); Runtime.planning() returns
@@ -63,7 +69,9 @@ class RuntimePlanning {
   py::dict measured_rates() const;
   py::dict planner_config() const;
   // rates: by model index; config: planner_config()'s fields.
-  py::dict plan(const std::vector<double>& rates, const py::dict& config) const;
+  py::dict plan(const std::vector<double>& rates, const py::dict& config,
+                const std::vector<double>& dispersion, bool check) const;
+  py::dict traffic() const;
   bool apply_plan(const py::dict& plan, const std::vector<double>& rates, bool admission,
                   double admit_fraction);
   void set_planner_profile(const std::string& model, const py::dict& profile);

@@ -43,6 +43,9 @@ PlannerConfig planner_config_from(const py::dict& c) {
   if (c.contains("split_sms")) cfg.split_sms = c["split_sms"].cast<int>();
   cfg.memory_gb = c["memory_gb"].cast<double>();
   if (c.contains("interference")) cfg.interference = c["interference"].cast<std::vector<double>>();
+  if (c.contains("assumed_dispersion")) cfg.assumed_dispersion = c["assumed_dispersion"].cast<double>();
+  if (c.contains("spread")) cfg.spread = c["spread"].cast<bool>();
+  if (c.contains("max_headroom")) cfg.max_headroom = c["max_headroom"].cast<double>();
   return cfg;
 }
 
@@ -72,6 +75,10 @@ py::dict replan_event_dict(const ReplanEvent& e) {
   ev["apply_wall_ms"] = e.apply_wall_ms;
   ev["lanes"] = e.lanes;
   ev["rates"] = e.rates;
+  ev["dispersion"] = e.dispersion;
+  ev["gpus_needed"] = e.gpus_needed;
+  ev["simulated_attainment"] = e.simulated_attainment;
+  ev["why"] = e.why;
   return ev;
 }
 
@@ -112,7 +119,40 @@ py::dict plan_dict(const Plan& plan, const std::vector<PlannerModel>& models) {
   // predicted (admission control sheds the rest).
   d["predicted_attainment"] = placed + left > 0 ? placed / (placed + left) : 1.0;
   d["lanes"] = lanes;
+  d["gpus_needed"] = plan.gpus_needed;
+  d["headroom"] = plan.headroom;
+  py::dict planned;
+  for (std::size_t i = 0; i < models.size() && i < plan.planned_rate.size(); ++i) {
+    planned[py::str(models[i].name)] = plan.planned_rate[i];
+  }
+  d["planned_rate"] = planned;
   return d;
+}
+
+py::dict check_dict(const PlanCheck& c, const std::vector<PlannerModel>& models) {
+  py::dict per;
+  for (std::size_t i = 0; i < models.size(); ++i) per[py::str(models[i].name)] = c.attainment[i];
+  py::dict d;
+  d["passed"] = c.passed;
+  d["min_attainment"] = c.min_attainment;
+  d["attainment"] = per;
+  return d;
+}
+
+py::dict traffic_dict(const std::vector<TrafficShape>& shapes, const std::vector<std::string>& names) {
+  py::dict out;
+  for (std::size_t m = 0; m < names.size() && m < shapes.size(); ++m) {
+    const TrafficShape& t = shapes[m];
+    py::dict d;
+    d["rate"] = t.rate;
+    d["cv"] = t.cv >= 0 ? py::cast(t.cv) : py::none();
+    d["dispersion"] = t.dispersion >= 0 ? py::cast(t.dispersion) : py::none();
+    d["peak_rate"] = t.peak_rate;
+    d["window_ms"] = t.window_ns / 1e6;
+    d["windows"] = t.windows;
+    out[py::str(names[m])] = d;
+  }
+  return out;
 }
 
 Plan plan_from(const py::dict& d, const std::vector<std::string>& names) {
@@ -167,22 +207,31 @@ py::dict RuntimePlanning::planner_config() const {
   d["split_sms"] = c.split_sms;
   d["memory_gb"] = c.memory_gb;
   d["interference"] = c.interference;
+  d["assumed_dispersion"] = c.assumed_dispersion;
+  d["spread"] = c.spread;
+  d["max_headroom"] = c.max_headroom;
   return d;
 }
 
-py::dict RuntimePlanning::plan(const std::vector<double>& rates, const py::dict& config) const {
+py::dict RuntimePlanning::plan(const std::vector<double>& rates, const py::dict& config,
+                               const std::vector<double>& dispersion, bool check) const {
   const PlannerConfig cfg = planner_config_from(config);
-  Plan p;
-  bool meets;
+  Runtime::PlanOutcome out;
   {
     py::gil_scoped_release nogil;
-    p = core_.plan(rates, cfg, &meets);
+    out = core_.plan(rates, cfg, dispersion, check);
   }
   std::vector<PlannerModel> named;
   for (const auto& n : names_) named.push_back({n});
-  py::dict d = plan_dict(p, named);
-  d["meets_slos"] = meets;
+  py::dict d = plan_dict(out.plan, named);
+  d["meets_slos"] = out.meets_slos;
+  if (out.check.ran) d["simulated"] = check_dict(out.check, named);
+  d["why"] = out.why;
   return d;
+}
+
+py::dict RuntimePlanning::traffic() const {
+  return traffic_dict(core_.traffic(), names_);
 }
 
 bool RuntimePlanning::apply_plan(const py::dict& plan, const std::vector<double>& rates,
@@ -220,7 +269,9 @@ void init_plan(py::module_& m) {
   py::class_<RuntimePlanning>(m, "RuntimePlanning")
       .def("measured_rates", &RuntimePlanning::measured_rates)
       .def("planner_config", &RuntimePlanning::planner_config)
-      .def("plan", &RuntimePlanning::plan, py::arg("rates"), py::arg("config"))
+      .def("plan", &RuntimePlanning::plan, py::arg("rates"), py::arg("config"),
+           py::arg("dispersion"), py::arg("check"))
+      .def("traffic", &RuntimePlanning::traffic)
       .def("apply_plan", &RuntimePlanning::apply_plan, py::arg("plan"), py::arg("rates"),
            py::arg("admission"), py::arg("admit_fraction"))
       .def("set_planner_profile", &RuntimePlanning::set_planner_profile, py::arg("model"),

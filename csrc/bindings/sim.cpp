@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <chrono>
+#include <optional>
 
 #include "bindings.h"
 #include "gpulanes/plan/planner.h"
@@ -108,7 +109,11 @@ class PySimulator {
                     std::vector<DurationNs>(deadline_ns.begin(), deadline_ns.end()));
       wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
-    return result_dict(r, wall_s);
+    py::dict out = result_dict(r, wall_s);
+    std::vector<std::string> names;
+    for (const ModelStats& st : sim_->runtime().stats()) names.push_back(st.name);
+    out["traffic"] = traffic_dict(sim_->runtime().traffic(), names);
+    return out;
   }
 
   py::list stats() const {
@@ -158,9 +163,12 @@ class PySimulator {
   std::unique_ptr<Simulator> sim_;
 };
 
-// models: [{"name", "rate", "slo_ns", "max_batch_size", "shares", "memory_mb"}], config: the
-// PlannerConfig fields by name.
-py::dict make_plan_py(const py::list& models_in, const py::dict& c) {
+// models: [{"name", "rate", "dispersion", "slo_ns", "max_batch_size", "shares", "memory_mb"}],
+// config: the PlannerConfig fields by name.
+// check_with: unset, no simulation; None or an interference dict, prove the plan in a simulation
+// with that interference (None: the planner's linear coefficients).
+py::dict make_plan_py(const py::list& models_in, const py::dict& c,
+                      const std::optional<py::object>& check_with) {
   std::vector<SimModelProfile> profiles;
   for (py::handle h : models_in) profiles.push_back(profile_from(h.cast<py::dict>()));
   std::vector<PlannerModel> models;
@@ -169,24 +177,36 @@ py::dict make_plan_py(const py::list& models_in, const py::dict& c) {
     auto d = h.cast<py::dict>();
     models.push_back({d["name"].cast<std::string>(), d["rate"].cast<double>(),
                       d["slo_ns"].cast<std::int64_t>(), d["max_batch_size"].cast<int>(),
-                      &profiles[i++]});
+                      &profiles[i++], d["dispersion"].cast<double>(),
+                      d.contains("peak_rate") ? d["peak_rate"].cast<double>() : 0.0});
   }
   const PlannerConfig cfg = planner_config_from(c);
   Plan plan;
+  CheckedPlan checked;
+  const bool check = check_with.has_value();
+  PlanCheckOptions o;
+  if (check && !check_with->is_none()) o.interference = interference_from(check_with->cast<py::dict>());
   {
     py::gil_scoped_release nogil;
-    plan = make_plan(models, cfg);
+    if (check && cfg.variant != "self_tuning") {
+      checked = make_checked_plan(models, cfg, o);
+      plan = checked.plan;
+    } else {
+      plan = make_plan(models, cfg);
+    }
   }
   py::dict d = plan_dict(plan, models);
-  PlannerConfig judge = cfg;
-  d["meets_slos"] = plan_meets_slos(plan, models, judge);
+  d["meets_slos"] = plan_meets_slos(plan, models, cfg);
+  if (checked.check.ran) d["simulated"] = check_dict(checked.check, models);
+  d["why"] = checked.why;
   return d;
 }
 
 }  // namespace
 
 void init_sim(py::module_& m) {
-  m.def("make_plan", &make_plan_py, py::arg("models"), py::arg("config"));
+  m.def("make_plan", &make_plan_py, py::arg("models"), py::arg("config"),
+        py::arg("check_with") = std::nullopt);
   m.def("validate_options", [](const std::string& policy, const py::dict& policy_options,
                                const py::dict& predictor) {
         make_policy(policy, policy_config_from(policy_options));

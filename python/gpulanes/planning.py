@@ -15,13 +15,13 @@ and ``lanes`` (``gpu``, ``sms``, ``duty_ms``, ``models`` with ``batch``, ``rate`
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from . import profiles as _profiles
 from ._checks import _flag, _number
 from .errors import InvalidInput, UnknownModel
 
-__all__ = ["REPLAN_KEYS", "replan_config", "share_profile"]
+__all__ = ["REPLAN_KEYS", "dispersions", "replan_config", "share_profile"]
 
 # Re-planning options and their defaults (ReplanOptions in csrc/gpulanes/plan/replanner.h).
 REPLAN_KEYS: Dict[str, Any] = {"every_s": None, "variant": "spatiotemporal", "alpha": 0.5,
@@ -57,6 +57,25 @@ def replan_config(replan: Mapping[str, Any], planner: Dict[str, Any]) -> Dict[st
                         "granularity": _number("replan granularity", opt["granularity"], integer=True)}}
 
 
+def dispersions(cv: Union[None, float, Mapping[str, Optional[float]]],
+                 names: Sequence[str]) -> Dict[str, float]:
+    """Per model, the planner's dispersion (CV squared; -1: unknown) from ``cv``."""
+    def one(label: str, v: Optional[float]) -> float:
+        if v is None:
+            return -1.0
+        x = _number(label, v)
+        if x < 0 or x > 1000:
+            raise InvalidInput(f"{label} must be a coefficient of variation in [0, 1000], got {v!r}")
+        return x * x
+    if cv is None or not isinstance(cv, Mapping):
+        d = one("cv", cv)
+        return {n: d for n in names}
+    unknown = [m for m in cv if m not in names]
+    if unknown:
+        raise UnknownModel(f"cv for models that are not known: {unknown}")
+    return {n: one(f"cv of {n!r}", cv.get(n)) for n in names}
+
+
 def share_profile(entries: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     """A model's profile entries (one per measured SM share, :mod:`gpulanes.profiles` schema) as
     the core's planner and simulator take them."""
@@ -85,15 +104,30 @@ class Planning:
         admitted requests (which under admission limits understates demand)."""
         return self._core.planning().measured_rates()
 
+    def measured_traffic(self) -> Dict[str, Dict[str, Any]]:
+        """Per model, its offered traffic since start, counted in windows one SLO long:
+        ``rate`` (requests/s), ``dispersion`` (variance / mean of the count per window; 1 for
+        Poisson), ``cv`` (its square root: about the CV of the arrival gaps), ``peak_rate`` (99th
+        percentile of the count per window, per second), ``window_ms`` and ``windows``. ``cv``
+        and ``dispersion`` are None until 20 windows were seen (the planner then assumes
+        bursty traffic). Refused requests count: this is demand."""
+        return self._core.planning().traffic()
+
     def plan(self, rates: Optional[Mapping[str, float]] = None,
              variant: Optional[str] = None, *, gpus: Optional[int] = None,
-             granularity: Optional[int] = None) -> Dict[str, Any]:
+             granularity: Optional[int] = None,
+             cv: Union[None, float, Mapping[str, Optional[float]]] = None,
+             check: bool = True) -> Dict[str, Any]:
         """Plans lanes for ``rates`` (requests/s by model; default :meth:`measured_rates`) on this
         runtime's devices: on GPUs, SM-count lanes (multiples of ``granularity``) on up to
         ``gpus`` GPUs; on the CPU, at most ``cpu_lanes`` lanes. Profiles by SM share come from
         :meth:`load_planner_profiles`; a model without one is planned with its measured profile
         as the whole device's. ``variant``: ``"spatiotemporal"`` (default), ``"no_interference"``,
-        ``"temporal_only"``. Needs a started runtime."""
+        ``"temporal_only"``. Lanes are sized for each model's burst: ``cv`` as in
+        :meth:`gpulanes.sim.Simulator.plan`, by default the burstiness :meth:`measured_traffic`
+        saw (unknown: planned as bursty). With ``check`` the plan is proven by simulation first
+        and falls back when it does not hold (``simulated``, ``why``, ``gpus_needed``). Needs a
+        started runtime."""
         names = list(self._slo_ms)
         given = dict(rates) if rates is not None else self.measured_rates()
         unknown = [m for m in given if m not in self._slo_ms]
@@ -107,7 +141,8 @@ class Planning:
         if granularity is not None:
             config["granularity"] = int(granularity)
         vector = [float(given.get(m, 0.0)) for m in names]
-        plan = self._core.planning().plan(vector, config)
+        disp = [] if cv is None else [dispersions(cv, names)[m] for m in names]
+        plan = self._core.planning().plan(vector, config, disp, _flag("check", check))
         plan["rates"] = dict(zip(names, vector))
         return plan
 

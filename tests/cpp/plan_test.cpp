@@ -1,7 +1,11 @@
 // Re-planning trigger, admission control and the planner under overload: exact, hand-computed.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <random>
+
 #include "gpulanes/core/error.h"
+#include "gpulanes/plan/arrival_shape.h"
 #include "gpulanes/plan/planner.h"
 #include "gpulanes/plan/replanner.h"
 #include "gpulanes/plan/self_tuning.h"
@@ -92,8 +96,9 @@ TEST(Planner, OverloadSharesTheGpusMaxMinFairly) {
   // A whole GPU serves at most 8 / (1.8 ms * 1.1) ~ 4040/s of either model. "small" asks for
   // 100/s, "big" for 1e6/s: the small one keeps all of its rate, the big one gets what is left
   // (less than the whole GPU: it shares the lane with "small" in a duty cycle).
-  std::vector<PlannerModel> models = {{"small", 100, from_ms(100), 8, &prof},
-                                      {"big", 1e6, from_ms(100), 8, &prof}};
+  // Dispersion 0: planned for the mean rates, as the numbers here assume.
+  std::vector<PlannerModel> models = {{"small", 100, from_ms(100), 8, &prof, 0},
+                                      {"big", 1e6, from_ms(100), 8, &prof, 0}};
   const Plan plan = make_plan(models, cfg);
   EXPECT_FALSE(plan.feasible);
   EXPECT_EQ(plan.unplaced_rate[0], 0.0);
@@ -115,8 +120,8 @@ TEST(SelfTuning, StartsWithALanePerModelSizedByItsLoad) {
   cfg.variant = "self_tuning";
   // Whole-GPU cost of one request: 1.8 ms / 8 = 0.225 ms. At 70% busy, 1000/s needs
   // 1000 * 0.000225 / 0.7 * 132 = 42.4 SMs -> 48; 100/s needs 4.2 -> 8.
-  std::vector<PlannerModel> models = {{"light", 100, from_ms(100), 8, &prof},
-                                      {"heavy", 1000, from_ms(100), 8, &prof}};
+  std::vector<PlannerModel> models = {{"light", 100, from_ms(100), 8, &prof, 0},
+                                      {"heavy", 1000, from_ms(100), 8, &prof, 0}};
   const Plan plan = make_plan(models, cfg);
   ASSERT_EQ(plan.lanes.size(), 2u);
   EXPECT_TRUE(plan.feasible);
@@ -163,4 +168,111 @@ TEST(SelfTuning, GrowsStrugglingLanesAndShrinksIdleOnes) {
   EXPECT_EQ(next.lanes[2].models[0].model, 0);
   EXPECT_EQ(next.gpus_used, 2);
   EXPECT_THROW(self_tuning_step(cur, {}, models, cfg), Error);
+}
+
+TEST(BurstRate, NinetyNinthPercentileOfTheCountInOneWindow) {
+  // 100/s in 100 ms windows: 10 per window on average. Poisson (dispersion 1): sd sqrt(10), so
+  // 10 + 2.326 sqrt(10) = 17.36 per window = 173.6/s; CV about 2 (dispersion 4): twice the sd.
+  EXPECT_NEAR(burst_rate(100, 1, from_ms(100)), 173.56, 0.01);
+  EXPECT_NEAR(burst_rate(100, 4, from_ms(100)), 247.11, 0.01);
+  EXPECT_DOUBLE_EQ(burst_rate(100, 0, from_ms(100)), 100);  // dispersion 0: the mean
+  EXPECT_DOUBLE_EQ(burst_rate(0, 4, from_ms(100)), 0);
+  for (double r : {1.0, 100.0, 1e5}) {
+    EXPECT_NEAR(mean_for_burst(burst_rate(r, 4, from_ms(50)), 4, from_ms(50)), r, 1e-6 * r);
+  }
+}
+
+TEST(Planner, PlansForTheBurstAndTreatsUnknownTrafficAsBursty) {
+  const SimModelProfile prof = flat_profile();
+  PlannerConfig cfg;
+  cfg.gpus = 1;
+  cfg.spread = false;
+  std::vector<PlannerModel> known = {{"a", 100, from_ms(100), 8, &prof, 1.0}};
+  std::vector<PlannerModel> unknown = {{"a", 100, from_ms(100), 8, &prof}};
+  std::vector<PlannerModel> mean = {{"a", 100, from_ms(100), 8, &prof, 0.0}};
+  EXPECT_NEAR(make_plan(known, cfg).planned_rate[0], burst_rate(100, 1, from_ms(100)), 1e-6);
+  EXPECT_NEAR(make_plan(unknown, cfg).planned_rate[0],
+              burst_rate(100, cfg.assumed_dispersion, from_ms(100)), 1e-6);
+  EXPECT_NEAR(make_plan(mean, cfg).planned_rate[0], 100, 1e-6);
+  double lanes_rate = 0;
+  for (const auto& l : make_plan(unknown, cfg).lanes) lanes_rate += l.models[0].rate;
+  EXPECT_NEAR(lanes_rate, burst_rate(100, cfg.assumed_dispersion, from_ms(100)), 1e-6);
+  std::vector<PlannerModel> bad = {{"a", 100, from_ms(100), 8, &prof, std::nan("")}};
+  EXPECT_THROW(make_plan(bad, cfg), Error);
+}
+
+TEST(Planner, SpreadsIntoIdleGpusOfTheBudgetAndSaysWhatItNeeded) {
+  const SimModelProfile prof = flat_profile();
+  PlannerConfig cfg;
+  cfg.gpus = 4;
+  cfg.variant = "temporal_only";
+  // About 4,040/s per whole GPU: 3,000/s (planned as its Poisson burst, ~3,170/s) needs one.
+  std::vector<PlannerModel> models = {{"a", 3000, from_ms(100), 8, &prof, 1.0}};
+  cfg.spread = false;
+  const Plan tight = make_plan(models, cfg);
+  EXPECT_EQ(tight.gpus_used, 1);
+  EXPECT_EQ(tight.gpus_needed, 1);
+  EXPECT_DOUBLE_EQ(tight.headroom, 1.0);
+  cfg.spread = true;
+  const Plan spread = make_plan(models, cfg);
+  EXPECT_EQ(spread.gpus_needed, 1);
+  EXPECT_EQ(spread.gpus_used, 4);  // up to 4x headroom: four whole-GPU lanes
+  EXPECT_GT(spread.headroom, 3.0);
+  EXPECT_LE(spread.headroom, cfg.max_headroom);
+  EXPECT_TRUE(spread.feasible);
+  EXPECT_NEAR(spread.planned_rate[0], burst_rate(3000, 1, from_ms(100)) * spread.headroom, 1e-6);
+  EXPECT_TRUE(plan_meets_slos(spread, models, cfg));
+}
+
+TEST(Planner, UnplacedRateIsInMeanRequestsPerSecond) {
+  const SimModelProfile prof = flat_profile();
+  PlannerConfig cfg;
+  cfg.gpus = 1;
+  cfg.variant = "temporal_only";
+  std::vector<PlannerModel> models = {{"big", 1e6, from_ms(100), 8, &prof, 4.0}};
+  const Plan plan = make_plan(models, cfg);
+  EXPECT_FALSE(plan.feasible);
+  // Its lane takes at most a whole GPU's 4,040/s of bursts; the rest of the mean rate is unplaced.
+  EXPECT_GT(plan.unplaced_rate[0], 1e6 - 4040);
+  EXPECT_LT(plan.unplaced_rate[0], 1e6);
+  EXPECT_LE(plan.planned_rate[0], 4041);
+}
+
+TEST(ArrivalShape, PoissonIsDispersionOneAndClumpsAreMore) {
+  std::mt19937_64 rng(7);
+  ArrivalShape shape({from_ms(100), from_ms(100), from_ms(100)});
+  // Model 0: Poisson at 200/s; model 1: the same rate in clumps of 10 at once; model 2: 3 s idle
+  // after 0.5 s of traffic (idle windows count as empty ones).
+  std::exponential_distribution<double> gap(200.0);
+  std::exponential_distribution<double> clump_gap(20.0);
+  const TimeNs end = kT0 + from_ms(60'000);
+  for (double t = 0; kT0 + from_ms(t * 1e3) < end; t += gap(rng)) shape.on_arrival(0, kT0 + from_ms(t * 1e3));
+  for (double t = 0; kT0 + from_ms(t * 1e3) < end; t += clump_gap(rng)) {
+    for (int k = 0; k < 10; ++k) shape.on_arrival(1, kT0 + from_ms(t * 1e3));
+  }
+  for (int k = 0; k < 100; ++k) shape.on_arrival(2, kT0 + from_ms(5 * k));
+  const auto s = shape.snapshot(end);
+  EXPECT_NEAR(s[0].rate, 200, 10);
+  EXPECT_NEAR(s[0].dispersion, 1.0, 0.2);
+  EXPECT_NEAR(s[1].rate, 200, 30);
+  EXPECT_NEAR(s[1].dispersion, 10.0, 2.5);  // each window's count is 10 x a Poisson count
+  EXPECT_GT(s[1].peak_rate, s[0].peak_rate);
+  EXPECT_EQ(s[0].windows, ArrivalShape::kWindows > 600 ? 600 : ArrivalShape::kWindows);
+  const auto early = ArrivalShape({from_ms(100)});
+  EXPECT_LT(early.snapshot(kT0).front().dispersion, 0);  // nothing seen: unknown
+  EXPECT_NEAR(s[2].rate, 100 / 60.0, 0.1);  // 100 arrivals over 600 windows
+}
+
+TEST(Planner, AMeasuredPeakAboveTheBurstEstimateIsWhatLanesAreSizedFor) {
+  // A flash crowd: 100/s on average, but 600/s for seconds at a time. Per-window dispersion
+  // (from successive windows) sees Poisson; the measured 99th-percentile window rate does not.
+  const SimModelProfile prof = flat_profile();
+  PlannerConfig cfg;
+  cfg.spread = false;
+  std::vector<PlannerModel> models = {{"a", 100, from_ms(100), 8, &prof, 1.0, 600.0}};
+  EXPECT_NEAR(make_plan(models, cfg).planned_rate[0], 600.0, 1e-6);
+  models[0].peak_rate = 50;  // below the burst estimate: the estimate stands
+  EXPECT_NEAR(make_plan(models, cfg).planned_rate[0], burst_rate(100, 1, from_ms(100)), 1e-6);
+  models[0].peak_rate = -1;
+  EXPECT_THROW(make_plan(models, cfg), Error);
 }

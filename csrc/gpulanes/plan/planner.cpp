@@ -7,6 +7,7 @@
 
 #include "gpulanes/core/check.h"
 #include "gpulanes/core/error.h"
+#include "gpulanes/plan/arrival_shape.h"
 #include "gpulanes/plan/self_tuning.h"
 
 namespace gpulanes {
@@ -316,6 +317,8 @@ void validate(const PlannerConfig& c) {
   check_real("planner memory_gb", c.memory_gb, 0, 1e6, /*open_lo=*/true);
   check_real("planner safety", c.safety, 1, 100);
   check_int("planner max_models_per_lane", c.max_models_per_lane, 1, 1024);
+  check_real("planner assumed_dispersion", c.assumed_dispersion, 0, 1e6);
+  check_real("planner max_headroom", c.max_headroom, 1, 1e3);
   if (c.interference.size() != 5) {
     throw Error(ErrorCode::kInvalidInput, "planner interference needs 5 coefficients, got " +
                                               std::to_string(c.interference.size()));
@@ -330,9 +333,89 @@ bool lane_fits(const PlannerConfig& config, int used, int sms) {
   return used + sms <= split;
 }
 
+namespace {
+
+// The models at their burst rates (the plan sizes lanes for these).
+std::vector<PlannerModel> at_burst_rates(const std::vector<PlannerModel>& models,
+                                         const PlannerConfig& config) {
+  std::vector<PlannerModel> out = models;
+  for (PlannerModel& m : out) {
+    const double d = m.dispersion < 0 ? config.assumed_dispersion : m.dispersion;
+    m.rate = std::max(burst_rate(m.rate, d, m.slo), m.rate > 0 ? m.peak_rate : 0.0);
+  }
+  return out;
+}
+
+// Fills planned_rate (burst rates x headroom) and restates unplaced_rate in mean requests/s:
+// the mean rate whose burst the placed lanes hold is served, the rest is not.
+void finish(Plan& plan, const std::vector<PlannerModel>& models,
+            const std::vector<PlannerModel>& burst, double headroom, int gpus_needed,
+            const PlannerConfig& config) {
+  plan.headroom = headroom;
+  plan.gpus_needed = gpus_needed;
+  plan.planned_rate.resize(models.size());
+  for (std::size_t i = 0; i < models.size(); ++i) {
+    const double planned = burst[i].rate * headroom;
+    plan.planned_rate[i] = planned - plan.unplaced_rate[i];
+    if (plan.unplaced_rate[i] <= 0) continue;
+    const double d = models[i].dispersion < 0 ? config.assumed_dispersion : models[i].dispersion;
+    plan.unplaced_rate[i] =
+        std::max(0.0, models[i].rate - mean_for_burst(plan.planned_rate[i], d, models[i].slo));
+  }
+}
+
+// The plan for `models` (already at burst rates), max-min fair when the GPUs cannot hold them.
+Plan plan_or_share(const std::vector<PlannerModel>& models, const PlannerConfig& config);
+
+}  // namespace
+
 Plan make_plan(const std::vector<PlannerModel>& models, const PlannerConfig& config) {
   validate(config);
-  if (config.variant == "self_tuning") return self_tuning_start(models, config);
+  for (const PlannerModel& m : models) {
+    if (!std::isfinite(m.rate) || m.rate < 0) {
+      throw Error(ErrorCode::kInvalidInput, "model '" + m.name + "': rate must be >= 0");
+    }
+    if (!std::isfinite(m.dispersion)) {
+      throw Error(ErrorCode::kInvalidInput, "model '" + m.name + "': dispersion must be finite");
+    }
+    if (!std::isfinite(m.peak_rate) || m.peak_rate < 0) {
+      throw Error(ErrorCode::kInvalidInput, "model '" + m.name + "': peak_rate must be >= 0");
+    }
+  }
+  const std::vector<PlannerModel> burst = at_burst_rates(models, config);
+  if (config.variant == "self_tuning") {
+    Plan p = self_tuning_start(burst, config);
+    finish(p, models, burst, 1.0, p.gpus_used, config);
+    return p;
+  }
+  Plan plan = plan_or_share(burst, config);
+  const int needed = plan.gpus_used;
+  double headroom = 1.0;
+  if (plan.feasible && config.spread && plan.gpus_used < config.gpus && config.max_headroom > 1) {
+    // The largest headroom whose plan still fits the budget (bisection; plans are cheap).
+    double lo = 1.0, hi = config.max_headroom;
+    std::vector<PlannerModel> scaled = burst;
+    for (int it = 0; it < 8; ++it) {
+      const double k = it == 0 ? hi : (lo + hi) / 2;
+      for (std::size_t i = 0; i < burst.size(); ++i) scaled[i].rate = burst[i].rate * k;
+      Plan p = Planner(scaled, config).run();
+      if (p.feasible) {
+        lo = k;
+        plan = std::move(p);
+        if (it == 0) break;  // the whole headroom fits
+      } else {
+        hi = k;
+      }
+    }
+    headroom = lo;
+  }
+  finish(plan, models, burst, headroom, needed, config);
+  return plan;
+}
+
+namespace {
+
+Plan plan_or_share(const std::vector<PlannerModel>& models, const PlannerConfig& config) {
   Plan full = Planner(models, config).run();
   if (full.feasible) return full;
   // Overloaded: share the GPUs max-min fairly. Each model asks for rate x cost GPUs; find the
@@ -373,6 +456,8 @@ Plan make_plan(const std::vector<PlannerModel>& models, const PlannerConfig& con
   }
   return *best;
 }
+
+}  // namespace
 
 bool plan_meets_slos(const Plan& plan, const std::vector<PlannerModel>& models,
                      const PlannerConfig& config) {

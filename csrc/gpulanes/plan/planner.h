@@ -30,10 +30,17 @@ namespace gpulanes {
 
 struct PlannerModel {
   std::string name;
-  double rate = 0;                          // requests per second to plan for
+  double rate = 0;                          // mean requests per second
   DurationNs slo = from_ms(100);
   int max_batch_size = 32;
   const SimModelProfile* profile = nullptr;  // latency and L2/DRAM use by (batch, share)
+  double dispersion = -1;                   // variance / mean of its arrivals per SLO-long
+                                            // window (Poisson 1; 0: plan for the mean rate);
+                                            // < 0: unknown (PlannerConfig::assumed_dispersion)
+  double peak_rate = 0;                     // measured 99th percentile of the count per window,
+                                            // per second: slow bursts (minutes of flash crowd)
+                                            // that dispersion, from successive windows, misses;
+                                            // 0: none measured
 };
 
 struct PlannerConfig {
@@ -48,6 +55,10 @@ struct PlannerConfig {
   double memory_gb = 80;
   double safety = 1.1;                     // latency margin, as gpu-let
   int max_models_per_lane = 3;
+  double assumed_dispersion = 4;           // traffic of unknown shape is planned as bursty
+                                           // (4: about Gamma CV 2), not as Poisson
+  bool spread = true;                      // grow a plan into the budget's idle GPUs
+  double max_headroom = 4;                 // ...up to this multiple of the burst rates
   std::vector<double> interference = {0.113, 0.716, 0.355, 0.088, 0.895};  // gpu-let's c0..c4
 };
 
@@ -68,6 +79,9 @@ struct PlannedLane {
 struct Plan {
   std::string variant;
   int gpus_used = 0;
+  int gpus_needed = 0;                // GPUs the burst rates need, before spreading
+  double headroom = 1;                // the burst rates were planned at this multiple
+  std::vector<double> planned_rate;   // by model: requests/s its lanes were sized for
   bool feasible = true;               // every model's rate placed
   std::vector<double> unplaced_rate;  // by model: requests/s no GPU was left for
   std::vector<PlannedLane> lanes;
@@ -80,9 +94,14 @@ void validate(const PlannerConfig& config);
 // (sms_per_gpu) only alone, lanes that split it only within split_sms in all.
 bool lane_fits(const PlannerConfig& config, int used, int sms);
 
+// Each model is planned for the 99th-percentile burst of its traffic within one SLO
+// (burst_rate(), from its dispersion, or the measured peak_rate when higher), not for its mean
+// rate. With `spread` and GPUs of the
+// budget left idle, every burst rate is then scaled up by the largest headroom (to max_headroom)
+// whose plan still fits the budget: idle GPUs absorb bursts instead of doing nothing.
 // When the GPUs cannot serve every rate, the plan shares them max-min fairly in GPU time per
 // second: models needing less than the fair share keep their rate, the others are cut to it
-// (feasible false; unplaced_rate says how much of each is left out).
+// (feasible false; unplaced_rate says how much of each mean rate is left out).
 // Throws Error(kInvalidInput) for an unknown variant or a model without a profile.
 Plan make_plan(const std::vector<PlannerModel>& models, const PlannerConfig& config);
 

@@ -80,9 +80,12 @@ std::vector<double> admission_limits(const Plan& plan, const std::vector<double>
                                      double fraction) {
   std::vector<double> limit(rates.size(), -1.0);
   for (std::size_t m = 0; m < rates.size() && m < plan.unplaced_rate.size(); ++m) {
-    if (plan.unplaced_rate[m] > 0) {
-      limit[m] = fraction * std::max(0.0, rates[m] - plan.unplaced_rate[m]);
-    }
+    if (plan.unplaced_rate[m] <= 0) continue;
+    // A model being shed arrives through the token bucket, whose output has no bursts beyond
+    // the bucket: its lanes may run it at the rate they were sized for (bursts included).
+    const double placed = m < plan.planned_rate.size() ? plan.planned_rate[m]
+                                                        : rates[m] - plan.unplaced_rate[m];
+    limit[m] = fraction * std::max(0.0, placed);
   }
   return limit;
 }

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "gpulanes/core/time.h"
@@ -46,6 +47,10 @@ struct ReplanEvent {
   double apply_wall_ms = 0;   // what applying cost, wall clock (new lanes built and warmed up)
   int lanes = 0;
   std::vector<double> rates;  // by model: the rates it planned for
+  std::vector<double> dispersion;  // by model: the burstiness it planned for (< 0: unknown)
+  int gpus_needed = 0;        // fewest GPUs a plan held the target on in simulation (0: none)
+  double simulated_attainment = -1;  // the applied plan's worst model in simulation (< 0: none)
+  std::string why;            // a fallback, or why no plan held
 };
 
 // Throws Error(kInvalidInput) naming the first option (or planner option) outside its range.
@@ -79,8 +84,9 @@ class Replanner {
   std::vector<double> rate_;                     // EWMA by model; < 0: unknown
 };
 
-// A plan's admission limits: by model, `fraction` of the requests/s the plan placed when it
-// could not place the whole rate; < 0 (no limit) for every model it placed fully.
+// A plan's admission limits: by model, `fraction` of the requests/s its lanes were sized for
+// (planned_rate; a plan without it: the mean rate placed) when it could not place the whole
+// rate; < 0 (no limit) for every model it placed fully.
 std::vector<double> admission_limits(const Plan& plan, const std::vector<double>& rates,
                                      double fraction);
 

@@ -80,12 +80,22 @@ std::vector<double> Runtime::measured_rates() const {
   return out;
 }
 
+std::vector<TrafficShape> Runtime::traffic() const {
+  if (!shape_) throw Error(ErrorCode::kInvalidInput, "traffic() needs a started runtime");
+  return shape_->snapshot(clock_->now());
+}
+
 std::vector<PlannerModel> Runtime::planner_models(const std::vector<double>& rates,
-                                                  std::vector<SimModelProfile>& measured) const {
+                                                  std::vector<SimModelProfile>& measured,
+                                                  const std::vector<double>& dispersion) const {
   const int n = models_.size();
   if (static_cast<int>(rates.size()) != n) {
     throw Error(ErrorCode::kInvalidInput, "plan() takes one rate per registered model");
   }
+  if (!dispersion.empty() && static_cast<int>(dispersion.size()) != n) {
+    throw Error(ErrorCode::kInvalidInput, "plan() takes one dispersion per registered model");
+  }
+  const std::vector<TrafficShape> seen = traffic();
   // Without a per-share profile, the measured one stands for the share it was measured at (the
   // whole device, unless only partition lanes served the model); the planner extrapolates other
   // shares from it (sim_profile.h).
@@ -110,24 +120,35 @@ std::vector<PlannerModel> Runtime::planner_models(const std::vector<double>& rat
       measured[m] = SimModelProfile({std::move(whole)}, 0.0);
       profile = &measured[m];
     }
-    pm.push_back({spec.name, rates[m], spec.slo, spec.max_batch_size, profile});
+    // The measured peak counts only when the burstiness is taken as measured.
+    pm.push_back({spec.name, rates[m], spec.slo, spec.max_batch_size, profile,
+                  dispersion.empty() ? seen[m].dispersion : dispersion[m],
+                  dispersion.empty() && seen[m].dispersion >= 0 ? seen[m].peak_rate : 0.0});
   }
   return pm;
 }
 
-Plan Runtime::plan(const std::vector<double>& rates, const PlannerConfig& config,
-                   bool* meets_slos) const {
+Runtime::PlanOutcome Runtime::plan(const std::vector<double>& rates, const PlannerConfig& config,
+                                   const std::vector<double>& dispersion, bool check) const {
   if (started_at_.load(std::memory_order_acquire) == 0) {
     throw Error(ErrorCode::kInvalidInput, "plan() needs a started runtime (profiles)");
   }
   std::vector<SimModelProfile> measured;
   std::lock_guard<std::mutex> lock(plan_mu_);
-  const std::vector<PlannerModel> models = planner_models(rates, measured);
+  const std::vector<PlannerModel> models = planner_models(rates, measured, dispersion);
   PlannerConfig cfg = config;
   fit_to_split(cfg);
-  Plan p = make_plan(models, cfg);
-  if (meets_slos) *meets_slos = plan_meets_slos(p, models, cfg);
-  return p;
+  PlanOutcome out;
+  if (check && cfg.variant != "self_tuning") {
+    CheckedPlan c = make_checked_plan(models, cfg, PlanCheckOptions{});
+    out.plan = std::move(c.plan);
+    out.check = std::move(c.check);
+    out.why = std::move(c.why);
+  } else {
+    out.plan = make_plan(models, cfg);
+  }
+  out.meets_slos = plan_meets_slos(out.plan, models, cfg);
+  return out;
 }
 
 bool Runtime::apply_plan(const Plan& plan, const std::vector<double>& rates, bool admission,
@@ -204,8 +225,19 @@ void Runtime::planner_main() {
         const auto fb = feedback.measure(clock_->now(), lane_stats(), stats(), *applied);
         p = self_tuning_step(*applied, fb, planner_models(event.rates, measured), config);
       } else {
+        // Sized for each model's measured burst and proven by simulation before it is applied.
         std::vector<SimModelProfile> measured;
-        p = make_plan(planner_models(event.rates, measured), config);
+        const std::vector<PlannerModel> models = planner_models(event.rates, measured);
+        for (const PlannerModel& m : models) event.dispersion.push_back(m.dispersion);
+        if (tuning) {
+          p = make_plan(models, config);
+        } else {
+          CheckedPlan c = make_checked_plan(models, config, PlanCheckOptions{});
+          p = std::move(c.plan);
+          event.gpus_needed = c.gpus_needed;
+          event.simulated_attainment = c.check.ran ? c.check.min_attainment : -1;
+          event.why = std::move(c.why);
+        }
       }
       const auto t1 = std::chrono::steady_clock::now();
       event.plan_wall_us = std::chrono::duration<double, std::micro>(t1 - t0).count();

@@ -165,6 +165,11 @@ void Runtime::start(const ProgressFn& progress) {
   }
   build_profile_book();
   admission_ = std::make_unique<Admission>(models_.size());
+  {
+    std::vector<DurationNs> windows;
+    for (int m = 0; m < models_.size(); ++m) windows.push_back(models_.at(m).spec.slo);
+    shape_ = std::make_unique<ArrivalShape>(windows);
+  }
   if (!clock_->is_virtual()) {  // on virtual time, a driver calls run_round()
     // Virtual time keeps delivery on the driver's thread: its caller expects every outcome of
     // a step delivered when the step returns.
@@ -253,6 +258,7 @@ ErrorCode Runtime::try_submit(int m, std::vector<at::Tensor> inputs,
     });
   }
   if (replanner_) replanner_->on_arrival(m);  // demand, whether or not it is admitted
+  shape_->on_arrival(m, now);
   // Checked again at the push; a full queue found here skips the admission maths and the copy.
   auto queue_full = [&] {
     return reject(ErrorCode::kQueueFull, [&] {

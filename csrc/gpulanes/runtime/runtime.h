@@ -29,9 +29,11 @@
 #include "gpulanes/metrics/model_metrics.h"
 #include "gpulanes/metrics/trace.h"
 #include "gpulanes/runtime/deliverer.h"
+#include "gpulanes/plan/arrival_shape.h"
 #include "gpulanes/plan/replanner.h"
 #include "gpulanes/runtime/event_loop.h"
 #include "gpulanes/sched/admission.h"
+#include "gpulanes/sim/plan_check.h"
 #include "gpulanes/sim/sim_profile.h"
 
 namespace torch::jit { struct Module; }
@@ -189,11 +191,20 @@ class Runtime final : private LaneListener, private LoopSink {
   // Requests/s per model: the re-planner's EWMA of offered requests when it runs, else the gaps
   // between recently admitted ones.
   std::vector<double> measured_rates() const;
-  // A plan for `rates` (by model); `meets_slos`, if given, says whether every lane of it meets
-  // its models' SLOs under the interference its co-runners predict (plan_meets_slos). Throws
+  // Per model: its traffic's rate and burstiness, counted in windows one SLO long since start.
+  std::vector<TrafficShape> traffic() const;
+  // A plan for `rates` (by model), sized for each model's burst (`dispersion` by model; empty:
+  // as measured by traffic(), unknown ones assumed bursty) and, with `check`, proven by
+  // simulation first (make_checked_plan: a plan that does not hold falls back). Throws
   // Error(kInvalidInput) before start().
-  Plan plan(const std::vector<double>& rates, const PlannerConfig& config,
-            bool* meets_slos = nullptr) const;
+  struct PlanOutcome {
+    Plan plan;
+    bool meets_slos = false;  // every lane within its SLOs under predicted interference
+    PlanCheck check;          // its simulation, when checked
+    std::string why;          // what fell back, when the first plan did not hold
+  };
+  PlanOutcome plan(const std::vector<double>& rates, const PlannerConfig& config,
+                   const std::vector<double>& dispersion = {}, bool check = true) const;
   // Makes `plan` the lane layout (set_lanes, when it differs) and, unless `admission` is off,
   // sheds what it could not place (admission_limits()). Returns whether the layout changed.
   bool apply_plan(const Plan& plan, const std::vector<double>& rates, bool admission = true,
@@ -244,7 +255,8 @@ class Runtime final : private LaneListener, private LoopSink {
   // The planner's view of the models at `rates` (profiles by share: plan_profiles_, else the
   // measured one as share 1, kept in `measured`). Caller holds plan_mu_.
   std::vector<PlannerModel> planner_models(const std::vector<double>& rates,
-                                           std::vector<SimModelProfile>& measured) const;
+                                           std::vector<SimModelProfile>& measured,
+                                           const std::vector<double>& dispersion = {}) const;
   // The planner thread (options.replan.every_s > 0, real time): re-plans until stop_planner().
   void planner_main();
   void stop_planner();
@@ -267,6 +279,7 @@ class Runtime final : private LaneListener, private LoopSink {
   std::unique_ptr<LatencyPredictor> predictor_;      // built by start(), after book_
   std::shared_ptr<VirtualBackend> backend_;          // device "virtual": creates the lanes
   std::vector<std::unique_ptr<ArrivalRate>> rates_;  // per model
+  std::unique_ptr<ArrivalShape> shape_;              // per-model burstiness; built by start()
   TraceRecorder trace_;                              // used when options_.trace
   std::vector<std::unique_ptr<Lane>> lanes_;         // created by start()
   std::vector<LaneSpec> layout_;                     // set_lanes(); empty: the default layout

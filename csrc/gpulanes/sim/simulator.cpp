@@ -11,7 +11,10 @@
 namespace gpulanes {
 
 Simulator::Simulator(SimulatorOptions options, std::vector<SimModelSpec> models)
-    : clock_(std::make_shared<VirtualClock>(kOrigin)), models_(models), replan_(options.replan) {
+    : clock_(std::make_shared<VirtualClock>(kOrigin)),
+      models_(models),
+      replan_(options.replan),
+      interference_(options.interference) {
   SimClusterConfig cc;
   cc.gpus = options.gpus;
   cc.lanes = options.lanes;
@@ -67,9 +70,12 @@ void Simulator::on_finished(const Request& r, TraceOutcome outcome, TimeNs end) 
 
 std::vector<SimLaneSpec> Simulator::replan(const std::vector<double>& rates, ReplanEvent* event) {
   std::vector<PlannerModel> pm;
+  const std::vector<TrafficShape> seen = runtime_->traffic();
   for (std::size_t m = 0; m < models_.size(); ++m) {
     pm.push_back({models_[m].name, rates[m], models_[m].slo, models_[m].max_batch_size,
-                  &models_[m].profile});
+                  &models_[m].profile, seen[m].dispersion,
+                  seen[m].dispersion >= 0 ? seen[m].peak_rate : 0.0});
+    event->dispersion.push_back(seen[m].dispersion);
   }
   const auto t0 = std::chrono::steady_clock::now();
   Plan plan;
@@ -87,7 +93,15 @@ std::vector<SimLaneSpec> Simulator::replan(const std::vector<double>& rates, Rep
                                       current);
     plan = self_tuning_step(current, fb, pm, replan_.planner);
   } else {
-    plan = make_plan(pm, replan_.planner);
+    // Sized for the measured bursts and proven in a simulation of its own first, as the real
+    // runtime's planner thread does (runtime/planning.cpp).
+    PlanCheckOptions check;
+    check.interference = interference_;
+    CheckedPlan c = make_checked_plan(pm, replan_.planner, check);
+    plan = std::move(c.plan);
+    event->gpus_needed = c.gpus_needed;
+    event->simulated_attainment = c.check.ran ? c.check.min_attainment : -1;
+    event->why = std::move(c.why);
   }
   event->plan_wall_us =
       std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();

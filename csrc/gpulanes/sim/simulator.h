@@ -16,6 +16,7 @@
 #include "gpulanes/plan/self_tuning.h"
 #include "gpulanes/runtime/runtime.h"
 #include "gpulanes/sim/cluster.h"
+#include "gpulanes/sim/plan_check.h"
 
 namespace gpulanes {
 
@@ -88,6 +89,7 @@ class Simulator {
   std::vector<Recorder> recorders_;  // by model
   std::vector<SimModelSpec> models_; // specs and profiles, for the planner
   ReplanOptions replan_;
+  std::shared_ptr<InterferenceModel> interference_;  // the cluster's: plans are checked with it
   TimeNs warmup_end_ = 0;            // absolute; arrivals before it are not recorded
   FeedbackMeter feedback_;           // self_tuning: what lanes did between re-plans
   bool ran_ = false;

@@ -30,7 +30,8 @@ import numpy as np
 from .. import _C
 from .. import profiles as _profiles
 from ..errors import InvalidInput, UnknownModel
-from ..planning import replan_config, share_profile
+from .._checks import _flag, _number
+from ..planning import dispersions, replan_config, share_profile
 from .._options import _model_stats, _policy_options, _predictor_config, _trace_frame
 from ..workloads import Workload, model_summary
 from . import scenarios, zoo
@@ -233,6 +234,7 @@ class Simulator:
         return {
             "models": per,
             "replans": res["replans"],
+            "traffic": res["traffic"],
             "lanes_at_end": [{**l, "models": [order[i] for i in l["models"]]}
                              for l in self._core.layout()],
             "duration_s": workload.duration_s,
@@ -244,19 +246,52 @@ class Simulator:
         }
 
     def plan(self, rates: Mapping[str, float], variant: str = "spatiotemporal", *,
-             gpus: Optional[int] = None, granularity: int = 8) -> Dict[str, Any]:
-        """Plans lanes for ``rates`` (requests/s per model) on up to ``gpus`` GPUs (default:
-        the simulator's): the gpu-let algorithm on SM-count lanes (multiples of
+             gpus: Optional[int] = None, granularity: int = 8,
+             cv: Union[None, float, Mapping[str, Optional[float]]] = None,
+             traffic: Optional[Mapping[str, Mapping[str, Any]]] = None,
+             check: bool = True, spread: bool = True) -> Dict[str, Any]:
+        """Plans lanes for ``rates`` (mean requests/s per model) on up to ``gpus`` GPUs
+        (default: the simulator's): the gpu-let algorithm on SM-count lanes (multiples of
         ``granularity``; csrc/gpulanes/plan/planner.h). ``variant``: ``"spatiotemporal"``
         (placement checked against predicted interference), ``"no_interference"``,
-        ``"temporal_only"`` (whole-GPU lanes). Returns the plan: gpus_used, feasible,
-        unplaced_rate, meets_slos, lanes (gpu, sms, duty_ms, models with batch, rate and
-        predicted latency). :meth:`apply_plan` makes it the layout."""
+        ``"temporal_only"`` (whole-GPU lanes).
+
+        Lanes are sized for each model's 99th-percentile burst within one SLO, from ``cv``:
+        the coefficient of variation of its arrival gaps (1: Poisson; 0: plan for the mean
+        rate), one number for all or a dict by model; None (the default) means unknown, which is
+        planned as bursty (CV 2). ``traffic``: a run's ``"traffic"`` (or
+        :meth:`gpulanes.Runtime.measured_traffic`): each model's measured CV and its measured
+        peak rate (99th percentile per SLO window), which also covers slow bursts; ``cv``, when
+        given, overrides its CVs. With ``spread``, GPUs of the budget that the plan would leave
+        idle take more headroom. With ``check``, the plan is simulated first (Gamma arrivals at
+        the given rates and CVs, this simulator's interference): ``gpus_needed`` is then the
+        fewest GPUs whose plan held 99% of every model, and a plan that does not hold falls back
+        to temporal sharing of whole GPUs when that does better (``why`` says so).
+
+        Returns the plan: gpus_used, gpus_needed, headroom, feasible, unplaced_rate (mean
+        requests/s), planned_rate (what the lanes were sized for), meets_slos, simulated
+        (passed, min_attainment, attainment by model), why, rates and lanes (gpu, sms, duty_ms,
+        models with batch, rate and predicted latency). :meth:`apply_plan` makes it the layout."""
         unknown = [m for m in rates if m not in self._models]
         if unknown:
             raise UnknownModel(f"rates for models that were not added: {unknown}")
-        models = [{**cfg, "rate": float(rates.get(cfg["name"], 0.0))} for cfg in self._model_configs()]
-        return _C.make_plan(models, self._planner_config(variant, gpus, granularity))
+        names = list(self._models)
+        seen = dict(traffic or {})
+        if cv is None and seen:
+            cv = {m: seen[m].get("cv") for m in names if m in seen}
+        disp = dispersions(cv, names)
+        models = [{**cfg, "rate": _number(f"rate of {cfg['name']!r}", rates.get(cfg["name"], 0.0)),
+                   "dispersion": disp[cfg["name"]],
+                   "peak_rate": _number(f"peak_rate of {cfg['name']!r}",
+                                        (seen.get(cfg["name"]) or {}).get("peak_rate") or 0.0)}
+                  for cfg in self._model_configs()]
+        config = {**self._planner_config(variant, gpus, granularity), "spread": _flag("spread", spread)}
+        if _flag("check", check):
+            out = _C.make_plan(models, config, dict(self.interference))
+        else:
+            out = _C.make_plan(models, config)
+        out["rates"] = {m["name"]: m["rate"] for m in models}
+        return out
 
     def _planner_config(self, variant: str, gpus: Optional[int], granularity: int) -> Dict[str, Any]:
         cfg = {"variant": variant, "gpus": int(gpus or len(self.gpus)),
@@ -272,10 +307,11 @@ class Simulator:
             raise InvalidInput(f"the plan uses {plan['gpus_used']} GPUs; there are {len(self.gpus)}")
         self.set_lanes([{"gpu": l["gpu"], "sms": l["sms"],
                          "models": [m["model"] for m in l["models"]]} for l in plan["lanes"]])
-        rates: Dict[str, float] = {}
-        for lane in plan["lanes"]:
-            for m in lane["models"]:
-                rates[m["model"]] = rates.get(m["model"], 0.0) + m["rate"]
+        rates: Dict[str, float] = dict(plan.get("rates") or {})
+        if not rates:  # a plan made elsewhere: the rates its lanes were sized for
+            for lane in plan["lanes"]:
+                for m in lane["models"]:
+                    rates[m["model"]] = rates.get(m["model"], 0.0) + m["rate"]
         self._planned_rates = rates  # the rates this layout serves: drift is measured from them
 
     def _model_configs(self) -> List[Dict[str, Any]]:
