@@ -93,7 +93,7 @@ def main() -> None:
     for scn_name in args.scenarios:
         for shape in SHAPES:
             for load in LOADS:
-                            traffic = measured_traffic(scn_name, shape, load, args.gpus, args.seconds)
+                traffic = measured_traffic(scn_name, shape, load, args.gpus, args.seconds)
                 cells = []
                 for planner in PLANNERS:
                     row = evaluate(scn_name, shape, load, planner, args.gpus, args.seconds, traffic)
