@@ -167,8 +167,10 @@ class Planning:
                                                 float(admit_fraction))
 
     def replans(self) -> List[Dict[str, Any]]:
-        """With ``replan``: each re-plan so far (t_s, drift, rates, gpus_used, feasible, lanes,
-        changed, applied_t_s, plan_wall_us, apply_wall_ms)."""
+        """With ``replan``: each re-plan so far (t_s, drift, rates, dispersion (measured burstiness
+        per model, -1: unknown), gpus_used, gpus_needed (fewest GPUs a plan held 99% on in
+        simulation), simulated_attainment, why (a fallback, or why no plan held), feasible,
+        lanes, changed, applied_t_s, plan_wall_us, apply_wall_ms)."""
         return self._core.planning().replans()
 
     def admission_limits(self) -> Dict[str, float]:
