@@ -33,7 +33,7 @@ def test_a_plan_for_given_rates_becomes_the_layout():
         assert plan["feasible"] and plan["meets_slos"] and 1 <= plan["gpus_used"] <= 2
         assert plan["predicted_attainment"] == 1.0
         assert plan["rates"] == {"a": 100.0, "busy": 5.0}
-        assert sorted(sum(planned_models(plan), [])) == ["a", "busy"]
+        assert set(sum(planned_models(plan), [])) == {"a", "busy"}  # maybe spread over both lanes
         assert rt.apply_plan(plan)
         assert [sorted(l["models"]) for l in rt.lanes()] == planned_models(plan)
         assert not rt.apply_plan(plan)  # the same layout: nothing to swap
@@ -102,7 +102,7 @@ def test_replanning_while_serving_follows_the_rates_and_loses_nothing():
     assert 40 < a_rate < 400 and 3 < busy_rate < 20
     if same_window:  # measured_rates() is what the last re-plan planned for
         assert measured["a"] == pytest.approx(events[-1]["rates"][0])
-    assert sorted(m for l in lanes for m in l["models"]) == ["a", "busy"]
+    assert {m for l in lanes for m in l["models"]} == {"a", "busy"}
     with pytest.raises(gl.InvalidInput, match="every_s"):
         gl.Runtime(device="cpu", replan={"every": 1})
 
@@ -131,7 +131,8 @@ def test_a_plan_that_leaves_a_model_out_still_serves_it():
     rt = two_model_runtime(cpu_lanes=2)
     with rt:
         plan = rt.plan({"a": 0.0, "busy": 5.0})
-        assert sorted(sum(planned_models(plan), [])) == ["busy"]
+        # "busy" may get both lanes (idle lanes of the budget are spread into): "a" gets none.
+        assert set(sum(planned_models(plan), [])) == {"busy"}
         rt.apply_plan(plan)
         assert any("a" in l["models"] for l in rt.lanes())
         assert torch.equal(rt.infer("a", torch.ones(4)), torch.full((4,), 3.0))
