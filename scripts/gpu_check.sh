@@ -12,13 +12,13 @@
 # Builds gpulanes against that machine's torch (no network: --no-index). `tests`: the C++ tests
 # and the whole pytest suite with the GPU tests (green-context lanes and the %smid probe among
 # them). `bench`: the overhead benchmark, the demo and the policies benchmark on CUDA.
-# `partitions`: benchmarks/gpu_partitions.py (probe, SM-count curve, co-location matrix, H100
-# profile file) and the simulator fidelity check on CUDA. `plan`: benchmarks/gpu_plan.py (the
+# `partitions`: benchmarks/gpu_partitions.py (probe, SM-count curve, co-location matrix, the
+# GPU's profile file) and the simulator fidelity check on CUDA. `plan`: benchmarks/gpu_plan.py (the
 # planner re-laying out green-context lanes through a rate step vs one whole-GPU lane; it uses
-# benchmarks/profiles/h100-profiles.json when committed). `mix`: benchmarks/gpu_mix.py (four
+# benchmarks/profiles/<gpu>-profiles.json for this GPU, e.g. h100 or h200, when committed). `mix`: benchmarks/gpu_mix.py (four
 # models: one whole-GPU lane vs streams vs green lanes; highest rate at >= 99%). Logs, JSON and
 # plots land in $OUT;
-# commit them to benchmarks/results/ (and h100-profiles.json to benchmarks/profiles/).
+# commit them to benchmarks/results/ (and <gpu>-profiles.json to benchmarks/profiles/).
 set -uo pipefail
 STAGE="${1:-all}"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -71,7 +71,15 @@ fi
 if [ "$STAGE" = plan ]; then
 step "planner on the runtime (cuda)"
 PROFILES=()
-[ -f benchmarks/profiles/h100-profiles.json ] && PROFILES=(--profiles benchmarks/profiles/h100-profiles.json)
+# The profile file gpu_partitions.py wrote for this kind of GPU (<tag>-profiles.json, the tag as
+# benchmarks/_common.py's device_tag names it), when one is committed.
+GPU_NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr '[:upper:]' '[:lower:]')"
+TAG=""
+for known in h100 h200 a100 l4; do
+  case "$GPU_NAME" in *"$known"*) TAG="$known" ;; esac
+done
+[ -n "$TAG" ] && [ -f "benchmarks/profiles/$TAG-profiles.json" ] &&
+  PROFILES=(--profiles "benchmarks/profiles/$TAG-profiles.json")
 "$PY" benchmarks/gpu_plan.py --device cuda --out "$OUT" "${PROFILES[@]}" 2>&1 | tail -8 | tee -a "$LOG" || status=1
 fi
 
