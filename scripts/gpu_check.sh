@@ -15,8 +15,9 @@
 # `partitions`: benchmarks/gpu_partitions.py (probe, SM-count curve, co-location matrix, the
 # GPU's profile file) and the simulator fidelity check on CUDA. `plan`: benchmarks/gpu_plan.py (the
 # planner re-laying out green-context lanes through a rate step vs one whole-GPU lane; it uses
-# benchmarks/profiles/<gpu>-profiles.json for this GPU, e.g. h100 or h200, when committed). `mix`: benchmarks/gpu_mix.py (four
-# models: one whole-GPU lane vs streams vs green lanes; highest rate at >= 99%). Logs, JSON and
+# benchmarks/profiles/<gpu>-profiles.json for this GPU, e.g. h100 or h200, when committed).
+# `mix`: benchmarks/gpu_mix.py (four models: one whole-GPU lane vs streams vs green lanes;
+# highest rate at >= 99%). Logs, JSON and
 # plots land in $OUT;
 # commit them to benchmarks/results/ (and <gpu>-profiles.json to benchmarks/profiles/).
 set -uo pipefail
