@@ -14,7 +14,7 @@ import os
 import time
 import weakref
 from concurrent.futures import Future
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -217,6 +217,7 @@ class Runtime(Planning, Profiling):
                                 partitioning, _replan_config(replan, _RUNTIME_PLANNER))
         self._spin_us = spin_us
         self._slo_ms: Dict[str, float] = {}
+        self._signatures: Dict[str, List[Tuple[Tuple[int, ...], torch.dtype]]] = {}
         # Per model: what its profile depends on (a profile entry without points).
         self._profile_keys: Dict[str, Dict[str, Any]] = {}
         self._profile_source: Dict[str, str] = {}  # model -> "given", "cache" or "measured"
@@ -302,6 +303,7 @@ class Runtime(Planning, Profiling):
         self._core.register_model(name, kind, source, tuple(example_inputs),
                                   int(slo_ms * 1e6), max_batch_size, max_queue)
         self._slo_ms[name] = slo_ms
+        self._signatures[name] = [(tuple(t.shape[1:]), t.dtype) for t in example_inputs]
         self._profile_keys[name] = {
             "model": name, "model_hash": digest, "max_batch_size": max_batch_size,
             "inputs": [[list(t.shape[1:]), str(t.dtype).replace("torch.", "")]
@@ -524,6 +526,12 @@ class Runtime(Planning, Profiling):
     @property
     def models(self) -> List[str]:
         return list(self._slo_ms)
+
+    def input_signature(self, model: str) -> List[Tuple[Tuple[int, ...], torch.dtype]]:
+        """(shape of one sample, dtype) of each input of a registered model."""
+        if model not in self._signatures:
+            raise UnknownModel(f"no model named {model!r} is registered")
+        return list(self._signatures[model])
 
     @property
     def running(self) -> bool:

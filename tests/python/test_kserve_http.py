@@ -1,0 +1,98 @@
+"""KServe v2 over HTTP (JSON tensors) on a CPU runtime, driven as a client would: the protocol's
+endpoints, batches split into requests and stacked back, and every bad request a 4xx with the
+protocol's error body, never a 500 or a crash."""
+
+import json
+
+import pytest
+import torch
+
+import gpulanes as gl
+from conftest import Affine, scripted
+
+starlette = pytest.importorskip("starlette")
+from starlette.testclient import TestClient  # noqa: E402
+
+from gpulanes.serve import kserve_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client():
+    rt = gl.Runtime(device="cpu", warmup_rounds=1, profile_reps=3, profile_cache=False)
+    rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(2, 4),
+                max_batch_size=8, max_queue=64)
+    rt.start()
+    with TestClient(kserve_app(rt, max_body_bytes=4096)) as c:
+        yield c, rt
+    rt.shutdown()
+
+
+def body(data, shape=(1, 4), datatype="FP32", **extra):
+    return {"inputs": [{"name": "INPUT__0", "shape": list(shape), "datatype": datatype,
+                        "data": data}], **extra}
+
+
+def test_server_and_model_endpoints(client):
+    c, _ = client
+    assert c.get("/v2").json()["name"] == "gpulanes"
+    assert c.get("/v2/health/live").status_code == 200
+    assert c.get("/v2/health/ready").status_code == 200
+    meta = c.get("/v2/models/affine").json()
+    assert meta["inputs"] == [{"name": "INPUT__0", "datatype": "FP32", "shape": [-1, 4]}]
+    assert c.get("/v2/models/affine/versions/1").json()["name"] == "affine"
+    assert c.get("/v2/models/affine/ready").status_code == 200
+    assert c.get("/v2/models/nope/ready").status_code == 404
+    text = c.get("/metrics").text
+    assert "gpulanes" in text
+
+
+def test_a_batch_is_served_row_by_row_and_stacked(client):
+    c, _ = client
+    x = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    r = c.post("/v2/models/affine/infer",
+               json=body(x.flatten().tolist(), shape=(3, 4), id="req-7",
+                         parameters={"timeout": 30_000_000, "priority": 2}))
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["id"] == "req-7" and out["model_name"] == "affine"
+    o = out["outputs"][0]
+    assert o["name"] == "OUTPUT__0" and o["datatype"] == "FP32" and o["shape"] == [3, 4]
+    assert torch.equal(torch.tensor(o["data"]).reshape(3, 4), 2 * x + 1)  # Affine: 2x + 1
+
+
+@pytest.mark.parametrize("payload, status, says", [
+    (b"{not json", 400, "not JSON"),
+    (json.dumps({"inputs": "x"}).encode(), 400, "inputs"),
+    (json.dumps(body([1.0] * 4, datatype="INT64")).encode(), 400, "datatype"),
+    (json.dumps(body([1.0] * 4, shape=(1, 5))).encode(), 400, "shape"),
+    (json.dumps(body([1.0] * 3)).encode(), 400, "values"),
+    (json.dumps(body(["a"] * 4)).encode(), 400, "data"),
+    (json.dumps(body([1.0] * 4, parameters={"timeout": -5})).encode(), 400, "timeout"),
+    (json.dumps({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32",
+                             "data": [0, 0, 0, 0]}]}).encode(), 400, "unknown input"),
+    (b"[" + b"1.0," * 2000 + b"1.0]", 400, "limit"),
+])
+def test_bad_requests_get_400_with_an_error_body(client, payload, status, says):
+    c, rt = client
+    r = c.post("/v2/models/affine/infer", content=payload,
+               headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert says in r.json()["error"]
+    assert rt.stats()["affine"]["in_flight"] == 0
+
+
+def test_unknown_model_is_404_and_a_past_deadline_504(client):
+    c, _ = client
+    r = c.post("/v2/models/nope/infer", json=body([0.0] * 4))
+    assert r.status_code == 404 and "nope" in r.json()["error"]
+    r = c.post("/v2/models/affine/infer", json=body([0.0] * 4, parameters={"timeout": 1}))
+    assert r.status_code == 504, r.text  # 1 us: cannot be met even alone
+
+
+def test_a_closed_runtime_answers_503_with_retry_after():
+    rt = gl.Runtime(device="cpu", warmup_rounds=1, profile_reps=3, profile_cache=False)
+    rt.register("affine", scripted(Affine()), slo_ms=1000, example_inputs=torch.zeros(2, 4))
+    with TestClient(kserve_app(rt)) as c:
+        assert c.get("/v2/health/ready").status_code == 503  # not started yet
+        r = c.post("/v2/models/affine/infer", json=body([0.0] * 4))
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
