@@ -141,7 +141,8 @@ class Planning:
         if granularity is not None:
             config["granularity"] = int(granularity)
         vector = [float(given.get(m, 0.0)) for m in names]
-        disp = [] if cv is None else [dispersions(cv, names)[m] for m in names]
+        by_model = None if cv is None else dispersions(cv, names)
+        disp = [] if by_model is None else [by_model[m] for m in names]
         plan = self._core.planning().plan(vector, config, disp, _flag("check", check))
         plan["rates"] = dict(zip(names, vector))
         return plan

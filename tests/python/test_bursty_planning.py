@@ -121,3 +121,15 @@ def test_runtime_measures_its_traffic_and_plans_with_it():
         plan = rt.plan({"m": 100.0})
         assert plan["planned_rate"]["m"] > 100.0
         assert "simulated" in plan
+
+
+def test_plan_options_are_checked():
+    sim, scn = scenario_sim()
+    rates = scn.rates(100)
+    for bad in (float("nan"), float("inf"), "2", 1e9):
+        with pytest.raises(gl.InvalidInput):
+            sim.plan(rates, cv=bad)
+    with pytest.raises(gl.InvalidInput, match="traffic"):
+        sim.plan(rates, traffic={"bert": 3.0})
+    with pytest.raises(gl.InvalidInput, match="traffic"):
+        sim.plan(rates, traffic=[1, 2])

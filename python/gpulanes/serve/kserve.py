@@ -65,8 +65,8 @@ def _tensor(spec: Any, name: str, sample_shape: Tuple[int, ...], dtype: torch.dt
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
         raise InvalidInput(f"input {name!r}: shape must be a non-empty list of sizes, got {shape!r}")
     if tuple(shape[1:]) != tuple(sample_shape) or shape[0] < 1:
-        raise InvalidInput(f"input {name!r} has shape {shape}; the model takes "
-                           f"[batch >= 1, {', '.join(map(str, sample_shape))}]".replace(", ]", "]"))
+        wanted = ", ".join(["batch >= 1", *map(str, sample_shape)])
+        raise InvalidInput(f"input {name!r} has shape {shape}; the model takes [{wanted}]")
     data = spec.get("data")
     if not isinstance(data, list):
         raise InvalidInput(f"input {name!r}: data must be a list")

@@ -276,6 +276,10 @@ class Simulator:
         if unknown:
             raise UnknownModel(f"rates for models that were not added: {unknown}")
         names = list(self._models)
+        if traffic is not None and (not isinstance(traffic, Mapping) or not all(
+                isinstance(t, Mapping) for t in traffic.values())):
+            raise InvalidInput("traffic must map model names to measurements such as a run's "
+                               f"'traffic' ({{'m': {{'cv': 1.2, 'peak_rate': 300.0}}}}), got {traffic!r}")
         seen = dict(traffic or {})
         if cv is None and seen:
             cv = {m: seen[m].get("cv") for m in names if m in seen}
