@@ -13,7 +13,7 @@ from conftest import Affine, scripted
 starlette = pytest.importorskip("starlette")
 from starlette.testclient import TestClient  # noqa: E402
 
-from gpulanes.serve import kserve_app  # noqa: E402
+from gpulanes.serve import app as kserve_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,19 @@
-"""Serving a :class:`gpulanes.Runtime` to clients written by others.
+"""Serving a :class:`gpulanes.Runtime` to clients written by others, over the KServe v2 / Open
+Inference Protocol (what tritonclient, perf_analyzer and KServe clients speak).
 
-:func:`kserve_app` is an ASGI application speaking the KServe v2 / Open Inference Protocol over
-HTTP with JSON tensors (run it with any ASGI server, e.g. ``uvicorn``). Needs the ``server``
-extra (Starlette).
+- :func:`app`: the HTTP front end as an ASGI app, to mount in your own FastAPI/Starlette service
+  or to run with uvicorn (JSON and binary tensors).
+- :func:`grpc_server`: the gRPC front end (``inference.GRPCInferenceService``) on grpcio.
+- :func:`load_config` / :func:`serve`: what ``gpulanes serve CONFIG.toml`` runs.
+
+Needs the ``server`` extra (Starlette, uvicorn, grpcio, protobuf).
 """
 
-from .kserve import kserve_app
+from .config import ServeConfig, load_config, parse_config
+from .grpc_server import grpc_server
+from .http import app
+from .protocol import Endpoint, ModelIO
+from .server import serve
 
-__all__ = ["kserve_app"]
+__all__ = ["app", "grpc_server", "load_config", "parse_config", "serve", "Endpoint", "ModelIO",
+           "ServeConfig"]

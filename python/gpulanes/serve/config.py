@@ -1,0 +1,242 @@
+"""The TOML file `gpulanes serve` (and the Ray and pytest integrations) read: the server, the
+runtime options and every model. Unknown keys and wrong types are refused with an
+:class:`InvalidInput` naming the key, so a typo never passes silently. ``examples/serve/serve.toml``
+shows every section.
+
+.. code-block:: toml
+
+    [server]                    # all optional
+    host = "127.0.0.1"          # loopback unless told otherwise
+    http_port = 8000            # 0: any free port; -1: no HTTP
+    grpc_port = 8001            # 0: any free port; -1: no gRPC
+    max_body_bytes = 67108864   # larger bodies / messages get 400 / INVALID_ARGUMENT
+    max_rows = 1024             # most samples one request may carry
+    token_env = "GPULANES_TOKEN"  # bearer token from this variable (or token = "...")
+    drain_timeout_s = 30        # SIGTERM: how long in-flight requests may take to finish
+
+    [runtime]                   # gpulanes.Runtime's keyword arguments, plus `lanes`
+    device = "cpu"
+    cpu_lanes = 2
+
+    [models.doubler]
+    file = "doubler.pt"         # relative to this file
+    slo_ms = 20
+    max_batch_size = 16
+    max_queue = 1000
+    inputs = [{ name = "INPUT__0", datatype = "FP32", shape = [4] }]
+    outputs = [{ name = "OUTPUT__0", datatype = "FP32", shape = [4] }]  # or just names
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+
+from ..errors import InvalidInput
+from .protocol import DATATYPES, ModelIO
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    import tomli as tomllib  # type: ignore[no-redef]
+
+_RUNTIME_KEYS = {"device", "partitioning", "policy", "predictor", "policy_options",
+                 "predictor_options", "cpu_lanes", "output_device", "warmup_rounds", "spin_us",
+                 "profile_reps", "trace", "profile_cache", "replan"}
+
+
+@dataclass
+class ModelConfig:
+    name: str
+    file: Path
+    slo_ms: float
+    max_batch_size: int
+    max_queue: int
+    inputs: List[Dict[str, Any]]   # name, datatype, shape (one sample)
+    io: ModelIO
+
+    def example_inputs(self) -> List[torch.Tensor]:
+        """A batch of two zero samples of every input (zeros are valid indices, too)."""
+        return [torch.zeros((2, *t["shape"]), dtype=DATATYPES[t["datatype"]]) for t in self.inputs]
+
+
+@dataclass
+class ServeConfig:
+    path: Optional[Path] = None
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    max_body_bytes: int = 64 << 20
+    max_rows: int = 1024
+    token: Optional[str] = None
+    drain_timeout_s: float = 30.0
+    log_level: str = "warning"
+    runtime: Dict[str, Any] = field(default_factory=dict)
+    lanes: Optional[List[Dict[str, Any]]] = None
+    models: List[ModelConfig] = field(default_factory=list)
+
+    def io(self) -> Dict[str, ModelIO]:
+        return {m.name: m.io for m in self.models}
+
+    def build_runtime(self):
+        """A Runtime with every model registered (not started)."""
+        from ..runtime import Runtime
+
+        rt = Runtime(**self.runtime)
+        for m in self.models:
+            rt.register(m.name, m.file, slo_ms=m.slo_ms, example_inputs=m.example_inputs(),
+                        max_batch_size=m.max_batch_size, max_queue=m.max_queue)
+        return rt
+
+    def start_runtime(self, rt) -> None:
+        """Applies the configured lane layout, then starts ``rt`` (profiling as needed)."""
+        if self.lanes is not None:
+            rt.set_lanes(self.lanes)
+        rt.start(progress=False)
+
+
+def _table(doc: Any, where: str) -> Dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"config: {where} must be a table, got {type(doc).__name__}")
+    return doc
+
+
+def _check_keys(table: Dict[str, Any], allowed, where: str) -> None:
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise InvalidInput(f"config: unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}")
+
+
+def _int(table: Dict[str, Any], key: str, where: str, default: int, lo: int, hi: int) -> int:
+    v = table.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise InvalidInput(f"config: {where}.{key} must be an integer in [{lo}, {hi}], got {v!r}")
+    return v
+
+
+def _positive(table: Dict[str, Any], key: str, where: str, default: Optional[float]) -> float:
+    v = table.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise InvalidInput(f"config: {where}.{key} must be a positive number, got {v!r}")
+    return float(v)
+
+
+def _str(table: Dict[str, Any], key: str, where: str, default: Optional[str]) -> Optional[str]:
+    v = table.get(key, default)
+    if v is not None and not isinstance(v, str):
+        raise InvalidInput(f"config: {where}.{key} must be a string, got {v!r}")
+    return v
+
+
+def _tensors(items: Any, where: str, names_only: bool) -> List[Dict[str, Any]]:
+    if not isinstance(items, list) or not items:
+        raise InvalidInput(f"config: {where} must be a non-empty list")
+    out = []
+    for i, item in enumerate(items):
+        at = f"{where}[{i}]"
+        if names_only and isinstance(item, str):
+            item = {"name": item}
+        item = dict(_table(item, at))
+        _check_keys(item, {"name", "datatype", "shape"}, at)
+        if not isinstance(item.get("name"), str) or not item["name"]:
+            raise InvalidInput(f"config: {at}.name must be a non-empty string")
+        if "datatype" in item or not names_only:
+            if item.get("datatype") not in DATATYPES:
+                raise InvalidInput(f"config: {at}.datatype must be one of {sorted(DATATYPES)}, "
+                                   f"got {item.get('datatype')!r}")
+        if "shape" in item or not names_only:
+            shape = item.get("shape")
+            if not isinstance(shape, list) or not all(
+                    isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+                raise InvalidInput(f"config: {at}.shape must be a list of sizes of one sample "
+                                   f"(no batch dimension), got {shape!r}")
+        out.append(item)
+    names = [t["name"] for t in out]
+    if len(set(names)) != len(names):
+        raise InvalidInput(f"config: {where} repeats a name: {names}")
+    return out
+
+
+def _model(name: str, table: Any, base: Path) -> ModelConfig:
+    where = f"models.{name}"
+    table = _table(table, where)
+    _check_keys(table, {"file", "slo_ms", "max_batch_size", "max_queue", "inputs", "outputs"}, where)
+    file = _str(table, "file", where, None)
+    if not file:
+        raise InvalidInput(f"config: {where}.file must name the model file")
+    path = Path(file) if Path(file).is_absolute() else base / file
+    inputs = _tensors(table.get("inputs"), f"{where}.inputs", names_only=False)
+    outputs = (_tensors(table["outputs"], f"{where}.outputs", names_only=True)
+               if "outputs" in table else [])
+    meta = ([{"name": o["name"], "datatype": o["datatype"], "shape": [-1, *o["shape"]]}
+             for o in outputs] if outputs and all("datatype" in o and "shape" in o for o in outputs)
+            else [])
+    io = ModelIO(inputs=[t["name"] for t in inputs],
+                 outputs=[o["name"] for o in outputs] or None, output_meta=meta)
+    return ModelConfig(name=name, file=path, slo_ms=_positive(table, "slo_ms", where, None),
+                       max_batch_size=_int(table, "max_batch_size", where, 32, 1, 65536),
+                       max_queue=_int(table, "max_queue", where, 10_000, 1, 10**9),
+                       inputs=inputs, io=io)
+
+
+def parse_config(doc: Dict[str, Any], base: Union[str, Path] = ".") -> ServeConfig:
+    """A checked :class:`ServeConfig` from a parsed TOML document; files relative to ``base``."""
+    doc = _table(doc, "the file")
+    _check_keys(doc, {"server", "runtime", "models"}, "the file")
+    server = _table(doc.get("server", {}), "[server]")
+    _check_keys(server, {"host", "http_port", "grpc_port", "max_body_bytes", "max_rows", "token",
+                         "token_env", "drain_timeout_s", "log_level"}, "[server]")
+    cfg = ServeConfig()
+    cfg.host = _str(server, "host", "server", cfg.host)
+    cfg.http_port = _int(server, "http_port", "server", cfg.http_port, -1, 65535)
+    cfg.grpc_port = _int(server, "grpc_port", "server", cfg.grpc_port, -1, 65535)
+    if cfg.http_port == -1 and cfg.grpc_port == -1:
+        raise InvalidInput("config: server.http_port and server.grpc_port are both -1 (off)")
+    cfg.max_body_bytes = _int(server, "max_body_bytes", "server", cfg.max_body_bytes, 1, 2**31 - 1)
+    cfg.max_rows = _int(server, "max_rows", "server", cfg.max_rows, 1, 65536)
+    cfg.drain_timeout_s = _positive(server, "drain_timeout_s", "server", cfg.drain_timeout_s)
+    cfg.log_level = _str(server, "log_level", "server", cfg.log_level)
+    if cfg.log_level not in ("critical", "error", "warning", "info", "debug"):
+        raise InvalidInput(f"config: server.log_level {cfg.log_level!r} is not a log level")
+    token, token_env = _str(server, "token", "server", None), _str(server, "token_env", "server", None)
+    if token is not None and token_env is not None:
+        raise InvalidInput("config: give server.token or server.token_env, not both")
+    if token_env is not None:
+        token = os.environ.get(token_env)
+        if not token:
+            raise InvalidInput(f"config: server.token_env names {token_env!r}, which is not set")
+    if token is not None and not token:
+        raise InvalidInput("config: server.token is empty")
+    cfg.token = token
+    runtime = dict(_table(doc.get("runtime", {}), "[runtime]"))
+    _check_keys(runtime, _RUNTIME_KEYS | {"lanes"}, "[runtime]")
+    cfg.lanes = runtime.pop("lanes", None)
+    if cfg.lanes is not None and not isinstance(cfg.lanes, list):
+        raise InvalidInput("config: runtime.lanes must be a list of lane tables")
+    cfg.runtime = runtime
+    models = _table(doc.get("models", {}), "[models]")
+    if not models:
+        raise InvalidInput("config: no [models.NAME] table: nothing to serve")
+    base = Path(base)
+    cfg.models = [_model(name, table, base) for name, table in models.items()]
+    return cfg
+
+
+def load_config(path: Union[str, os.PathLike]) -> ServeConfig:
+    """Reads and checks a TOML config file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise InvalidInput(f"config: cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidInput(f"config: {path} is not valid TOML: {e}") from None
+    cfg = parse_config(doc, path.resolve().parent)
+    cfg.path = path
+    return cfg

@@ -1,0 +1,208 @@
+"""KServe v2 over gRPC (``inference.GRPCInferenceService``) on grpcio's asyncio server.
+
+The messages come from ``kserve_v2.proto``, compiled at build time into a descriptor set that
+is loaded here into a private descriptor pool: tritonclient registers the same message names
+in protobuf's default pool, and both must live in one process (a test, a notebook). Requests
+are parsed inside the handlers, so a malformed message gets INVALID_ARGUMENT, not INTERNAL.
+Inputs may come as typed ``contents`` or as ``raw_input_contents``; outputs always go back as
+``raw_output_contents`` (what Triton does). A gRPC deadline, when the client set one, caps the
+request's gpulanes deadline.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from .. import __version__
+from ..errors import GpuLanesError, InvalidInput
+from .protocol import NAMES, Endpoint, check_shape, grpc_code, tensor_bytes, tensor_from_bytes
+
+SERVICE = "inference.GRPCInferenceService"
+
+# Which InferTensorContents field carries each datatype.
+_CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
+             "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
+             "FP32": "fp32_contents", "FP64": "fp64_contents"}
+
+
+def descriptor_set_path() -> Path:
+    from .. import _C
+
+    return Path(_C.__file__).with_name("kserve_v2.pb")
+
+
+@functools.lru_cache(maxsize=1)
+def messages() -> Dict[str, Any]:
+    """Message classes of the service, by short name, from a private descriptor pool."""
+    from google.protobuf import descriptor_pb2, descriptor_pool
+
+    path = descriptor_set_path()
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing: gpulanes was built without grpcio-tools or "
+                           "protoc, so it cannot serve gRPC (pip install grpcio-tools, rebuild)")
+    files = descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes())
+    pool = descriptor_pool.DescriptorPool()
+    for f in files.file:
+        pool.Add(f)
+    try:
+        from google.protobuf.message_factory import GetMessageClass
+    except ImportError:  # protobuf < 4.22
+        from google.protobuf.message_factory import MessageFactory
+        GetMessageClass = MessageFactory(pool).GetPrototype  # noqa: N806
+    service = pool.FindServiceByName(SERVICE)
+    out: Dict[str, Any] = {}
+    for method in service.methods:
+        out[method.input_type.name] = GetMessageClass(method.input_type)
+        out[method.output_type.name] = GetMessageClass(method.output_type)
+    return out
+
+
+def _param(p) -> Any:
+    kind = p.WhichOneof("parameter_choice")
+    return None if kind is None else getattr(p, kind)
+
+
+class InferenceService:
+    """The RPC handlers, on one :class:`Endpoint`. Called on the server's asyncio loop."""
+
+    def __init__(self, endpoint: Endpoint, token: Optional[str] = None) -> None:
+        self.ep = endpoint
+        self.token = token
+        self.m = messages()
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def handler(self):
+        """The generic handler to add to a ``grpc.aio.server``."""
+        import grpc
+
+        rpcs = {"ServerLive": (self.server_live, "ServerLiveRequest", True),
+                "ServerReady": (self.server_ready, "ServerReadyRequest", True),
+                "ModelReady": (self.model_ready, "ModelReadyRequest", False),
+                "ServerMetadata": (self.server_metadata, "ServerMetadataRequest", False),
+                "ModelMetadata": (self.model_metadata, "ModelMetadataRequest", False),
+                "ModelInfer": (self.model_infer, "ModelInferRequest", False)}
+        handlers = {name: grpc.unary_unary_rpc_method_handler(
+                        self._wrap(fn, self.m[request], open_),
+                        response_serializer=lambda msg: msg.SerializeToString())
+                    for name, (fn, request, open_) in rpcs.items()}
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+    def _wrap(self, fn, request_type, open_: bool):
+        import grpc
+        from google.protobuf.message import DecodeError
+
+        async def call(raw: bytes, context):
+            if self.token is not None and not open_:
+                given = dict(context.invocation_metadata()).get("authorization", "")
+                import hmac
+                if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                        "missing or wrong bearer token")
+            try:
+                request = request_type.FromString(raw)
+            except DecodeError as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}")
+            try:
+                return await fn(request, context)
+            except GpuLanesError as e:
+                await context.abort(grpc_code(e), str(e))
+        return call
+
+    # -- health and metadata -----------------------------------------------------------------
+
+    async def server_live(self, request, context):
+        return self.m["ServerLiveResponse"](live=True)
+
+    async def server_ready(self, request, context):
+        return self.m["ServerReadyResponse"](ready=self.ep.ready())
+
+    async def model_ready(self, request, context):
+        self.ep.model(request.name, request.version)
+        return self.m["ModelReadyResponse"](ready=self.ep.ready())
+
+    async def server_metadata(self, request, context):
+        return self.m["ServerMetadataResponse"](name="gpulanes", version=__version__,
+                                                extensions=["binary_tensor_data"])
+
+    async def model_metadata(self, request, context):
+        meta = await self.ep.metadata(self.ep.model(request.name, request.version))
+        reply = self.m["ModelMetadataResponse"](name=meta["name"], versions=meta["versions"],
+                                                platform=meta["platform"])
+        for key in ("inputs", "outputs"):
+            for t in meta[key]:
+                getattr(reply, key).add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+        return reply
+
+    # -- inference ---------------------------------------------------------------------------
+
+    async def model_infer(self, request, context):
+        model = self.ep.model(request.model_name, request.model_version)
+        given = {}
+        for t in request.inputs:
+            if t.name in given:
+                raise InvalidInput(f"input {t.name!r} is given twice")
+            given[t.name] = t
+        wanted = {n: (s, d) for n, s, d in self.ep.order_inputs(model, given)}
+        raw = list(request.raw_input_contents)
+        if raw and len(raw) != len(request.inputs):
+            raise InvalidInput(f"raw_input_contents has {len(raw)} entries for "
+                               f"{len(request.inputs)} inputs")
+        tensors = {}
+        for i, t in enumerate(request.inputs):
+            sample, dtype = wanted[t.name]
+            shape = check_shape(t.name, t.datatype, list(t.shape), sample, dtype,
+                                self.ep.max_rows)
+            if raw:
+                tensors[t.name] = tensor_from_bytes(t.name, shape, dtype,
+                                                    memoryview(bytearray(raw[i])))
+            else:
+                tensors[t.name] = _from_contents(t, shape, dtype)
+        params = {k: _param(v) for k, v in request.parameters.items()}
+        deadline_ms, priority = self.ep.request_options(
+            {k: v for k, v in params.items() if k in ("timeout", "priority")})
+        remaining = context.time_remaining()
+        if remaining is not None and (deadline_ms is None or remaining * 1e3 < deadline_ms):
+            deadline_ms = max(remaining * 1e3, 1e-3)
+        outputs = await self.ep.run(model, [tensors[n] for n in self.ep.input_names(model)],
+                                    deadline_ms, priority)
+        reply = self.m["ModelInferResponse"](model_name=model, model_version="1", id=request.id)
+        requested = [o.name for o in request.outputs] or None
+        for name, t in self.ep.select_outputs(model, outputs, requested):
+            reply.outputs.add(name=name, datatype=NAMES[t.dtype], shape=list(t.shape))
+            reply.raw_output_contents.append(tensor_bytes(t))
+        return reply
+
+
+def _from_contents(t, shape, dtype: torch.dtype) -> torch.Tensor:
+    field = _CONTENTS.get(t.datatype)
+    if field is None:
+        raise InvalidInput(f"input {t.name!r}: {t.datatype} must come in raw_input_contents")
+    values: List[Any] = list(getattr(t.contents, field))
+    if len(values) != math.prod(shape):
+        raise InvalidInput(f"input {t.name!r}: {len(values)} values in contents.{field} for "
+                           f"shape {list(shape)} ({math.prod(shape)} expected)")
+    try:
+        return torch.tensor(values, dtype=dtype).reshape(shape)
+    except (RuntimeError, OverflowError, ValueError) as e:
+        raise InvalidInput(f"input {t.name!r}: values do not fit {t.datatype}: {e}") from None
+
+
+def grpc_server(endpoint: Endpoint, address: str, *, max_message_bytes: int = 64 << 20,
+                token: Optional[str] = None):
+    """A ``grpc.aio.Server`` serving ``endpoint`` at ``address`` (not started: ``await
+    server.start()``). Returns (server, bound port)."""
+    import grpc
+
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
+                                      ("grpc.max_send_message_length", max_message_bytes)])
+    server.add_generic_rpc_handlers((InferenceService(endpoint, token).handler(),))
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"gRPC could not bind {address}")
+    return server, port

@@ -1,0 +1,214 @@
+"""KServe v2 over HTTP: an ASGI (Starlette) app with JSON tensors and the binary tensor
+extension, the one tritonclient uses by default.
+
+Binary tensors: a request whose ``Inference-Header-Content-Length`` header is N carries N bytes
+of JSON, then the raw bytes of every input that has ``parameters.binary_data_size``, in the
+order the JSON lists them. An output goes back binary when the request asks for it
+(``outputs[i].parameters.binary_data`` or ``parameters.binary_data_output``); the reply then has
+the same layout. Every malformed request (not JSON, wrong datatype, shape or sizes, a body over
+the limit) gets 400 with the protocol's ``{"error": ...}`` body.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any, Dict, List, Optional
+
+from ..errors import GpuLanesError, InvalidInput
+from .protocol import (NAMES, Endpoint, ModelIO, check_shape, http_status, tensor_bytes,
+                       tensor_from_bytes, tensor_from_list)
+
+_HEADER_LENGTH = "inference-header-content-length"
+
+
+def _error(status: int, message: str):
+    from starlette.responses import JSONResponse
+
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _read_body(request, limit: int) -> bytes:
+    """The body, refused as soon as it passes ``limit`` (a lying Content-Length included)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidInput(f"Content-Length {declared!r} is not a byte count")
+        if int(declared) > limit:
+            raise InvalidInput(f"body of {declared} bytes is over the limit of {limit}")
+    if request.headers.get("content-encoding", "identity").lower() not in ("identity", ""):
+        raise InvalidInput("compressed bodies (Content-Encoding) are not accepted")
+    chunks: List[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise InvalidInput(f"body of more than {limit} bytes is over the limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _split_body(body: bytes, header: Optional[str]):
+    """(JSON bytes, binary section as a writable memoryview)."""
+    if header is None:
+        return body, memoryview(bytearray())
+    if not header.strip().isdigit() or int(header) > len(body):
+        raise InvalidInput(f"Inference-Header-Content-Length {header!r} does not fit a body of "
+                           f"{len(body)} bytes")
+    n = int(header)
+    return body[:n], memoryview(bytearray(body[n:]))
+
+
+def _decode_inputs(endpoint: Endpoint, model: str, specs: Any, binary: memoryview):
+    if not isinstance(specs, list):
+        raise InvalidInput("body must be an object with an 'inputs' list")
+    given: Dict[str, Dict[str, Any]] = {}
+    for spec in specs:
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if not isinstance(name, str):
+            raise InvalidInput("every input must be an object with a name, shape, datatype and data")
+        if name in given:
+            raise InvalidInput(f"input {name!r} is given twice")
+        given[name] = spec
+    wanted = {n: (s, d) for n, s, d in endpoint.order_inputs(model, given)}
+    tensors: Dict[str, Any] = {}
+    offset = 0
+    for name, spec in given.items():  # binary sections come in the order the JSON lists them
+        sample, dtype = wanted[name]
+        shape = check_shape(name, spec.get("datatype"), spec.get("shape"), sample, dtype,
+                            endpoint.max_rows)
+        params = spec.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise InvalidInput(f"input {name!r}: parameters must be an object")
+        size = params.get("binary_data_size")
+        if size is None:
+            tensors[name] = tensor_from_list(name, shape, dtype, spec.get("data"))
+            continue
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise InvalidInput(f"input {name!r}: binary_data_size must be a byte count, got {size!r}")
+        if offset + size > len(binary):
+            raise InvalidInput(f"input {name!r}: binary_data_size {size} runs past the "
+                               f"{len(binary)} bytes of binary data")
+        tensors[name] = tensor_from_bytes(name, shape, dtype, binary[offset:offset + size])
+        offset += size
+    if offset != len(binary):
+        raise InvalidInput(f"the body carries {len(binary)} bytes of binary data but the inputs "
+                           f"claim {offset}")
+    return [tensors[n] for n in endpoint.input_names(model)]
+
+
+def _requested_outputs(doc: Dict[str, Any]):
+    """(names asked for or None, names to send binary, binary for the rest)."""
+    params = doc.get("parameters") or {}
+    binary_all = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
+    specs = doc.get("outputs")
+    if specs is None:
+        return None, set(), binary_all
+    if not isinstance(specs, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("name"), str) for s in specs):
+        raise InvalidInput("outputs must be a list of objects with a name")
+    binary = set()
+    for s in specs:
+        p = s.get("parameters") or {}
+        if not isinstance(p, dict):
+            raise InvalidInput(f"output {s['name']!r}: parameters must be an object")
+        if p.get("classification"):
+            raise InvalidInput("the classification extension is not supported")
+        if p.get("binary_data", binary_all):
+            binary.add(s["name"])
+    return [s["name"] for s in specs], binary, False
+
+
+def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
+        max_body_bytes: int = 64 << 20, max_rows: int = 1024, token: Optional[str] = None,
+        endpoint: Optional[Endpoint] = None):
+    """The ASGI app serving ``runtime`` (mount it in a FastAPI or Starlette service, or run it
+    with uvicorn). ``io``: per model, tensor names (default INPUT__0.. / OUTPUT__0..). Bodies over
+    ``max_body_bytes`` and requests of more than ``max_rows`` samples get 400. ``token``: when
+    set, every endpoint but health needs ``Authorization: Bearer <token>``."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
+    from starlette.routing import Route
+
+    ep = endpoint or Endpoint(runtime, io, max_rows)
+
+    def guarded(handler, open_: bool = False):
+        async def call(request: Request):
+            if token is not None and not open_:
+                given = request.headers.get("authorization", "")
+                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                    return _error(401, "missing or wrong bearer token")
+            try:
+                return await handler(request)
+            except GpuLanesError as e:
+                return _error(http_status(e), str(e))
+        return call
+
+    async def server_metadata(request: Request):
+        from .. import __version__
+        return JSONResponse({"name": "gpulanes", "version": __version__,
+                             "extensions": ["binary_tensor_data"]})
+
+    async def live(request: Request):
+        return Response(status_code=200)
+
+    async def ready(request: Request):
+        return Response(status_code=200 if ep.ready() else 503)
+
+    def model_of(request: Request) -> str:
+        return ep.model(request.path_params["model"], request.path_params.get("version"))
+
+    async def model_metadata(request: Request):
+        return JSONResponse(await ep.metadata(model_of(request)))
+
+    async def model_ready(request: Request):
+        model_of(request)
+        return Response(status_code=200 if ep.ready() else 503)
+
+    async def metrics(request: Request):
+        return PlainTextResponse(runtime.metrics_text(), media_type="text/plain; version=0.0.4")
+
+    async def infer(request: Request):
+        model = model_of(request)
+        body = await _read_body(request, max_body_bytes)
+        head, binary = _split_body(body, request.headers.get(_HEADER_LENGTH))
+        try:
+            doc = json.loads(head)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InvalidInput(f"body is not JSON: {e}") from None
+        if not isinstance(doc, dict):
+            raise InvalidInput("body must be an object with an 'inputs' list")
+        batch = _decode_inputs(ep, model, doc.get("inputs"), binary)
+        requested, binary_names, binary_all = _requested_outputs(doc)
+        deadline_ms, priority = ep.request_options(doc.get("parameters"))
+        outputs = await ep.run(model, batch, deadline_ms, priority)
+        reply: Dict[str, Any] = {"model_name": model, "model_version": "1", "outputs": []}
+        if "id" in doc:
+            reply["id"] = doc["id"]
+        raw: List[bytes] = []
+        for name, t in ep.select_outputs(model, outputs, requested):
+            entry: Dict[str, Any] = {"name": name, "datatype": NAMES[t.dtype],
+                                     "shape": list(t.shape)}
+            if binary_all or name in binary_names:
+                data = tensor_bytes(t)
+                entry["parameters"] = {"binary_data_size": len(data)}
+                raw.append(data)
+            else:
+                entry["data"] = t.detach().cpu().flatten().tolist()
+            reply["outputs"].append(entry)
+        if not raw:
+            return JSONResponse(reply)
+        head_out = json.dumps(reply, separators=(",", ":")).encode()
+        return Response(head_out + b"".join(raw), media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(len(head_out))})
+
+    routes = [Route("/v2", guarded(server_metadata)), Route("/v2/health/live", guarded(live, True)),
+              Route("/v2/health/ready", guarded(ready, True)), Route("/metrics", guarded(metrics))]
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        routes += [Route(prefix, guarded(model_metadata)),
+                   Route(prefix + "/ready", guarded(model_ready)),
+                   Route(prefix + "/infer", guarded(infer), methods=["POST"])]
+    return Starlette(routes=routes)
+

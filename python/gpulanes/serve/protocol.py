@@ -1,0 +1,243 @@
+"""The KServe v2 / Open Inference Protocol as both front ends (HTTP and gRPC) see one Runtime.
+
+:class:`Endpoint` owns what the protocol adds to a Runtime: tensor names, decoding a request's
+tensors into checked batches, the deadline and priority a request carries, serving a batch as
+one gpulanes request per row (the runtime batches rows with everyone else's), and the outputs
+stacked back. The front ends only move bytes and map errors (:func:`http_status`,
+:func:`grpc_code`). It is called from the server's asyncio loop only.
+
+Request ``parameters``: ``timeout`` (microseconds, as tritonclient sends it) sets the deadline,
+else the model's SLO applies; ``priority`` 0 or 1 (Triton: the default and the highest level)
+maps to gpulanes' latency-critical 0, 2 and above to best effort 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..errors import (DeadlineExceeded, InvalidInput, ModelError, Overloaded, QueueFull,
+                      RuntimeClosed, UnknownModel)
+
+# KServe v2 datatypes and the torch dtypes they carry (BYTES has no tensor equivalent).
+DATATYPES: Dict[str, torch.dtype] = {
+    "BOOL": torch.bool, "UINT8": torch.uint8, "INT8": torch.int8, "INT16": torch.int16,
+    "INT32": torch.int32, "INT64": torch.int64, "FP16": torch.float16, "BF16": torch.bfloat16,
+    "FP32": torch.float32, "FP64": torch.float64,
+}
+NAMES: Dict[torch.dtype, str] = {v: k for k, v in DATATYPES.items()}
+
+_MAX_TIMEOUT_US = 30 * 86400 * 10**6  # the runtime's own bound on a deadline
+
+
+def http_status(e: BaseException) -> int:
+    """HTTP status of a gpulanes error: 400 bad input, 404 unknown model, 503 shed, full or
+    closed, 504 deadline, 500 model failure (and anything unexpected)."""
+    for kind, status in ((UnknownModel, 404), (QueueFull, 503), (RuntimeClosed, 503),
+                         (DeadlineExceeded, 504), (ModelError, 500), (InvalidInput, 400)):
+        if isinstance(e, kind):
+            return status
+    return 500
+
+
+def grpc_code(e: BaseException):
+    """gRPC status code of a gpulanes error (grpc imported only by the gRPC front end)."""
+    import grpc
+
+    for kind, code in ((UnknownModel, grpc.StatusCode.NOT_FOUND),
+                       (Overloaded, grpc.StatusCode.UNAVAILABLE),
+                       (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+                       (RuntimeClosed, grpc.StatusCode.UNAVAILABLE),
+                       (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+                       (ModelError, grpc.StatusCode.INTERNAL),
+                       (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT)):
+        if isinstance(e, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+@dataclass
+class ModelIO:
+    """Tensor names of a served model, and what its outputs are when the config says so."""
+
+    inputs: Optional[List[str]] = None     # default INPUT__0.. (Triton's PyTorch convention)
+    outputs: Optional[List[str]] = None    # default OUTPUT__0..
+    output_meta: List[Dict[str, Any]] = field(default_factory=list)  # datatype/shape per output
+
+
+def check_shape(name: str, datatype: Any, shape: Any, sample: Tuple[int, ...],
+                dtype: torch.dtype, max_rows: int) -> Tuple[int, ...]:
+    """Checks a protocol tensor's datatype and shape ([rows, *sample]) against the model."""
+    if datatype != NAMES.get(dtype):
+        raise InvalidInput(f"input {name!r} has datatype {datatype!r}; the model takes "
+                           f"{NAMES.get(dtype, str(dtype))}")
+    if (not isinstance(shape, (list, tuple)) or not shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        raise InvalidInput(f"input {name!r}: shape must be a non-empty list of sizes, got {shape!r}")
+    if tuple(shape[1:]) != tuple(sample) or shape[0] < 1:
+        wanted = ", ".join(["batch >= 1", *map(str, sample)])
+        raise InvalidInput(f"input {name!r} has shape {list(shape)}; the model takes [{wanted}]")
+    if shape[0] > max_rows:
+        raise InvalidInput(f"input {name!r} has {shape[0]} rows; a request may carry at most "
+                           f"{max_rows}")
+    return tuple(shape)
+
+
+def tensor_from_list(name: str, shape: Tuple[int, ...], dtype: torch.dtype, data: Any) -> torch.Tensor:
+    if not isinstance(data, list):
+        raise InvalidInput(f"input {name!r}: data must be a list")
+    try:
+        t = torch.tensor(data, dtype=dtype).flatten()
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+        raise InvalidInput(f"input {name!r}: data does not fit {NAMES[dtype]}: {e}") from None
+    if t.numel() != math.prod(shape):
+        raise InvalidInput(f"input {name!r}: {t.numel()} values for shape {list(shape)} "
+                           f"({math.prod(shape)} expected)")
+    return t.reshape(shape)
+
+
+def tensor_from_bytes(name: str, shape: Tuple[int, ...], dtype: torch.dtype, raw) -> torch.Tensor:
+    """A view of ``raw`` (little-endian, row-major; writable, so no copy is needed)."""
+    size = math.prod(shape) * dtype.itemsize
+    if len(raw) != size:
+        raise InvalidInput(f"input {name!r}: {len(raw)} bytes of binary data; shape "
+                           f"{list(shape)} of {NAMES[dtype]} needs {size}")
+    if size == 0:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().cpu().contiguous().reshape(-1)
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+class Endpoint:
+    """One Runtime behind the protocol. ``io``: per model, its :class:`ModelIO`;
+    ``max_rows``: the most rows (samples) one request may carry."""
+
+    def __init__(self, runtime: Any, io: Optional[Dict[str, ModelIO]] = None,
+                 max_rows: int = 1024) -> None:
+        self.runtime = runtime
+        self.io = dict(io or {})
+        self.max_rows = max_rows
+        self.draining = False  # set when the server stops: readiness turns false
+        self._probed: Dict[str, List[Dict[str, Any]]] = {}
+
+    # -- names and metadata ------------------------------------------------------------------
+
+    def model(self, name: Any, version: Any = None) -> str:
+        if not isinstance(name, str) or name not in self.runtime.models:
+            raise UnknownModel(f"no model named {name!r} is served")
+        if version not in (None, "", "1"):
+            raise UnknownModel(f"model {name!r} has only version 1, not {version!r}")
+        return name
+
+    def ready(self) -> bool:
+        return bool(self.runtime.running) and not self.draining
+
+    def input_names(self, model: str) -> List[str]:
+        n = len(self.runtime.input_signature(model))
+        io = self.io.get(model)
+        return list(io.inputs) if io and io.inputs else [f"INPUT__{i}" for i in range(n)]
+
+    def output_names(self, model: str, count: int = 1) -> List[str]:
+        io = self.io.get(model)
+        names = list(io.outputs) if io and io.outputs else []
+        return names + [f"OUTPUT__{i}" for i in range(len(names), count)]
+
+    async def metadata(self, model: str) -> Dict[str, Any]:
+        sig = self.runtime.input_signature(model)
+        return {"name": model, "versions": ["1"], "platform": "pytorch_torchscript",
+                "inputs": [{"name": n, "datatype": NAMES.get(d, str(d)), "shape": [-1, *s]}
+                           for n, (s, d) in zip(self.input_names(model), sig)],
+                "outputs": await self._output_meta(model)}
+
+    async def _output_meta(self, model: str) -> List[Dict[str, Any]]:
+        io = self.io.get(model)
+        if io and io.output_meta:
+            return io.output_meta
+        if model not in self._probed:
+            # What the model returns is known once it ran: run one sample of zeros, once.
+            try:
+                sig = self.runtime.input_signature(model)
+                out = await self.runtime.infer_async(
+                    model, *(torch.zeros(s, dtype=d) for s, d in sig))
+                outs = list(out) if isinstance(out, (tuple, list)) else [out]
+                self._probed[model] = [
+                    {"name": n, "datatype": NAMES.get(t.dtype, ""), "shape": [-1, *t.shape]}
+                    for n, t in zip(self.output_names(model, len(outs)), outs)]
+            except Exception:  # noqa: BLE001 - metadata must not fail because a probe did
+                return [{"name": n, "datatype": "", "shape": []} for n in self.output_names(model)]
+        return self._probed[model]
+
+    # -- one inference -----------------------------------------------------------------------
+
+    def request_options(self, params: Any) -> Tuple[Optional[float], int]:
+        """(deadline_ms or None, gpulanes priority) from a request's ``parameters``."""
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise InvalidInput("parameters must be an object")
+        deadline_ms = None
+        if params.get("timeout") is not None:
+            timeout = params["timeout"]
+            if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                    or not 0 < timeout <= _MAX_TIMEOUT_US):
+                raise InvalidInput(f"parameters.timeout must be > 0 and at most 30 days in "
+                                   f"microseconds, got {timeout!r}")
+            deadline_ms = timeout / 1000.0
+        priority = params.get("priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
+            raise InvalidInput(f"parameters.priority must be an integer >= 0, got {priority!r}")
+        return deadline_ms, 0 if priority <= 1 else 1
+
+    def order_inputs(self, model: str, given: Dict[str, Any]) -> List[Tuple[str, Tuple[int, ...], torch.dtype]]:
+        """Checks that ``given`` names exactly the model's inputs; returns (name, sample shape,
+        dtype) in the model's order."""
+        names = self.input_names(model)
+        unknown = [n for n in given if n not in names]
+        if unknown:
+            raise InvalidInput(f"unknown input(s) {unknown}; {model!r} takes {names}")
+        missing = [n for n in names if n not in given]
+        if missing:
+            raise InvalidInput(f"missing input(s) {missing}; {model!r} takes {names}")
+        return [(n, s, d) for n, (s, d) in zip(names, self.runtime.input_signature(model))]
+
+    async def run(self, model: str, batch: Sequence[torch.Tensor], deadline_ms: Optional[float],
+                  priority: int) -> List[torch.Tensor]:
+        """Serves ``batch`` (one tensor per input, rows first) and returns its outputs stacked.
+        Fails with the first error any row got; every row's request resolves either way."""
+        rows = {t.shape[0] for t in batch}
+        if len(rows) != 1:
+            raise InvalidInput(f"inputs disagree on the batch size: {sorted(rows)}")
+        n = rows.pop()
+        jobs = [self.runtime.infer_async(model, *(t[i] for t in batch), deadline_ms=deadline_ms,
+                                         priority=priority) for i in range(n)]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise failed
+        first = results[0]
+        if isinstance(first, (tuple, list)):
+            return [torch.stack([r[k] for r in results]) for k in range(len(first))]
+        return [torch.stack(results)]
+
+    def select_outputs(self, model: str, outputs: List[torch.Tensor],
+                       requested: Optional[Sequence[str]]) -> List[Tuple[str, torch.Tensor]]:
+        """(name, tensor) of the outputs a request asked for (all when it named none)."""
+        named = list(zip(self.output_names(model, len(outputs)), outputs))
+        for name, t in named:
+            if t.dtype not in NAMES:
+                raise ModelError(f"output {name!r} has dtype {t.dtype}, which KServe v2 cannot carry")
+        if not requested:
+            return named
+        by_name = dict(named)
+        unknown = [r for r in requested if r not in by_name]
+        if unknown:
+            raise InvalidInput(f"unknown output(s) {unknown}; {model!r} has {list(by_name)}")
+        return [(r, by_name[r]) for r in requested]

@@ -1,0 +1,120 @@
+"""`gpulanes serve CONFIG.toml`: one process, one Runtime, HTTP (uvicorn) and gRPC front ends on
+one asyncio loop.
+
+Order of life: the front ends listen first (liveness answers, readiness says 503), the runtime
+starts (profiling, possibly seconds), readiness turns true. SIGTERM or SIGINT: readiness turns
+false, both front ends stop accepting and let in-flight requests finish (up to
+``drain_timeout_s``), then the runtime drains and shuts down; the exit status is 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+from typing import Any, List, Optional
+
+from .config import ServeConfig
+from .protocol import Endpoint
+
+
+def _say(*parts: Any) -> None:
+    print("gpulanes serve:", *parts, file=sys.stderr, flush=True)
+
+
+def _uvicorn_server(app, cfg: ServeConfig):
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        # The process's signals belong to serve(): it drains gRPC and the runtime as well.
+        @contextlib.contextmanager
+        def capture_signals(self):
+            yield
+
+        def install_signal_handlers(self) -> None:  # uvicorn < 0.29
+            pass
+
+    config = uvicorn.Config(app, log_level=cfg.log_level, lifespan="off",
+                            timeout_graceful_shutdown=int(max(1, cfg.drain_timeout_s)))
+    return Server(config)
+
+
+async def serve(cfg: ServeConfig, stop: Optional[asyncio.Event] = None,
+                runtime: Any = None) -> int:
+    """Serves until ``stop`` is set (or SIGTERM/SIGINT); returns the exit status."""
+    from .grpc_server import grpc_server
+    from .http import app
+
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+            loop.add_signal_handler(sig, stop.set)
+    rt = runtime if runtime is not None else cfg.build_runtime()
+    endpoint = Endpoint(rt, cfg.io(), cfg.max_rows)
+    listening: List[str] = []
+    http = http_task = grpc = None
+    try:
+        if cfg.http_port >= 0:
+            sock = socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((cfg.host, cfg.http_port))
+            http = _uvicorn_server(app(rt, endpoint=endpoint, max_body_bytes=cfg.max_body_bytes,
+                                       token=cfg.token), cfg)
+            http_task = asyncio.create_task(http.serve(sockets=[sock]))
+            listening.append(f"http={cfg.host}:{sock.getsockname()[1]}")
+        if cfg.grpc_port >= 0:
+            grpc, port = grpc_server(endpoint, f"{cfg.host}:{cfg.grpc_port}",
+                                     max_message_bytes=cfg.max_body_bytes, token=cfg.token)
+            await grpc.start()
+            listening.append(f"grpc={cfg.host}:{port}")
+        _say("listening", *listening)
+        starting = asyncio.create_task(asyncio.to_thread(cfg.start_runtime, rt))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # a start that failed ends the process with its error
+            _say("ready", *listening)
+            await stopping
+        else:
+            await starting  # start() cannot be interrupted; stop as soon as it returns
+        _say("draining")
+    finally:
+        endpoint.draining = True
+        waits = []
+        if grpc is not None:
+            waits.append(grpc.stop(cfg.drain_timeout_s))
+        if http is not None:
+            http.should_exit = True
+            waits.append(http_task)
+        await asyncio.gather(*waits, return_exceptions=True)
+        await asyncio.to_thread(rt.shutdown, True)
+    _say("stopped")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    import argparse
+
+    from ..errors import GpuLanesError
+    from .config import load_config
+
+    parser = argparse.ArgumentParser(prog="gpulanes serve",
+                                     description="Serve the models of CONFIG over KServe v2 "
+                                                 "(HTTP and gRPC).")
+    parser.add_argument("config", help="TOML file: [server], [runtime], [models.NAME]")
+    parser.add_argument("--host", help="address to bind (default: the config's, else 127.0.0.1)")
+    parser.add_argument("--http-port", type=int, help="0: any free port, -1: no HTTP")
+    parser.add_argument("--grpc-port", type=int, help="0: any free port, -1: no gRPC")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+        for key in ("host", "http_port", "grpc_port"):
+            if getattr(args, key) is not None:
+                setattr(cfg, key, getattr(args, key))
+        return asyncio.run(serve(cfg))
+    except GpuLanesError as e:
+        _say(f"error: {e}")
+        return 2
