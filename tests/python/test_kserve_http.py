@@ -13,7 +13,7 @@ from conftest import Affine, scripted
 starlette = pytest.importorskip("starlette")
 from starlette.testclient import TestClient  # noqa: E402
 
-from gpulanes.serve import app as kserve_app  # noqa: E402
+from gpulanes.serve import app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def client():
     rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(2, 4),
                 max_batch_size=8, max_queue=64)
     rt.start()
-    with TestClient(kserve_app(rt, max_body_bytes=4096)) as c:
+    with TestClient(app(rt, max_body_bytes=4096)) as c:
         yield c, rt
     rt.shutdown()
 
@@ -92,7 +92,74 @@ def test_unknown_model_is_404_and_a_past_deadline_504(client):
 def test_a_closed_runtime_answers_503_with_retry_after():
     rt = gl.Runtime(device="cpu", warmup_rounds=1, profile_reps=3, profile_cache=False)
     rt.register("affine", scripted(Affine()), slo_ms=1000, example_inputs=torch.zeros(2, 4))
-    with TestClient(kserve_app(rt)) as c:
+    with TestClient(app(rt)) as c:
         assert c.get("/v2/health/ready").status_code == 503  # not started yet
         r = c.post("/v2/models/affine/infer", json=body([0.0] * 4))
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
+
+
+def binary_request(header: dict, raw: bytes):
+    head = json.dumps(header).encode()
+    return head + raw, {"Inference-Header-Content-Length": str(len(head)),
+                        "content-type": "application/octet-stream"}
+
+
+def test_binary_tensors_in_and_out(client):
+    c, _ = client
+    x = torch.arange(8, dtype=torch.float32).reshape(2, 4)
+    payload, headers = binary_request(
+        {"inputs": [{"name": "INPUT__0", "shape": [2, 4], "datatype": "FP32",
+                     "parameters": {"binary_data_size": 32}}],
+         "outputs": [{"name": "OUTPUT__0", "parameters": {"binary_data": True}}]},
+        x.numpy().tobytes())
+    r = c.post("/v2/models/affine/infer", content=payload, headers=headers)
+    assert r.status_code == 200, r.text
+    n = int(r.headers["inference-header-content-length"])
+    head = json.loads(r.content[:n])
+    assert head["outputs"][0]["parameters"]["binary_data_size"] == 32
+    y = torch.frombuffer(bytearray(r.content[n:]), dtype=torch.float32).reshape(2, 4)
+    assert torch.equal(y, 2 * x + 1)
+
+
+@pytest.mark.parametrize("header, raw, header_length, says", [
+    ({"inputs": [{"name": "INPUT__0", "shape": [1, 4], "datatype": "FP32",
+                  "parameters": {"binary_data_size": 16}}]}, b"\0" * 12, None, "runs past"),
+    ({"inputs": [{"name": "INPUT__0", "shape": [1, 4], "datatype": "FP32",
+                  "parameters": {"binary_data_size": 12}}]}, b"\0" * 12, None, "needs 16"),
+    ({"inputs": [{"name": "INPUT__0", "shape": [1, 4], "datatype": "FP32",
+                  "parameters": {"binary_data_size": 16}}]}, b"\0" * 20, None, "claim 16"),
+    ({"inputs": [{"name": "INPUT__0", "shape": [1, 4], "datatype": "FP32",
+                  "parameters": {"binary_data_size": -1}}]}, b"", None, "byte count"),
+    ({"inputs": [{"name": "INPUT__0", "shape": [1, 4], "datatype": "BYTES",
+                  "parameters": {"binary_data_size": 16}}]}, b"\0" * 16, None, "datatype"),
+    ({"inputs": []}, b"", "99999", "does not fit"),
+    ({"inputs": []}, b"", "-3", "does not fit"),
+])
+def test_binary_sizes_that_disagree_get_400(client, header, raw, header_length, says):
+    c, rt = client
+    payload, headers = binary_request(header, raw)
+    if header_length is not None:
+        headers["Inference-Header-Content-Length"] = header_length
+    r = c.post("/v2/models/affine/infer", content=payload, headers=headers)
+    assert r.status_code == 400, r.text
+    assert says in r.json()["error"]
+    assert rt.stats()["affine"]["in_flight"] == 0
+
+
+def test_a_bearer_token_guards_everything_but_health():
+    rt = gl.Runtime(device="cpu", warmup_rounds=1, profile_reps=3, profile_cache=False)
+    rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(2, 4))
+    rt.start()
+    try:
+        with TestClient(app(rt, token="s3cret")) as c:
+            assert c.get("/v2/health/live").status_code == 200
+            assert c.get("/v2/health/ready").status_code == 200
+            for path in ("/v2", "/v2/models/affine", "/metrics"):
+                assert c.get(path).status_code == 401
+                assert c.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+                assert c.get(path, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+            before = rt.stats()["affine"]["submitted"]
+            r = c.post("/v2/models/affine/infer", json=body([0.0] * 4))
+            assert r.status_code == 401 and rt.stats()["affine"]["submitted"] == before
+    finally:
+        rt.shutdown()

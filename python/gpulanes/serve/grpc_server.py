@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from .. import __version__
-from ..errors import GpuLanesError, InvalidInput
+from ..errors import GpuLanesError, InvalidInput, UnknownModel
 from .protocol import NAMES, Endpoint, check_shape, grpc_code, tensor_bytes, tensor_from_bytes
 
 SERVICE = "inference.GRPCInferenceService"
@@ -123,7 +123,10 @@ class InferenceService:
         return self.m["ServerReadyResponse"](ready=self.ep.ready())
 
     async def model_ready(self, request, context):
-        self.ep.model(request.name, request.version)
+        try:
+            self.ep.model(request.name, request.version)
+        except UnknownModel:  # as Triton: not an error, just not ready
+            return self.m["ModelReadyResponse"](ready=False)
         return self.m["ModelReadyResponse"](ready=self.ep.ready())
 
     async def server_metadata(self, request, context):

@@ -1,0 +1,122 @@
+"""Runs `python -m gpulanes serve CONFIG` as a child process for the server tests: writes the
+models and the config, waits for readiness, reads the ports the server bound."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+
+class Affine(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2.0 + 1.0
+
+
+class Pair(nn.Module):
+    """Two inputs of different dtypes, two outputs."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return a + b.to(torch.float32), b * 2
+
+
+class Half(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2.0
+
+
+class Slow(nn.Module):
+    """x + 1 after `iters` rounds of matmul work: batches that take a while."""
+
+    def __init__(self, iters: int) -> None:
+        super().__init__()
+        self.iters = iters
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.ones(192, 192)
+        for _ in range(self.iters):
+            a = torch.tanh(a @ a * (1.0 / 192))
+        return x + 1.0 + a.sum() * 0.0
+
+
+MODELS = {
+    "affine": (Affine(), '[{ name = "INPUT__0", datatype = "FP32", shape = [4] }]', ""),
+    "pair": (Pair(), '[{ name = "a", datatype = "FP32", shape = [3] }, '
+                     '{ name = "b", datatype = "INT64", shape = [3] }]', '["sum", "twice"]'),
+    "half": (Half(), '[{ name = "INPUT__0", datatype = "FP16", shape = [4] }]', ""),
+    "slow": (Slow(40), '[{ name = "INPUT__0", datatype = "FP32", shape = [4] }]', ""),
+    "slower": (Slow(400), '[{ name = "INPUT__0", datatype = "FP32", shape = [4] }]', ""),
+}
+
+
+def write_config(root: Path, models: List[str], server: str = "", slo_ms: float = 60_000,
+                 max_batch_size: int = 8, max_queue: Union[int, Dict[str, int]] = 256) -> Path:
+    """``max_queue``: for every model, or per model (256 for those not named)."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["[server]", "http_port = 0", "grpc_port = 0", server, "",
+             "[runtime]", 'device = "cpu"', "cpu_lanes = 2", "warmup_rounds = 1",
+             "profile_reps = 3", "profile_cache = false", ""]
+    for name in models:
+        module, inputs, outputs = MODELS[name]
+        torch.jit.save(torch.jit.script(module.eval()), str(root / f"{name}.pt"))
+        lines += [f"[models.{name}]", f'file = "{name}.pt"', f"slo_ms = {slo_ms}",
+                  f"max_batch_size = {max_batch_size}",
+                  f"max_queue = {max_queue if isinstance(max_queue, int) else max_queue.get(name, 256)}",
+                  f"inputs = {inputs}"]
+        if outputs:
+            lines.append(f"outputs = {outputs}")
+        lines.append("")
+    path = root / "serve.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+class ServerProcess:
+    """`python -m gpulanes serve` in a child process; `http` and `grpc` are host:port."""
+
+    def __init__(self, config: Path, env: Optional[Dict[str, str]] = None,
+                 timeout_s: float = 240) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gpulanes", "serve", str(config)],
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+            env={**os.environ, **(env or {})})
+        self.lines: List[str] = []
+        self._ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._ready.wait(timeout_s) or self.proc.poll() is not None:
+            self.stop()
+            raise RuntimeError("server did not become ready:\n" + "".join(self.lines))
+        ports = dict(re.findall(r"(http|grpc)=(\S+)", self._ready_line))
+        self.http, self.grpc = ports.get("http"), ports.get("grpc")
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            if line.startswith("gpulanes serve: ready"):
+                self._ready_line = line
+                self._ready.set()
+        self._ready.set()  # exited: the waiter looks at poll()
+
+    def terminate(self, timeout_s: float = 120) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout_s)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def wait_until(self, predicate, timeout_s: float = 30) -> bool:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if predicate():
+                return True
+            time.sleep(0.01)
+        return False

@@ -1,0 +1,140 @@
+"""The gRPC front end in-process: its .proto against tritonclient's own (field numbers and types
+are the wire protocol), typed `contents` as well as raw bytes, malformed messages, and the
+bearer token."""
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import gpulanes as gl
+from conftest import Affine, scripted
+
+grpc = pytest.importorskip("grpc")
+tg = pytest.importorskip("tritonclient.grpc")
+from tritonclient.grpc import service_pb2 as triton_pb  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from gpulanes.serve import Endpoint, grpc_server  # noqa: E402
+from gpulanes.serve.grpc_server import messages  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    rt = gl.Runtime(device="cpu", warmup_rounds=1, profile_reps=3, profile_cache=False)
+    rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(2, 4))
+    rt.register("ids", scripted(Affine()).to(torch.float32), slo_ms=60_000,
+                example_inputs=torch.zeros(2, 3, dtype=torch.int64))
+    rt.start()
+    yield rt
+    rt.shutdown()
+
+
+class InProcessServer:
+    """A grpc.aio server on its own event loop thread."""
+
+    def __init__(self, runtime, token=None):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+        async def start():
+            server, port = grpc_server(Endpoint(runtime, max_rows=16), "127.0.0.1:0", token=token)
+            await server.start()
+            return server, port
+        self.server, port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(30)
+        self.address = f"127.0.0.1:{port}"
+
+    def close(self):
+        asyncio.run_coroutine_threadsafe(self.server.stop(1), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(runtime):
+    s = InProcessServer(runtime)
+    yield s
+    s.close()
+
+
+def test_our_proto_matches_tritonclients_on_the_wire():
+    ours = messages()
+    checked = 0
+    for name, cls in ours.items():
+        stack = [(cls.DESCRIPTOR, triton_pb.DESCRIPTOR.message_types_by_name[name])]
+        while stack:
+            mine, theirs = stack.pop()
+            for f in mine.fields:
+                t = theirs.fields_by_name[f.name]
+                assert (f.number, f.type, _repeated(f)) == (t.number, t.type, _repeated(t)), \
+                    f"{mine.full_name}.{f.name}"
+                if f.message_type is not None:
+                    stack.append((f.message_type, t.message_type))
+                checked += 1
+    assert checked > 40
+
+
+def _repeated(field) -> bool:
+    return field.is_repeated if hasattr(field, "is_repeated") else field.label == 3
+
+
+def raw_call(server, method, payload: bytes):
+    with grpc.insecure_channel(server.address) as ch:
+        return ch.unary_unary(f"/inference.GRPCInferenceService/{method}")(payload, timeout=30)
+
+
+def test_a_malformed_message_is_invalid_argument(server):
+    with pytest.raises(grpc.RpcError) as e:
+        raw_call(server, "ModelInfer", b"\xff\xff\xff\xff")
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_typed_contents_and_their_errors(server):
+    m = messages()
+    req = m["ModelInferRequest"](model_name="affine", id="x1")
+    t = req.inputs.add(name="INPUT__0", datatype="FP32", shape=[2, 4])
+    t.contents.fp32_contents.extend(range(8))
+    reply = m["ModelInferResponse"].FromString(raw_call(server, "ModelInfer",
+                                                         req.SerializeToString()))
+    assert reply.id == "x1" and list(reply.outputs[0].shape) == [2, 4]
+    y = np.frombuffer(reply.raw_output_contents[0], dtype=np.float32)
+    np.testing.assert_array_equal(y, np.arange(8) * 2 + 1)
+
+    req = m["ModelInferRequest"](model_name="ids")
+    t = req.inputs.add(name="INPUT__0", datatype="INT64", shape=[1, 3])
+    t.contents.int64_contents.extend([5, 6, 7])
+    reply = m["ModelInferResponse"].FromString(raw_call(server, "ModelInfer",
+                                                         req.SerializeToString()))
+    assert reply.outputs[0].datatype == "FP32"
+
+    t.contents.int64_contents.append(8)  # 4 values for shape [1, 3]
+    with pytest.raises(grpc.RpcError) as e:
+        raw_call(server, "ModelInfer", req.SerializeToString())
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "4 values" in e.value.details()
+
+    req = m["ModelInferRequest"](model_name="affine", raw_input_contents=[b"a", b"b"])
+    req.inputs.add(name="INPUT__0", datatype="FP32", shape=[1, 4])
+    with pytest.raises(grpc.RpcError) as e:
+        raw_call(server, "ModelInfer", req.SerializeToString())
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "2 entries" in e.value.details()
+
+
+def test_the_bearer_token(runtime):
+    s = InProcessServer(runtime, token="s3cret")
+    try:
+        c = tg.InferenceServerClient(s.address)
+        assert c.is_server_live()  # health needs no token
+        x = tg.InferInput("INPUT__0", [1, 4], "FP32")
+        x.set_data_from_numpy(np.ones((1, 4), np.float32))
+        with pytest.raises(InferenceServerException) as e:
+            c.infer("affine", [x])
+        assert "UNAUTHENTICATED" in str(e.value.status())
+        with pytest.raises(InferenceServerException):
+            c.infer("affine", [x], headers={"authorization": "Bearer wrong"})
+        r = c.infer("affine", [x], headers={"authorization": "Bearer s3cret"})
+        np.testing.assert_array_equal(r.as_numpy("OUTPUT__0"), np.full((1, 4), 3, np.float32))
+    finally:
+        s.close()

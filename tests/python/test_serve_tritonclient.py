@@ -1,0 +1,202 @@
+"""`gpulanes serve` driven by tritonclient (written by others) over loopback, HTTP and gRPC, as a
+Triton user would: health, metadata, JSON and binary tensors, several inputs and outputs,
+int64 and fp16, timeout and priority, every error mapping, concurrent clients, and SIGTERM
+draining every in-flight request."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+th = pytest.importorskip("tritonclient.http")
+tg = pytest.importorskip("tritonclient.grpc")
+pytest.importorskip("uvicorn")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from serve_helpers import ServerProcess, write_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    cfg = write_config(tmp_path_factory.mktemp("serve"), ["affine", "pair", "half", "slow"],
+                       server="max_body_bytes = 65536\nmax_rows = 64", max_queue={"slow": 2})
+    srv = ServerProcess(cfg)
+    yield srv
+    assert srv.terminate() == 0, "".join(srv.lines)
+
+
+def client(server, protocol):
+    if protocol == "http":
+        return th.InferenceServerClient(server.http, concurrency=4)
+    return tg.InferenceServerClient(server.grpc)
+
+
+def inp(mod, name, array, binary=True):
+    i = mod.InferInput(name, list(array.shape), {np.float32: "FP32", np.int64: "INT64",
+                                                np.float16: "FP16"}[array.dtype.type])
+    if mod is th:
+        i.set_data_from_numpy(array, binary_data=binary)
+    else:
+        i.set_data_from_numpy(array)
+    return i
+
+
+def out(mod, name, binary=True):
+    return mod.InferRequestedOutput(name, binary_data=binary) if mod is th else mod.InferRequestedOutput(name)
+
+
+PROTOCOLS = [("http", th), ("grpc", tg)]
+
+
+@pytest.mark.parametrize("protocol, mod", PROTOCOLS)
+def test_health_and_metadata(server, protocol, mod):
+    c = client(server, protocol)
+    assert c.is_server_live() and c.is_server_ready()
+    assert c.is_model_ready("pair") and not c.is_model_ready("pair", "7")
+    meta = c.get_model_metadata("pair")
+    if mod is tg:
+        meta = {"inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+                           for t in meta.inputs],
+                "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+                            for t in meta.outputs]}
+    assert meta["inputs"] == [{"name": "a", "datatype": "FP32", "shape": [-1, 3]},
+                              {"name": "b", "datatype": "INT64", "shape": [-1, 3]}]
+    assert meta["outputs"] == [{"name": "sum", "datatype": "FP32", "shape": [-1, 3]},
+                               {"name": "twice", "datatype": "INT64", "shape": [-1, 3]}]
+    server_meta = c.get_server_metadata()
+    assert (server_meta["name"] if mod is th else server_meta.name) == "gpulanes"
+
+
+@pytest.mark.parametrize("protocol, mod, binary", [("http", th, True), ("http", th, False),
+                                                   ("grpc", tg, True)])
+def test_infer_one_input(server, protocol, mod, binary):
+    c = client(server, protocol)
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    r = c.infer("affine", [inp(mod, "INPUT__0", x, binary)], outputs=[out(mod, "OUTPUT__0", binary)],
+                request_id="id-42")
+    np.testing.assert_array_equal(r.as_numpy("OUTPUT__0"), 2 * x + 1)
+    resp = r.get_response()
+    assert (resp["id"] if mod is th else resp.id) == "id-42"
+
+
+@pytest.mark.parametrize("protocol, mod", PROTOCOLS)
+def test_two_inputs_two_outputs_int64_and_a_chosen_output(server, protocol, mod):
+    c = client(server, protocol)
+    a = np.random.default_rng(0).random((5, 3), dtype=np.float32)
+    b = np.arange(15, dtype=np.int64).reshape(5, 3) - 7
+    r = c.infer("pair", [inp(mod, "a", a), inp(mod, "b", b)])
+    np.testing.assert_allclose(r.as_numpy("sum"), a + b, rtol=1e-6)
+    assert r.as_numpy("twice").dtype == np.int64
+    np.testing.assert_array_equal(r.as_numpy("twice"), 2 * b)
+    r = c.infer("pair", [inp(mod, "a", a), inp(mod, "b", b)], outputs=[out(mod, "twice")])
+    assert r.as_numpy("sum") is None
+    np.testing.assert_array_equal(r.as_numpy("twice"), 2 * b)
+
+
+@pytest.mark.parametrize("protocol, mod", PROTOCOLS)
+def test_fp16(server, protocol, mod):
+    c = client(server, protocol)
+    x = (np.arange(8, dtype=np.float16) / 4).reshape(2, 4)
+    r = c.infer("half", [inp(mod, "INPUT__0", x)])
+    y = r.as_numpy("OUTPUT__0")
+    assert y.dtype == np.float16
+    np.testing.assert_array_equal(y, 2 * x)
+
+
+@pytest.mark.parametrize("protocol, mod", PROTOCOLS)
+def test_timeout_is_the_deadline_and_priority_is_taken(server, protocol, mod):
+    c = client(server, protocol)
+    x = np.zeros((1, 4), dtype=np.float32)
+    with pytest.raises(InferenceServerException) as e:
+        c.infer("affine", [inp(mod, "INPUT__0", x)], timeout=1)  # 1 us: missed at once
+    assert ("504" if mod is th else "DEADLINE_EXCEEDED") in str(e.value.status())
+    r = c.infer("affine", [inp(mod, "INPUT__0", x)], timeout=30_000_000, priority=2)
+    np.testing.assert_array_equal(r.as_numpy("OUTPUT__0"), x * 2 + 1)
+
+
+@pytest.mark.parametrize("protocol, mod", PROTOCOLS)
+def test_errors_map_to_status_codes(server, protocol, mod):
+    c = client(server, protocol)
+    x = np.zeros((1, 4), dtype=np.float32)
+    cases = [
+        (lambda: c.infer("nope", [inp(mod, "INPUT__0", x)]), "404", "NOT_FOUND", "nope"),
+        (lambda: c.infer("affine", [inp(mod, "INPUT__0", np.zeros((1, 4), np.int64))]),
+         "400", "INVALID_ARGUMENT", "datatype"),
+        (lambda: c.infer("affine", [inp(mod, "INPUT__0", np.zeros((1, 5), np.float32))]),
+         "400", "INVALID_ARGUMENT", "shape"),
+        (lambda: c.infer("affine", [inp(mod, "X", x)]), "400", "INVALID_ARGUMENT", "unknown input"),
+        (lambda: c.infer("affine", [inp(mod, "INPUT__0", np.zeros((65, 4), np.float32))]),
+         "400", "INVALID_ARGUMENT", "at most 64"),
+        (lambda: c.infer("affine", [inp(mod, "INPUT__0", x)], outputs=[out(mod, "Y")]),
+         "400", "INVALID_ARGUMENT", "unknown output"),
+    ]
+    for call, http, grpc, says in cases:
+        with pytest.raises(InferenceServerException) as e:
+            call()
+        assert (http if mod is th else grpc) in str(e.value.status()), e.value
+        assert says in e.value.message()
+
+
+@pytest.mark.parametrize("protocol, mod", PROTOCOLS)
+def test_a_full_queue_is_503_or_resource_exhausted_and_the_rest_are_served(server, protocol, mod):
+    # slow: max_queue 2, batches of ~10+ ms: 12 concurrent single requests overflow it.
+    x = np.zeros((1, 4), dtype=np.float32)
+
+    def one(_):
+        try:
+            return client(server, protocol).infer("slow", [inp(mod, "INPUT__0", x)]).as_numpy("OUTPUT__0")
+        except InferenceServerException as e:
+            return e
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(one, range(12)))
+    refused = [r for r in results if isinstance(r, InferenceServerException)]
+    served = [r for r in results if not isinstance(r, InferenceServerException)]
+    want = "503" if mod is th else ("RESOURCE_EXHAUSTED", "UNAVAILABLE")
+    assert all(any(w in str(r.status()) for w in ([want] if mod is th else want))
+               for r in refused), [str(r) for r in refused]
+    assert served and all(np.array_equal(s, x + 1) for s in served)
+
+
+def test_concurrent_clients_of_both_protocols(server):
+    errors = []
+
+    def worker(k):
+        mod = th if k % 2 else tg
+        c = client(server, "http" if mod is th else "grpc")
+        for i in range(15):
+            x = np.full((1 + i % 3, 4), k * 100 + i, dtype=np.float32)
+            y = c.infer("affine", [inp(mod, "INPUT__0", x)]).as_numpy("OUTPUT__0")
+            if not np.array_equal(y, 2 * x + 1):
+                errors.append((k, i))
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+
+
+def test_sigterm_drains_every_in_flight_request(tmp_path):
+    srv = ServerProcess(write_config(tmp_path, ["slower"], max_batch_size=1, max_queue=64))
+    x = np.zeros((1, 4), dtype=np.float32)
+    done, results = [], []
+    first = threading.Event()
+
+    def one():
+        r = th.InferenceServerClient(srv.http).infer("slower", [inp(th, "INPUT__0", x)])
+        results.append(r.as_numpy("OUTPUT__0"))
+        done.append(time.monotonic())
+        first.set()
+    threads = [threading.Thread(target=one) for _ in range(16)]
+    for t in threads:
+        t.start()
+    assert first.wait(120)
+    sent = time.monotonic()
+    assert srv.terminate() == 0, "".join(srv.lines)
+    for t in threads:
+        t.join(60)
+    assert len(results) == 16 and all(np.array_equal(r, x + 1) for r in results)
+    assert max(done) > sent  # some were still in flight when SIGTERM came, and were answered
+    assert any("draining" in line for line in srv.lines)
