@@ -12,8 +12,8 @@ Needs the ``server`` extra (Starlette, uvicorn, grpcio, protobuf).
 from .config import ServeConfig, load_config, parse_config
 from .grpc_server import grpc_server
 from .http import app
-from .protocol import Endpoint, ModelIO
+from .protocol import Endpoint, ModelIO, grpc_code, http_status
 from .server import serve
 
 __all__ = ["app", "grpc_server", "load_config", "parse_config", "serve", "Endpoint", "ModelIO",
-           "ServeConfig"]
+           "ServeConfig", "http_status", "grpc_code"]
