@@ -86,7 +86,8 @@ class InferenceService:
                 "ModelReady": (self.model_ready, "ModelReadyRequest", False),
                 "ServerMetadata": (self.server_metadata, "ServerMetadataRequest", False),
                 "ModelMetadata": (self.model_metadata, "ModelMetadataRequest", False),
-                "ModelInfer": (self.model_infer, "ModelInferRequest", False)}
+                "ModelInfer": (self.model_infer, "ModelInferRequest", False),
+                "ModelConfig": (self.model_config, "ModelConfigRequest", False)}
         handlers = {name: grpc.unary_unary_rpc_method_handler(
                         self._wrap(fn, self.m[request], open_),
                         response_serializer=lambda msg: msg.SerializeToString())
@@ -140,6 +141,18 @@ class InferenceService:
         for key in ("inputs", "outputs"):
             for t in meta[key]:
                 getattr(reply, key).add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+        return reply
+
+    async def model_config(self, request, context):
+        config = await self.ep.config(self.ep.model(request.name, request.version))
+        reply = self.m["ModelConfigResponse"]()
+        c = reply.config
+        c.name, c.platform, c.backend = config["name"], config["platform"], config["backend"]
+        c.max_batch_size = config["max_batch_size"]
+        for t in config["input"]:
+            c.input.add(name=t["name"], data_type=t["data_type"], dims=t["dims"])
+        for t in config["output"]:
+            c.output.add(name=t["name"], data_type=t["data_type"], dims=t["dims"])
         return reply
 
     # -- inference ---------------------------------------------------------------------------

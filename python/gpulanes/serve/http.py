@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any, Dict, List, Optional
+import re
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import GpuLanesError, InvalidInput
 from .protocol import (NAMES, Endpoint, ModelIO, check_shape, http_status, tensor_bytes,
@@ -23,30 +24,35 @@ _HEADER_LENGTH = "inference-header-content-length"
 
 
 def _error(status: int, message: str):
-    from starlette.responses import JSONResponse
+    from starlette.responses import Response
 
-    headers = {"Retry-After": "1"} if status == 503 else None
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    status, headers, body = _error_body(status, message)
+    return Response(body, status_code=status, headers=headers)
 
 
-async def _read_body(request, limit: int) -> bytes:
+async def _read_body(headers: Dict[str, str], receive, limit: int) -> bytes:
     """The body, refused as soon as it passes ``limit`` (a lying Content-Length included)."""
-    declared = request.headers.get("content-length")
+    declared = headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise InvalidInput(f"Content-Length {declared!r} is not a byte count")
         if int(declared) > limit:
             raise InvalidInput(f"body of {declared} bytes is over the limit of {limit}")
-    if request.headers.get("content-encoding", "identity").lower() not in ("identity", ""):
+    if headers.get("content-encoding", "identity").lower() not in ("identity", ""):
         raise InvalidInput("compressed bodies (Content-Encoding) are not accepted")
     chunks: List[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidInput("the client went away before sending the whole body")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise InvalidInput(f"body of more than {limit} bytes is over the limit")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _split_body(body: bytes, header: Optional[str]):
@@ -163,6 +169,9 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
     async def model_metadata(request: Request):
         return JSONResponse(await ep.metadata(model_of(request)))
 
+    async def model_config(request: Request):
+        return JSONResponse(await ep.config(model_of(request)))
+
     async def model_ready(request: Request):
         model_of(request)
         return Response(status_code=200 if ep.ready() else 503)
@@ -170,10 +179,10 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
     async def metrics(request: Request):
         return PlainTextResponse(runtime.metrics_text(), media_type="text/plain; version=0.0.4")
 
-    async def infer(request: Request):
-        model = model_of(request)
-        body = await _read_body(request, max_body_bytes)
-        head, binary = _split_body(body, request.headers.get(_HEADER_LENGTH))
+    async def infer(model_name: str, version: Optional[str], headers: Dict[str, str],
+                    body: bytes) -> Tuple[int, Dict[str, str], bytes]:
+        model = ep.model(model_name, version)
+        head, binary = _split_body(body, headers.get(_HEADER_LENGTH))
         try:
             doc = json.loads(head)
         except (ValueError, UnicodeDecodeError) as e:
@@ -198,17 +207,55 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
             else:
                 entry["data"] = t.detach().cpu().flatten().tolist()
             reply["outputs"].append(entry)
-        if not raw:
-            return JSONResponse(reply)
         head_out = json.dumps(reply, separators=(",", ":")).encode()
-        return Response(head_out + b"".join(raw), media_type="application/octet-stream",
-                        headers={"Inference-Header-Content-Length": str(len(head_out))})
+        if not raw:
+            return 200, {"content-type": "application/json"}, head_out
+        return 200, {"content-type": "application/octet-stream",
+                     "inference-header-content-length": str(len(head_out))}, head_out + b"".join(raw)
 
     routes = [Route("/v2", guarded(server_metadata)), Route("/v2/health/live", guarded(live, True)),
               Route("/v2/health/ready", guarded(ready, True)), Route("/metrics", guarded(metrics))]
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         routes += [Route(prefix, guarded(model_metadata)),
                    Route(prefix + "/ready", guarded(model_ready)),
-                   Route(prefix + "/infer", guarded(infer), methods=["POST"])]
-    return Starlette(routes=routes)
+                   Route(prefix + "/config", guarded(model_config))]
+    rest = Starlette(routes=routes)
+    bearer = f"Bearer {token}".encode() if token is not None else None
 
+    async def asgi(scope, receive, send) -> None:
+        # POST .../infer is every request under load: served here, without Starlette's routing
+        # and middleware layers (half of the front end's time per request); the rest by Starlette.
+        match = None
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            root = scope.get("root_path", "")
+            match = _INFER_PATH.fullmatch(path[len(root):] if root and path.startswith(root) else path)
+        if match is None:
+            return await rest(scope, receive, send)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            if bearer is not None and not hmac.compare_digest(
+                    headers.get("authorization", "").encode("latin-1"), bearer):
+                status, out_headers, body = _error_body(401, "missing or wrong bearer token")
+            else:
+                body = await _read_body(headers, receive, max_body_bytes)
+                status, out_headers, body = await infer(match["model"], match["version"], headers,
+                                                        body)
+        except GpuLanesError as e:
+            status, out_headers, body = _error_body(http_status(e), str(e))
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(k.encode(), v.encode()) for k, v in
+                                {**out_headers, "content-length": str(len(body))}.items()]})
+        await send({"type": "http.response.body", "body": body})
+
+    return asgi
+
+
+_INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
+
+
+def _error_body(status: int, message: str) -> Tuple[int, Dict[str, str], bytes]:
+    headers = {"content-type": "application/json"}
+    if status == 503:
+        headers["retry-after"] = "1"
+    return status, headers, json.dumps({"error": message}).encode()

@@ -112,8 +112,11 @@ def tensor_from_bytes(name: str, shape: Tuple[int, ...], dtype: torch.dtype, raw
 
 
 def tensor_bytes(t: torch.Tensor) -> bytes:
-    t = t.detach().cpu().contiguous().reshape(-1)
-    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: the same bytes as int16
+        t = t.view(torch.int16)
+    return t.numpy().tobytes()  # row-major, whatever the tensor's strides
 
 
 class Endpoint:
@@ -175,6 +178,18 @@ class Endpoint:
                 return [{"name": n, "datatype": "", "shape": []} for n in self.output_names(model)]
         return self._probed[model]
 
+    async def config(self, model: str) -> Dict[str, Any]:
+        """Triton's model configuration (what perf_analyzer reads): the protocol's batch limit
+        (``max_rows``) and one sample's tensors."""
+        meta = await self.metadata(model)
+
+        def tensors(items):
+            return [{"name": t["name"], "data_type": f"TYPE_{t['datatype'] or 'INVALID'}",
+                     "dims": list(t["shape"][1:])} for t in items]
+        return {"name": model, "platform": "pytorch_libtorch", "backend": "pytorch",
+                "max_batch_size": self.max_rows, "input": tensors(meta["inputs"]),
+                "output": tensors(meta["outputs"])}
+
     # -- one inference -----------------------------------------------------------------------
 
     def request_options(self, params: Any) -> Tuple[Optional[float], int]:
@@ -216,6 +231,10 @@ class Endpoint:
         if len(rows) != 1:
             raise InvalidInput(f"inputs disagree on the batch size: {sorted(rows)}")
         n = rows.pop()
+        if n == 1:  # the common case: no tasks to gather, no stacking
+            out = await self.runtime.infer_async(model, *(t[0] for t in batch),
+                                                 deadline_ms=deadline_ms, priority=priority)
+            return [t.unsqueeze(0) for t in out] if isinstance(out, (tuple, list)) else [out.unsqueeze(0)]
         jobs = [self.runtime.infer_async(model, *(t[i] for t in batch), deadline_ms=deadline_ms,
                                          priority=priority) for i in range(n)]
         results = await asyncio.gather(*jobs, return_exceptions=True)

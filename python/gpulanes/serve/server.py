@@ -36,7 +36,8 @@ def _uvicorn_server(app, cfg: ServeConfig):
         def install_signal_handlers(self) -> None:  # uvicorn < 0.29
             pass
 
-    config = uvicorn.Config(app, log_level=cfg.log_level, lifespan="off",
+    config = uvicorn.Config(app, log_level=cfg.log_level, lifespan="off", access_log=False,
+                            proxy_headers=False,  # no proxy in front that we know of
                             timeout_graceful_shutdown=int(max(1, cfg.drain_timeout_s)))
     return Server(config)
 
@@ -58,7 +59,10 @@ async def serve(cfg: ServeConfig, stop: Optional[asyncio.Event] = None,
     http = http_task = grpc = None
     try:
         if cfg.http_port >= 0:
-            sock = socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET)
+            # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets that say TCP, and
+            # without it a reply's headers and body wait 40 ms for the client's delayed ACK.
+            sock = socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET,
+                                 socket.SOCK_STREAM, socket.IPPROTO_TCP)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((cfg.host, cfg.http_port))
             http = _uvicorn_server(app(rt, endpoint=endpoint, max_body_bytes=cfg.max_body_bytes,
@@ -95,6 +99,16 @@ async def serve(cfg: ServeConfig, stop: Optional[asyncio.Event] = None,
     return 0
 
 
+def _run(coro) -> int:
+    """Runs the server on uvloop when it is installed (about twice the HTTP requests per second
+    of the default loop here), else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     import argparse
 
@@ -114,7 +128,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for key in ("host", "http_port", "grpc_port"):
             if getattr(args, key) is not None:
                 setattr(cfg, key, getattr(args, key))
-        return asyncio.run(serve(cfg))
+        return _run(serve(cfg))
     except GpuLanesError as e:
         _say(f"error: {e}")
         return 2

@@ -1,0 +1,232 @@
+"""The front ends' cost: Triton's own load generator, perf_analyzer, against `gpulanes serve`
+over HTTP (binary tensors) and gRPC, next to the same load in-process through `submit()`.
+
+Models: "tiny" (y = 2x, FP32 [4]: almost all of its latency is the serving machinery) and
+"cnn" (torchvision MobileNetV3-Small, random weights, FP32 [3, 224, 224]). The server runs
+the deadline policy on --lanes CPU lanes (SLOs 1 s, so that nothing is dropped while
+latency is measured). Loads: closed loop at concurrency 1, 4, 16 and 64 (perf_analyzer
+--concurrency-range), and an open-loop Poisson rate (--request-distribution poisson) at half of
+what concurrency 16 reached. Every point: throughput and p50/p99 latency as perf_analyzer
+reports them (client side, --measurement-interval per window, stable windows). In-process:
+the same concurrency as threads looping `rt.submit(...).result()` on a runtime with the same
+options; the front end's cost per request is server p50 - in-process p50 at concurrency 1.
+
+Targets (issue 15, this 2-core machine): the front end adds <= 300 us at p50 to the tiny model
+over HTTP binary and over gRPC; >= 3,000 tiny requests/s at concurrency 16.
+
+perf_analyzer is not installable by name: the script takes it from the tritonclient 2.41.0
+manylinux wheel (into ~/.cache/gpulanes/perf_analyzer), with libcudart.so.12 from the
+nvidia-cuda-runtime-cu12 wheel and Debian's libb64-0d (apt-get when root).
+
+    python benchmarks/serve.py [--interval-ms 2000] [--lanes 1] [--quick] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "python"))
+from _common import RESULTS, environment, write_result  # noqa: E402
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+PA_DIR = Path(os.environ.get("GPULANES_CACHE_DIR", Path.home() / ".cache" / "gpulanes")) / "perf_analyzer"
+CONCURRENCY = (1, 4, 16, 64)
+
+
+# -- perf_analyzer -------------------------------------------------------------------------
+
+def perf_analyzer() -> Path:
+    """The perf_analyzer binary, fetched once; its libraries are in the same directory."""
+    binary = PA_DIR / "perf_analyzer"
+    if binary.exists() and (PA_DIR / "libcudart.so.12").exists():
+        return binary
+    PA_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+               "-d", tmp]
+        subprocess.run(pip + ["--platform", "manylinux1_x86_64", "tritonclient==2.41.0"],
+                       check=True)
+        subprocess.run(pip + ["nvidia-cuda-runtime-cu12"], check=True)
+        for wheel in Path(tmp).glob("*.whl"):
+            with zipfile.ZipFile(wheel) as z:
+                for name in z.namelist():
+                    if name.endswith("bin/perf_analyzer") or name.endswith("libcudart.so.12"):
+                        (PA_DIR / Path(name).name).write_bytes(z.read(name))
+    binary.chmod(0o755)
+    if not Path("/usr/lib/x86_64-linux-gnu/libb64.so.0d").exists() and os.geteuid() == 0:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "libb64-0d"], check=False,
+                       stdout=subprocess.DEVNULL)
+    return binary
+
+
+def run_pa(model: str, url: str, protocol: str, load: List[str], interval_ms: int,
+           shape: str) -> Dict[str, Any]:
+    out = Path(tempfile.mkstemp(suffix=".csv")[1])
+    cmd = [str(perf_analyzer()), "-m", model, "-u", url, "-i", protocol, "--shape", shape,
+           "--measurement-interval", str(interval_ms), "--max-trials", "6",
+           "--stability-percentage", "25", "-f", str(out), *load]
+    env = {**os.environ, "LD_LIBRARY_PATH": f"{PA_DIR}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if r.returncode != 0 and not out.stat().st_size:
+        return {"error": (r.stdout + r.stderr)[-600:]}
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    out.unlink()
+    if not rows:
+        return {"error": (r.stdout + r.stderr)[-600:]}
+    row = rows[-1]
+    return {"throughput": float(row["Inferences/Second"]),
+            "p50_us": float(row["p50 latency"]), "p99_us": float(row["p99 latency"]),
+            "unstable": r.returncode != 0}
+
+
+# -- the server and the in-process baseline ------------------------------------------------
+
+def write_models(root: Path, lanes: int) -> Path:
+    import torchvision
+
+    class Tiny(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2.0
+
+    torch.manual_seed(0)
+    torch.jit.save(torch.jit.script(Tiny().eval()), str(root / "tiny.pt"))
+    cnn = torchvision.models.mobilenet_v3_small(weights=None).eval()
+    torch.jit.save(torch.jit.trace(cnn, torch.zeros(1, 3, 224, 224)), str(root / "cnn.pt"))
+    cfg = root / "serve.toml"
+    cfg.write_text(f"""
+[server]
+http_port = 0
+grpc_port = 0
+max_rows = 64
+
+[runtime]
+device = "cpu"
+cpu_lanes = {lanes}
+profile_cache = false
+
+[models.tiny]
+file = "tiny.pt"
+slo_ms = 1000
+max_batch_size = 32
+max_queue = 100000
+inputs = [{{ name = "INPUT__0", datatype = "FP32", shape = [4] }}]
+
+[models.cnn]
+file = "cnn.pt"
+slo_ms = 1000
+max_batch_size = 16
+max_queue = 100000
+inputs = [{{ name = "INPUT__0", datatype = "FP32", shape = [3, 224, 224] }}]
+""")
+    return cfg
+
+
+def in_process(cfg_path: Path, model: str, concurrency: int, seconds: float) -> Dict[str, Any]:
+    from gpulanes.serve import load_config
+
+    cfg = load_config(cfg_path)
+    rt = cfg.build_runtime()
+    cfg.start_runtime(rt)
+    sample = [torch.zeros(s, dtype=torch.float32) for s in
+              [tuple(t["shape"]) for t in next(m for m in cfg.models if m.name == model).inputs]]
+    latencies: List[List[float]] = [[] for _ in range(concurrency)]
+    stop = time.monotonic() + seconds
+    warm = time.monotonic() + min(1.0, seconds / 4)
+
+    def loop(k: int) -> None:
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            rt.submit(model, *sample).result()
+            if time.monotonic() > warm:
+                latencies[k].append((time.perf_counter() - t0) * 1e6)
+
+    threads = [threading.Thread(target=loop, args=(k,)) for k in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rt.shutdown()
+    lat = np.concatenate([np.array(x) for x in latencies])
+    return {"throughput": len(lat) / (seconds - min(1.0, seconds / 4)),
+            "p50_us": float(np.percentile(lat, 50)), "p99_us": float(np.percentile(lat, 99))}
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--interval-ms", type=int, default=2000)
+    p.add_argument("--lanes", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="concurrency 1 and 16 only, tiny only")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    from serve_helpers import ServerProcess
+
+    perf_analyzer()
+    env = environment("cpu")
+    import grpc
+    import uvicorn
+
+    env["versions"].update(uvicorn=uvicorn.__version__, grpcio=grpc.__version__,
+                           perf_analyzer="tritonclient 2.41.0 wheel")
+    results: Dict[str, Any] = {"lanes": args.lanes, "interval_ms": args.interval_ms, "points": []}
+    models = {"tiny": "INPUT__0:4", "cnn": "INPUT__0:3,224,224"}
+    if args.quick:
+        models = {"tiny": models["tiny"]}
+    concurrency = (1, 16) if args.quick else CONCURRENCY
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = write_models(Path(tmp), args.lanes)
+        for model, shape in models.items():
+            for c in concurrency:
+                row = {"model": model, "front_end": "in-process submit()", "load": f"concurrency {c}",
+                       **in_process(cfg, model, c, args.interval_ms / 1000 * 3)}
+                print(row, flush=True)
+                results["points"].append(row)
+        srv = ServerProcess(cfg)
+        try:
+            for model, shape in models.items():
+                for protocol, url in (("http", srv.http), ("grpc", srv.grpc)):
+                    reached = {}
+                    for c in concurrency:
+                        r = run_pa(model, url, protocol, ["--concurrency-range", str(c)],
+                                   args.interval_ms, shape)
+                        reached[c] = r.get("throughput", 0)
+                        row = {"model": model, "front_end": protocol, "load": f"concurrency {c}", **r}
+                        print(row, flush=True)
+                        results["points"].append(row)
+                    rate = max(1, int(reached.get(16, 0) / 2))
+                    r = run_pa(model, url, protocol, ["--request-rate-range", str(rate),
+                                                      "--request-distribution", "poisson"],
+                               args.interval_ms, shape)
+                    row = {"model": model, "front_end": protocol, "load": f"poisson {rate}/s", **r}
+                    print(row, flush=True)
+                    results["points"].append(row)
+        finally:
+            srv.terminate()
+    base = {(p["model"], p["load"]): p for p in results["points"]
+            if p["front_end"].startswith("in-process")}
+    for p in results["points"]:
+        b = base.get((p["model"], p["load"]))
+        if b and "p50_us" in p and p is not b:
+            p["added_p50_us"] = p["p50_us"] - b["p50_us"]
+    path = write_result("serve", env, results, args.out)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
