@@ -163,3 +163,38 @@ def test_a_bearer_token_guards_everything_but_health():
             assert r.status_code == 401 and rt.stats()["affine"]["submitted"] == before
     finally:
         rt.shutdown()
+
+
+@pytest.mark.parametrize("kwargs, says", [({"max_body_bytes": 0}, "max_body_bytes"),
+                                          ({"max_rows": 1.5}, "max_rows"),
+                                          ({"token": ""}, "token")])
+def test_app_options_are_checked(client, kwargs, says):
+    _, rt = client
+    with pytest.raises(gl.InvalidInput, match=says):
+        app(rt, **kwargs)
+
+
+def test_what_an_attacker_sends_gets_a_4xx_and_the_server_keeps_serving(client):
+    c, rt = client
+    nested = b"[" * 100_000 + b"]" * 100_000
+    cases = [
+        ("/v2/models/..%2F..%2Fetc%2Fpasswd/infer", json.dumps(body([0.0] * 4)).encode(), 404),
+        ("/v2/models/affine/versions/..%2F2/infer", json.dumps(body([0.0] * 4)).encode(), 404),
+        ("/v2/models/affine/infer", b'{"inputs": ' + nested[:3000] + b"}", 400),  # too deep
+        ("/v2/models/affine/infer", json.dumps(body([[0.0, 1.0], [2.0], 3.0])).encode(), 400),
+        ("/v2/models/affine/infer", json.dumps(body([0.0] * 4, shape=(10**12, 4))).encode(), 400),
+        ("/v2/models/affine/infer", json.dumps(body([0.0] * 4, shape=(1, 4, 1))).encode(), 400),
+        ("/v2/models/affine/infer", json.dumps(body([1e308 * 10] * 4)).encode(), 400),  # inf
+    ]
+    for path, payload, status in cases:
+        r = c.post(path, content=payload, headers={"content-type": "application/json"})
+        assert r.status_code == status, (path, payload[:60], r.text)
+        assert "error" in r.json()
+
+    def chunks():  # no Content-Length: the limit is enforced while reading
+        for _ in range(10):
+            yield b" " * 1000
+    r = c.post("/v2/models/affine/infer", content=chunks())
+    assert r.status_code == 400 and "limit" in r.json()["error"]
+    r = c.post("/v2/models/affine/infer", json=body([1.0] * 4))
+    assert r.status_code == 200 and rt.stats()["affine"]["in_flight"] == 0

@@ -138,6 +138,11 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
     from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
 
+    for key, value in (("max_body_bytes", max_body_bytes), ("max_rows", max_rows)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidInput(f"{key} must be an integer >= 1, got {value!r}")
+    if token is not None and (not isinstance(token, str) or not token):
+        raise InvalidInput("token must be a non-empty string or None")
     ep = endpoint or Endpoint(runtime, io, max_rows)
 
     def guarded(handler, open_: bool = False):
@@ -184,9 +189,9 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
         model = ep.model(model_name, version)
         head, binary = _split_body(body, headers.get(_HEADER_LENGTH))
         try:
-            doc = json.loads(head)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise InvalidInput(f"body is not JSON: {e}") from None
+            doc = json.loads(head, parse_constant=_no_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise InvalidInput(f"body is not JSON (or nested too deeply): {e}") from None
         if not isinstance(doc, dict):
             raise InvalidInput("body must be an object with an 'inputs' list")
         batch = _decode_inputs(ep, model, doc.get("inputs"), binary)
@@ -219,7 +224,10 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
         routes += [Route(prefix, guarded(model_metadata)),
                    Route(prefix + "/ready", guarded(model_ready)),
                    Route(prefix + "/config", guarded(model_config))]
-    rest = Starlette(routes=routes)
+    async def http_error(request: Request, exc):  # unknown paths and methods, in the protocol's form
+        return _error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
+
+    rest = Starlette(routes=routes, exception_handlers={404: http_error, 405: http_error})
     bearer = f"Bearer {token}".encode() if token is not None else None
 
     async def asgi(scope, receive, send) -> None:
@@ -252,6 +260,11 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
 
 
 _INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
+
+
+def _no_constant(name: str):
+    # Python's json takes NaN and Infinity; JSON (and KServe v2) has neither.
+    raise ValueError(f"{name} is not JSON")
 
 
 def _error_body(status: int, message: str) -> Tuple[int, Dict[str, str], bytes]:

@@ -92,7 +92,7 @@ def tensor_from_list(name: str, shape: Tuple[int, ...], dtype: torch.dtype, data
         raise InvalidInput(f"input {name!r}: data must be a list")
     try:
         t = torch.tensor(data, dtype=dtype).flatten()
-    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+    except (TypeError, ValueError, RuntimeError, OverflowError, RecursionError) as e:
         raise InvalidInput(f"input {name!r}: data does not fit {NAMES[dtype]}: {e}") from None
     if t.numel() != math.prod(shape):
         raise InvalidInput(f"input {name!r}: {t.numel()} values for shape {list(shape)} "
