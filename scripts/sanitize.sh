@@ -37,5 +37,6 @@ if [[ "$KIND" == *address* ]]; then
   LD_PRELOAD="$PRELOAD" GPULANES_EXTENSION_DIR="$PKG" \
     "$PY" scripts/pytest_instrumented.py -q -p no:cacheprovider \
     tests/python/test_isolation.py tests/python/test_concurrency.py \
-    tests/python/test_reentrancy.py tests/python/test_errors.py tests/python/test_options.py
+    tests/python/test_reentrancy.py tests/python/test_errors.py tests/python/test_options.py \
+    tests/python/test_async_completions.py
 fi

@@ -20,6 +20,7 @@
 
 #include "background.h"
 #include "bindings.h"
+#include "completion_queue.h"
 #include "waiting.h"
 #include "gpulanes/core/serving_thread.h"
 #include "gpulanes/exec/green_context.h"
@@ -344,10 +345,7 @@ class PyRuntime {
         m, std::move(tensors), deadline_ns, priority,
         [pending](Outcome&& o) { pending->complete(std::move(o)); },  // in the delivery hook
         /*native=*/false, &why);
-    if (code != ErrorCode::kOk) {
-      if (code == ErrorCode::kUnknownModel) why = "no model named '" + model + "' is registered";
-      return error_type(code)(why);
-    }
+    if (code != ErrorCode::kOk) return refusal(code, model, why);
     py::object sink;
     try {
       sink = make_sink();
@@ -358,6 +356,32 @@ class PyRuntime {
     }
     pending->attach(sink);
     return sink;
+  }
+
+  // submit() for an asyncio event loop: the outcome goes to `queue` under `token`, straight from
+  // the thread that decided it (no Future, no delivery thread, no GIL). None when accepted, else
+  // the exception to raise.
+  py::object submit_to(const std::string& model, const py::sequence& inputs,
+                       std::optional<std::int64_t> deadline_ns, int priority,
+                       std::shared_ptr<CompletionQueue> queue, std::uint64_t token) {
+    check_process("submit()");
+    std::vector<at::Tensor> tensors;
+    try {
+      tensors = tensors_from(inputs, "input");
+    } catch (const Error& e) {
+      core_->refuse(model, e.code(), e.what());
+    }
+    std::string why;
+    const ErrorCode code = core_->try_submit(
+        core_->model_index(model), std::move(tensors), deadline_ns, priority,
+        [queue = std::move(queue), token](Outcome&& o) { queue->push(token, std::move(o)); },
+        /*native=*/true, &why);
+    return code == ErrorCode::kOk ? py::none() : refusal(code, model, why);
+  }
+
+  static py::object refusal(ErrorCode code, const std::string& model, std::string why) {
+    if (code == ErrorCode::kUnknownModel) why = "no model named '" + model + "' is registered";
+    return error_type(code)(why);
   }
 
   // submit + wait in C++: the completion needs no GIL and the waiter can poll, which saves two
@@ -524,6 +548,8 @@ void init_runtime(py::module_& m) {
       .def("partition_profiles", &PyRuntime::partition_profiles)
       .def("submit", &PyRuntime::submit, py::arg("model"), py::arg("inputs"),
            py::arg("deadline_ns"), py::arg("priority"), py::arg("make_sink"))
+      .def("submit_to", &PyRuntime::submit_to, py::arg("model"), py::arg("inputs"),
+           py::arg("deadline_ns"), py::arg("priority"), py::arg("queue"), py::arg("token"))
       .def("infer", &PyRuntime::infer, py::arg("model"), py::arg("inputs"),
            py::arg("deadline_ns"), py::arg("priority"), py::arg("timeout"))
       .def("shutdown", &PyRuntime::shutdown, py::arg("drain"))
@@ -541,6 +567,24 @@ void init_runtime(py::module_& m) {
       .def_property_readonly("running", &PyRuntime::running)
       .def_property_readonly("core_id", &PyRuntime::core_id,
                              "Which core this is (compare with serving_runtime_id()).");
+  py::class_<CompletionQueue, std::shared_ptr<CompletionQueue>>(m, "CompletionQueue")
+      .def(py::init<>())
+      .def_property_readonly("fd", &CompletionQueue::fd, "An eventfd, readable when outcomes wait.")
+      .def("drain", [](CompletionQueue& q) {
+        py::list out;
+        for (auto& [token, o] : q.drain()) {
+          if (!o.ok()) {
+            out.append(py::make_tuple(token, false, make_error(o.code, o.message)));
+            continue;
+          }
+          try {
+            out.append(py::make_tuple(token, true, to_python(o.output)));
+          } catch (const std::exception& e) {
+            out.append(py::make_tuple(token, false, make_error(ErrorCode::kModelError, e.what())));
+          }
+        }
+        return out;
+      }, "Every (token, ok, result or exception) queued so far.");
   py::class_<ResolvedFlag, std::shared_ptr<ResolvedFlag>>(m, "ResolvedFlag")
       .def(py::init<>())
       .def("poll", [](const ResolvedFlag& f, double spin_us) {

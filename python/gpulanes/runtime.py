@@ -69,6 +69,47 @@ class _AsyncSink:
             pass
 
 
+class _LoopCompletions:
+    """One per asyncio event loop: the outcomes of its ``infer_async`` requests arrive in a
+    native queue whose eventfd the loop watches, and are resolved here on the loop's own thread.
+    No other thread takes the GIL for them (see csrc/bindings/completion_queue.h)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.queue = _C.CompletionQueue()
+        self.pending: Dict[int, asyncio.Future] = {}  # token -> the awaiting future
+        self.tokens = 0
+        loop.add_reader(self.queue.fd, self._drain)
+
+    def _drain(self) -> None:
+        for token, ok, value in self.queue.drain():
+            fut = self.pending.pop(token, None)
+            if fut is None or fut.done():  # the awaiting task was cancelled
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+
+# Per event loop; None where the loop cannot watch a file descriptor (then infer_async falls
+# back to the delivery thread).
+_loop_completions: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Optional[_LoopCompletions]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def _completions_of(loop: asyncio.AbstractEventLoop) -> Optional[_LoopCompletions]:
+    try:
+        return _loop_completions[loop]
+    except KeyError:
+        pass
+    try:
+        c: Optional[_LoopCompletions] = _LoopCompletions(loop)
+    except (NotImplementedError, AttributeError, OSError):  # e.g. a proactor loop
+        c = None
+    _loop_completions[loop] = c
+    return c
+
+
 def _set_result(fut: asyncio.Future, value: Any) -> None:
     if not fut.done():  # the awaiting task may have been cancelled
         fut.set_result(value)
@@ -437,11 +478,22 @@ class Runtime(Planning, Profiling):
         """Awaitable :meth:`infer`: no thread is blocked while the request is served."""
         model, at, priority = self._request_args(model, deadline_ms, deadline, priority)
         loop = asyncio.get_running_loop()
-        out = self._core.submit(model, inputs, at, priority,
-                                lambda: _AsyncSink(loop, loop.create_future()))
-        if isinstance(out, BaseException):
-            raise out
-        return await out.future
+        completions = _completions_of(loop)
+        if completions is None:
+            out = self._core.submit(model, inputs, at, priority,
+                                    lambda: _AsyncSink(loop, loop.create_future()))
+            if isinstance(out, BaseException):
+                raise out
+            return await out.future
+        completions.tokens += 1
+        token = completions.tokens
+        refused = self._core.submit_to(model, inputs, at, priority, completions.queue, token)
+        if refused is not None:
+            raise refused
+        # Set before the loop runs again: the outcome, even one already queued, is drained
+        # only by a later iteration of this same loop.
+        fut = completions.pending[token] = loop.create_future()
+        return await fut
 
     # -- observation and teardown ------------------------------------------------------------
 
