@@ -69,6 +69,21 @@ def test_health_and_metadata(server, protocol, mod):
     assert (server_meta["name"] if mod is th else server_meta.name) == "gpulanes"
 
 
+@pytest.mark.parametrize("protocol, mod", PROTOCOLS)
+def test_repository_index_and_no_loading_while_serving_yet(server, protocol, mod):
+    c = client(server, protocol)
+    index = c.get_model_repository_index()
+    if mod is tg:
+        index = [{"name": m.name, "version": m.version, "state": m.state} for m in index.models]
+    assert sorted(m["name"] for m in index) == ["affine", "half", "pair", "slow"]
+    assert all(m["state"] == "READY" and m["version"] == "1" for m in index)
+    for call in (c.load_model, c.unload_model):
+        with pytest.raises(InferenceServerException) as e:
+            call("affine")
+        assert ("501" if mod is th else "UNIMPLEMENTED") in str(e.value.status())
+    assert c.is_model_ready("affine")
+
+
 @pytest.mark.parametrize("protocol, mod, binary", [("http", th, True), ("http", th, False),
                                                    ("grpc", tg, True)])
 def test_infer_one_input(server, protocol, mod, binary):

@@ -92,7 +92,8 @@ class InferenceService:
                 "ServerMetadata": (self.server_metadata, "ServerMetadataRequest", False),
                 "ModelMetadata": (self.model_metadata, "ModelMetadataRequest", False),
                 "ModelInfer": (self.model_infer, "ModelInferRequest", False),
-                "ModelConfig": (self.model_config, "ModelConfigRequest", False)}
+                "ModelConfig": (self.model_config, "ModelConfigRequest", False),
+                "RepositoryIndex": (self.repository_index, "RepositoryIndexRequest", False)}
         handlers = {name: grpc.unary_unary_rpc_method_handler(
                         self._wrap(fn, self.m[request], open_),
                         response_serializer=lambda msg: msg.SerializeToString())
@@ -158,6 +159,12 @@ class InferenceService:
             c.input.add(name=t["name"], data_type=t["data_type"], dims=t["dims"])
         for t in config["output"]:
             c.output.add(name=t["name"], data_type=t["data_type"], dims=t["dims"])
+        return reply
+
+    async def repository_index(self, request, context):
+        reply = self.m["RepositoryIndexResponse"]()
+        for entry in self.ep.index(request.ready):
+            reply.models.add(**entry)
         return reply
 
     # -- inference ---------------------------------------------------------------------------

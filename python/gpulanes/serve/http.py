@@ -153,6 +153,8 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
                     return _error(401, "missing or wrong bearer token")
             try:
                 return await handler(request)
+            except NotSupported as e:
+                return _error(501, str(e))
             except GpuLanesError as e:
                 return _error(http_status(e), str(e))
         return call
@@ -176,6 +178,21 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
 
     async def model_config(request: Request):
         return JSONResponse(await ep.config(model_of(request)))
+
+    async def repository_index(request: Request):
+        body = await request.body()
+        try:
+            doc = json.loads(body, parse_constant=_no_constant) if body.strip() else {}
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise InvalidInput(f"body is not JSON: {e}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("ready", False), bool):
+            raise InvalidInput('the body must be an object, with "ready" a boolean if given')
+        return JSONResponse(ep.index(doc.get("ready", False)))
+
+    async def repository_change(request: Request):
+        action = request.url.path.rsplit("/", 1)[1]
+        raise NotSupported(f"{action}ing models while serving is not supported yet: the models "
+                           "are the config's")
 
     async def model_ready(request: Request):
         model_of(request)
@@ -219,7 +236,12 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
                      "inference-header-content-length": str(len(head_out))}, head_out + b"".join(raw)
 
     routes = [Route("/v2", guarded(server_metadata)), Route("/v2/health/live", guarded(live, True)),
-              Route("/v2/health/ready", guarded(ready, True)), Route("/metrics", guarded(metrics))]
+              Route("/v2/health/ready", guarded(ready, True)), Route("/metrics", guarded(metrics)),
+              Route("/v2/repository/index", guarded(repository_index), methods=["POST"]),
+              Route("/v2/repository/models/{model}/load", guarded(repository_change),
+                    methods=["POST"]),
+              Route("/v2/repository/models/{model}/unload", guarded(repository_change),
+                    methods=["POST"])]
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         routes += [Route(prefix, guarded(model_metadata)),
                    Route(prefix + "/ready", guarded(model_ready)),
@@ -260,6 +282,10 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
 
 
 _INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
+
+
+class NotSupported(InvalidInput):
+    """An extension endpoint gpulanes does not implement (yet): 501."""
 
 
 def _no_constant(name: str):

@@ -178,6 +178,15 @@ class Endpoint:
                 return [{"name": n, "datatype": "", "shape": []} for n in self.output_names(model)]
         return self._probed[model]
 
+    def index(self, ready_only: bool = False) -> List[Dict[str, str]]:
+        """Triton's repository index: every served model, its version and state."""
+        state = "READY" if self.ready() else "UNAVAILABLE"
+        reason = "" if self.ready() else ("draining" if self.draining else "starting")
+        if ready_only and state != "READY":
+            return []
+        return [{"name": m, "version": "1", "state": state, "reason": reason}
+                for m in self.runtime.models]
+
     async def config(self, model: str) -> Dict[str, Any]:
         """Triton's model configuration (what perf_analyzer reads): the protocol's batch limit
         (``max_rows``) and one sample's tensors."""
