@@ -222,6 +222,7 @@ class PyRuntime {
   int register_model(const std::string& name, const std::string& kind, const std::string& source,
                      const py::sequence& example_inputs, std::int64_t slo_ns, int max_batch_size,
                      std::int64_t max_queue) {
+    if (core_->running()) check_not_own_thread("register()");  // it waits for new lanes
     std::vector<at::Tensor> examples = tensors_from(example_inputs, "example input");
     ModelSpec spec;
     spec.name = name;

@@ -284,7 +284,13 @@ class Runtime(Planning, Profiling):
         max_batch_size: int = 32,
         max_queue: int = 10_000,
     ) -> None:
-        """Registers a TorchScript model before :meth:`start`.
+        """Registers a TorchScript model, before :meth:`start` or while serving.
+
+        While serving, the model is added to every lane (new lanes load and warm up all their
+        models and measure the new one's latency profile while the current lanes keep serving,
+        then take over as in :meth:`set_lanes`); ``submit`` knows the model once this returns.
+        Other models are served throughout. Its profile is measured (not read from the profile
+        cache) and then cached.
 
         ``model`` is a path to a ``torch.jit.save`` file, its bytes, or a
         ``torch.jit.ScriptModule`` (copied: later changes to it do not reach the runtime).
@@ -349,6 +355,9 @@ class Runtime(Planning, Profiling):
             "model": name, "model_hash": digest, "max_batch_size": max_batch_size,
             "inputs": [[list(t.shape[1:]), str(t.dtype).replace("torch.", "")]
                        for t in example_inputs]}
+        if self._core.running:  # registered live: its profile was measured just now
+            self._profile_source[name] = "measured"
+            self._cache_profiles(self._profile_lane(), [name])
 
     def start(self, progress: Optional[bool] = None) -> "Runtime":
         """Creates the lanes, loads and warms up every model on each, measures the latency

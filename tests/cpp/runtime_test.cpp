@@ -183,7 +183,11 @@ TEST(Runtime, RegistrationErrors) {
   EXPECT_THROW(rt.register_model(spec("a"), affine_module(0), {sample(0)}), Error);  // duplicate
   EXPECT_THROW(rt.register_model(spec("b"), affine_module(0), {torch::zeros({3})}), Error);  // example
   rt.start();
-  EXPECT_THROW(rt.register_model(spec("c"), affine_module(0), {sample(0)}), Error);  // after start
+  EXPECT_THROW(rt.register_model(spec("a"), affine_module(0), {sample(0)}), Error);  // duplicate
+  // A bad example while serving leaves no trace: the name is free for a good one.
+  EXPECT_THROW(rt.register_model(spec("c"), affine_module(0), {torch::zeros({3})}), Error);
+  EXPECT_EQ(rt.model_index("c"), -1);
+  EXPECT_EQ(rt.register_model(spec("c"), affine_module(0), {sample(0)}), 1);
   EXPECT_THROW(Runtime(RuntimeOptions{.device = "tpu"}).start(), Error);
   EXPECT_THROW(Runtime(RuntimeOptions{.policy = "nope"}), Error);
   rt.shutdown(true);
@@ -216,4 +220,42 @@ TEST(RuntimeMetrics, LaneBusyTimeAndPredictionErrorOnVirtualTime) {
   EXPECT_DOUBLE_EQ(lane.busy_s, 0.02);
   EXPECT_NEAR(lane.busy_fraction, 0.02 / 0.05, 1e-9);
   EXPECT_EQ(lane.batches_by_model.at("m"), 1u);
+}
+
+TEST(Runtime, ModelsRegisteredWhileServingServeAndTheOthersNeverStop) {
+  // One thread keeps model "a" busy while two more models are registered (each builds and warms
+  // up new lanes, then swaps them in): every request of every model resolves once, correctly.
+  Runtime rt(RuntimeOptions{.device = "cpu", .cpu_lanes = 2});
+  rt.register_model(spec("a"), affine_module(0), {sample(0)});
+  rt.start();
+  std::atomic<bool> stop{false};
+  Collector during;
+  std::atomic<int> sent{0};
+  std::thread load([&] {
+    while (!stop.load()) {
+      const int i = sent.fetch_add(1);
+      rt.submit("a", {sample(static_cast<float>(i % 100))}, std::nullopt, 0, during.fn(i));
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  });
+  rt.register_model(spec("b"), affine_module(0), {sample(0)});
+  rt.register_model(spec("c"), affine_module(0), {sample(0)});
+  stop = true;
+  load.join();
+  during.wait_for(static_cast<std::size_t>(sent.load()));
+  for (const auto& [i, o] : during.outcomes) {
+    ASSERT_TRUE(o.ok()) << o.message;
+    ASSERT_TRUE(torch::equal(o.output.toTensor(), sample(2.0f * (i % 100) + 1.0f)));
+  }
+  for (const auto& [i, n] : during.calls) ASSERT_EQ(n, 1);
+  Collector after;
+  rt.submit("b", {sample(3)}, std::nullopt, 0, after.fn(0));
+  rt.submit("c", {sample(4)}, std::nullopt, 0, after.fn(1));
+  after.wait_for(2);
+  EXPECT_TRUE(torch::equal(after.outcomes[0].output.toTensor(), sample(7)));
+  EXPECT_TRUE(torch::equal(after.outcomes[1].output.toTensor(), sample(9)));
+  EXPECT_EQ(rt.stats().size(), 3u);
+  EXPECT_FALSE(rt.profile("c").empty());  // measured on the new lanes
+  for (const LaneInfo& lane : rt.lanes()) EXPECT_EQ(lane.models.size(), 3u);
+  rt.shutdown(true);
 }

@@ -211,9 +211,11 @@ def test_registration_and_construction_errors():
         rt.register("b", scripted(Affine()), slo_ms=100, example_inputs=torch.tensor(1.0))
     with pytest.raises(gl.InvalidInput, match="slo_ms"):
         rt.register("c", scripted(Affine()), slo_ms=0, example_inputs=torch.zeros(1, 4))
-    with rt:
-        with pytest.raises(gl.InvalidInput, match="before start"):
-            rt.register("d", scripted(Affine()), slo_ms=100, example_inputs=torch.zeros(1, 4))
+    with rt:  # while serving it is allowed (tests/python/test_live_models.py) ...
+        rt.register("d", scripted(Affine()), slo_ms=100, example_inputs=torch.zeros(1, 4))
+        assert "d" in rt.models
+    with pytest.raises(gl.RuntimeClosed, match="shut down"):  # ... after shutdown not
+        rt.register("e", scripted(Affine()), slo_ms=100, example_inputs=torch.zeros(1, 4))
     with pytest.raises(gl.InvalidInput, match="policy"):
         gl.Runtime(policy="no-such-policy")
     with pytest.raises(gl.InvalidInput, match="max_queue_delay_microseconds"):

@@ -6,34 +6,67 @@
 
 namespace gpulanes {
 
-int ModelRegistry::add(ModelSpec spec, torch::jit::Module module, std::vector<at::Tensor> example) {
-  validate_spec(spec);
-  if (index_.count(spec.name)) {
-    throw Error(ErrorCode::kInvalidInput, "a model named '" + spec.name + "' is already registered");
+int ModelRegistry::append(RegisteredModel model) {
+  const std::string& name = model.spec.name;
+  if (find(name) >= 0) {
+    throw Error(ErrorCode::kInvalidInput, "a model named '" + name + "' is already registered");
   }
-  validate_inputs(spec, example);
-  const int idx = static_cast<int>(models_.size());
-  index_.emplace(spec.name, idx);
-  models_.push_back(RegisteredModel{std::move(spec),
-                                    std::make_shared<torch::jit::Module>(std::move(module)),
-                                    std::move(example)});
+  if (staged_size() != size()) {
+    throw Error(ErrorCode::kInvalidInput, "another model is being registered");
+  }
+  if (models_.size() >= static_cast<std::size_t>(kMaxModels)) {
+    throw Error(ErrorCode::kInvalidInput,
+                "a runtime holds at most " + std::to_string(kMaxModels) + " models");
+  }
+  models_.push_back(std::move(model));  // within capacity: no other model moves
+  return static_cast<int>(models_.size()) - 1;
+}
+
+void ModelRegistry::publish(int index) {
+  auto next = std::make_shared<Names>(*names_);  // only this (control) thread replaces names_
+  next->emplace(models_[static_cast<std::size_t>(index)].spec.name, index);
+  count_.store(index + 1, std::memory_order_release);
+  std::lock_guard<std::mutex> lock(names_mu_);
+  names_ = std::move(next);
+}
+
+int ModelRegistry::add(ModelSpec spec, torch::jit::Module module, std::vector<at::Tensor> example) {
+  const int idx = stage(std::move(spec), std::move(module), std::move(example));
+  publish(idx);
   return idx;
 }
 
 int ModelRegistry::add_virtual(ModelSpec spec) {
   validate_spec(spec, /*needs_inputs=*/false);
-  if (index_.count(spec.name)) {
-    throw Error(ErrorCode::kInvalidInput, "a model named '" + spec.name + "' is already registered");
-  }
-  const int idx = static_cast<int>(models_.size());
-  index_.emplace(spec.name, idx);
-  models_.push_back(RegisteredModel{std::move(spec), nullptr, {}});
+  const int idx = append(RegisteredModel{std::move(spec), nullptr, {}});
+  publish(idx);
   return idx;
 }
 
+int ModelRegistry::stage(ModelSpec spec, torch::jit::Module module, std::vector<at::Tensor> example) {
+  validate_spec(spec);
+  validate_inputs(spec, example);
+  return append(RegisteredModel{std::move(spec),
+                                std::make_shared<torch::jit::Module>(std::move(module)),
+                                std::move(example)});
+}
+
+void ModelRegistry::commit_staged() {
+  if (staged_size() > size()) publish(staged_size() - 1);
+}
+
+void ModelRegistry::drop_staged() {
+  if (staged_size() > size()) models_.pop_back();
+}
+
 int ModelRegistry::find(const std::string& name) const {
-  auto it = index_.find(name);
-  return it == index_.end() ? -1 : it->second;
+  std::shared_ptr<const Names> names;
+  {
+    std::lock_guard<std::mutex> lock(names_mu_);
+    names = names_;
+  }
+  auto it = names->find(name);
+  return it == names->end() ? -1 : it->second;
 }
 
 }  // namespace gpulanes

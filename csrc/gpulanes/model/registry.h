@@ -1,11 +1,18 @@
 // The registered models: spec, loaded module and one example sample per input (for warm-up).
-// Mutated only before the runtime starts (by the control thread); read-only afterwards, so
-// lookups from submitting threads need no lock.
+// Added to by the control thread only (the runtime serializes it), also while serving; read by
+// every thread. Storage is reserved up front (kMaxModels), so adding never moves a model another
+// thread is reading. A model added while serving is first staged: it has an index that the
+// control thread and the lanes it is warming up use, but size() and find() do not count it
+// until commit_staged() (size() published with release, read with acquire; the name map is
+// replaced whole under a lock), so no other thread sees a model that is not ready. A staged
+// model whose warm-up failed is dropped again as if never added.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
+#include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -25,18 +32,37 @@ struct RegisteredModel {
 
 class ModelRegistry {
  public:
-  // Returns the new model's index. Throws Error(kInvalidInput) for a duplicate name or bad spec.
+  static constexpr int kMaxModels = 1024;  // models one runtime can ever register
+
+  ModelRegistry() { models_.reserve(kMaxModels); }
+
+  // Returns the new model's index. Throws Error(kInvalidInput) for a duplicate name, a bad spec
+  // or a full registry.
   int add(ModelSpec spec, torch::jit::Module module, std::vector<at::Tensor> example);
   // A model without weights (module null, no example), for lanes that run nothing (simulated).
   int add_virtual(ModelSpec spec);
+  // add() without counting it yet (at most one staged model at a time): its index is
+  // staged_size() - 1.
+  int stage(ModelSpec spec, torch::jit::Module module, std::vector<at::Tensor> example);
+  void commit_staged();
+  void drop_staged();
   // Index of `name`, or -1.
   int find(const std::string& name) const;
-  const RegisteredModel& at(int index) const { return models_.at(index); }
-  int size() const { return static_cast<int>(models_.size()); }
+  const RegisteredModel& at(int index) const { return models_[static_cast<std::size_t>(index)]; }
+  // Models every thread may use.
+  int size() const { return count_.load(std::memory_order_acquire); }
+  // size() plus a staged model: for the control thread and the lanes it warms up.
+  int staged_size() const { return static_cast<int>(models_.size()); }
 
  private:
-  std::vector<RegisteredModel> models_;        // by index
-  std::unordered_map<std::string, int> index_;  // name -> index
+  using Names = std::unordered_map<std::string, int>;
+  int append(RegisteredModel model);
+  void publish(int index);
+
+  std::vector<RegisteredModel> models_;  // by index; capacity kMaxModels, never reallocated
+  std::atomic<int> count_{0};            // how many of models_ other threads may use
+  mutable std::mutex names_mu_;          // guards the pointer below (not the map it points to)
+  std::shared_ptr<const Names> names_ = std::make_shared<const Names>();  // name -> index
 };
 
 }  // namespace gpulanes

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
 
 namespace gpulanes {
 
@@ -9,13 +10,20 @@ namespace {
 constexpr double kZ99 = 2.326;  // standard normal 99th percentile
 }
 
-ArrivalShape::ArrivalShape(const std::vector<DurationNs>& windows_ns) {
-  for (DurationNs w : windows_ns) {
-    auto m = std::make_unique<Model>();
-    m->window = std::clamp<DurationNs>(w, from_ms(1), from_ms(10'000));
-    m->ring.assign(kWindows, 0);
-    models_.push_back(std::move(m));
+ArrivalShape::ArrivalShape(const std::vector<DurationNs>& windows_ns, int capacity) {
+  models_.reserve(static_cast<std::size_t>(std::max<int>(capacity, windows_ns.size())));
+  for (DurationNs w : windows_ns) add_model(w);
+}
+
+void ArrivalShape::add_model(DurationNs window_ns) {
+  if (models_.size() == models_.capacity()) {
+    throw std::length_error("ArrivalShape: no room for another model");
   }
+  auto m = std::make_unique<Model>();
+  m->window = std::clamp<DurationNs>(window_ns, from_ms(1), from_ms(10'000));
+  m->ring.assign(kWindows, 0);
+  models_.push_back(std::move(m));
+  count_.store(static_cast<int>(models_.size()), std::memory_order_release);
 }
 
 void ArrivalShape::Model::roll_to(std::int64_t index) {
@@ -43,8 +51,9 @@ void ArrivalShape::on_arrival(int model, TimeNs now) {
 
 std::vector<TrafficShape> ArrivalShape::snapshot(TimeNs now) const {
   std::vector<TrafficShape> out;
-  for (const auto& mp : models_) {
-    const Model& m = *mp;
+  const int n = count_.load(std::memory_order_acquire);
+  for (int i = 0; i < n; ++i) {
+    const Model& m = *models_[static_cast<std::size_t>(i)];
     std::vector<std::int64_t> counts;  // newest first
     {
       std::lock_guard<std::mutex> lock(m.mu);

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <atomic>
 #include <mutex>
 #include <vector>
 
@@ -33,8 +34,11 @@ class ArrivalShape {
   static constexpr int kWindows = 1024;  // windows kept per model
   static constexpr int kMinWindows = 20; // fewer: the shape is reported unknown
 
-  // `windows_ns[m]`: model m's window length (its SLO), clamped to [1 ms, 10 s].
-  explicit ArrivalShape(const std::vector<DurationNs>& windows_ns);
+  // `windows_ns[m]`: model m's window length (its SLO), clamped to [1 ms, 10 s]. Room for
+  // `capacity` models in all (add_model()).
+  explicit ArrivalShape(const std::vector<DurationNs>& windows_ns, int capacity = 0);
+  // The control thread: one more model (index: the count so far). Throws past capacity.
+  void add_model(DurationNs window_ns);
 
   void on_arrival(int model, TimeNs now);
   // Per model, from the windows completed by `now` (an idle stretch counts as empty windows).
@@ -50,7 +54,8 @@ class ArrivalShape {
     std::int64_t completed = 0;            // windows completed in all
     void roll_to(std::int64_t index);      // completes windows up to index - 1
   };
-  std::vector<std::unique_ptr<Model>> models_;
+  std::vector<std::unique_ptr<Model>> models_;  // capacity reserved: never reallocated
+  std::atomic<int> count_{0};                    // entries of models_ others may read
 };
 
 // The requests/s a lane must serve within one window to keep up with the 99th-percentile burst

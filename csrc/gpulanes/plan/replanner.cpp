@@ -1,5 +1,7 @@
 #include "gpulanes/plan/replanner.h"
 
+#include <stdexcept>
+
 #include <algorithm>
 #include <cmath>
 
@@ -22,22 +24,29 @@ void validate(const ReplanOptions& o) {
   validate(o.planner);
 }
 
-Replanner::Replanner(ReplanOptions options, int n_models, TimeNs start)
+Replanner::Replanner(ReplanOptions options, int n_models, TimeNs start, int capacity)
     : opt_(std::move(options)),
       origin_(start),
       every_(static_cast<DurationNs>(opt_.every_s * 1e9)),
       check_(opt_.drift > 0 ? static_cast<DurationNs>(opt_.check_s * 1e9) : 0),
-      window_(new std::atomic<double>[static_cast<std::size_t>(n_models)]),
+      window_(new std::atomic<double>[static_cast<std::size_t>(std::max(capacity, n_models))]),
+      capacity_(std::max(capacity, n_models)),
       n_models_(n_models),
       window_start_(start),
       rate_(n_models, -1.0) {
   validate(opt_);
-  for (int m = 0; m < n_models; ++m) window_[m].store(0, std::memory_order_relaxed);
+  for (int m = 0; m < capacity_; ++m) window_[m].store(0, std::memory_order_relaxed);
   for (int m = 0; m < n_models && m < static_cast<int>(opt_.initial_rates.size()); ++m) {
     rate_[m] = opt_.initial_rates[m];
   }
   next_replan_ = every_ > 0 ? start + every_ : kNever;
   next_check_ = every_ > 0 && check_ > 0 ? start + check_ : kNever;
+}
+
+void Replanner::add_model() {
+  if (n_models_ >= capacity_) throw std::length_error("Replanner: no room for another model");
+  ++n_models_;
+  rate_.push_back(-1.0);
 }
 
 bool Replanner::due(TimeNs now, ReplanEvent* event) {

@@ -58,8 +58,12 @@ void validate(const ReplanOptions& options);
 
 class Replanner {
  public:
-  // Throws Error(kInvalidInput) for negative periods or an alpha outside (0, 1].
-  Replanner(ReplanOptions options, int n_models, TimeNs start);
+  // Throws Error(kInvalidInput) for negative periods or an alpha outside (0, 1]. Room for
+  // `capacity` models (add_model()).
+  Replanner(ReplanOptions options, int n_models, TimeNs start, int capacity = 0);
+  // One more model, rate unknown so far. Called where due() and planning_rates() are (the
+  // runtime's plan_mu_); arrivals of the new model come only after it.
+  void add_model();
 
   const ReplanOptions& options() const { return opt_; }
   bool enabled() const { return every_ > 0; }
@@ -78,7 +82,8 @@ class Replanner {
   const TimeNs origin_;                          // time 0 of event times
   const DurationNs every_, check_;               // periods; 0: off
   std::unique_ptr<std::atomic<double>[]> window_;  // arrivals since window_start_, by model
-  const int n_models_;
+  const int capacity_;                           // window_ entries
+  int n_models_;
   TimeNs window_start_;
   TimeNs next_replan_, next_check_;
   std::vector<double> rate_;                     // EWMA by model; < 0: unknown

@@ -57,22 +57,72 @@ void Runtime::create_lanes() {
     if (lanes_.empty()) throw Error(ErrorCode::kInvalidInput, "the virtual backend made no lanes");
     return;
   }
-  std::vector<LaneSpec> layout = layout_;
-  if (layout.empty()) {
-    const int gpus = cuda_device_count();
-    if (on_cpu()) {
-      layout.assign(options_.cpu_lanes, LaneSpec{"cpu", 0, {}});
-    } else if (dev == "cuda" || dev == "auto") {
-      if (gpus == 0) throw Error(ErrorCode::kInvalidInput, "device='cuda' but no usable CUDA GPU");
-      for (int d = 0; d < gpus; ++d) layout.push_back({"cuda:" + std::to_string(d), 0, {}});
-    } else if (dev.rfind("cuda:", 0) == 0) {
-      layout.push_back({dev, 0, {}});
-    } else {
-      throw Error(ErrorCode::kInvalidInput,
-                  "unknown device '" + dev + "' (use 'auto', 'cpu', 'cuda' or 'cuda:N')");
-    }
+  lanes_ = make_lanes(layout_.empty() ? default_layout() : layout_);
+}
+
+std::vector<LaneSpec> Runtime::default_layout() const {
+  const std::string& dev = options_.device;
+  std::vector<LaneSpec> layout;
+  const int gpus = cuda_device_count();
+  if (on_cpu()) {
+    layout.assign(options_.cpu_lanes, LaneSpec{"cpu", 0, {}});
+  } else if (dev == "cuda" || dev == "auto") {
+    if (gpus == 0) throw Error(ErrorCode::kInvalidInput, "device='cuda' but no usable CUDA GPU");
+    for (int d = 0; d < gpus; ++d) layout.push_back({"cuda:" + std::to_string(d), 0, {}});
+  } else if (dev.rfind("cuda:", 0) == 0) {
+    layout.push_back({dev, 0, {}});
+  } else {
+    throw Error(ErrorCode::kInvalidInput,
+                "unknown device '" + dev + "' (use 'auto', 'cpu', 'cuda' or 'cuda:N')");
   }
-  lanes_ = make_lanes(layout);
+  return layout;
+}
+
+int Runtime::register_live(ModelSpec spec, torch::jit::Module module, std::vector<at::Tensor> example,
+                           Orphans& orphans) {
+  if (options_.device == "virtual") {
+    throw Error(ErrorCode::kInvalidInput, "on virtual time, register models before start()");
+  }
+  const int m = models_.stage(std::move(spec), std::move(module), std::move(example));
+  const ModelSpec& s = models_.at(m).spec;
+  // Its per-model state, past the end other threads read to (models_.size()); reserved, so
+  // appending moves nothing they use.
+  queues_.push_back(std::make_unique<RequestQueue>(s.max_queue, policy_->queue_order()));
+  metrics_.push_back(std::make_unique<ModelMetrics>(s.name));
+  profiles_.emplace_back();
+  profile_origins_.emplace_back();
+  rates_.push_back(std::make_unique<ArrivalRate>());
+  std::vector<LaneSpec> layout = layout_.empty() ? default_layout() : layout_;
+  for (LaneSpec& lane : layout) {
+    if (!lane.models.empty()) lane.models.push_back(s.name);  // empty: every model already
+  }
+  std::vector<std::unique_ptr<Lane>> old;
+  try {
+    std::vector<std::unique_ptr<Lane>> fresh = make_lanes(layout);
+    start_lanes(fresh, nullptr);  // loads and warms up every model, profiles the new one
+    // The planner thread must not plan between the commit and its own model count's growth;
+    // taken before the pause so that a plan being computed never holds up serving.
+    std::lock_guard<std::mutex> planning(plan_mu_);
+    loop_->pause_until_idle();
+    old = install_lanes(std::move(fresh), orphans, [&] {
+      models_.commit_staged();
+      shape_->add_model(s.slo);
+      if (replanner_) replanner_->add_model();
+    });
+  } catch (...) {
+    if (models_.staged_size() > models_.size()) {  // not committed: as if never added
+      rates_.pop_back();
+      profile_origins_.pop_back();
+      profiles_.pop_back();
+      metrics_.pop_back();
+      queues_.pop_back();
+      models_.drop_staged();
+    }
+    throw;
+  }
+  if (!layout_.empty()) layout_ = std::move(layout);
+  for (auto& lane : old) lane->stop();
+  return m;
 }
 
 std::vector<std::unique_ptr<Lane>> Runtime::make_lanes(const std::vector<LaneSpec>& layout) {
@@ -119,9 +169,13 @@ std::vector<std::unique_ptr<Lane>> Runtime::make_lanes(const std::vector<LaneSpe
     LanePlacement where;
     where.device = parse_device(spec.device, gpus);
     if (!spec.models.empty()) {
-      where.serves.assign(models_.size(), 0);
+      where.serves.assign(models_.staged_size(), 0);
       for (const std::string& name : spec.models) {
-        const int m = models_.find(name);
+        int m = models_.find(name);
+        if (m < 0 && models_.staged_size() > models_.size() &&
+            models_.at(models_.staged_size() - 1).spec.name == name) {
+          m = models_.staged_size() - 1;  // the model register_live() is adding
+        }
         if (m < 0) throw Error(ErrorCode::kUnknownModel, "lane layout names unknown model '" + name + "'");
         where.serves[m] = 1;
       }
@@ -161,8 +215,8 @@ void Runtime::start_lanes(std::vector<std::unique_ptr<Lane>>& lanes, const Progr
   // Each missing profile is measured once: the model's own (kMeasureDefault) on the first
   // whole-device lane that serves it (else its first lane), and one per SM count of the GPU
   // partitions that serve it (kMeasurePartition), each on the first such lane.
-  std::vector<std::vector<char>> measure(lanes.size(), std::vector<char>(models_.size(), 0));
-  for (int m = 0; m < models_.size(); ++m) {
+  std::vector<std::vector<char>> measure(lanes.size(), std::vector<char>(models_.staged_size(), 0));
+  for (int m = 0; m < models_.staged_size(); ++m) {
     std::size_t first = lanes.size();
     for (std::size_t l = 0; l < lanes.size(); ++l) {
       if (!lanes[l]->serves(m) || !lanes[l]->executor()) continue;
@@ -232,13 +286,15 @@ void Runtime::set_lanes(std::vector<LaneSpec> layout) {
 }
 
 std::vector<std::unique_ptr<Lane>> Runtime::install_lanes(std::vector<std::unique_ptr<Lane>> fresh,
-                                                          Orphans& orphans) {
+                                                          Orphans& orphans,
+                                                          const std::function<void()>& first) {
   std::vector<Lane*> ptrs;
   for (auto& lane : fresh) ptrs.push_back(lane.get());
   std::vector<std::unique_ptr<Lane>> old;
   // Submitters wait here for a moment; lock order submit_mu_ -> loop, as in submit().
   std::unique_lock<std::shared_mutex> writing(submit_mu_);
   loop_->swap_lanes(ptrs, [&] {
+    if (first) first();
     old = std::move(lanes_);
     lanes_ = std::move(fresh);
     lane_metrics_.clear();
@@ -312,13 +368,13 @@ void Runtime::prepare_lane(Lane& lane, const std::vector<char>& measure,
   // per request, and takes the TorchScript executor's profiling runs out of the serving path.
   // Then measures the latency profiles `measure` asks for.
   int total = 0, done = 0;
-  for (int m = 0; m < models_.size(); ++m) {
+  for (int m = 0; m < models_.staged_size(); ++m) {
     if (!lane.serves(m)) continue;
     total += 1 + (measure[m]
                       ? static_cast<int>(profiled_sizes(models_.at(m).spec.max_batch_size).size())
                       : 0);
   }
-  for (int m = 0; m < models_.size(); ++m) {
+  for (int m = 0; m < models_.staged_size(); ++m) {
     if (!lane.serves(m)) continue;
     const RegisteredModel& model = models_.at(m);
     std::string step = "warm-up " + model.spec.name;

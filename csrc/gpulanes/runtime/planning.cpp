@@ -68,7 +68,8 @@ std::vector<double> Runtime::measured_rates() const {
   }
   const TimeNs now = clock_->now();
   std::vector<double> out;
-  for (const auto& r : rates_) {
+  for (int m = 0; m < models_.size(); ++m) {
+    const ArrivalRate* r = rates_[m].get();
     const DurationNs gap = r->mean_gap();
     if (gap == kNever || gap <= 0) {
       out.push_back(0.0);

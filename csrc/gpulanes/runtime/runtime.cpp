@@ -43,6 +43,11 @@ Runtime::Runtime(RuntimeOptions options, std::shared_ptr<Clock> clock)
     : options_(std::move(options)),
       clock_(clock ? std::move(clock) : std::make_shared<SteadyClock>()),
       policy_(make_policy(options_.policy, options_.policy_config)) {
+  queues_.reserve(ModelRegistry::kMaxModels);
+  metrics_.reserve(ModelRegistry::kMaxModels);
+  profiles_.reserve(ModelRegistry::kMaxModels);
+  profile_origins_.reserve(ModelRegistry::kMaxModels);
+  rates_.reserve(ModelRegistry::kMaxModels);
   const RuntimeOptions& o = options_;
   check_int("cpu_lanes", o.cpu_lanes, 1, 1024);
   check_int("warmup_rounds", o.warmup_rounds, 0, 1000);
@@ -68,9 +73,14 @@ Runtime::Runtime(RuntimeOptions options, std::shared_ptr<Clock> clock)
 Runtime::~Runtime() { shutdown(false); }
 
 int Runtime::register_model(ModelSpec spec, torch::jit::Module module, std::vector<at::Tensor> example) {
-  std::lock_guard<std::mutex> lock(control_mu_);
-  if (started_ || shut_down_) {
-    throw Error(ErrorCode::kInvalidInput, "register models before start()");
+  std::unique_lock<std::mutex> lock(control_mu_);
+  if (shut_down_) throw Error(ErrorCode::kRuntimeClosed, "runtime was shut down");
+  if (started_) {
+    Orphans orphans;
+    const int m = register_live(std::move(spec), std::move(module), std::move(example), orphans);
+    lock.unlock();
+    fail_orphans(std::move(orphans));  // none expected: every model stays served
+    return m;
   }
   std::unique_lock<std::shared_mutex> registering(submit_mu_);
   const std::string name = spec.name;
@@ -164,11 +174,11 @@ void Runtime::start(const ProgressFn& progress) {
     throw;
   }
   build_profile_book();
-  admission_ = std::make_unique<Admission>(models_.size());
+  admission_ = std::make_unique<Admission>(ModelRegistry::kMaxModels);
   {
     std::vector<DurationNs> windows;
     for (int m = 0; m < models_.size(); ++m) windows.push_back(models_.at(m).spec.slo);
-    shape_ = std::make_unique<ArrivalShape>(windows);
+    shape_ = std::make_unique<ArrivalShape>(windows, ModelRegistry::kMaxModels);
   }
   if (!clock_->is_virtual()) {  // on virtual time, a driver calls run_round()
     // Virtual time keeps delivery on the driver's thread: its caller expects every outcome of
@@ -180,7 +190,8 @@ void Runtime::start(const ProgressFn& progress) {
   }
   started_at_.store(clock_->now(), std::memory_order_release);
   if (options_.replan.every_s > 0 && !clock_->is_virtual()) {
-    replanner_ = std::make_unique<Replanner>(options_.replan, models_.size(), clock_->now());
+    replanner_ = std::make_unique<Replanner>(options_.replan, models_.size(), clock_->now(),
+                                             ModelRegistry::kMaxModels);
   }
   started_ = true;
   accepting_.store(true, std::memory_order_release);
@@ -444,7 +455,7 @@ std::vector<ModelStats> Runtime::stats() const {
   const TimeNs now = clock_->now();
   const TimeNs t0 = started_at_.load(std::memory_order_acquire);
   std::vector<ModelStats> out;
-  for (const auto& m : metrics_) out.push_back(m->snapshot(now, t0));
+  for (int m = 0; m < models_.size(); ++m) out.push_back(metrics_[m]->snapshot(now, t0));
   return out;
 }
 

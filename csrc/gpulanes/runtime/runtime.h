@@ -99,7 +99,12 @@ class Runtime final : private LaneListener, private LoopSink {
   Runtime(const Runtime&) = delete;
   Runtime& operator=(const Runtime&) = delete;
 
-  // Before start() only. `example` holds one sample per input (no batch dimension).
+  // `example` holds one sample per input (no batch dimension). While serving, the model is
+  // added to every lane of the layout (the default layout: every lane serves every model): new
+  // lanes load and warm up all their models and measure the new one's profile while the old
+  // lanes keep serving, then take over as in set_lanes(); submit() knows the model only once
+  // that is done. A model whose warm-up fails is refused with Error(kModelError) and leaves no
+  // trace. Not on virtual time.
   int register_model(ModelSpec spec, torch::jit::Module module, std::vector<at::Tensor> example);
   // Before start(), device "virtual" only: a model without weights (nothing runs). If its spec
   // has no inputs, requests carry none.
@@ -225,19 +230,26 @@ class Runtime final : private LaneListener, private LoopSink {
   // On green-context GPUs: makes `config`'s lane sizes whole groups of the device's split
   // (granularity a multiple of a group, split_sms what the split offers); else leaves it.
   void fit_to_split(PlannerConfig& config) const;
+  // Queued requests of models a new layout does not serve, by model index.
+  using Orphans = std::vector<std::pair<int, std::vector<RequestPtr>>>;
   void create_lanes();
+  // The lanes start() makes without set_lanes(): cpu_lanes CPU lanes, or one per GPU.
+  std::vector<LaneSpec> default_layout() const;
+  // register_model() while serving; control_mu_ held. Fills `orphans` as install_lanes() does.
+  int register_live(ModelSpec spec, torch::jit::Module module, std::vector<at::Tensor> example,
+                    Orphans& orphans);
   // Lanes for `layout`, indexed from 0, not started.
   std::vector<std::unique_ptr<Lane>> make_lanes(const std::vector<LaneSpec>& layout);
   // Starts `lanes` as this runtime's: loads and warms up the models each serves, and measures
   // the missing profiles, each on the first lane that serves its model.
   void start_lanes(std::vector<std::unique_ptr<Lane>>& lanes, const ProgressFn& progress);
-  // Queued requests of models a new layout does not serve, by model index.
-  using Orphans = std::vector<std::pair<int, std::vector<RequestPtr>>>;
   // With the loop paused and every lane idle: makes `fresh` the serving lanes (new lane
   // metrics, profile book and predictor) and resumes; returns the old lanes. Moves what is
-  // queued for models no new lane serves into `orphans`, for fail_orphans().
+  // queued for models no new lane serves into `orphans`, for fail_orphans(). `first` runs
+  // before anything else there, under the same locks (a new model is committed in it).
   std::vector<std::unique_ptr<Lane>> install_lanes(std::vector<std::unique_ptr<Lane>> fresh,
-                                                   Orphans& orphans);
+                                                   Orphans& orphans,
+                                                   const std::function<void()>& first = {});
   // Fails each orphan with Overloaded (the model is not served any more). No core lock held.
   void fail_orphans(Orphans&& orphans);
   // Profiles by (model, lane) and which lane serves which model, once lanes and profiles exist.
@@ -266,7 +278,9 @@ class Runtime final : private LaneListener, private LoopSink {
 
   const RuntimeOptions options_;
   std::shared_ptr<Clock> clock_;                     // SteadyClock unless a test injects one
-  ModelRegistry models_;                             // immutable after start()
+  ModelRegistry models_;                             // grows while serving (register_live)
+  // Per model, indexed below models_.size() by other threads; capacity reserved for every model
+  // the registry can hold, so appending while serving never moves them.
   std::vector<std::unique_ptr<RequestQueue>> queues_;          // per model
   std::vector<std::unique_ptr<ModelMetrics>> metrics_;         // per model
   std::vector<LatencyProfile> profiles_;             // per model; fixed once serving

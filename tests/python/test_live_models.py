@@ -1,0 +1,117 @@
+"""Models registered while serving (issue 15, item 3): new lanes load and warm up every model and
+measure the new one while the old lanes keep serving; other models never stop; a model that fails
+its warm-up leaves no trace."""
+
+import threading
+
+import pytest
+import torch
+
+import gpulanes as gl
+from conftest import Affine, Mlp, Picky, scripted
+
+
+def runtime(**options):
+    return gl.Runtime(device="cpu", cpu_lanes=2, warmup_rounds=1, profile_reps=3,
+                      profile_cache=False, **options)
+
+
+def test_register_inside_with_works():
+    with runtime() as rt:
+        rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(2, 4))
+        assert torch.equal(rt.infer("affine", torch.ones(4)), torch.full((4,), 3.0))
+        assert rt.profile_source("affine") == "measured" and rt.profile("affine")
+        assert "affine" in rt.stats()
+
+
+def test_other_models_keep_serving_while_one_is_added():
+    rt = runtime()
+    rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(2, 4))
+    rt.start()
+    futures, stop = [], threading.Event()
+
+    def load():
+        i = 0
+        while not stop.is_set():
+            futures.append((i, rt.submit("affine", torch.full((4,), float(i)))))
+            i += 1
+            stop.wait(0.0005)
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        rt.register("mlp", scripted(Mlp()), slo_ms=60_000, example_inputs=torch.zeros(2, 16))
+    finally:
+        stop.set()
+        t.join()
+    assert len(futures) > 10
+    for i, f in futures:  # none lost, none failed, each its own result
+        assert torch.equal(f.result(timeout=60), torch.full((4,), 2.0 * i + 1.0))
+    assert rt.infer("mlp", torch.zeros(16)).shape == (8,)
+    assert all(set(lane["models"]) == {"affine", "mlp"} for lane in rt.lanes())
+    rt.shutdown()
+
+
+def test_a_model_that_fails_warm_up_leaves_no_trace():
+    with runtime() as rt:
+        rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(2, 4))
+        with pytest.raises(gl.ModelError):
+            rt.register("picky", scripted(Picky()), slo_ms=60_000,
+                        example_inputs=torch.full((2, 4), -1.0))  # raises on its warm-up
+        assert rt.models == ["affine"] and "picky" not in rt.stats()
+        with pytest.raises(gl.UnknownModel):
+            rt.submit("picky", torch.ones(4))
+        rt.register("picky", scripted(Picky()), slo_ms=60_000, example_inputs=torch.ones(2, 4))
+        assert torch.equal(rt.infer("picky", torch.ones(4)), torch.full((4,), 2.0))
+        assert torch.equal(rt.infer("affine", torch.ones(4)), torch.full((4,), 3.0))
+        with pytest.raises(gl.InvalidInput):
+            rt.register("affine", scripted(Affine()), slo_ms=10, example_inputs=torch.zeros(2, 4))
+
+
+def test_an_explicit_layout_gets_the_new_model_on_every_lane():
+    rt = runtime()
+    rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(2, 4))
+    rt.register("mlp", scripted(Mlp()), slo_ms=60_000, example_inputs=torch.zeros(2, 16))
+    rt.set_lanes([{"device": "cpu", "models": ["affine"]}, {"device": "cpu", "models": ["mlp"]}])
+    rt.start()
+    try:
+        rt.register("affine2", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(2, 4))
+        assert [sorted(lane["models"]) for lane in rt.lanes()] == [["affine", "affine2"],
+                                                                  ["affine2", "mlp"]]
+        assert torch.equal(rt.infer("affine2", torch.ones(4)), torch.full((4,), 3.0))
+    finally:
+        rt.shutdown()
+
+
+def test_the_planner_sees_the_new_model():
+    rt = runtime(replan={"every_s": 3600})
+    rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(2, 4))
+    rt.start()
+    try:
+        rt.register("mlp", scripted(Mlp()), slo_ms=60_000, example_inputs=torch.zeros(2, 16))
+        for _ in range(20):
+            rt.infer("mlp", torch.zeros(16))
+        assert set(rt.measured_rates()) == {"affine", "mlp"}
+        plan = rt.plan({"affine": 10.0, "mlp": 10.0})
+        assert {m["model"] for lane in plan["lanes"] for m in lane["models"]} == {"affine", "mlp"}
+    finally:
+        rt.shutdown()
+
+
+def test_registering_from_a_done_callback_is_refused():
+    with runtime() as rt:
+        rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(2, 4))
+        seen = []
+
+        def cb(_):
+            try:
+                rt.register("late", scripted(Affine()), slo_ms=1000,
+                            example_inputs=torch.zeros(2, 4))
+            except gl.InvalidInput as e:
+                seen.append(str(e))
+        rt.submit("affine", torch.ones(4)).add_done_callback(cb)
+        rt.infer("affine", torch.ones(4))
+        for _ in range(100):
+            if seen:
+                break
+            threading.Event().wait(0.01)
+        assert seen and "done-callback" in seen[0]
