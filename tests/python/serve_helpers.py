@@ -57,16 +57,22 @@ MODELS = {
 
 
 def write_config(root: Path, models: List[str], server: str = "", slo_ms: float = 60_000,
-                 max_batch_size: int = 8, max_queue: Union[int, Dict[str, int]] = 256) -> Path:
-    """``max_queue``: for every model, or per model (256 for those not named)."""
+                 max_batch_size: int = 8, max_queue: Union[int, Dict[str, int]] = 256,
+                 later: Dict[str, str] = None) -> Path:
+    """``max_queue``: for every model, or per model (256 for those not named). ``later``:
+    models (name -> one of MODELS) the config declares with ``load = false``."""
     root.mkdir(parents=True, exist_ok=True)
     lines = ["[server]", "http_port = 0", "grpc_port = 0", server, "",
              "[runtime]", 'device = "cpu"', "cpu_lanes = 2", "warmup_rounds = 1",
              "profile_reps = 3", "profile_cache = false", ""]
-    for name in models:
-        module, inputs, outputs = MODELS[name]
+    for name in list(models) + list(later or {}):
+        module, inputs, outputs = MODELS[(later or {}).get(name, name)]
         torch.jit.save(torch.jit.script(module.eval()), str(root / f"{name}.pt"))
-        lines += [f"[models.{name}]", f'file = "{name}.pt"', f"slo_ms = {slo_ms}",
+        if name in (later or {}):
+            lines.append(f"[models.{name}]\nload = false")
+        else:
+            lines.append(f"[models.{name}]")
+        lines += [f'file = "{name}.pt"', f"slo_ms = {slo_ms}",
                   f"max_batch_size = {max_batch_size}",
                   f"max_queue = {max_queue if isinstance(max_queue, int) else max_queue.get(name, 256)}",
                   f"inputs = {inputs}"]

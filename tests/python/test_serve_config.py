@@ -59,6 +59,8 @@ def test_the_example_config_builds_a_runtime_that_serves_both_models(tmp_path):
      "models.m.inputs[0].shape"),
     ({"models": {"m": {**MODEL, "outputs": ["y", "y"]}}}, "repeats a name"),
     ({"models": {"m": {**MODEL, "weights": 3}}}, "['weights']"),
+    ({"models": {"m": {**MODEL, "load": "yes"}}}, "models.m.load"),
+    ({"server": {"model_dir": "no/such/dir"}, "models": {"m": MODEL}}, "not a directory"),
 ])
 def test_mistakes_are_refused_naming_the_key(doc, says):
     with pytest.raises(gl.InvalidInput) as e:

@@ -9,19 +9,31 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import torch
 
 th = pytest.importorskip("tritonclient.http")
 tg = pytest.importorskip("tritonclient.grpc")
 pytest.importorskip("uvicorn")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from serve_helpers import ServerProcess, write_config  # noqa: E402
+from serve_helpers import Affine, ServerProcess, write_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    cfg = write_config(tmp_path_factory.mktemp("serve"), ["affine", "pair", "half", "slow"],
-                       server="max_body_bytes = 65536\nmax_rows = 64", max_queue={"slow": 2})
+    root = tmp_path_factory.mktemp("serve")
+    # model_dir: one good entry, and two that point outside it (a symlink, a ../ file)
+    models = root / "more"
+    models.mkdir()
+    torch.jit.save(torch.jit.script(Affine().eval()), str(models / "extra.pt"))
+    table = 'slo_ms = 60000\ninputs = [{ name = "INPUT__0", datatype = "FP32", shape = [4] }]\n'
+    (models / "extra.toml").write_text('file = "extra.pt"\n' + table)
+    (root / "outside.toml").write_text('file = "more/extra.pt"\n' + table)
+    (models / "evil.toml").symlink_to(root / "outside.toml")
+    (models / "sneaky.toml").write_text('file = "../affine.pt"\n' + table)
+    cfg = write_config(root, ["affine", "pair", "half", "slow"],
+                       server='max_body_bytes = 65536\nmax_rows = 64\nmodel_dir = "more"',
+                       max_queue={"slow": 2}, later={"later": "affine"})
     srv = ServerProcess(cfg)
     yield srv
     assert srv.terminate() == 0, "".join(srv.lines)
@@ -70,17 +82,38 @@ def test_health_and_metadata(server, protocol, mod):
 
 
 @pytest.mark.parametrize("protocol, mod", PROTOCOLS)
-def test_repository_index_and_no_loading_while_serving_yet(server, protocol, mod):
+def test_repository_index_and_loading_what_the_config_declares(server, protocol, mod):
     c = client(server, protocol)
-    index = c.get_model_repository_index()
+
+    def index():
+        got = c.get_model_repository_index()
+        if mod is tg:
+            got = [{"name": m.name, "version": m.version, "state": m.state} for m in got.models]
+        return {m["name"]: m["state"] for m in got}
+    before = index()
+    assert {k: before[k] for k in ("affine", "half", "pair", "slow")} == dict.fromkeys(
+        ("affine", "half", "pair", "slow"), "READY")
+    c.load_model("affine")  # already served: nothing to do
+    for name in ("later", "extra"):  # declared with load = false; in model_dir
+        c.load_model(name)  # loads while the others serve; the second protocol finds it loaded
+        assert c.is_model_ready(name) and index()[name] == "READY"
+        x = np.ones((2, 4), dtype=np.float32)
+        np.testing.assert_array_equal(c.infer(name, [inp(mod, "INPUT__0", x)]).as_numpy("OUTPUT__0"),
+                                      2 * x + 1)
+    refusals = [("evil", "outside"), ("sneaky", "outside"), ("nope", "no model named"),
+                (".hidden", "plain name")]
     if mod is tg:
-        index = [{"name": m.name, "version": m.version, "state": m.state} for m in index.models]
-    assert sorted(m["name"] for m in index) == ["affine", "half", "pair", "slow"]
-    assert all(m["state"] == "READY" and m["version"] == "1" for m in index)
-    for call in (c.load_model, c.unload_model):
+        refusals.append(("../affine", "plain name"))
+    for name, says in refusals:
         with pytest.raises(InferenceServerException) as e:
-            call("affine")
-        assert ("501" if mod is th else "UNIMPLEMENTED") in str(e.value.status())
+            c.load_model(name)
+        assert says in e.value.message(), (name, e.value)
+    with pytest.raises(InferenceServerException) as e:  # a client-given config is refused
+        c.load_model("later", config='{"backend": "python"}')
+    assert ("400" if mod is th else "INVALID_ARGUMENT") in str(e.value.status())
+    with pytest.raises(InferenceServerException) as e:
+        c.unload_model("affine")
+    assert ("501" if mod is th else "UNIMPLEMENTED") in str(e.value.status())
     assert c.is_model_ready("affine")
 
 

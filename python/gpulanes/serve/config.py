@@ -13,6 +13,8 @@ shows every section.
     max_rows = 1024             # most samples one request may carry
     token_env = "GPULANES_TOKEN"  # bearer token from this variable (or token = "...")
     drain_timeout_s = 30        # SIGTERM: how long in-flight requests may take to finish
+    model_dir = "more"          # repository `load` may also bring in <model_dir>/NAME.toml
+                                # (a [models.NAME] table; its file inside model_dir)
 
     [runtime]                   # gpulanes.Runtime's keyword arguments, plus `lanes`
     device = "cpu"
@@ -25,19 +27,21 @@ shows every section.
     max_queue = 1000
     inputs = [{ name = "INPUT__0", datatype = "FP32", shape = [4] }]
     outputs = [{ name = "OUTPUT__0", datatype = "FP32", shape = [4] }]  # or just names
+    load = true                 # false: declared only, loaded by a repository `load` request
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 import torch
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, UnknownModel
 from .protocol import DATATYPES, ModelIO
 
 try:
@@ -59,6 +63,11 @@ class ModelConfig:
     max_queue: int
     inputs: List[Dict[str, Any]]   # name, datatype, shape (one sample)
     io: ModelIO
+    load: bool = True              # registered at start; else on a repository `load` request
+
+    def register(self, rt) -> None:
+        rt.register(self.name, self.file, slo_ms=self.slo_ms, example_inputs=self.example_inputs(),
+                    max_batch_size=self.max_batch_size, max_queue=self.max_queue)
 
     def example_inputs(self) -> List[torch.Tensor]:
         """A batch of two zero samples of every input (zeros are valid indices, too)."""
@@ -76,6 +85,7 @@ class ServeConfig:
     token: Optional[str] = None
     drain_timeout_s: float = 30.0
     log_level: str = "warning"
+    model_dir: Optional[Path] = None  # where repository `load` may find more models
     runtime: Dict[str, Any] = field(default_factory=dict)
     lanes: Optional[List[Dict[str, Any]]] = None
     models: List[ModelConfig] = field(default_factory=list)
@@ -84,20 +94,56 @@ class ServeConfig:
         return {m.name: m.io for m in self.models}
 
     def build_runtime(self):
-        """A Runtime with every model registered (not started)."""
+        """A Runtime with every model to load at start registered (not started)."""
         from ..runtime import Runtime
 
         rt = Runtime(**self.runtime)
         for m in self.models:
-            rt.register(m.name, m.file, slo_ms=m.slo_ms, example_inputs=m.example_inputs(),
-                        max_batch_size=m.max_batch_size, max_queue=m.max_queue)
+            if m.load:
+                m.register(rt)
         return rt
+
+    def loadable(self, name: str) -> ModelConfig:
+        """The model a repository `load` request for ``name`` may bring in: one the config
+        declares, else ``<model_dir>/<name>.toml`` (a [models.NAME] table without the header, its
+        file inside model_dir). Nothing a client sends becomes a path: the name must be a plain
+        name, and every path must resolve inside model_dir (symlinks included)."""
+        for m in self.models:
+            if m.name == name:
+                return m
+        if self.model_dir is None:
+            raise UnknownModel(f"no model named {name!r} is declared in the config")
+        if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name) or ".." in name:
+            raise InvalidInput(f"model name {name!r} is not a plain name ([A-Za-z0-9_.-], no '..')")
+        root = self.model_dir.resolve()
+        path = _inside(root, root / f"{name}.toml", name)
+        if not path.is_file():
+            raise UnknownModel(f"no model named {name!r} in the config or in model_dir")
+        try:
+            with open(path, "rb") as f:
+                table = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise InvalidInput(f"model_dir entry {name!r} is not readable TOML: {e}") from None
+        model = _model(name, table, root)
+        model.file = _inside(root, model.file, name)
+        return model
 
     def start_runtime(self, rt) -> None:
         """Applies the configured lane layout, then starts ``rt`` (profiling as needed)."""
         if self.lanes is not None:
             rt.set_lanes(self.lanes)
         rt.start(progress=False)
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def _inside(root: Path, path: Path, name: str) -> Path:
+    """``path`` resolved (symlinks followed), refused unless it lies inside ``root``."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root):
+        raise InvalidInput(f"model {name!r}: {path.name} lies outside model_dir")
+    return resolved
 
 
 def _table(doc: Any, where: str) -> Dict[str, Any]:
@@ -165,7 +211,11 @@ def _tensors(items: Any, where: str, names_only: bool) -> List[Dict[str, Any]]:
 def _model(name: str, table: Any, base: Path) -> ModelConfig:
     where = f"models.{name}"
     table = _table(table, where)
-    _check_keys(table, {"file", "slo_ms", "max_batch_size", "max_queue", "inputs", "outputs"}, where)
+    _check_keys(table, {"file", "slo_ms", "max_batch_size", "max_queue", "inputs", "outputs",
+                        "load"}, where)
+    load = table.get("load", True)
+    if not isinstance(load, bool):
+        raise InvalidInput(f"config: {where}.load must be true or false, got {load!r}")
     file = _str(table, "file", where, None)
     if not file:
         raise InvalidInput(f"config: {where}.file must name the model file")
@@ -181,7 +231,7 @@ def _model(name: str, table: Any, base: Path) -> ModelConfig:
     return ModelConfig(name=name, file=path, slo_ms=_positive(table, "slo_ms", where, None),
                        max_batch_size=_int(table, "max_batch_size", where, 32, 1, 65536),
                        max_queue=_int(table, "max_queue", where, 10_000, 1, 10**9),
-                       inputs=inputs, io=io)
+                       inputs=inputs, io=io, load=load)
 
 
 def parse_config(doc: Dict[str, Any], base: Union[str, Path] = ".") -> ServeConfig:
@@ -190,6 +240,7 @@ def parse_config(doc: Dict[str, Any], base: Union[str, Path] = ".") -> ServeConf
     _check_keys(doc, {"server", "runtime", "models"}, "the file")
     server = _table(doc.get("server", {}), "[server]")
     _check_keys(server, {"host", "http_port", "grpc_port", "max_body_bytes", "max_rows", "token",
+                         "model_dir",
                          "token_env", "drain_timeout_s", "log_level"}, "[server]")
     cfg = ServeConfig()
     cfg.host = _str(server, "host", "server", cfg.host)
@@ -223,6 +274,11 @@ def parse_config(doc: Dict[str, Any], base: Union[str, Path] = ".") -> ServeConf
     if not models:
         raise InvalidInput("config: no [models.NAME] table: nothing to serve")
     base = Path(base)
+    model_dir = _str(server, "model_dir", "server", None)
+    if model_dir is not None:
+        cfg.model_dir = Path(model_dir) if Path(model_dir).is_absolute() else base / model_dir
+        if not cfg.model_dir.is_dir():
+            raise InvalidInput(f"config: server.model_dir {str(cfg.model_dir)!r} is not a directory")
     cfg.models = [_model(name, table, base) for name, table in models.items()]
     return cfg
 

@@ -93,7 +93,8 @@ class InferenceService:
                 "ModelMetadata": (self.model_metadata, "ModelMetadataRequest", False),
                 "ModelInfer": (self.model_infer, "ModelInferRequest", False),
                 "ModelConfig": (self.model_config, "ModelConfigRequest", False),
-                "RepositoryIndex": (self.repository_index, "RepositoryIndexRequest", False)}
+                "RepositoryIndex": (self.repository_index, "RepositoryIndexRequest", False),
+                "RepositoryModelLoad": (self.repository_load, "RepositoryModelLoadRequest", False)}
         handlers = {name: grpc.unary_unary_rpc_method_handler(
                         self._wrap(fn, self.m[request], open_),
                         response_serializer=lambda msg: msg.SerializeToString())
@@ -166,6 +167,13 @@ class InferenceService:
         for entry in self.ep.index(request.ready):
             reply.models.add(**entry)
         return reply
+
+    async def repository_load(self, request, context):
+        if request.parameters:
+            raise InvalidInput("load takes no parameters: only models the server's config or "
+                               "model_dir declares can be loaded")
+        await self.ep.load(request.model_name)
+        return self.m["RepositoryModelLoadResponse"]()
 
     # -- inference ---------------------------------------------------------------------------
 

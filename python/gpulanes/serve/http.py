@@ -189,10 +189,18 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
             raise InvalidInput('the body must be an object, with "ready" a boolean if given')
         return JSONResponse(ep.index(doc.get("ready", False)))
 
-    async def repository_change(request: Request):
-        action = request.url.path.rsplit("/", 1)[1]
-        raise NotSupported(f"{action}ing models while serving is not supported yet: the models "
-                           "are the config's")
+    async def repository_load(request: Request):
+        body = await request.body()
+        if body.strip() not in (b"", b"{}"):
+            # Triton takes a config or files here; gpulanes loads only what its own config
+            # (or model_dir) declares, so nothing a client sends can name a file.
+            raise InvalidInput("load takes no body: only models the server's config or "
+                               "model_dir declares can be loaded")
+        await ep.load(request.path_params["model"])
+        return JSONResponse({})
+
+    async def repository_unload(request: Request):
+        raise NotSupported("unloading models while serving is not supported yet")
 
     async def model_ready(request: Request):
         model_of(request)
@@ -238,9 +246,9 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
     routes = [Route("/v2", guarded(server_metadata)), Route("/v2/health/live", guarded(live, True)),
               Route("/v2/health/ready", guarded(ready, True)), Route("/metrics", guarded(metrics)),
               Route("/v2/repository/index", guarded(repository_index), methods=["POST"]),
-              Route("/v2/repository/models/{model}/load", guarded(repository_change),
+              Route("/v2/repository/models/{model}/load", guarded(repository_load),
                     methods=["POST"]),
-              Route("/v2/repository/models/{model}/unload", guarded(repository_change),
+              Route("/v2/repository/models/{model}/unload", guarded(repository_unload),
                     methods=["POST"])]
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         routes += [Route(prefix, guarded(model_metadata)),

@@ -124,12 +124,17 @@ class Endpoint:
     ``max_rows``: the most rows (samples) one request may carry."""
 
     def __init__(self, runtime: Any, io: Optional[Dict[str, ModelIO]] = None,
-                 max_rows: int = 1024) -> None:
+                 max_rows: int = 1024, loadable: Optional[Any] = None,
+                 declared: Sequence[str] = ()) -> None:
         self.runtime = runtime
         self.io = dict(io or {})
         self.max_rows = max_rows
         self.draining = False  # set when the server stops: readiness turns false
         self._probed: Dict[str, List[Dict[str, Any]]] = {}
+        # name -> what to register for a repository `load` (a ModelConfig), or raises
+        self._loadable = loadable
+        self._declared = list(declared)  # models the repository index lists even unloaded
+        self._loading: Optional[asyncio.Lock] = None
 
     # -- names and metadata ------------------------------------------------------------------
 
@@ -179,13 +184,33 @@ class Endpoint:
         return self._probed[model]
 
     def index(self, ready_only: bool = False) -> List[Dict[str, str]]:
-        """Triton's repository index: every served model, its version and state."""
+        """Triton's repository index: every served model, its version and state, and the
+        models the config declares that are not loaded (UNAVAILABLE)."""
         state = "READY" if self.ready() else "UNAVAILABLE"
         reason = "" if self.ready() else ("draining" if self.draining else "starting")
-        if ready_only and state != "READY":
-            return []
-        return [{"name": m, "version": "1", "state": state, "reason": reason}
-                for m in self.runtime.models]
+        served = list(self.runtime.models)
+        out = [] if ready_only and state != "READY" else [
+            {"name": m, "version": "1", "state": state, "reason": reason} for m in served]
+        if not ready_only:
+            out += [{"name": m, "version": "1", "state": "UNAVAILABLE", "reason": "not loaded"}
+                    for m in self._declared if m not in served]
+        return out
+
+    async def load(self, name: Any) -> None:
+        """Triton's repository `load`: registers a model the config declares (or model_dir
+        holds) while serving; a model already served is left as it is."""
+        if self._loadable is None:
+            raise InvalidInput("this server loads no models while serving (no config)")
+        if not isinstance(name, str):
+            raise InvalidInput(f"model name must be a string, got {name!r}")
+        if self._loading is None:
+            self._loading = asyncio.Lock()
+        async with self._loading:  # one at a time; the runtime serializes them anyway
+            if name in self.runtime.models:
+                return
+            model = self._loadable(name)
+            await asyncio.to_thread(model.register, self.runtime)
+            self.io[name] = model.io
 
     async def config(self, model: str) -> Dict[str, Any]:
         """Triton's model configuration (what perf_analyzer reads): the protocol's batch limit

@@ -54,7 +54,8 @@ async def serve(cfg: ServeConfig, stop: Optional[asyncio.Event] = None,
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)
     rt = runtime if runtime is not None else cfg.build_runtime()
-    endpoint = Endpoint(rt, cfg.io(), cfg.max_rows)
+    endpoint = Endpoint(rt, cfg.io(), cfg.max_rows, loadable=cfg.loadable,
+                        declared=[m.name for m in cfg.models])
     listening: List[str] = []
     http = http_task = grpc = None
     try:
