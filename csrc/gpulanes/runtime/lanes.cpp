@@ -85,13 +85,10 @@ int Runtime::register_live(ModelSpec spec, torch::jit::Module module, std::vecto
   }
   const int m = models_.stage(std::move(spec), std::move(module), std::move(example));
   const ModelSpec& s = models_.at(m).spec;
-  // Its per-model state, past the end other threads read to (models_.size()); reserved, so
-  // appending moves nothing they use.
-  queues_.push_back(std::make_unique<RequestQueue>(s.max_queue, policy_->queue_order()));
-  metrics_.push_back(std::make_unique<ModelMetrics>(s.name));
+  // The new lanes measure its profile into these; only this thread reads their size. (Reserved:
+  // appending moves no profile another thread is reading.)
   profiles_.emplace_back();
   profile_origins_.emplace_back();
-  rates_.push_back(std::make_unique<ArrivalRate>());
   std::vector<LaneSpec> layout = layout_.empty() ? default_layout() : layout_;
   for (LaneSpec& lane : layout) {
     if (!lane.models.empty()) lane.models.push_back(s.name);  // empty: every model already
@@ -105,17 +102,19 @@ int Runtime::register_live(ModelSpec spec, torch::jit::Module module, std::vecto
     std::lock_guard<std::mutex> planning(plan_mu_);
     loop_->pause_until_idle();
     old = install_lanes(std::move(fresh), orphans, [&] {
-      models_.commit_staged();
+      // Under the loop's lock and submit_mu_, lanes idle: the loop and the policies walk the
+      // queues by the vector's size, submitters index metrics and rates.
+      queues_.push_back(std::make_unique<RequestQueue>(s.max_queue, policy_->queue_order()));
+      metrics_.push_back(std::make_unique<ModelMetrics>(s.name));
+      rates_.push_back(std::make_unique<ArrivalRate>());
       shape_->add_model(s.slo);
       if (replanner_) replanner_->add_model();
+      models_.commit_staged();
     });
   } catch (...) {
     if (models_.staged_size() > models_.size()) {  // not committed: as if never added
-      rates_.pop_back();
       profile_origins_.pop_back();
       profiles_.pop_back();
-      metrics_.pop_back();
-      queues_.pop_back();
       models_.drop_staged();
     }
     throw;
