@@ -193,6 +193,16 @@ class PyRuntime {
     core_.reset();
   }
 
+  // A request's inputs as tensors; anything else is counted as a refused request of `model`
+  // and raised.
+  std::vector<at::Tensor> request_tensors(const std::string& model, const py::sequence& inputs) {
+    try {
+      return tensors_from(inputs, "input");
+    } catch (const Error& e) {
+      core_->refuse(model, e.code(), e.what());
+    }
+  }
+
   // Refuses calls in a child of fork(): the runtime's threads did not come along.
   void check_process(const char* what) const {
     if (forked()) {
@@ -330,12 +340,7 @@ class PyRuntime {
                     std::optional<std::int64_t> deadline_ns, int priority,
                     const py::function& make_sink) {
     check_process("submit()");
-    std::vector<at::Tensor> tensors;
-    try {
-      tensors = tensors_from(inputs, "input");
-    } catch (const Error& e) {
-      core_->refuse(model, e.code(), e.what());
-    }
+    std::vector<at::Tensor> tensors = request_tensors(model, inputs);
     auto pending = std::make_shared<PendingSink>();
     const int m = core_->model_index(model);
     std::string why;
@@ -366,12 +371,7 @@ class PyRuntime {
                        std::optional<std::int64_t> deadline_ns, int priority,
                        std::shared_ptr<CompletionQueue> queue, std::uint64_t token) {
     check_process("submit()");
-    std::vector<at::Tensor> tensors;
-    try {
-      tensors = tensors_from(inputs, "input");
-    } catch (const Error& e) {
-      core_->refuse(model, e.code(), e.what());
-    }
+    std::vector<at::Tensor> tensors = request_tensors(model, inputs);
     std::string why;
     const ErrorCode code = core_->try_submit(
         core_->model_index(model), std::move(tensors), deadline_ns, priority,
@@ -392,12 +392,7 @@ class PyRuntime {
                    std::optional<double> timeout_s) {
     check_process("infer()");
     check_not_own_thread("infer()");
-    std::vector<at::Tensor> tensors;
-    try {
-      tensors = tensors_from(inputs, "input");
-    } catch (const Error& e) {
-      core_->refuse(model, e.code(), e.what());
-    }
+    std::vector<at::Tensor> tensors = request_tensors(model, inputs);
     auto slot = std::make_shared<SyncSlot>();
     WaitResult result;
     {
