@@ -132,7 +132,9 @@ TimeNs EventLoop::step_locked(TimeNs now, std::vector<Failure>& failures) {
     Batch batch = policy_.next_batch(*lanes_[i], state_, now, &wake_at);
     if (batch.requests.empty()) continue;
     batch.id = next_batch_id_++;
-    for (auto& r : batch.requests) r->started = now;
+    // `now` was read when the round began; a request pushed since (by a submitter, without the
+    // loop's lock) may be in this batch already: it did not start before it arrived.
+    for (auto& r : batch.requests) r->started = std::max(now, r->arrival);
     sink_.on_dispatch(static_cast<int>(i), batch, now);
     lane_idle_[i] = 0;
     lanes_[i]->dispatch(std::move(batch));
