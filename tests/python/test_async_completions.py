@@ -49,7 +49,7 @@ def test_refusals_raise_at_once_and_queue_nothing(picky_rt):
             await picky_rt.infer_async("nope", torch.zeros(4))
         with pytest.raises(gl.DeadlineExceeded):
             await picky_rt.infer_async("picky", torch.ones(4), deadline_ms=-1)
-        from gpulanes.runtime import _loop_completions
+        from gpulanes._futures import _loop_completions
         return len(_loop_completions[asyncio.get_running_loop()].pending)
     assert asyncio.run(main()) == 0
 
@@ -105,7 +105,7 @@ def test_a_loop_without_add_reader_falls_back_to_the_delivery_thread(picky_rt):
     try:
         y = loop.run_until_complete(picky_rt.infer_async("picky", torch.full((4,), 2.0)))
         assert torch.equal(y, torch.full((4,), 3.0))
-        from gpulanes.runtime import _loop_completions
+        from gpulanes._futures import _loop_completions
         assert _loop_completions[loop] is None
     finally:
         loop.close()

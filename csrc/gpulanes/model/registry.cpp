@@ -23,11 +23,10 @@ int ModelRegistry::append(RegisteredModel model) {
 }
 
 void ModelRegistry::publish(int index) {
-  auto next = std::make_shared<Names>(*names_);  // only this (control) thread replaces names_
+  auto next = std::make_shared<Names>(*names_.load());  // only this (control) thread replaces it
   next->emplace(models_[static_cast<std::size_t>(index)].spec.name, index);
   count_.store(index + 1, std::memory_order_release);
-  std::lock_guard<std::mutex> lock(names_mu_);
-  names_ = std::move(next);
+  names_.store(std::move(next));
 }
 
 int ModelRegistry::add(ModelSpec spec, torch::jit::Module module, std::vector<at::Tensor> example) {
@@ -60,11 +59,7 @@ void ModelRegistry::drop_staged() {
 }
 
 int ModelRegistry::find(const std::string& name) const {
-  std::shared_ptr<const Names> names;
-  {
-    std::lock_guard<std::mutex> lock(names_mu_);
-    names = names_;
-  }
+  const std::shared_ptr<const Names> names = names_.load();
   auto it = names->find(name);
   return it == names->end() ? -1 : it->second;
 }

@@ -4,7 +4,7 @@
 // thread is reading. A model added while serving is first staged: it has an index that the
 // control thread and the lanes it is warming up use, but size() and find() do not count it
 // until commit_staged() (size() published with release, read with acquire; the name map is
-// replaced whole under a lock), so no other thread sees a model that is not ready. A staged
+// replaced whole, atomically), so no other thread sees a model that is not ready. A staged
 // model whose warm-up failed is dropped again as if never added.
 #pragma once
 
@@ -12,7 +12,6 @@
 
 #include <atomic>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -61,8 +60,8 @@ class ModelRegistry {
 
   std::vector<RegisteredModel> models_;  // by index; capacity kMaxModels, never reallocated
   std::atomic<int> count_{0};            // how many of models_ other threads may use
-  mutable std::mutex names_mu_;          // guards the pointer below (not the map it points to)
-  std::shared_ptr<const Names> names_ = std::make_shared<const Names>();  // name -> index
+  // name -> index, replaced whole by the control thread: a lookup (every submit) takes no lock
+  std::atomic<std::shared_ptr<const Names>> names_{std::make_shared<const Names>()};
 };
 
 }  // namespace gpulanes
