@@ -354,7 +354,14 @@ class Runtime(Planning, Profiling):
         model, at, priority = self._request_args(model, deadline_ms, deadline, priority)
         out = self._core.submit(model, inputs, at, priority, self._new_future)
         if isinstance(out, BaseException):
-            raise out
+            # Not a plain `raise out`: this frame's `out` would keep the exception, whose
+            # traceback keeps this frame, a cycle left to the garbage collector. Under overload
+            # refusals come by the thousand and those cycles make collections that stall
+            # every thread (a gen-2 one for 100 ms with torch loaded).
+            try:
+                raise out
+            finally:
+                del out
         return out
 
     def _new_future(self) -> "_Future":
@@ -388,13 +395,19 @@ class Runtime(Planning, Profiling):
             out = self._core.submit(model, inputs, at, priority,
                                     lambda: _AsyncSink(loop, loop.create_future()))
             if isinstance(out, BaseException):
-                raise out
+                try:
+                    raise out
+                finally:  # no cycle through this frame (see submit)
+                    del out
             return await out.future
         completions.tokens += 1
         token = completions.tokens
         refused = self._core.submit_to(model, inputs, at, priority, completions.queue, token)
         if refused is not None:
-            raise refused
+            try:
+                raise refused
+            finally:  # no cycle through this frame (see submit)
+                del refused
         # Set before the loop runs again: the outcome, even one already queued, is drained
         # only by a later iteration of this same loop.
         fut = completions.pending[token] = loop.create_future()

@@ -286,3 +286,33 @@ def test_a_long_past_deadline_is_past_not_an_overflow(affine_rt):
     for kwargs in ({"deadline_ms": -1e300}, {"deadline": -1e300}, {"deadline": -5.0}):
         with pytest.raises(gl.DeadlineExceeded):
             affine_rt.submit("affine", torch.zeros(4), **kwargs)
+
+
+def test_a_refusal_leaves_no_garbage_cycle(affine_rt):
+    """A refused request's exception is freed when the caller drops it: a cycle through the
+    raising frame would leave every refusal to the garbage collector, whose collections under
+    overload stall every thread."""
+    import asyncio
+    import gc
+
+    async def refused_async():
+        with pytest.raises(gl.DeadlineExceeded):
+            await affine_rt.infer_async("affine", torch.zeros(4), deadline_ms=-1)
+
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(20):
+            with pytest.raises(gl.DeadlineExceeded):
+                affine_rt.submit("affine", torch.zeros(4), deadline_ms=-1)
+            with pytest.raises(gl.UnknownModel):
+                affine_rt.submit("nope", torch.zeros(4))
+        asyncio.run(refused_async())
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, gl.GpuLanesError)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []
