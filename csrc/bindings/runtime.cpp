@@ -25,6 +25,7 @@
 #include "gpulanes/core/serving_thread.h"
 #include "gpulanes/exec/green_context.h"
 #include "gpulanes/metrics/prometheus.h"
+#include "gpulanes/model/aoti_package.h"
 #include "gpulanes/model/torchscript.h"
 #include "gpulanes/runtime/runtime.h"
 
@@ -251,9 +252,14 @@ class PyRuntime {
       samples.push_back(t.select(0, 0).detach().to(c10::kCPU).clone());
     }
     py::gil_scoped_release nogil;
-    torch::jit::Module module = kind == "path" ? load_torchscript_file(source)
-                                               : load_torchscript_bytes(source);
-    return core_->register_model(std::move(spec), std::move(module), std::move(samples));
+    std::shared_ptr<const ModelProgram> program;
+    if (kind == "aoti") {
+      program = load_aoti_package(source);
+    } else {
+      program = torchscript_program(kind == "path" ? load_torchscript_file(source)
+                                                   : load_torchscript_bytes(source));
+    }
+    return core_->register_model(std::move(spec), std::move(program), std::move(samples));
   }
 
   // `progress(done, total, what)` is called from the lane threads while start() runs.
@@ -594,6 +600,10 @@ void init_runtime(py::module_& m) {
         return join_background(timeout_s);
       }, py::arg("timeout_s"),
         "Waits for shutdowns begun in done-callbacks to end; True when none is left.");
+  m.def("aoti_package_metadata", [](const std::string& path) {
+        return aoti_package_metadata(path);
+      }, py::arg("path"), "An AOTInductor package's metadata (device, platform, CPU ISA, ...).");
+  m.attr("PACKAGE_TORCH_VERSION_KEY") = kPackageTorchVersionKey;
 }
 
 }  // namespace gpulanes::bindings

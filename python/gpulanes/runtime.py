@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import io
 import math
 import os
 import time
@@ -19,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from . import _C
+from . import formats as _formats
 from . import profiles as _profiles
 from ._futures import _AsyncSink, _completions_of, _Future
 from .errors import InvalidInput, UnknownModel
@@ -30,7 +30,8 @@ from .planning import Planning
 
 __all__ = ["Runtime"]
 
-ModelSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, torch.jit.ScriptModule]
+ModelSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, torch.jit.ScriptModule,
+                    torch.nn.Module, "torch.export.ExportedProgram"]
 
 _MAX_DEADLINE_S = 30 * 86400  # a deadline further ahead is a unit or clock mistake
 _MAX_BATCH = 65536            # largest max_batch_size
@@ -158,6 +159,7 @@ class Runtime(Planning, Profiling):
         # Per model: what its profile depends on (a profile entry without points).
         self._profile_keys: Dict[str, Dict[str, Any]] = {}
         self._profile_source: Dict[str, str] = {}  # model -> "given", "cache" or "measured"
+        self._formats: Dict[str, str] = {}  # model -> "torchscript" or "aoti"
         self._layout: List[Dict[str, Any]] = []   # the last set_lanes() layout, as the core took it
         if profile_cache is True:
             self._cache: Optional[_profiles.ProfileCache] = _profiles.ProfileCache(
@@ -179,8 +181,9 @@ class Runtime(Planning, Profiling):
         example_inputs: Union[torch.Tensor, Sequence[torch.Tensor]],
         max_batch_size: int = 32,
         max_queue: int = 10_000,
+        progress: Optional[bool] = None,
     ) -> None:
-        """Registers a TorchScript model, before :meth:`start` or while serving.
+        """Registers a model, before :meth:`start` or while serving.
 
         While serving, the model is added to every lane (new lanes load and warm up all their
         models and measure the new one's latency profile while the current lanes keep serving,
@@ -188,34 +191,18 @@ class Runtime(Planning, Profiling):
         Other models are served throughout. Its profile is measured (not read from the profile
         cache) and then cached.
 
-        ``model`` is a path to a ``torch.jit.save`` file, its bytes, or a
-        ``torch.jit.ScriptModule`` (copied: later changes to it do not reach the runtime).
+        ``model`` is, in any of the formats of :mod:`gpulanes.formats`: an ``nn.Module`` or a
+        ``torch.export.ExportedProgram`` (exported with a dynamic batch dimension and compiled
+        to an AOTInductor package for this runtime's device, cached; ``progress`` shows a bar);
+        a path to, or the bytes of, an AOTInductor package (``.pt2``), a ``torch.export.save``
+        archive or a ``torch.jit.save`` file; or a ``torch.jit.ScriptModule``. It is copied:
+        later changes to it do not reach the runtime.
         ``example_inputs`` are batched tensors (leading batch dimension); a request is one sample
         of each, i.e. the same shapes without the batch dimension and the same dtypes.
-        Raises :class:`ModelError` for a missing or corrupt model, :class:`InvalidInput` for bad
-        arguments or a duplicate name.
+        Raises :class:`ModelError` for a missing or corrupt model, one that cannot be exported
+        or compiled (with export's or the compiler's reason) or a package made for another
+        device or torch version; :class:`InvalidInput` for bad arguments or a duplicate name.
         """
-        if isinstance(model, torch.jit.ScriptModule):
-            buf = io.BytesIO()
-            torch.jit.save(model, buf)
-            kind, source = "bytes", buf.getvalue()
-            digest = _profiles.model_hash(source)
-        elif isinstance(model, (bytes, bytearray, memoryview)):
-            kind, source = "bytes", bytes(model)
-            digest = _profiles.model_hash(source)
-        elif isinstance(model, (str, os.PathLike)):
-            kind, source = "path", os.fspath(model)
-            try:
-                with open(source, "rb") as f:
-                    digest = _profiles.model_hash(f.read())
-            except OSError:
-                digest = None  # the core reports the missing file as a ModelError
-        elif isinstance(model, torch.nn.Module):
-            raise TypeError("register a TorchScript model: pass torch.jit.script(model) or "
-                            "torch.jit.trace(model, example_inputs)")
-        else:
-            raise TypeError(f"model must be a path, bytes or torch.jit.ScriptModule, "
-                            f"not {type(model).__name__}")
         if not isinstance(name, str) or not name:
             raise InvalidInput(f"name must be a non-empty str, got {name!r}")
         if isinstance(example_inputs, torch.Tensor):
@@ -243,17 +230,30 @@ class Runtime(Planning, Profiling):
                                "memory; lower max_batch_size")
         if not 1 <= max_queue <= 10**9:
             raise InvalidInput(f"max_queue must be in [1, 1e9], got {max_queue}")
-        self._core.register_model(name, kind, source, tuple(example_inputs),
+        file = _formats.resolve(model, name=name, example_inputs=tuple(example_inputs),
+                                max_batch_size=max_batch_size, device=self._compile_device(),
+                                progress=progress)
+        self._core.register_model(name, file.kind, file.source, tuple(example_inputs),
                                   int(slo_ms * 1e6), max_batch_size, max_queue)
+        self._formats[name] = file.format
         self._slo_ms[name] = slo_ms
         self._signatures[name] = [(tuple(t.shape[1:]), t.dtype) for t in example_inputs]
         self._profile_keys[name] = {
-            "model": name, "model_hash": digest, "max_batch_size": max_batch_size,
+            "model": name, "model_hash": file.digest, "max_batch_size": max_batch_size,
             "inputs": [[list(t.shape[1:]), str(t.dtype).replace("torch.", "")]
                        for t in example_inputs]}
         if self._core.running:  # registered live: its profile was measured just now
             self._profile_source[name] = "measured"
             self._cache_profiles(self._profile_lane(), [name])
+
+    def _compile_device(self) -> str:
+        """The device type models registered as nn.Module or ExportedProgram are compiled for."""
+        on_cpu = self.device == "cpu" or (self.device == "auto" and not _C.cuda_lane_support())
+        return "cpu" if on_cpu else "cuda"
+
+    def formats(self) -> Dict[str, str]:
+        """Each registered model's format as served: "torchscript" or "aoti"."""
+        return dict(self._formats)
 
     def start(self, progress: Optional[bool] = None) -> "Runtime":
         """Creates the lanes, loads and warms up every model on each, measures the latency

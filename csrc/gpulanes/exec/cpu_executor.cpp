@@ -1,10 +1,10 @@
 #include <c10/core/InferenceMode.h>
-#include <torch/script.h>
 
 #include <unordered_map>
 
 #include "gpulanes/exec/batching.h"
 #include "gpulanes/exec/executor.h"
+#include "gpulanes/model/program.h"
 
 namespace gpulanes {
 namespace {
@@ -13,9 +13,8 @@ class CpuExecutor final : public Executor {
  public:
   std::string device() const override { return "cpu"; }
 
-  void load(int index, const torch::jit::Module& module) override {
-    // TorchScript forward is safe to call from several threads, so CPU lanes share one module.
-    modules_.insert_or_assign(index, module);
+  void load(int index, const ModelProgram& program) override {
+    instances_.insert_or_assign(index, program.instantiate(c10::Device(c10::kCPU)));
   }
 
   c10::IValue run(int index, std::vector<c10::IValue> inputs) override {
@@ -23,11 +22,11 @@ class CpuExecutor final : public Executor {
     for (auto& in : inputs) {
       in = map_tensors(in, [](const at::Tensor& t) { return t.device().is_cpu() ? t : t.cpu(); });
     }
-    return modules_.at(index).forward(std::move(inputs));
+    return instances_.at(index)->forward(std::move(inputs), /*stream=*/nullptr);
   }
 
  private:
-  std::unordered_map<int, torch::jit::Module> modules_;  // model index -> module
+  std::unordered_map<int, std::unique_ptr<ModelInstance>> instances_;  // by model index
 };
 
 }  // namespace

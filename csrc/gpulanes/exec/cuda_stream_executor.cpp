@@ -17,7 +17,6 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/script.h>
 
 #include <cuda_runtime_api.h>
 
@@ -28,6 +27,7 @@
 #include <unordered_map>
 
 #include "gpulanes/exec/batching.h"
+#include "gpulanes/model/program.h"
 #endif
 
 #include <torch/cuda.h>
@@ -79,12 +79,9 @@ class CudaStreamExecutor final : public Executor {
 
   std::string device() const override { return device_.str(); }
 
-  void load(int index, const torch::jit::Module& module) override {
+  void load(int index, const ModelProgram& program) override {
     c10::cuda::CUDAGuard guard(device_);
-    torch::jit::Module copy = module.clone();
-    copy.to(device_);
-    copy.eval();
-    modules_.insert_or_assign(index, std::move(copy));
+    instances_.insert_or_assign(index, program.instantiate(device_));
   }
 
   c10::IValue run(int index, std::vector<c10::IValue> inputs) override {
@@ -128,7 +125,7 @@ class CudaStreamExecutor final : public Executor {
     c10::InferenceMode mode;
     last_device_ns_ = 0;
     C10_CUDA_CHECK(cudaEventRecord(begin_, stream_.stream()));
-    auto out = finish(modules_.at(index).forward(make_inputs()));
+    auto out = finish(instances_.at(index)->forward(make_inputs(), stream_.stream()));
     C10_CUDA_CHECK(cudaEventRecord(end_, stream_.stream()));
     C10_CUDA_CHECK(cudaEventSynchronize(end_));
     float ms = 0;
@@ -205,7 +202,7 @@ class CudaStreamExecutor final : public Executor {
   c10::Device device_;                                   // the GPU this lane runs on
   c10::cuda::CUDAStream stream_;                         // the lane's own stream
   bool outputs_on_device_;                               // keep outputs on the GPU
-  std::unordered_map<int, torch::jit::Module> modules_;  // model index -> copy on device_
+  std::unordered_map<int, std::unique_ptr<ModelInstance>> instances_;  // by model index, on device_
   cudaEvent_t begin_ = nullptr, end_ = nullptr;          // bracket each run (timing enabled)
   std::int64_t last_device_ns_ = 0;                      // begin_ -> end_ of the last run
 };

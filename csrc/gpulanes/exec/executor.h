@@ -14,17 +14,17 @@
 
 #include "gpulanes/core/request.h"
 
-namespace torch::jit { struct Module; }
-
 namespace gpulanes {
+
+class ModelProgram;
 
 class Executor {
  public:
   virtual ~Executor() = default;
   // "cpu", "cuda:0", ...
   virtual std::string device() const = 0;
-  // Makes model `index` runnable here (a shared CPU module or a copy moved to the device).
-  virtual void load(int index, const torch::jit::Module& module) = 0;
+  // Makes model `index` runnable here: this lane's instance of the program on its device.
+  virtual void load(int index, const ModelProgram& program) = 0;
   // Runs forward on a batch whose inputs are stacked tensors (on any device). Returns the output
   // with tensors on the CPU, or on the executor's device when outputs_on_device was asked for.
   // Throws whatever the model throws.

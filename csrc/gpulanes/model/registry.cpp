@@ -1,7 +1,5 @@
 #include "gpulanes/model/registry.h"
 
-#include <torch/script.h>
-
 #include "gpulanes/core/error.h"
 
 namespace gpulanes {
@@ -29,8 +27,9 @@ void ModelRegistry::publish(int index) {
   names_.store(std::move(next));
 }
 
-int ModelRegistry::add(ModelSpec spec, torch::jit::Module module, std::vector<at::Tensor> example) {
-  const int idx = stage(std::move(spec), std::move(module), std::move(example));
+int ModelRegistry::add(ModelSpec spec, std::shared_ptr<const ModelProgram> program,
+                       std::vector<at::Tensor> example) {
+  const int idx = stage(std::move(spec), std::move(program), std::move(example));
   publish(idx);
   return idx;
 }
@@ -42,12 +41,12 @@ int ModelRegistry::add_virtual(ModelSpec spec) {
   return idx;
 }
 
-int ModelRegistry::stage(ModelSpec spec, torch::jit::Module module, std::vector<at::Tensor> example) {
+int ModelRegistry::stage(ModelSpec spec, std::shared_ptr<const ModelProgram> program,
+                         std::vector<at::Tensor> example) {
   validate_spec(spec);
   validate_inputs(spec, example);
-  return append(RegisteredModel{std::move(spec),
-                                std::make_shared<torch::jit::Module>(std::move(module)),
-                                std::move(example)});
+  if (!program) throw Error(ErrorCode::kInvalidInput, "model '" + spec.name + "' has no program");
+  return append(RegisteredModel{std::move(spec), std::move(program), std::move(example)});
 }
 
 void ModelRegistry::commit_staged() {

@@ -1,4 +1,4 @@
-// The registered models: spec, loaded module and one example sample per input (for warm-up).
+// The registered models: spec, loaded program and one example sample per input (for warm-up).
 // Added to by the control thread only (the runtime serializes it), also while serving; read by
 // every thread. Storage is reserved up front (kMaxModels), so adding never moves a model another
 // thread is reading. A model added while serving is first staged: it has an index that the
@@ -17,16 +17,15 @@
 #include <vector>
 
 #include "gpulanes/model/model_spec.h"
-
-namespace torch::jit { struct Module; }
+#include "gpulanes/model/program.h"
 
 namespace gpulanes {
 
 struct RegisteredModel {
   ModelSpec spec;                              // signature, SLO, bounds
-  std::shared_ptr<torch::jit::Module> module;  // the loaded TorchScript module (on the CPU);
-                                               // null for a virtual model
-  std::vector<at::Tensor> example;             // one sample per input, for warm-up
+  std::shared_ptr<const ModelProgram> program;  // the loaded model, any format; null for a
+                                                // virtual model
+  std::vector<at::Tensor> example;              // one sample per input, for warm-up
 };
 
 class ModelRegistry {
@@ -37,12 +36,14 @@ class ModelRegistry {
 
   // Returns the new model's index. Throws Error(kInvalidInput) for a duplicate name, a bad spec
   // or a full registry.
-  int add(ModelSpec spec, torch::jit::Module module, std::vector<at::Tensor> example);
+  int add(ModelSpec spec, std::shared_ptr<const ModelProgram> program,
+          std::vector<at::Tensor> example);
   // A model without weights (module null, no example), for lanes that run nothing (simulated).
   int add_virtual(ModelSpec spec);
   // add() without counting it yet (at most one staged model at a time): its index is
   // staged_size() - 1.
-  int stage(ModelSpec spec, torch::jit::Module module, std::vector<at::Tensor> example);
+  int stage(ModelSpec spec, std::shared_ptr<const ModelProgram> program,
+            std::vector<at::Tensor> example);
   void commit_staged();
   void drop_staged();
   // Index of `name`, or -1.

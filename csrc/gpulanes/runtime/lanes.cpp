@@ -78,12 +78,13 @@ std::vector<LaneSpec> Runtime::default_layout() const {
   return layout;
 }
 
-int Runtime::register_live(ModelSpec spec, torch::jit::Module module, std::vector<at::Tensor> example,
+int Runtime::register_live(ModelSpec spec, std::shared_ptr<const ModelProgram> program,
+                           std::vector<at::Tensor> example,
                            Orphans& orphans) {
   if (options_.device == "virtual") {
     throw Error(ErrorCode::kInvalidInput, "on virtual time, register models before start()");
   }
-  const int m = models_.stage(std::move(spec), std::move(module), std::move(example));
+  const int m = models_.stage(std::move(spec), std::move(program), std::move(example));
   const ModelSpec& s = models_.at(m).spec;
   // The new lanes measure its profile into these; only this thread reads their size. (Reserved:
   // appending moves no profile another thread is reading.)
@@ -379,9 +380,10 @@ void Runtime::prepare_lane(Lane& lane, const std::vector<char>& measure,
     std::string step = "warm-up " + model.spec.name;
     try {
       if (progress) progress(done, total, step);
-      lane.executor()->load(m, *model.module);
+      lane.executor()->load(m, *model.program);
       // Every profiled size, also when a profile was given: TorchScript specializes on the
-      // shapes it sees, and the first call at a new batch size is slow.
+      // shapes it sees, and the first call at a new batch size is slow (a compiled package
+      // shows here that it does not take a size the model's max_batch_size allows).
       for (int round = 0; round < std::max(1, options_.warmup_rounds); ++round) {
         for (int b : profiled_sizes(model.spec.max_batch_size)) {
           split_output(lane.executor()->run(m, example_batch(model, b)), static_cast<std::size_t>(b));

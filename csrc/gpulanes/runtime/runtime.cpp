@@ -72,12 +72,18 @@ Runtime::Runtime(RuntimeOptions options, std::shared_ptr<Clock> clock)
 
 Runtime::~Runtime() { shutdown(false); }
 
-int Runtime::register_model(ModelSpec spec, torch::jit::Module module, std::vector<at::Tensor> example) {
+int Runtime::register_model(ModelSpec spec, torch::jit::Module module,
+                            std::vector<at::Tensor> example) {
+  return register_model(std::move(spec), torchscript_program(std::move(module)), std::move(example));
+}
+
+int Runtime::register_model(ModelSpec spec, std::shared_ptr<const ModelProgram> program,
+                            std::vector<at::Tensor> example) {
   std::unique_lock<std::mutex> lock(control_mu_);
   if (shut_down_) throw Error(ErrorCode::kRuntimeClosed, "runtime was shut down");
   if (started_) {
     Orphans orphans;
-    const int m = register_live(std::move(spec), std::move(module), std::move(example), orphans);
+    const int m = register_live(std::move(spec), std::move(program), std::move(example), orphans);
     lock.unlock();
     fail_orphans(std::move(orphans));  // none expected: every model stays served
     return m;
@@ -85,7 +91,7 @@ int Runtime::register_model(ModelSpec spec, torch::jit::Module module, std::vect
   std::unique_lock<std::shared_mutex> registering(submit_mu_);
   const std::string name = spec.name;
   const std::size_t cap = spec.max_queue;
-  const int idx = models_.add(std::move(spec), std::move(module), std::move(example));
+  const int idx = models_.add(std::move(spec), std::move(program), std::move(example));
   queues_.push_back(std::make_unique<RequestQueue>(cap, policy_->queue_order()));
   metrics_.push_back(std::make_unique<ModelMetrics>(name));
   profiles_.emplace_back();

@@ -28,6 +28,7 @@
 #include "gpulanes/metrics/lane_metrics.h"
 #include "gpulanes/metrics/model_metrics.h"
 #include "gpulanes/metrics/trace.h"
+#include "gpulanes/model/program.h"
 #include "gpulanes/runtime/deliverer.h"
 #include "gpulanes/plan/arrival_shape.h"
 #include "gpulanes/plan/replanner.h"
@@ -104,7 +105,10 @@ class Runtime final : private LaneListener, private LoopSink {
   // lanes load and warm up all their models and measure the new one's profile while the old
   // lanes keep serving, then take over as in set_lanes(); submit() knows the model only once
   // that is done. A model whose warm-up fails is refused with Error(kModelError) and leaves no
-  // trace. Not on virtual time.
+  // trace. Not on virtual time. `program` is the loaded model in any format.
+  int register_model(ModelSpec spec, std::shared_ptr<const ModelProgram> program,
+                     std::vector<at::Tensor> example);
+  // A TorchScript module (on the CPU).
   int register_model(ModelSpec spec, torch::jit::Module module, std::vector<at::Tensor> example);
   // Before start(), device "virtual" only: a model without weights (nothing runs). If its spec
   // has no inputs, requests carry none.
@@ -236,7 +240,8 @@ class Runtime final : private LaneListener, private LoopSink {
   // The lanes start() makes without set_lanes(): cpu_lanes CPU lanes, or one per GPU.
   std::vector<LaneSpec> default_layout() const;
   // register_model() while serving; control_mu_ held. Fills `orphans` as install_lanes() does.
-  int register_live(ModelSpec spec, torch::jit::Module module, std::vector<at::Tensor> example,
+  int register_live(ModelSpec spec, std::shared_ptr<const ModelProgram> program,
+                    std::vector<at::Tensor> example,
                     Orphans& orphans);
   // Lanes for `layout`, indexed from 0, not started.
   std::vector<std::unique_ptr<Lane>> make_lanes(const std::vector<LaneSpec>& layout);

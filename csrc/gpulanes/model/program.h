@@ -1,0 +1,46 @@
+// A registered model in one of the formats gpulanes runs (TorchScript, AOTInductor packages),
+// loaded once; every lane makes its own runnable instance of it for its device. Executors see
+// only these two interfaces, so batching, profiles, planning and the lanes do not care which
+// format a model came in.
+//
+// A ModelProgram is immutable once loaded and shared by the registry and every lane (any
+// thread may call instantiate()). A ModelInstance belongs to one lane: its worker thread (or the
+// thread warming the lane up before the worker starts) is the only caller of forward().
+#pragma once
+
+#include <ATen/core/ivalue.h>
+#include <c10/core/Device.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace torch::jit { struct Module; }
+
+namespace gpulanes {
+
+class ModelInstance {
+ public:
+  virtual ~ModelInstance() = default;
+  // One forward pass over a batch whose inputs are already on the instance's device. `stream`
+  // is the lane's cudaStream_t (null on the CPU); the caller has also made it the current
+  // stream. Returns a tensor, or a tuple of tensors for a model with several outputs. Throws
+  // whatever the model throws.
+  virtual c10::IValue forward(std::vector<c10::IValue> inputs, void* stream) = 0;
+};
+
+class ModelProgram {
+ public:
+  virtual ~ModelProgram() = default;
+  // "torchscript" or "aoti": for messages and stats.
+  virtual std::string format() const = 0;
+  // A runnable copy on `device` for one lane. Throws Error(kModelError) when the program cannot
+  // run there (e.g. a package compiled for another device), naming both.
+  virtual std::unique_ptr<ModelInstance> instantiate(const c10::Device& device) const = 0;
+};
+
+// A TorchScript module (on the CPU) as a program: CPU lanes share it (TorchScript's forward may
+// be called from several threads), each GPU lane runs its own copy on its device.
+std::shared_ptr<const ModelProgram> torchscript_program(torch::jit::Module module);
+
+}  // namespace gpulanes
