@@ -45,7 +45,8 @@ def _mixed() -> nn.Module:
     return Mixed().eval()
 
 
-def _serve_every_batch_size(rt: gl.Runtime, model: str, eager: nn.Module, make_sample) -> None:
+def _serve_every_batch_size(rt: gl.Runtime, model: str, eager: nn.Module, make_sample,
+                            tol: float = 1e-5) -> None:
     """Bursts of 1..MAX_BATCH requests; each output equals the eager module's on its sample."""
     for n in range(1, MAX_BATCH + 1):
         samples = [make_sample() for _ in range(n)]
@@ -57,9 +58,9 @@ def _serve_every_batch_size(rt: gl.Runtime, model: str, eager: nn.Module, make_s
             if isinstance(want, tuple):
                 assert isinstance(got, tuple) and len(got) == len(want)
                 for g, w in zip(got, want):
-                    torch.testing.assert_close(g, w[0], rtol=1e-5, atol=1e-5)
+                    torch.testing.assert_close(g, w[0], rtol=tol, atol=tol)
             else:
-                torch.testing.assert_close(got, want[0], rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(got, want[0], rtol=tol, atol=tol)
     assert rt.stats()[model]["batch_sizes"] == {n: 1 for n in range(1, MAX_BATCH + 1)}
 
 
@@ -213,3 +214,59 @@ def test_what_is_no_model_is_a_type_error():
     for bad in (42, None, [1, 2], object()):
         with pytest.raises(TypeError, match="model must be"):
             rt.register("m", bad, slo_ms=1000, example_inputs=torch.zeros(1, 16))
+
+
+def test_a_package_is_served_over_kserve_from_a_config(mlp_package, tmp_path):
+    starlette = pytest.importorskip("starlette")  # noqa: F841
+    from starlette.testclient import TestClient
+
+    from gpulanes.serve import app, load_config
+
+    (tmp_path / "mlp.pt2").write_bytes(mlp_package.read_bytes())
+    (tmp_path / "serve.toml").write_text(
+        '[runtime]\ndevice = "cpu"\nprofile_cache = false\n'
+        '[models.mlp]\nfile = "mlp.pt2"\nslo_ms = 10000\nmax_batch_size = 8\n'
+        'inputs = [{ name = "x", datatype = "FP32", shape = [16] }]\n')
+    cfg = load_config(tmp_path / "serve.toml")
+    rt = cfg.build_runtime()
+    try:
+        cfg.start_runtime(rt)
+        assert rt.formats() == {"mlp": "aoti"}
+        x = torch.randn(3, 16)
+        with TestClient(app(rt, io=cfg.io())) as c:
+            r = c.post("/v2/models/mlp/infer", json={"inputs": [
+                {"name": "x", "shape": [3, 16], "datatype": "FP32", "data": x.flatten().tolist()}]})
+        assert r.status_code == 200, r.text
+        out = r.json()["outputs"][0]
+        with torch.no_grad():
+            want = _mlp()(x)
+        torch.testing.assert_close(torch.tensor(out["data"]).reshape(out["shape"]), want,
+                                   rtol=1e-5, atol=1e-5)
+    finally:
+        rt.shutdown()
+
+
+def test_a_module_registered_while_serving_is_compiled_then_served(mlp_package):
+    rt = gl.Runtime(device="cpu", warmup_rounds=1, profile_reps=3)
+    rt.register("ts", torch.jit.script(_mlp()), slo_ms=10_000, example_inputs=torch.zeros(1, 16),
+                max_batch_size=MAX_BATCH)
+    with rt:
+        rt.register("module", _mlp(), slo_ms=10_000, example_inputs=torch.zeros(1, 16),
+                    max_batch_size=MAX_BATCH, progress=False)  # cached package: no compile
+        x = torch.randn(16)
+        torch.testing.assert_close(rt.infer("module", x), rt.infer("ts", x), rtol=1e-5, atol=1e-5)
+        assert rt.formats()["module"] == "aoti"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not gl._C.cuda_lane_support(),
+                    reason="needs a CUDA GPU and a CUDA build")
+def test_a_module_is_compiled_for_and_served_on_the_gpu():
+    eager = _mlp()
+    rt = gl.Runtime(device="cuda", **BURSTS)
+    rt.register("module", eager, slo_ms=10_000, example_inputs=torch.zeros(1, 16),
+                max_batch_size=MAX_BATCH, progress=False)
+    with rt:
+        _serve_every_batch_size(rt, "module", eager, lambda: (torch.randn(16),), tol=1e-3)
+    path = next(gl.formats.package_cache_dir().glob("module-*.pt2"))
+    assert gl.formats.package_metadata(path)["AOTI_DEVICE_KEY"] == "cuda"
