@@ -11,17 +11,21 @@ format:
 - latency: the runtime's measured profile, p50 at batch 1 and at batch 16;
 - peak rate: the highest Poisson (open-loop) rate at which >= 99% of requests meet the SLO, one
   lane serving the model alone under the deadline policy, by peak search over --seconds runs.
-  SLO: 20 x TorchScript's batch-1 latency (at least 20 ms), the same for both formats.
+  SLO: 20 x TorchScript's batch-1 latency (at least 20 ms), the same for both formats. Each
+  run freezes what exists after start() out of the garbage collector's sight (gc.freeze(), as
+  `gpulanes serve` does): otherwise a full collection (210 ms with torch and torchvision
+  loaded) lands in some runs and not others, whichever format is served.
 
 On the CPU torch gets one intra-op thread (--threads), so the lane and the load driver each have
 a core.
 
-    python benchmarks/formats.py [--device cpu|cuda] [--seconds 3] [--steps 3]
+    python benchmarks/formats.py [--device cpu|cuda] [--seconds 3] [--steps 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import tempfile
@@ -85,6 +89,8 @@ def serve(device: str, name: str, model: Any, example, profile, slo_ms: float, r
                 progress=False)
     rt.set_profile(name, profile)
     rt.start(progress=False)
+    gc.collect()
+    gc.freeze()  # as `gpulanes serve` does: no 200 ms full collection in the middle of a run
     work = wl.Poisson({name: rate}, seconds, seed=int(rate * 1000) % 100_000)
     out = wl.drive(rt, work, {name: (example[0],)}, warmup_s=1.0, progress=False)
     rt.shutdown()
@@ -98,7 +104,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--seconds", type=float, default=3.0)
-    ap.add_argument("--steps", type=int, default=3, help="bisection steps of the peak search")
+    ap.add_argument("--steps", type=int, default=4, help="bisection steps of the peak search")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -137,12 +143,12 @@ def main() -> None:
         slo_ms = max(20.0, 20 * rows["torchscript"]["batch1_p50_ms"])
         for fmt, row in rows.items():
             model, profile = row.pop("model"), row["profile"]
-            start = 0.5 * MAX_BATCH / (row["batch_max_p50_ms"] / 1e3)  # half of full-batch rate
+            start = 0.25 * MAX_BATCH / (row["batch_max_p50_ms"] / 1e3)  # of full-batch rate
             found = peak_search(
                 lambda r: serve(args.device, name, model, example, profile, slo_ms, r,
                                 args.seconds),
                 lambda row_: row_["attainment"] >= 0.99, start=start, steps=args.steps,
-                grow_limit=4.0)
+                grow_limit=8.0)
             row["slo_ms"] = round(slo_ms, 2)
             row["peak_rate_99"] = round(found["max_load"], 1)
             row["peak_search"] = found["tried"]
