@@ -2,7 +2,7 @@
 
 >>> import gpulanes as gl
 >>> rt = gl.Runtime(device="auto")
->>> rt.register("net", scripted, slo_ms=50, example_inputs=(torch.randn(1, 16),))
+>>> rt.register("net", module, slo_ms=50, example_inputs=(torch.randn(1, 16),))
 >>> with rt:
 ...     y = rt.infer("net", torch.randn(16))
 """
@@ -20,7 +20,7 @@ from .errors import (
     RuntimeClosed,
     UnknownModel,
 )
-from . import plot, predict, profiles, workloads
+from . import formats, plot, predict, profiles, workloads
 from .runtime import Runtime
 from . import sim  # noqa: E402  (uses Runtime's helpers)
 
@@ -28,6 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Runtime",
+    "formats",
     "plot",
     "predict",
     "profiles",

@@ -270,3 +270,15 @@ def test_a_module_is_compiled_for_and_served_on_the_gpu():
         _serve_every_batch_size(rt, "module", eager, lambda: (torch.randn(16),), tol=1e-3)
     path = next(gl.formats.package_cache_dir().glob("module-*.pt2"))
     assert gl.formats.package_metadata(path)["AOTI_DEVICE_KEY"] == "cuda"
+
+
+def test_a_compiled_modules_profile_is_cached_like_any_other(mlp_package):
+    sources = []
+    for _ in range(2):
+        rt = gl.Runtime(device="cpu", warmup_rounds=1, profile_reps=3)
+        rt.register("cached_mlp", _mlp(), slo_ms=1000, example_inputs=torch.zeros(1, 16),
+                    max_batch_size=MAX_BATCH, progress=False)
+        with rt:
+            sources.append(rt.profile_source("cached_mlp"))
+            assert [p["batch_size"] for p in rt.profile("cached_mlp")] == [1, 2, 4, 8]
+    assert sources == ["measured", "cache"]
