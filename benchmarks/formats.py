@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -111,8 +112,16 @@ def main() -> None:
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
     # Cold means cold: this run's own package cache and inductor cache, empty at first.
-    os.environ["GPULANES_CACHE_DIR"] = tempfile.mkdtemp(prefix="gpulanes-formats-")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-formats-")
+    caches = [tempfile.mkdtemp(prefix="gpulanes-formats-"), tempfile.mkdtemp(prefix="inductor-")]
+    os.environ["GPULANES_CACHE_DIR"], os.environ["TORCHINDUCTOR_CACHE_DIR"] = caches
+    try:
+        run(args)
+    finally:
+        for d in caches:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def run(args: argparse.Namespace) -> None:
     env = environment(args.device)
     env["command"] = "python benchmarks/formats.py " + " ".join(sys.argv[1:])
     results: Dict[str, Any] = {"max_batch": MAX_BATCH, "arrivals": "Poisson, open loop",
