@@ -17,7 +17,7 @@
 #include "gpulanes/sched/batch_policy.h"
 #include "gpulanes/plan/arrival_shape.h"
 #include "gpulanes/sim/plan_check.h"
-#include "gpulanes/sim/sim_profile.h"
+#include "gpulanes/predict/share_profile.h"
 
 namespace gpulanes {
 class Runtime;
@@ -47,7 +47,7 @@ py::dict prediction_columns(const std::vector<PredictionRecord>& records);
 
 // Planning (plan.cpp). A model's profile by SM share: {"shares": [{"share", "batch_sizes",
 // "p50_us", "l2", "dram"}], "memory_mb"}.
-SimModelProfile profile_from(const py::dict& d);
+ShareProfile profile_from(const py::dict& d);
 // The PlannerConfig fields by name ("interference" optional).
 PlannerConfig planner_config_from(const py::dict& c);
 // {"every_s", "alpha", "min_rate", "drift", "check_s", "admission", "planner", "initial_rates"?}.

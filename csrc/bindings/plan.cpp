@@ -8,7 +8,7 @@
 
 namespace gpulanes::bindings {
 
-SimModelProfile profile_from(const py::dict& d) {
+ShareProfile profile_from(const py::dict& d) {
   std::vector<SharePoints> shares;
   for (py::handle h : d["shares"].cast<py::list>()) {
     auto s = h.cast<py::dict>();
@@ -31,7 +31,7 @@ SimModelProfile profile_from(const py::dict& d) {
     }
     shares.push_back(std::move(sp));
   }
-  return SimModelProfile(std::move(shares), d["memory_mb"].cast<double>());
+  return ShareProfile(std::move(shares), d["memory_mb"].cast<double>());
 }
 
 PlannerConfig planner_config_from(const py::dict& c) {

@@ -169,7 +169,7 @@ class PySimulator {
 // with that interference (None: the planner's linear coefficients).
 py::dict make_plan_py(const py::list& models_in, const py::dict& c,
                       const std::optional<py::object>& check_with) {
-  std::vector<SimModelProfile> profiles;
+  std::vector<ShareProfile> profiles;
   for (py::handle h : models_in) profiles.push_back(profile_from(h.cast<py::dict>()));
   std::vector<PlannerModel> models;
   std::size_t i = 0;

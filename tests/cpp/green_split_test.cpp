@@ -111,7 +111,7 @@ TEST(GreenSplit, WholeGpuLanesGoAloneAndSplitLanesStayWithinTheSplit) {
 
 TEST(GreenSplit, PlansFitTheSplitAtEveryLoad) {
   // A model whose throughput per SM is best on small lanes, so plans split GPUs into many.
-  const SimModelProfile prof = gpulanes::testing::linear_profile(300, 40);
+  const ShareProfile prof = gpulanes::testing::linear_profile(300, 40);
   for (const char* variant : {"spatiotemporal", "no_interference", "self_tuning"}) {
     for (double rate : {50.0, 500.0, 5e3, 5e4, 5e5}) {
       PlannerConfig cfg;

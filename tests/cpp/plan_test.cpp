@@ -23,7 +23,7 @@ void arrive(Replanner& r, int model, int n) {
 }
 
 // Latency 1 ms + 0.1 ms per sample at the whole GPU (less SMs: latency / share), no L2/DRAM use.
-SimModelProfile flat_profile() { return gpulanes::testing::linear_profile(1000, 100); }
+ShareProfile flat_profile() { return gpulanes::testing::linear_profile(1000, 100); }
 
 }  // namespace
 
@@ -89,7 +89,7 @@ TEST(Admission, LimitsArePartOfWhatThePlanPlaced) {
 }
 
 TEST(Planner, OverloadSharesTheGpusMaxMinFairly) {
-  const SimModelProfile prof = flat_profile();
+  const ShareProfile prof = flat_profile();
   PlannerConfig cfg;
   cfg.gpus = 1;
   cfg.variant = "temporal_only";
@@ -114,7 +114,7 @@ TEST(Planner, OverloadSharesTheGpusMaxMinFairly) {
 }
 
 TEST(SelfTuning, StartsWithALanePerModelSizedByItsLoad) {
-  const SimModelProfile prof = flat_profile();
+  const ShareProfile prof = flat_profile();
   PlannerConfig cfg;
   cfg.gpus = 2;
   cfg.variant = "self_tuning";
@@ -132,7 +132,7 @@ TEST(SelfTuning, StartsWithALanePerModelSizedByItsLoad) {
 }
 
 TEST(SelfTuning, GrowsStrugglingLanesAndShrinksIdleOnes) {
-  const SimModelProfile prof = flat_profile();
+  const ShareProfile prof = flat_profile();
   PlannerConfig cfg;
   cfg.gpus = 2;
   cfg.variant = "self_tuning";
@@ -183,7 +183,7 @@ TEST(BurstRate, NinetyNinthPercentileOfTheCountInOneWindow) {
 }
 
 TEST(Planner, PlansForTheBurstAndTreatsUnknownTrafficAsBursty) {
-  const SimModelProfile prof = flat_profile();
+  const ShareProfile prof = flat_profile();
   PlannerConfig cfg;
   cfg.gpus = 1;
   cfg.spread = false;
@@ -202,7 +202,7 @@ TEST(Planner, PlansForTheBurstAndTreatsUnknownTrafficAsBursty) {
 }
 
 TEST(Planner, SpreadsIntoIdleGpusOfTheBudgetAndSaysWhatItNeeded) {
-  const SimModelProfile prof = flat_profile();
+  const ShareProfile prof = flat_profile();
   PlannerConfig cfg;
   cfg.gpus = 4;
   cfg.variant = "temporal_only";
@@ -225,7 +225,7 @@ TEST(Planner, SpreadsIntoIdleGpusOfTheBudgetAndSaysWhatItNeeded) {
 }
 
 TEST(Planner, UnplacedRateIsInMeanRequestsPerSecond) {
-  const SimModelProfile prof = flat_profile();
+  const ShareProfile prof = flat_profile();
   PlannerConfig cfg;
   cfg.gpus = 1;
   cfg.variant = "temporal_only";
@@ -266,7 +266,7 @@ TEST(ArrivalShape, PoissonIsDispersionOneAndClumpsAreMore) {
 TEST(Planner, AMeasuredPeakAboveTheBurstEstimateIsWhatLanesAreSizedFor) {
   // A flash crowd: 100/s on average, but 600/s for seconds at a time. Per-window dispersion
   // (from successive windows) sees Poisson; the measured 99th-percentile window rate does not.
-  const SimModelProfile prof = flat_profile();
+  const ShareProfile prof = flat_profile();
   PlannerConfig cfg;
   cfg.spread = false;
   std::vector<PlannerModel> models = {{"a", 100, from_ms(100), 8, &prof, 1.0, 600.0}};

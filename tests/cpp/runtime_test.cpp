@@ -62,7 +62,9 @@ TEST(Runtime, RequestsPastTheirDeadlineAreDroppedWithoutRunning) {
   RuntimeOptions o{.device = "cpu", .warmup_rounds = 1};
   o.policy_config.queue_admission = false;  // let them queue: the loop's drop is the subject
   Runtime rt(o);
-  rt.register_model(spec("slow", /*max_batch=*/1), affine_module(400), {sample(0)});
+  // An SLO far above the batch time even on a loaded machine (where it took 5.7 s once).
+  rt.register_model(spec("slow", /*max_batch=*/1, 10000, from_ms(600'000)), affine_module(400),
+                    {sample(0)});
   rt.start();
   Collector c;
   rt.submit("slow", {sample(1)}, std::nullopt, 0, c.fn(0));  // occupies the lane

@@ -16,7 +16,7 @@ using namespace gpulanes::testing;
 namespace {
 
 // One share point per batch size 1..max with the given latency (ms) and L2 use.
-SimModelProfile flat_profile(double share, double latency_ms, double l2, int max_batch = 1,
+ShareProfile flat_profile(double share, double latency_ms, double l2, int max_batch = 1,
                              double memory_mb = 100) {
   SharePoints sp;
   sp.share = share;
@@ -28,10 +28,10 @@ SimModelProfile flat_profile(double share, double latency_ms, double l2, int max
     sp.l2[b] = l2;
     sp.dram[b] = 0;
   }
-  return SimModelProfile({sp}, memory_mb);
+  return ShareProfile({sp}, memory_mb);
 }
 
-SimModelSpec model(const std::string& name, SimModelProfile p, int max_batch = 1) {
+SimModelSpec model(const std::string& name, ShareProfile p, int max_batch = 1) {
   SimModelSpec m;
   m.name = name;
   m.slo = from_ms(1000);
@@ -201,7 +201,7 @@ TEST(Simulator, SchedulesExactlyAsTheRuntimeOnVirtualLanes) {
       p.p50_us = p.mean_us = p.p99_us = to_us(latency(mi, b));
       sp.points.push_back(p);
     }
-    return SimModelProfile({sp}, 1);
+    return ShareProfile({sp}, 1);
   };
   Simulator sim(o, {model("a", profile(0), 8), model("b", profile(1), 8)});
   sim.run(t.data(), m.data(), t.size(), 0.0, deadline);
@@ -248,7 +248,7 @@ TEST(Simulator, SchedulesExactlyAsTheRuntimeOnVirtualLanes) {
   EXPECT_GT(batched, 100);  // the comparison covers batching decisions, not only batch-1 runs
 }
 
-TEST(SimModelProfile, InterpolatesInverseShareExactly) {
+TEST(ShareProfile, InterpolatesInverseShareExactly) {
   // Latency 10 ms / share at shares 0.25 and 1.0: at 0.5 the 1/share interpolation gives 20 ms.
   auto sp = [](double share) {
     SharePoints s;
@@ -257,7 +257,7 @@ TEST(SimModelProfile, InterpolatesInverseShareExactly) {
     s.l2[1] = share;
     return s;
   };
-  SimModelProfile p({sp(0.25), sp(1.0)}, 0);
+  ShareProfile p({sp(0.25), sp(1.0)}, 0);
   EXPECT_EQ(p.solo_ns(1, 0.5), from_ms(20));
   EXPECT_EQ(p.solo_ns(1, 1.0), from_ms(10));
   EXPECT_EQ(p.solo_ns(1, 0.125), from_ms(80));  // below the smallest share: grows as 1/share

@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "gpulanes/core/batch.h"
 #include "gpulanes/core/request.h"
 #include "gpulanes/core/time.h"
 #include "gpulanes/exec/executor.h"
@@ -20,13 +21,6 @@
 namespace gpulanes {
 
 class Clock;
-
-struct Batch {
-  std::uint64_t id = 0;               // unique per runtime
-  int model = -1;                     // every request in a batch is for this model
-  std::vector<RequestPtr> requests;   // in queue order
-  DurationNs predicted_ns = 0;        // the policy's latency prediction (0: none)
-};
 
 // What a lane reports about a finished batch, with one outcome per request.
 struct BatchReport {

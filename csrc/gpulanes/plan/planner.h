@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "gpulanes/core/time.h"
-#include "gpulanes/sim/sim_profile.h"
+#include "gpulanes/predict/share_profile.h"
 
 namespace gpulanes {
 
@@ -33,7 +33,7 @@ struct PlannerModel {
   double rate = 0;                          // mean requests per second
   DurationNs slo = from_ms(100);
   int max_batch_size = 32;
-  const SimModelProfile* profile = nullptr;  // latency and L2/DRAM use by (batch, share)
+  const ShareProfile* profile = nullptr;  // latency and L2/DRAM use by (batch, share)
   double dispersion = -1;                   // variance / mean of its arrivals per SLO-long
                                             // window (Poisson 1; 0: plan for the mean rate);
                                             // < 0: unknown (PlannerConfig::assumed_dispersion)

@@ -129,7 +129,9 @@ TimeNs EventLoop::step_locked(TimeNs now, std::vector<Failure>& failures) {
   // 2. Every idle lane gets the batch the policy picks for it.
   for (std::size_t i = 0; i < lanes_.size() && !paused_; ++i) {
     if (!lane_idle_[i]) continue;
-    Batch batch = policy_.next_batch(*lanes_[i], state_, now, &wake_at);
+    const Lane& lane = *lanes_[i];
+    Batch batch = policy_.next_batch(LaneView{lane.index(), lane.device_index(), lane.sms()},
+                                     state_, now, &wake_at);
     if (batch.requests.empty()) continue;
     batch.id = next_batch_id_++;
     // `now` was read when the round began; a request pushed since (by a submitter, without the

@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "gpulanes/exec/lane.h"
 #include "gpulanes/sched/batch_policy.h"
 
 namespace gpulanes {

@@ -15,7 +15,7 @@
 
 namespace gpulanes {
 
-void Runtime::set_planner_profile(const std::string& model, SimModelProfile profile) {
+void Runtime::set_planner_profile(const std::string& model, ShareProfile profile) {
   const int m = models_.find(model);
   if (m < 0) throw Error(ErrorCode::kUnknownModel, "no model named '" + model + "' is registered");
   std::lock_guard<std::mutex> lock(plan_mu_);
@@ -87,7 +87,7 @@ std::vector<TrafficShape> Runtime::traffic() const {
 }
 
 std::vector<PlannerModel> Runtime::planner_models(const std::vector<double>& rates,
-                                                  std::vector<SimModelProfile>& measured,
+                                                  std::vector<ShareProfile>& measured,
                                                   const std::vector<double>& dispersion) const {
   const int n = models_.size();
   if (static_cast<int>(rates.size()) != n) {
@@ -99,12 +99,12 @@ std::vector<PlannerModel> Runtime::planner_models(const std::vector<double>& rat
   const std::vector<TrafficShape> seen = traffic();
   // Without a per-share profile, the measured one stands for the share it was measured at (the
   // whole device, unless only partition lanes served the model); the planner extrapolates other
-  // shares from it (sim_profile.h).
-  measured.assign(n, SimModelProfile());
+  // shares from it (predict/share_profile.h).
+  measured.assign(n, ShareProfile());
   std::vector<PlannerModel> pm;
   for (int m = 0; m < n; ++m) {
     const ModelSpec& spec = models_.at(m).spec;
-    const SimModelProfile* profile = nullptr;
+    const ShareProfile* profile = nullptr;
     if (m < static_cast<int>(plan_profiles_.size()) && plan_profiles_[m]) {
       profile = &*plan_profiles_[m];
     } else {
@@ -118,7 +118,7 @@ std::vector<PlannerModel> Runtime::planner_models(const std::vector<double>& rat
         whole.l2[p.batch_size] = p.l2;
         whole.dram[p.batch_size] = p.dram;
       }
-      measured[m] = SimModelProfile({std::move(whole)}, 0.0);
+      measured[m] = ShareProfile({std::move(whole)}, 0.0);
       profile = &measured[m];
     }
     // The measured peak counts only when the burstiness is taken as measured.
@@ -134,7 +134,7 @@ Runtime::PlanOutcome Runtime::plan(const std::vector<double>& rates, const Plann
   if (started_at_.load(std::memory_order_acquire) == 0) {
     throw Error(ErrorCode::kInvalidInput, "plan() needs a started runtime (profiles)");
   }
-  std::vector<SimModelProfile> measured;
+  std::vector<ShareProfile> measured;
   std::lock_guard<std::mutex> lock(plan_mu_);
   const std::vector<PlannerModel> models = planner_models(rates, measured, dispersion);
   PlannerConfig cfg = config;
@@ -222,12 +222,12 @@ void Runtime::planner_main() {
       const auto t0 = std::chrono::steady_clock::now();
       Plan p;
       if (tuning && applied) {
-        std::vector<SimModelProfile> measured;
+        std::vector<ShareProfile> measured;
         const auto fb = feedback.measure(clock_->now(), lane_stats(), stats(), *applied);
         p = self_tuning_step(*applied, fb, planner_models(event.rates, measured), config);
       } else {
         // Sized for each model's measured burst and proven by simulation before it is applied.
-        std::vector<SimModelProfile> measured;
+        std::vector<ShareProfile> measured;
         const std::vector<PlannerModel> models = planner_models(event.rates, measured);
         for (const PlannerModel& m : models) event.dispersion.push_back(m.dispersion);
         if (tuning) {

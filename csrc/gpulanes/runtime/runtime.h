@@ -35,7 +35,7 @@
 #include "gpulanes/runtime/event_loop.h"
 #include "gpulanes/sched/admission.h"
 #include "gpulanes/sim/plan_check.h"
-#include "gpulanes/sim/sim_profile.h"
+#include "gpulanes/predict/share_profile.h"
 
 namespace torch::jit { struct Module; }
 
@@ -193,7 +193,7 @@ class Runtime final : private LaneListener, private LoopSink {
 
   // Planning (runtime/planning.cpp). The planner sees each model's profile by SM share: one set
   // here, else the measured profile as the whole device's (share 1). Any time.
-  void set_planner_profile(const std::string& model, SimModelProfile profile);
+  void set_planner_profile(const std::string& model, ShareProfile profile);
   // The planner's view of this runtime's devices: GPUs (CPU: cpu_lanes whole-device lanes), SMs
   // per GPU, granularity; the variant and interference coefficients of options.replan.
   PlannerConfig planner_config() const;
@@ -272,7 +272,7 @@ class Runtime final : private LaneListener, private LoopSink {
   // The planner's view of the models at `rates` (profiles by share: plan_profiles_, else the
   // measured one as share 1, kept in `measured`). Caller holds plan_mu_.
   std::vector<PlannerModel> planner_models(const std::vector<double>& rates,
-                                           std::vector<SimModelProfile>& measured,
+                                           std::vector<ShareProfile>& measured,
                                            const std::vector<double>& dispersion = {}) const;
   // The planner thread (options.replan.every_s > 0, real time): re-plans until stop_planner().
   void planner_main();
@@ -314,7 +314,7 @@ class Runtime final : private LaneListener, private LoopSink {
   mutable std::mutex plan_mu_;            // guards the planner fields below
   std::condition_variable plan_cv_;       // wakes the planner thread to stop
   bool plan_stop_ = false;                // the planner thread must return
-  std::vector<std::optional<SimModelProfile>> plan_profiles_;  // per model; set_planner_profile()
+  std::vector<std::optional<ShareProfile>> plan_profiles_;  // per model; set_planner_profile()
   std::vector<ReplanEvent> replans_;      // the planner thread's events
   std::thread planner_thread_;            // runs planner_main()
 

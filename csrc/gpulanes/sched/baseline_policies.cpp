@@ -38,9 +38,9 @@ class FifoPolicy final : public BatchPolicy {
   std::string name() const override { return "fifo"; }
   QueueOrder queue_order() const override { return QueueOrder::kArrival; }
   TimeNs expire(SchedulingState&, TimeNs, std::vector<RequestPtr>&) override { return kNever; }
-  Batch next_batch(const Lane& lane, SchedulingState& s, TimeNs, TimeNs*) override {
-    const int m = oldest_head(s, lane.index());
-    return m < 0 ? Batch{} : take(s, lane.index(), m, 1);
+  Batch next_batch(const LaneView& lane, SchedulingState& s, TimeNs, TimeNs*) override {
+    const int m = oldest_head(s, lane.index);
+    return m < 0 ? Batch{} : take(s, lane.index, m, 1);
   }
 };
 
@@ -74,10 +74,10 @@ class MaxDelayPolicy final : public BatchPolicy {
     return next;
   }
 
-  Batch next_batch(const Lane& lane, SchedulingState& s, TimeNs now, TimeNs* wake_at) override {
+  Batch next_batch(const LaneView& lane, SchedulingState& s, TimeNs now, TimeNs* wake_at) override {
     int best = -1, best_size = 0;
     TimeNs best_arrival = kNever;
-    for (int m : s.profiles.models_of(lane.index())) {
+    for (int m : s.profiles.models_of(lane.index)) {
       auto h = s.queues[m]->head();
       if (!h) continue;
       const int max_batch = s.models.at(m).spec.max_batch_size;
@@ -99,7 +99,7 @@ class MaxDelayPolicy final : public BatchPolicy {
         best_arrival = h->arrival;
       }
     }
-    return best < 0 ? Batch{} : take(s, lane.index(), best, best_size);
+    return best < 0 ? Batch{} : take(s, lane.index, best, best_size);
   }
 
  private:
@@ -116,14 +116,14 @@ class AimdPolicy final : public BatchPolicy {
   QueueOrder queue_order() const override { return QueueOrder::kArrival; }
   TimeNs expire(SchedulingState&, TimeNs, std::vector<RequestPtr>&) override { return kNever; }
 
-  Batch next_batch(const Lane& lane, SchedulingState& s, TimeNs, TimeNs*) override {
-    const int m = oldest_head(s, lane.index());
+  Batch next_batch(const LaneView& lane, SchedulingState& s, TimeNs, TimeNs*) override {
+    const int m = oldest_head(s, lane.index);
     if (m < 0) return {};
     const int max_batch = s.models.at(m).spec.max_batch_size;
     int& cap = caps_.try_emplace(m, 1).first->second;
     cap = std::min(cap, max_batch);
     max_batch_[m] = max_batch;
-    return take(s, lane.index(), m, cap);
+    return take(s, lane.index, m, cap);
   }
 
   void observe(const BatchObservation& obs) override {

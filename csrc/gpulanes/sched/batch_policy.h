@@ -9,13 +9,14 @@
 #include <string>
 #include <vector>
 
+#include "gpulanes/core/batch.h"
 #include "gpulanes/core/request.h"
-#include "gpulanes/exec/lane.h"
 #include "gpulanes/model/registry.h"
 #include "gpulanes/predict/latency_predictor.h"
 #include "gpulanes/predict/profile_book.h"
 #include "gpulanes/queue/request_queue.h"
 #include "gpulanes/sched/arrival_rate.h"
+#include "gpulanes/sched/lane_view.h"
 
 namespace gpulanes {
 
@@ -74,7 +75,7 @@ class BatchPolicy {
   // The batch `lane` should start at `now` (requests moved out of their queue, predicted_ns
   // set when known; the loop fills in the id), or a batch with no requests to leave it idle.
   // A policy that waits lowers *wake_at to when it wants to be asked again.
-  virtual Batch next_batch(const Lane& lane, SchedulingState& state, TimeNs now,
+  virtual Batch next_batch(const LaneView& lane, SchedulingState& state, TimeNs now,
                            TimeNs* wake_at) = 0;
   virtual void observe(const BatchObservation&) {}
   // Admission control at submit, on the submitting thread: false refuses the request with

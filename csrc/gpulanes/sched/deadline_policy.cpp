@@ -66,8 +66,8 @@ class DeadlinePolicy final : public BatchPolicy {
     return next;
   }
 
-  Batch next_batch(const Lane& lane, SchedulingState& s, TimeNs now, TimeNs* wake_at) override {
-    const int L = lane.index();
+  Batch next_batch(const LaneView& lane, SchedulingState& s, TimeNs now, TimeNs* wake_at) override {
+    const int L = lane.index;
     const std::vector<int>& mine = s.profiles.models_of(L);
     const LatencyPredictor* model = s.predictor && s.predictor->active() ? s.predictor.get() : nullptr;
     auto predict = [&](int m, int b) {

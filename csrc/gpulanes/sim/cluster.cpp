@@ -145,7 +145,7 @@ const LatencyProfile* SimCluster::lane_profile(int lane, int model) const {
 
 void SimCluster::start(int lane, Batch&& batch) {
   const SimLaneSpec& spec = cfg_.lanes[lane];
-  const SimModelProfile& model = cfg_.models[batch.model];
+  const ShareProfile& model = cfg_.models[batch.model];
   const double share = reports_[lane].share;
   const int b = static_cast<int>(batch.requests.size());
   auto owned = std::make_unique<Running>();

@@ -1,5 +1,5 @@
 // Simulated GPUs split into lanes: the simulator's VirtualBackend. A batch dispatched to a lane
-// runs for its solo latency at the lane's SM share (from the model's SimModelProfile) times
+// runs for its solo latency at the lane's SM share (from the model's ShareProfile) times
 // seeded noise, stretched by interference: whenever the set of batches running on a GPU
 // changes, every batch there gets a new slow-down factor from the InterferenceModel, which
 // applies from that moment until the next change (a batch alone on its GPU runs at solo speed).
@@ -16,7 +16,7 @@
 
 #include "gpulanes/exec/virtual_backend.h"
 #include "gpulanes/sim/interference.h"
-#include "gpulanes/sim/sim_profile.h"
+#include "gpulanes/predict/share_profile.h"
 
 namespace gpulanes {
 
@@ -34,7 +34,7 @@ struct SimLaneSpec {
 struct SimClusterConfig {
   std::vector<SimGpuSpec> gpus;
   std::vector<SimLaneSpec> lanes;
-  std::vector<SimModelProfile> models;            // by model index
+  std::vector<ShareProfile> models;            // by model index
   std::shared_ptr<InterferenceModel> interference;  // null: none
   double noise_cv = 0.0;    // batch durations x lognormal noise with this coefficient of variation
   std::uint64_t seed = 0;   // noise

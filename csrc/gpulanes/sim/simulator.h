@@ -25,7 +25,7 @@ struct SimModelSpec {
   DurationNs slo = from_ms(100);
   int max_batch_size = 32;
   std::size_t max_queue = 1'000'000;
-  SimModelProfile profile;
+  ShareProfile profile;
 };
 
 struct SimulatorOptions {

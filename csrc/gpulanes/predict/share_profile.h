@@ -1,5 +1,5 @@
-// What the simulator knows about one model: solo batch latency and resource intensity per
-// (batch size, lane SM share), and its memory footprint. Built from profile-file entries (the
+// One model's latency and resource intensity per (batch size, lane SM share), and its memory
+// footprint: what the planner sizes lanes with and the simulator runs batches by. Built from profile-file entries (the
 // gpulanes.profiles schema: one entry per measured share). Shares between measured ones are
 // interpolated linearly in 1/share for latency (exact when latency is inversely proportional to
 // the SMs a batch can use) and linearly in share for bandwidth use; below the smallest share
@@ -23,11 +23,11 @@ struct SharePoints {
   std::map<int, double> l2, dram;     // batch size -> utilization; empty: 0
 };
 
-class SimModelProfile {
+class ShareProfile {
  public:
-  SimModelProfile() = default;
+  ShareProfile() = default;
   // Throws Error(kInvalidInput) for no shares, a share outside (0, 1] or an empty point list.
-  SimModelProfile(std::vector<SharePoints> shares, double memory_mb);
+  ShareProfile(std::vector<SharePoints> shares, double memory_mb);
 
   // Solo latency of a batch of `b` on a lane with `share` of the SMs.
   DurationNs solo_ns(int b, double share) const;

@@ -1,4 +1,4 @@
-#include "gpulanes/sim/sim_profile.h"
+#include "gpulanes/predict/share_profile.h"
 
 #include <algorithm>
 #include <cmath>
@@ -19,7 +19,7 @@ double interpolate_by_batch(const std::map<int, double>& values, int b) {
   return lo->second + t * (hi->second - lo->second);
 }
 
-SimModelProfile::SimModelProfile(std::vector<SharePoints> shares, double memory_mb)
+ShareProfile::ShareProfile(std::vector<SharePoints> shares, double memory_mb)
     : memory_mb_(memory_mb) {
   if (shares.empty()) throw Error(ErrorCode::kInvalidInput, "a simulated model needs a profile");
   std::set<int> sizes;
@@ -39,7 +39,7 @@ SimModelProfile::SimModelProfile(std::vector<SharePoints> shares, double memory_
   batch_sizes_.assign(sizes.begin(), sizes.end());
 }
 
-void SimModelProfile::bracket(double share, const Share** lo, const Share** hi, double* w,
+void ShareProfile::bracket(double share, const Share** lo, const Share** hi, double* w,
                               bool inverse) const {
   if (share <= shares_.front().share) {
     *lo = *hi = &shares_.front();
@@ -60,7 +60,7 @@ void SimModelProfile::bracket(double share, const Share** lo, const Share** hi, 
                : (share - (*lo)->share) / ((*hi)->share - (*lo)->share);
 }
 
-DurationNs SimModelProfile::solo_ns(int b, double share) const {
+DurationNs ShareProfile::solo_ns(int b, double share) const {
   const Share *lo, *hi;
   double w;
   bracket(share, &lo, &hi, &w, /*inverse=*/true);
@@ -69,7 +69,7 @@ DurationNs SimModelProfile::solo_ns(int b, double share) const {
   return static_cast<DurationNs>(std::llround(ns));
 }
 
-double SimModelProfile::intensity(int b, double share,
+double ShareProfile::intensity(int b, double share,
                                   std::map<int, double> SharePoints::*which) const {
   const Share *lo, *hi;
   double w;
@@ -78,7 +78,7 @@ double SimModelProfile::intensity(int b, double share,
   return (1 - w) * interpolate_by_batch(*pick(lo), b) + w * interpolate_by_batch(*pick(hi), b);
 }
 
-LatencyProfile SimModelProfile::profile_at(double share) const {
+LatencyProfile ShareProfile::profile_at(double share) const {
   std::vector<LatencyPoint> points;
   for (int b : batch_sizes_) {
     LatencyPoint p;
