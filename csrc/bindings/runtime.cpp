@@ -144,9 +144,13 @@ class PyRuntime {
   PyRuntime(std::string device, std::string policy, const py::dict& policy_options, int cpu_lanes,
             bool outputs_on_device, int warmup_rounds, double spin_us, int profile_reps,
             bool trace, const py::dict& predictor, std::string partitioning,
-            const py::object& replan)
+            const py::object& replan, const py::dict& isolation)
       : spin_ns_(from_us(spin_us)) {
     RuntimeOptions o;
+    o.isolation = isolation["mode"].cast<std::string>();
+    o.worker_path = isolation["worker_path"].cast<std::string>();
+    o.worker_watchdog_s = isolation["watchdog_s"].cast<double>();
+    o.worker_max_restarts = isolation["max_restarts"].cast<int>();
     if (!replan.is_none()) o.replan = replan_options_from(replan.cast<py::dict>());
     o.predictor = predictor_config_from(predictor);
     o.trace = trace;
@@ -491,6 +495,11 @@ class PyRuntime {
       d["device"] = l.device;
       d["sms"] = l.sms;
       d["models"] = l.models;
+      if (l.kind == "cpu-process") {
+        d["worker_pid"] = l.worker_pid;
+        d["worker_restarts"] = l.worker_restarts;
+        d["broken"] = l.broken;
+      }
       out.append(d);
     }
     return out;
@@ -533,11 +542,11 @@ class PyRuntime {
 void init_runtime(py::module_& m) {
   py::class_<PyRuntime>(m, "Runtime")
       .def(py::init<std::string, std::string, py::dict, int, bool, int, double, int, bool,
-                    py::dict, std::string, py::object>(),
+                    py::dict, std::string, py::object, py::dict>(),
            py::arg("device"), py::arg("policy"), py::arg("policy_options"), py::arg("cpu_lanes"),
            py::arg("outputs_on_device"), py::arg("warmup_rounds"), py::arg("spin_us"),
            py::arg("profile_reps"), py::arg("trace"), py::arg("predictor"),
-           py::arg("partitioning"), py::arg("replan"))
+           py::arg("partitioning"), py::arg("replan"), py::arg("isolation"))
       .def("predictor_weights", [](const PyRuntime& r) { return r.predictor_weights(); })
       .def("register_model", &PyRuntime::register_model, py::arg("name"), py::arg("kind"),
            py::arg("source"), py::arg("example_inputs"), py::arg("slo_ns"),

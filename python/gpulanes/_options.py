@@ -18,6 +18,38 @@ def _replan_config(replan: Optional[Dict[str, Any]], planner: Dict[str, Any]):
     return None if replan is None else replan_config(replan, planner)
 
 
+# Process lanes (isolation="process"): their worker's settings and defaults.
+_WORKER_OPTIONS = {"watchdog_s": 60.0, "max_restarts": 5}
+
+
+def _worker_path() -> str:
+    import os
+
+    from . import _C
+    return os.environ.get("GPULANES_WORKER") or os.path.join(os.path.dirname(_C.__file__),
+                                                             "gpulanes_worker")
+
+
+def _isolation_config(isolation: Any, options: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """{"mode", "worker_path", "watchdog_s", "max_restarts"} for the core (which checks ranges)."""
+    if isolation not in ("thread", "process"):
+        raise InvalidInput(f"isolation must be 'thread' or 'process', got {isolation!r}")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidInput(f"worker_options must be a dict, got {type(options).__name__}")
+    given = dict(options or {})
+    unknown = set(given) - set(_WORKER_OPTIONS)
+    if unknown:
+        raise InvalidInput(f"unknown worker_options {sorted(unknown)}; known: "
+                           f"{sorted(_WORKER_OPTIONS)}")
+    out = {"mode": isolation, "worker_path": _worker_path()}
+    out["watchdog_s"] = _number("worker_options['watchdog_s']",
+                                given.get("watchdog_s", _WORKER_OPTIONS["watchdog_s"]))
+    out["max_restarts"] = _number("worker_options['max_restarts']",
+                                  given.get("max_restarts", _WORKER_OPTIONS["max_restarts"]),
+                                  integer=True)
+    return out
+
+
 # Each policy's options (Triton's configuration names for max_delay) and their defaults.
 _POLICY_OPTIONS = {
     "deadline": {"min_margin_us": 200.0, "margin_quantile": 0.99, "margin_window": 256,

@@ -23,7 +23,8 @@ from . import profiles as _profiles
 from ._futures import _AsyncSink, _completions_of, _Future
 from .errors import InvalidInput, UnknownModel
 from ._checks import _flag, _number
-from ._options import (_PARTITIONING, _RUNTIME_PLANNER, _model_stats, _policy_options,
+from ._options import (_PARTITIONING, _RUNTIME_PLANNER, _isolation_config, _model_stats,
+                       _policy_options,
                        _predictor_config, _replan_config, _trace_frame)
 from ._profiling import Profiling
 from .planning import Planning
@@ -106,6 +107,15 @@ class Runtime(Planning, Profiling):
             ``granularity``, ``gpus``, ``admission`` (shed what the plan cannot place;
             default True) and ``admit_fraction`` (of what it placed for such a model; 0.9).
             Each re-plan is in :meth:`replans`.
+        isolation: ``"thread"`` (default: lanes run models in this process) or ``"process"``:
+            each CPU lane runs its batches in a worker process of its own (``gpulanes_worker``,
+            LibTorch without Python; inputs and outputs through shared memory). A model that
+            crashes the process (a signal, abort, out of memory) or hangs past the watchdog
+            fails only the batch it ran, with :class:`ModelError` naming what happened; the lane
+            starts a new worker. GPU process lanes (MPS) are not done yet.
+        worker_options: for ``isolation="process"``: ``watchdog_s`` (60; a batch running longer
+            has its worker killed; (0, 86400]) and ``max_restarts`` (5; deaths in a row before
+            a lane gives up and fails its batches at once, reported by :meth:`lanes`; 0..1000).
         profile_cache: where measured latency profiles are kept between runs, keyed by model
             bytes, input signature, device, torch version and lane share (see
             :mod:`gpulanes.profiles`): ``True`` (default) for ``$GPULANES_CACHE_DIR`` or
@@ -132,6 +142,8 @@ class Runtime(Planning, Profiling):
         trace: bool = False,
         profile_cache: Union[bool, str, "os.PathLike[str]"] = True,
         replan: Optional[Dict[str, Any]] = None,
+        isolation: str = "thread",
+        worker_options: Optional[Dict[str, Any]] = None,
     ) -> None:
         self.policy_options = _policy_options(policy, policy_options)
         if partitioning not in _PARTITIONING:
@@ -152,7 +164,8 @@ class Runtime(Planning, Profiling):
                                 _number("warmup_rounds", warmup_rounds, integer=True), spin_us,
                                 _number("profile_reps", profile_reps, integer=True),
                                 _flag("trace", trace), self.predictor_options,
-                                partitioning, _replan_config(replan, _RUNTIME_PLANNER))
+                                partitioning, _replan_config(replan, _RUNTIME_PLANNER),
+                                _isolation_config(isolation, worker_options))
         self._spin_us = spin_us
         self._slo_ms: Dict[str, float] = {}
         self._signatures: Dict[str, List[Tuple[Tuple[int, ...], torch.dtype]]] = {}

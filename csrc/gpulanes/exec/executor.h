@@ -12,7 +12,9 @@
 #include <string>
 #include <vector>
 
+#include "gpulanes/core/error.h"
 #include "gpulanes/core/request.h"
+#include "gpulanes/core/time.h"
 
 namespace gpulanes {
 
@@ -39,6 +41,30 @@ class Executor {
   virtual std::int64_t last_device_ns() const { return 0; }
   // The CUDA stream it runs on (a cudaStream_t), or null on the CPU. For probes and tests.
   virtual void* stream_handle() const { return nullptr; }
+  // A process lane's worker: its pid (0 when none runs), how often it was started again after
+  // it died, and whether the lane gave up on it. Zero and false for in-process executors.
+  virtual int worker_pid() const { return 0; }
+  // The lane's thread calls this last, before it ends: a process lane stops and collects its
+  // worker there (no zombie, nothing left running after shutdown).
+  virtual void close() {}
+  virtual int worker_restarts() const { return 0; }
+  virtual bool broken() const { return false; }
+};
+
+// A forward pass lost with the process that ran it (killed, crashed, or stuck past the
+// watchdog and killed). The lane fails the batch whole, without its culprit search: each re-run
+// would start a worker again.
+class WorkerLost : public Error {
+ public:
+  explicit WorkerLost(const std::string& message) : Error(ErrorCode::kModelError, message) {}
+};
+
+// A process lane's settings.
+struct ProcessOptions {
+  std::string worker_path;                     // the gpulanes_worker executable
+  DurationNs watchdog_ns = 60'000'000'000;     // a batch still running after this: killed
+  int max_restarts = 5;                        // deaths in a row before the lane gives up
+  int threads = 0;                             // the worker's intra-op threads (0: the lane's)
 };
 
 // Forward passes on the calling thread with torch's intra-op thread pool.
@@ -49,6 +75,10 @@ std::unique_ptr<Executor> make_cpu_executor();
 // Error(kInvalidInput) when this build of gpulanes has no CUDA support.
 std::unique_ptr<Executor> make_cuda_stream_executor(int device, bool outputs_on_device,
                                                     void* stream = nullptr);
+
+// Forward passes in a worker process (gpulanes_worker) on the CPU: a model that crashes or
+// hangs takes down only that process and the batch it ran; the next batch starts a new one.
+std::unique_ptr<Executor> make_process_executor(const ProcessOptions& options);
 
 // Whether this build can run CUDA lanes (and the machine has a usable GPU).
 int cuda_device_count();

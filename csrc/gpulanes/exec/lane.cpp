@@ -58,11 +58,13 @@ void WorkerLane::start(LaneListener* listener, const std::function<void()>& init
     try {
       init();
     } catch (...) {
+      executor_->close();
       ready->set_exception(std::current_exception());
       return;
     }
     ready->set_value();
     worker();
+    executor_->close();  // on this thread, before it ends (a worker process dies with it)
   });
   try {
     ready_f.get();
@@ -140,6 +142,11 @@ void WorkerLane::run_part(const Batch& batch, std::size_t lo, std::size_t hi,
       report.ok = true;
     }
     for (std::size_t i = lo; i < hi; ++i) outcomes[i] = Outcome::success(std::move(rows[i - lo]));
+    return;
+  } catch (const WorkerLost& e) {
+    // No culprit search: each re-run would start a worker again, and the crash may not be
+    // any one request's doing.
+    for (std::size_t i = lo; i < hi; ++i) outcomes[i] = Outcome::failure(ErrorCode::kModelError, e.what());
     return;
   } catch (const std::exception& e) {
     // The model's failure is its requests' failure only; the lane keeps serving.

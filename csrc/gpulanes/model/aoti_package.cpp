@@ -69,6 +69,8 @@ class AotiProgram final : public ModelProgram {
 
   std::string format() const override { return "aoti"; }
 
+  ProgramSource source() const override { return {format(), path_, ""}; }
+
   std::unique_ptr<ModelInstance> instantiate(const c10::Device& device) const override {
     const std::string made_for = value_or(metadata_, "AOTI_DEVICE_KEY", "cpu");
     const std::string here = c10::DeviceTypeName(device.type(), /*lower_case=*/true);

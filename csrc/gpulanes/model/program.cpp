@@ -2,6 +2,7 @@
 
 #include <torch/script.h>
 
+#include <sstream>
 #include <utility>
 
 namespace gpulanes {
@@ -32,6 +33,12 @@ class TorchScriptProgram final : public ModelProgram {
     copy.to(device);
     copy.eval();
     return std::make_unique<TorchScriptInstance>(std::move(copy));
+  }
+
+  ProgramSource source() const override {
+    std::ostringstream out;
+    module_.save(out);
+    return {format(), "", out.str()};
   }
 
  private:

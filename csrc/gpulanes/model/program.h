@@ -29,6 +29,13 @@ class ModelInstance {
   virtual c10::IValue forward(std::vector<c10::IValue> inputs, void* stream) = 0;
 };
 
+// What another process loads a program from (a process lane's worker).
+struct ProgramSource {
+  std::string format;  // "torchscript" or "aoti"
+  std::string path;    // the package file (aoti)
+  std::string bytes;   // the serialized module (torchscript)
+};
+
 class ModelProgram {
  public:
   virtual ~ModelProgram() = default;
@@ -37,6 +44,8 @@ class ModelProgram {
   // A runnable copy on `device` for one lane. Throws Error(kModelError) when the program cannot
   // run there (e.g. a package compiled for another device), naming both.
   virtual std::unique_ptr<ModelInstance> instantiate(const c10::Device& device) const = 0;
+  // How a worker process loads the same program.
+  virtual ProgramSource source() const = 0;
 };
 
 // A TorchScript module (on the CPU) as a program: CPU lanes share it (TorchScript's forward may

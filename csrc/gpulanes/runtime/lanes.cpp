@@ -183,9 +183,21 @@ std::vector<std::unique_ptr<Lane>> Runtime::make_lanes(const std::vector<LaneSpe
     const int index = static_cast<int>(out.size());
     if (where.device < 0) {
       if (spec.sms != 0) throw Error(ErrorCode::kInvalidInput, "CPU lanes have no SMs to set");
-      out.push_back(std::make_unique<WorkerLane>(index, "cpu", make_cpu_executor(), *clock_,
+      const bool process = options_.isolation == "process";
+      std::unique_ptr<Executor> executor =
+          process ? make_process_executor(ProcessOptions{
+                        options_.worker_path, static_cast<DurationNs>(options_.worker_watchdog_s * 1e9),
+                        options_.worker_max_restarts, 0})
+                  : make_cpu_executor();
+      out.push_back(std::make_unique<WorkerLane>(index, process ? "cpu-process" : "cpu",
+                                                 std::move(executor), *clock_,
                                                  from_us(options_.spin_us), std::move(where)));
       continue;
+    }
+    if (options_.isolation == "process") {
+      throw Error(ErrorCode::kInvalidInput,
+                  "isolation='process' runs CPU lanes only so far; GPU process lanes (MPS) are "
+                  "not done yet");
     }
     where.device_sms = cuda_sm_count(where.device);
     if (spec.sms < 0 || spec.sms > where.device_sms) {
@@ -486,7 +498,13 @@ std::vector<LaneInfo> Runtime::lanes() const {
     for (int m = 0; m < models_.size(); ++m) {
       if (lane->serves(m)) served.push_back(models_.at(m).spec.name);
     }
-    out.push_back({lane->index(), lane->kind(), lane->device(), lane->sms(), std::move(served)});
+    LaneInfo info{lane->index(), lane->kind(), lane->device(), lane->sms(), std::move(served)};
+    if (const Executor* e = lane->executor()) {
+      info.worker_pid = e->worker_pid();
+      info.worker_restarts = e->worker_restarts();
+      info.broken = e->broken();
+    }
+    out.push_back(std::move(info));
   }
   return out;
 }

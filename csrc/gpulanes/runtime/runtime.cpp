@@ -54,6 +54,12 @@ Runtime::Runtime(RuntimeOptions options, std::shared_ptr<Clock> clock)
   check_int("profile_reps", o.profile_reps, 1, 100000);
   check_real("profile_budget_s", o.profile_budget_s, 0, 3600, /*open_lo=*/true);
   check_real("spin_us", o.spin_us, 0, 1e6);  // polling beyond a second only burns a core
+  if (o.isolation != "thread" && o.isolation != "process") {
+    throw Error(ErrorCode::kInvalidInput,
+                "isolation must be 'thread' or 'process'; got '" + o.isolation + "'");
+  }
+  check_real("worker_watchdog_s", o.worker_watchdog_s, 0, 86400, /*open_lo=*/true);
+  check_int("worker_max_restarts", o.worker_max_restarts, 0, 1000);
   static const char* parts[] = {"auto", "green", "streams", "none", "mps", "cpu"};
   if (std::find(std::begin(parts), std::end(parts), o.partitioning) == std::end(parts)) {
     throw Error(ErrorCode::kInvalidInput, "partitioning must be one of auto, green, streams, "

@@ -51,6 +51,11 @@ struct RuntimeOptions {
                                       // "auto" (green where supported, else streams)
   PolicyConfig policy_config;     // the policy's knobs
   int cpu_lanes = 1;              // lanes when running on the CPU
+  std::string isolation = "thread";  // "process": each CPU lane runs its batches in a worker
+                                     // process (gpulanes_worker), which may crash alone
+  std::string worker_path;           // that executable (isolation "process")
+  double worker_watchdog_s = 60;     // a batch running longer: its worker is killed
+  int worker_max_restarts = 5;       // worker deaths in a row before a lane gives up
   bool outputs_on_device = false; // CUDA lanes: leave outputs on the GPU
   int warmup_rounds = 2;          // forward passes per (lane, model, batch size) at start()
   double spin_us = 50;            // idle lane polls this long for work before sleeping
@@ -91,6 +96,9 @@ struct LaneInfo {
   std::string device;               // "cpu", "cuda:0", "gpu0/66sm"
   int sms;                          // SMs it owns (0 on the CPU)
   std::vector<std::string> models;  // the models it serves
+  int worker_pid = 0;               // process lanes: the worker's pid (0: none running)
+  int worker_restarts = 0;          // ...workers started after the first
+  bool broken = false;              // ...gave up: its batches fail at once
 };
 
 class Runtime final : private LaneListener, private LoopSink {

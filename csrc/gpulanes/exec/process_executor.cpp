@@ -1,0 +1,279 @@
+// A process lane's executor: the lane's worker thread stays in the runtime's process and hands
+// each batch to a worker process (gpulanes_worker, LibTorch, no Python) through shared memory
+// (worker_protocol.h). The worker dying (a signal, abort, the out-of-memory killer) or hanging
+// past the watchdog costs the batch it was running: run() throws WorkerLost naming what
+// happened, and the next run() starts a new worker, loads the lane's models into it and goes
+// on. Restarts back off (50 ms doubling, at most 1 s); after max_restarts deaths in a row the
+// lane gives up and fails its batches at once (broken()).
+//
+// Threads: the lane's worker thread calls load() and run() (the thread starting the lane before
+// it); worker_pid(), worker_restarts() and broken() may be read from any thread. The worker is
+// spawned by the lane's thread, and dies with it (PR_SET_PDEATHSIG in the worker).
+#include <c10/core/InferenceMode.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <thread>
+
+#include "gpulanes/exec/executor.h"
+#include "gpulanes/exec/worker_protocol.h"
+#include "gpulanes/model/program.h"
+
+extern char** environ;
+
+namespace gpulanes {
+namespace {
+
+using worker::Message;
+using worker::Op;
+
+std::string signal_name(int sig) {
+  switch (sig) {
+    case SIGKILL: return "SIGKILL";
+    case SIGABRT: return "SIGABRT";
+    case SIGSEGV: return "SIGSEGV";
+    case SIGBUS: return "SIGBUS";
+    case SIGFPE: return "SIGFPE";
+    case SIGILL: return "SIGILL";
+    case SIGTERM: return "SIGTERM";
+    default: return "signal " + std::to_string(sig);
+  }
+}
+
+// A descriptor above the standard ones, close-on-exec: posix_spawn's dup2 onto kSocketFd and
+// kArenaFd then never reads a descriptor the other dup2 has just replaced.
+int high_dup(int fd) {
+  const int out = ::fcntl(fd, F_DUPFD_CLOEXEC, 10);
+  if (out < 0) throw Error(ErrorCode::kModelError, std::string("dup: ") + std::strerror(errno));
+  return out;
+}
+
+class ProcessExecutor final : public Executor {
+ public:
+  explicit ProcessExecutor(ProcessOptions options) : options_(std::move(options)) {
+    if (::access(options_.worker_path.c_str(), X_OK) != 0) {
+      throw Error(ErrorCode::kInvalidInput,
+                  "isolation='process' needs the gpulanes_worker executable, not found at '" +
+                      options_.worker_path + "' (it is installed beside gpulanes/_C; "
+                      "GPULANES_WORKER names another)");
+    }
+  }
+  ~ProcessExecutor() override { stop_worker(); }
+  ProcessExecutor(const ProcessExecutor&) = delete;
+  ProcessExecutor& operator=(const ProcessExecutor&) = delete;
+
+  std::string device() const override { return "cpu"; }
+
+  void load(int index, const ModelProgram& program) override {
+    sources_.insert_or_assign(index, program.source());
+    if (pid_.load() > 0) {
+      load_one(index);
+    } else {
+      ensure_worker();  // starts one, which loads every model of the lane, this one too
+    }
+  }
+
+  c10::IValue run(int index, std::vector<c10::IValue> inputs) override {
+    ensure_worker();
+    std::vector<at::Tensor> tensors;
+    tensors.reserve(inputs.size());
+    for (const c10::IValue& in : inputs) tensors.push_back(in.toTensor());
+    Message m;
+    m.op = Op::kRun;
+    m.model = index;
+    m.tensors = worker::write_tensors(arena_, 0, tensors);
+    m.arena_size = arena_.size();
+    const Message reply = exchange(
+        m, "running a batch of " + std::to_string(tensors.empty() ? 0 : tensors[0].size(0)));
+    if (reply.op != Op::kOk) throw Error(ErrorCode::kModelError, reply.text);
+    deaths_in_a_row_ = 0;
+    arena_.follow(reply.arena_size);
+    std::vector<at::Tensor> outs = worker::read_tensors(arena_, reply.tensors, /*copy=*/true);
+    if (reply.flags == worker::kTensor && outs.size() == 1) return outs[0];
+    if (reply.flags == worker::kList) {
+      c10::List<at::Tensor> list;
+      for (at::Tensor& t : outs) list.push_back(std::move(t));
+      return list;
+    }
+    return c10::ivalue::Tuple::create(std::vector<c10::IValue>(outs.begin(), outs.end()));
+  }
+
+  void close() override { stop_worker(); }
+  int worker_pid() const override { return pid_.load(); }
+  int worker_restarts() const override { return restarts_.load(); }
+  bool broken() const override { return broken_.load(); }
+
+ private:
+  void ensure_worker() {
+    if (pid_.load() > 0) return;
+    if (broken_.load()) {
+      throw WorkerLost("this lane's worker process died " + std::to_string(deaths_in_a_row_) +
+                       " times in a row (last: " + last_death_ + "); the lane runs nothing more");
+    }
+    if (deaths_in_a_row_ > options_.max_restarts) {
+      broken_.store(true);
+      ensure_worker();  // throws the message above
+    }
+    if (deaths_in_a_row_ > 0) {
+      const int ms = std::min(1000, 50 << std::min(deaths_in_a_row_ - 1, 5));
+      std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    }
+    spawn();
+    if (started_) restarts_.fetch_add(1);
+    started_ = true;
+    for (const auto& [index, source] : sources_) load_one(index);
+  }
+
+  void spawn() {
+    if (arena_.fd() < 0) arena_ = worker::Arena::create(1 << 20);
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+      throw Error(ErrorCode::kModelError, std::string("socketpair: ") + std::strerror(errno));
+    }
+    const int child_sock = high_dup(sv[1]);
+    const int child_arena = high_dup(arena_.fd());
+    ::close(sv[1]);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, child_sock, worker::kSocketFd);
+    posix_spawn_file_actions_adddup2(&actions, child_arena, worker::kArenaFd);
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+    posix_spawn_file_actions_addclosefrom_np(&actions, worker::kArenaFd + 1);
+#endif
+    const std::string parent = std::to_string(::getpid());
+    const std::string threads =
+        std::to_string(options_.threads > 0 ? options_.threads : at::get_num_threads());
+    std::vector<std::string> args = {options_.worker_path, "--parent", parent, "--threads", threads};
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    pid_t pid = 0;
+    const int rc = ::posix_spawn(&pid, options_.worker_path.c_str(), &actions, nullptr,
+                                 argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    ::close(child_sock);
+    ::close(child_arena);
+    if (rc != 0) {
+      ::close(sv[0]);
+      ++deaths_in_a_row_;
+      throw WorkerLost("cannot start the worker process '" + options_.worker_path +
+                       "': " + std::strerror(rc));
+    }
+    sock_ = sv[0];
+    pid_.store(pid);
+    bool timed_out = false;
+    auto hello = worker::receive_message(sock_, watchdog_ms(), &timed_out);
+    if (!hello || hello->op != Op::kOk) lost("starting", timed_out);
+  }
+
+  void load_one(int index) {
+    const ProgramSource& src = sources_.at(index);
+    Message m;
+    m.op = Op::kLoad;
+    m.model = index;
+    if (src.format == "aoti") {
+      m.flags = worker::kAoti;
+      m.text = src.path;
+    } else {
+      m.flags = worker::kTorchScript;
+      arena_.reserve(src.bytes.size());
+      std::memcpy(arena_.data(), src.bytes.data(), src.bytes.size());
+      m.blob = src.bytes.size();
+    }
+    m.arena_size = arena_.size();
+    const Message reply = exchange(m, "loading model " + std::to_string(index));
+    if (reply.op != Op::kOk) throw Error(ErrorCode::kModelError, reply.text);
+  }
+
+  // Sends `m` and waits for the reply; the worker dying or exceeding the watchdog is lost().
+  Message exchange(const Message& m, const std::string& doing) {
+    if (!worker::send_message(sock_, m)) lost(doing, false);
+    bool timed_out = false;
+    std::optional<Message> reply = worker::receive_message(sock_, watchdog_ms(), &timed_out);
+    if (!reply) lost(doing, timed_out);
+    return std::move(*reply);
+  }
+
+  int watchdog_ms() const {
+    return static_cast<int>(std::clamp<std::int64_t>(options_.watchdog_ns / 1'000'000, 1, INT32_MAX));
+  }
+
+  [[noreturn]] void lost(const std::string& doing, bool timed_out) {
+    const int pid = pid_.load();
+    if (timed_out) ::kill(pid, SIGKILL);
+    const int status = reap();
+    ++deaths_in_a_row_;
+    std::string what;
+    if (timed_out) {
+      what = "was stuck for more than " + std::to_string(watchdog_ms() / 1000.0).substr(0, 6) +
+             " s (the watchdog) and was killed";
+    } else if (WIFSIGNALED(status)) {
+      what = "was killed by " + signal_name(WTERMSIG(status));
+    } else if (WIFEXITED(status)) {
+      what = "exited with status " + std::to_string(WEXITSTATUS(status));
+    } else {
+      what = "was lost";
+    }
+    last_death_ = what;
+    throw WorkerLost("the lane's worker process (pid " + std::to_string(pid) + ") " + what +
+                     " while " + doing + "; the lane starts a new one");
+  }
+
+  // Closes the socket and collects the worker (SIGKILL when it has not exited within a second).
+  int reap() {
+    const int pid = pid_.exchange(0);
+    if (sock_ >= 0) ::close(sock_);
+    sock_ = -1;
+    if (pid <= 0) return 0;
+    int status = 0;
+    for (int i = 0; i < 1000; ++i) {
+      const pid_t r = ::waitpid(pid, &status, WNOHANG);
+      if (r == pid || (r < 0 && errno != EINTR)) return status;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    ::kill(pid, SIGKILL);
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    return status;
+  }
+
+  void stop_worker() {
+    if (pid_.load() <= 0) return;
+    Message quit;
+    quit.op = Op::kQuit;
+    worker::send_message(sock_, quit);
+    reap();
+  }
+
+  const ProcessOptions options_;
+  std::map<int, ProgramSource> sources_;  // model index -> what the worker loads it from
+  worker::Arena arena_;                   // inputs and outputs of the batch in flight
+  int sock_ = -1;                         // our end of the socketpair
+  std::atomic<int> pid_{0};               // the worker's pid, 0 when none runs
+  std::atomic<int> restarts_{0};          // workers started after the first
+  std::atomic<bool> broken_{false};       // gave up after max_restarts deaths in a row
+  int deaths_in_a_row_ = 0;               // since the last batch that came back
+  bool started_ = false;                  // a worker was started before
+  std::string last_death_;                // how the last one died
+};
+
+}  // namespace
+
+std::unique_ptr<Executor> make_process_executor(const ProcessOptions& options) {
+  return std::make_unique<ProcessExecutor>(options);
+}
+
+}  // namespace gpulanes

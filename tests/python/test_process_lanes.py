@@ -1,0 +1,227 @@
+"""Process lanes (isolation="process"): each CPU lane runs its batches in a worker process, so a
+model that crashes or hangs takes down only that process and the batch it ran."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import gpulanes as gl
+from conftest import Affine, Busy, ListOut, Mlp, TwoInputsTupleOut, scripted
+
+FAST = {"warmup_rounds": 1, "profile_reps": 3, "profile_cache": False}
+
+
+class Hang(nn.Module):
+    """Loops forever on a sample whose first value is above 1e6; x + 1 otherwise."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x[:, 0] > 1e6).any()):
+            y = x
+            while bool((y > -1.0).all()):
+                y = y + 1.0
+            return y
+        return x + 1.0
+
+
+def _children() -> list:
+    """(pid, state) of this process's children, from /proc."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == os.getpid():
+                out.append((int(d.name), fields[0]))
+    return out
+
+
+def _worker_pids(rt) -> list:
+    return [lane["worker_pid"] for lane in rt.lanes()]
+
+
+def _runtime(cpu_lanes=1, **kwargs):
+    rt = gl.Runtime(device="cpu", isolation="process", cpu_lanes=cpu_lanes, **FAST, **kwargs)
+    return rt
+
+
+def test_process_lanes_serve_what_thread_lanes_serve():
+    torch.manual_seed(0)
+    models = {
+        "affine": (scripted(Affine()), (torch.zeros(1, 4),), lambda: (torch.randn(4),)),
+        "mlp": (scripted(Mlp()), (torch.zeros(1, 16),), lambda: (torch.randn(16),)),
+        "two": (scripted(TwoInputsTupleOut()), (torch.zeros(1, 6), torch.ones(1, dtype=torch.int64)),
+                lambda: (torch.randn(6), torch.randint(0, 2, ()))),
+        "list": (scripted(ListOut()), (torch.zeros(1, 3),), lambda: (torch.randn(3),)),
+    }
+    runtimes = [gl.Runtime(device="cpu", **FAST), _runtime()]
+    for rt in runtimes:
+        for name, (model, example, _) in models.items():
+            rt.register(name, model, slo_ms=60_000, example_inputs=example, max_batch_size=8)
+        rt.start(progress=False)
+    try:
+        assert runtimes[1].lanes()[0]["kind"] == "cpu-process"
+        assert runtimes[1].lanes()[0]["worker_pid"] > 0
+        for name, (_, _, sample) in models.items():
+            inputs = [sample() for _ in range(24)]
+            got = [[f.result(timeout=60) for f in [rt.submit(name, *x) for x in inputs]]
+                   for rt in runtimes]
+            for a, b in zip(*got):
+                if isinstance(a, (tuple, list)):
+                    assert type(a) is type(b) and len(a) == len(b)
+                    for u, v in zip(a, b):
+                        torch.testing.assert_close(u, v)
+                else:
+                    torch.testing.assert_close(a, b)
+    finally:
+        for rt in runtimes:
+            rt.shutdown()
+
+
+def test_a_killed_worker_fails_only_its_batch_and_the_lane_comes_back():
+    rt = _runtime(cpu_lanes=2)
+    rt.register("busy", scripted(Busy(20_000)), slo_ms=600_000, example_inputs=torch.zeros(1, 4),
+                max_batch_size=1)
+    rt.register("affine", scripted(Affine()), slo_ms=600_000, example_inputs=torch.zeros(1, 4),
+                max_batch_size=8)
+    with rt:
+        # Lane 0 runs the long batch; lane 1 serves the other model throughout.
+        rt.set_lanes([{"device": "cpu", "models": ["busy", "affine"]},
+                      {"device": "cpu", "models": ["affine"]}])
+        victim = _worker_pids(rt)[0]
+        running = rt.submit("busy", torch.zeros(4))
+        time.sleep(0.5)
+        os.kill(victim, signal.SIGKILL)
+        with pytest.raises(gl.ModelError, match=r"pid %d\) was killed by SIGKILL" % victim):
+            running.result(timeout=120)
+        others = [rt.submit("affine", torch.full((4,), float(i))) for i in range(200)]
+        for i, f in enumerate(others):
+            assert torch.equal(f.result(timeout=60), torch.full((4,), 2.0 * i + 1))
+        lanes = rt.lanes()
+        assert [l["worker_restarts"] for l in lanes] == [1, 0]  # lane 0 took batches again
+        assert lanes[0]["worker_pid"] not in (0, victim) and not lanes[0]["broken"]
+        assert rt.stats()["busy"]["failed"] == 1 and rt.stats()["affine"]["failed"] == 0
+
+
+def _busy_and_affine(**kwargs):
+    rt = _runtime(**kwargs)
+    rt.register("busy", scripted(Busy(20_000)), slo_ms=600_000, example_inputs=torch.zeros(1, 4),
+                max_batch_size=1)
+    rt.register("affine", scripted(Affine()), slo_ms=600_000, example_inputs=torch.zeros(1, 4))
+    return rt
+
+
+def test_an_abort_in_the_worker_is_named_and_the_lane_goes_on():
+    with _busy_and_affine() as rt:
+        f = rt.submit("busy", torch.zeros(4))
+        time.sleep(0.5)
+        os.kill(_worker_pids(rt)[0], signal.SIGABRT)  # what abort() in a failing op sends
+        with pytest.raises(gl.ModelError, match="SIGABRT"):
+            f.result(timeout=120)
+        assert torch.equal(rt.infer("affine", torch.zeros(4)), torch.ones(4))
+        assert rt.lanes()[0]["worker_restarts"] == 1
+
+
+def test_a_hanging_worker_is_killed_by_the_watchdog():
+    rt = _runtime(worker_options={"watchdog_s": 1.0})
+    rt.register("hang", scripted(Hang()), slo_ms=120_000, example_inputs=torch.zeros(1, 4),
+                max_batch_size=1)
+    with rt:
+        stuck = torch.tensor([1e7, 0.0, 0.0, 0.0])
+        t0 = time.monotonic()
+        with pytest.raises(gl.ModelError, match="stuck for more than 1.0"):
+            rt.infer("hang", stuck)
+        assert time.monotonic() - t0 < 30
+        assert torch.equal(rt.infer("hang", torch.zeros(4)), torch.ones(4))
+
+
+def test_a_lane_that_keeps_dying_gives_up_and_says_so():
+    with _busy_and_affine(worker_options={"max_restarts": 0}) as rt:
+        f = rt.submit("busy", torch.zeros(4))
+        time.sleep(0.5)
+        os.kill(_worker_pids(rt)[0], signal.SIGKILL)
+        with pytest.raises(gl.ModelError, match="SIGKILL"):
+            f.result(timeout=120)
+        with pytest.raises(gl.ModelError, match="runs nothing more"):
+            rt.infer("affine", torch.zeros(4))
+        assert rt.lanes()[0]["broken"] and rt.lanes()[0]["worker_pid"] == 0
+
+
+def test_nothing_is_left_behind():
+    shm_before = sorted(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else []
+    children_before = _children()
+    rt = _runtime(cpu_lanes=2)
+    rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(1, 4))
+    with rt:
+        assert len(_children()) == len(children_before) + 2
+        os.kill(_worker_pids(rt)[0], signal.SIGKILL)
+        for f in [rt.submit("affine", torch.zeros(4)) for _ in range(20)]:
+            f.exception(timeout=60)  # one may have run on the killed worker
+    assert _children() == children_before  # no worker, no zombie
+    if os.path.isdir("/dev/shm"):
+        assert sorted(os.listdir("/dev/shm")) == shm_before
+
+
+def test_workers_die_with_the_runtimes_process():
+    code = ("import os, sys, torch, gpulanes as gl\n"
+            "sys.path.insert(0, %r)\n"
+            "from conftest import Affine, scripted\n"
+            "rt = gl.Runtime(device='cpu', isolation='process', cpu_lanes=2, profile_cache=False)\n"
+            "rt.register('a', scripted(Affine()), slo_ms=1000, example_inputs=torch.zeros(1, 4))\n"
+            "rt.start(progress=False)\n"
+            "print(' '.join(str(l['worker_pid']) for l in rt.lanes()), flush=True)\n"
+            "os.kill(os.getpid(), 9)\n") % str(Path(__file__).parent)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 2, out.stderr[-2000:]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
+        time.sleep(0.05)
+    assert not any(os.path.exists(f"/proc/{p}") for p in pids)
+
+
+def test_set_lanes_with_process_lanes_loses_nothing():
+    rt = _runtime(cpu_lanes=2)
+    rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(1, 4),
+                max_batch_size=8)
+    with rt:
+        futures, stop = [], threading.Event()
+
+        def load():
+            i = 0
+            while not stop.is_set():
+                futures.append((i, rt.submit("affine", torch.full((4,), float(i)))))
+                i += 1
+                time.sleep(0.002)
+
+        t = threading.Thread(target=load)
+        t.start()
+        old = set(_worker_pids(rt))
+        rt.set_lanes([{"device": "cpu", "models": ["affine"]}])
+        rt.set_lanes([{"device": "cpu", "models": ["affine"]}] * 2)
+        stop.set()
+        t.join()
+        for i, f in futures:
+            assert torch.equal(f.result(timeout=60), torch.full((4,), 2.0 * i + 1))
+        assert not old & set(_worker_pids(rt))  # the old lanes' workers were stopped
+        assert len(futures) > 10
+
+
+def test_bad_isolation_options_are_refused_naming_them():
+    with pytest.raises(gl.InvalidInput, match="isolation"):
+        gl.Runtime(device="cpu", isolation="processes")
+    with pytest.raises(gl.InvalidInput, match="watchdog_s"):
+        gl.Runtime(device="cpu", isolation="process", worker_options={"watchdog_s": 0})
+    with pytest.raises(gl.InvalidInput, match="max_restarts"):
+        gl.Runtime(device="cpu", isolation="process", worker_options={"max_restarts": -1})
+    with pytest.raises(gl.InvalidInput, match="unknown worker_options"):
+        gl.Runtime(device="cpu", isolation="process", worker_options={"watchdog": 1})
