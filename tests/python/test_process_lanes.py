@@ -225,3 +225,18 @@ def test_bad_isolation_options_are_refused_naming_them():
         gl.Runtime(device="cpu", isolation="process", worker_options={"max_restarts": -1})
     with pytest.raises(gl.InvalidInput, match="unknown worker_options"):
         gl.Runtime(device="cpu", isolation="process", worker_options={"watchdog": 1})
+
+
+def test_a_compiled_package_runs_in_the_worker():
+    torch.manual_seed(0)
+    eager = Mlp().eval()
+    # The package test_formats.py compiles (the same module and max batch): cached in this run.
+    package = gl.formats.compile_package(eager, torch.zeros(1, 16), max_batch_size=8, name="mlp",
+                                         progress=False)
+    rt = _runtime()
+    rt.register("mlp", package, slo_ms=60_000, example_inputs=torch.zeros(1, 16), max_batch_size=8)
+    with rt:
+        assert rt.formats() == {"mlp": "aoti"}
+        x = torch.randn(16)
+        with torch.no_grad():
+            torch.testing.assert_close(rt.infer("mlp", x), eager(x[None])[0], rtol=1e-5, atol=1e-5)
