@@ -133,3 +133,16 @@ def write_result(name: str, env: Dict[str, Any], results: Dict[str, Any],
     path = out_dir / f"{name}-{device_tag(env)}-{day}.json"
     path.write_text(json.dumps({"benchmark": name, **env, "results": results}, indent=2) + "\n")
     return path
+
+
+def mobilenet_v3_96():
+    """MobileNetV3-Small (random weights) traced at 96x96 in eval mode, and its example batch of
+    one: the CPU benchmarks' real model."""
+    import torchvision
+
+    torch.manual_seed(0)
+    example = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        model = torch.jit.trace(torchvision.models.mobilenet_v3_small(weights=None).eval(),
+                                example, check_trace=False)
+    return model, example

@@ -20,13 +20,13 @@ import warnings
 from pathlib import Path
 
 import torch
-import torchvision
+import torchvision  # noqa: F401  (loaded, as in a service that uses it: a bigger heap)
 
 import gpulanes as gl
 from gpulanes import workloads as wl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, write_result  # noqa: E402
+from _common import environment, mobilenet_v3_96, write_result  # noqa: E402
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -39,11 +39,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     env = environment("cpu")
-    torch.manual_seed(0)
-    example = torch.randn(1, 3, 96, 96)
-    with torch.no_grad():
-        model = torch.jit.trace(torchvision.models.mobilenet_v3_small(weights=None).eval(),
-                                example, check_trace=False)
+    model, example = mobilenet_v3_96()
     collections = []
 
     def on_gc(phase, info, started=[0.0]):

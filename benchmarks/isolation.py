@@ -26,13 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from torch import nn
 
 import gpulanes as gl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, write_result  # noqa: E402
+from _common import environment, mobilenet_v3_96, write_result  # noqa: E402
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -49,11 +48,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     env = environment("cpu")
-    torch.manual_seed(0)
-    example = torch.randn(1, 3, 96, 96)
-    with torch.no_grad():
-        mobilenet = torch.jit.trace(torchvision.models.mobilenet_v3_small(weights=None).eval(),
-                                    example, check_trace=False)
+    mobilenet, example = mobilenet_v3_96()
     tiny = torch.jit.script(Tiny())
     results = {"arrivals": "closed loop, one request at a time", "modes": {}}
     for mode in ("thread", "process"):

@@ -1,8 +1,10 @@
 """Shared fixtures and the small TorchScript models the tests serve (random weights, no
 downloads)."""
 
+import contextlib
 import os
 import sys
+import threading
 import tempfile
 from pathlib import Path
 from typing import List, Tuple
@@ -86,6 +88,28 @@ class Picky(nn.Module):
         if bool((x < 0).any()):
             raise RuntimeError("negative input")
         return x + 1.0
+
+
+@contextlib.contextmanager
+def affine_load(rt, model: str = "affine", gap_s: float = 0.0005):
+    """Submits samples i = 0, 1, 2, ... of an Affine model from a thread while the body runs;
+    yields the list of (i, future) it fills. Each result must be 2i + 1."""
+    futures, stop = [], threading.Event()
+
+    def load():
+        i = 0
+        while not stop.is_set():
+            futures.append((i, rt.submit(model, torch.full((4,), float(i)))))
+            i += 1
+            stop.wait(gap_s)
+
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        yield futures
+    finally:
+        stop.set()
+        t.join()
 
 
 def scripted(module: nn.Module) -> torch.jit.ScriptModule:

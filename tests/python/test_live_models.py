@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import gpulanes as gl
-from conftest import Affine, Mlp, Picky, scripted
+from conftest import Affine, Mlp, Picky, affine_load, scripted
 
 
 def runtime(**options):
@@ -28,21 +28,8 @@ def test_other_models_keep_serving_while_one_is_added():
     rt = runtime()
     rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(2, 4))
     rt.start()
-    futures, stop = [], threading.Event()
-
-    def load():
-        i = 0
-        while not stop.is_set():
-            futures.append((i, rt.submit("affine", torch.full((4,), float(i)))))
-            i += 1
-            stop.wait(0.0005)
-    t = threading.Thread(target=load)
-    t.start()
-    try:
+    with affine_load(rt) as futures:
         rt.register("mlp", scripted(Mlp()), slo_ms=60_000, example_inputs=torch.zeros(2, 16))
-    finally:
-        stop.set()
-        t.join()
     assert len(futures) > 10
     for i, f in futures:  # none lost, none failed, each its own result
         assert torch.equal(f.result(timeout=60), torch.full((4,), 2.0 * i + 1.0))

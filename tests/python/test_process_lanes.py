@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import torch
 from torch import nn
 
 import gpulanes as gl
-from conftest import Affine, Busy, ListOut, Mlp, TwoInputsTupleOut, scripted
+from conftest import Affine, Busy, ListOut, Mlp, TwoInputsTupleOut, affine_load, scripted
 
 FAST = {"warmup_rounds": 1, "profile_reps": 3, "profile_cache": False}
 
@@ -194,22 +193,10 @@ def test_set_lanes_with_process_lanes_loses_nothing():
     rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(1, 4),
                 max_batch_size=8)
     with rt:
-        futures, stop = [], threading.Event()
-
-        def load():
-            i = 0
-            while not stop.is_set():
-                futures.append((i, rt.submit("affine", torch.full((4,), float(i)))))
-                i += 1
-                time.sleep(0.002)
-
-        t = threading.Thread(target=load)
-        t.start()
-        old = set(_worker_pids(rt))
-        rt.set_lanes([{"device": "cpu", "models": ["affine"]}])
-        rt.set_lanes([{"device": "cpu", "models": ["affine"]}] * 2)
-        stop.set()
-        t.join()
+        with affine_load(rt, gap_s=0.002) as futures:
+            old = set(_worker_pids(rt))
+            rt.set_lanes([{"device": "cpu", "models": ["affine"]}])
+            rt.set_lanes([{"device": "cpu", "models": ["affine"]}] * 2)
         for i, f in futures:
             assert torch.equal(f.result(timeout=60), torch.full((4,), 2.0 * i + 1))
         assert not old & set(_worker_pids(rt))  # the old lanes' workers were stopped
