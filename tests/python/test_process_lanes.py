@@ -227,3 +227,15 @@ def test_a_compiled_package_runs_in_the_worker():
         x = torch.randn(16)
         with torch.no_grad():
             torch.testing.assert_close(rt.infer("mlp", x), eager(x[None])[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_worker_killed_while_idle_costs_no_request():
+    rt = _runtime()
+    rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(1, 4))
+    with rt:
+        victim = _worker_pids(rt)[0]
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(0.2)
+        assert torch.equal(rt.infer("affine", torch.zeros(4)), torch.ones(4))
+        lane = rt.lanes()[0]
+        assert lane["worker_restarts"] == 1 and lane["worker_pid"] not in (0, victim)

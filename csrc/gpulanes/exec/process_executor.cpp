@@ -3,7 +3,8 @@
 // (worker_protocol.h). The worker dying (a signal, abort, the out-of-memory killer) or hanging
 // past the watchdog costs the batch it was running: run() throws WorkerLost naming what
 // happened, and the next run() starts a new worker, loads the lane's models into it and goes
-// on. Restarts back off (50 ms doubling, at most 1 s); after max_restarts deaths in a row the
+// on. A worker that died while idle is noticed before the next batch is sent, which then runs
+// on a new worker: no batch is lost with it. Restarts back off (50 ms doubling, at most 1 s); after max_restarts deaths in a row the
 // lane gives up and fails its batches at once (broken()).
 //
 // Threads: the lane's worker thread calls load() and run() (the thread starting the lane before
@@ -14,6 +15,7 @@
 #include <ATen/Parallel.h>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
@@ -118,7 +120,7 @@ class ProcessExecutor final : public Executor {
 
  private:
   void ensure_worker() {
-    if (pid_.load() > 0) return;
+    if (pid_.load() > 0 && !died_idle()) return;
     if (broken_.load()) {
       throw WorkerLost("this lane's worker process died " + std::to_string(deaths_in_a_row_) +
                        " times in a row (last: " + last_death_ + "); the lane runs nothing more");
@@ -135,6 +137,18 @@ class ProcessExecutor final : public Executor {
     if (started_) restarts_.fetch_add(1);
     started_ = true;
     for (const auto& [index, source] : sources_) load_one(index);
+  }
+
+  // Whether the worker died (or was killed) while it ran nothing: its end of the socket hung
+  // up. It is collected and counted as a death; no batch was lost with it.
+  bool died_idle() {
+    pollfd p{sock_, POLLIN, 0};
+    if (::poll(&p, 1, 0) <= 0) return false;  // quiet: alive (a reply is never unasked for)
+    const int status = reap();
+    ++deaths_in_a_row_;
+    last_death_ = WIFSIGNALED(status) ? "killed by " + signal_name(WTERMSIG(status)) + " while idle"
+                                      : "gone while idle";
+    return true;
   }
 
   void spawn() {
