@@ -87,7 +87,7 @@ TEST(Runtime, RequestsPastTheirDeadlineAreDroppedWithoutRunning) {
 
 TEST(Runtime, ShutdownWithoutDrainFailsQueuedWithRuntimeClosed) {
   Runtime rt(RuntimeOptions{.device = "cpu", .warmup_rounds = 1});
-  rt.register_model(spec("slow", 1), affine_module(200), {sample(0)});
+  rt.register_model(spec("slow", 1, 10000, from_ms(600'000)), affine_module(200), {sample(0)});
   rt.start();
   Collector c;
   constexpr int kN = 30;
@@ -114,7 +114,7 @@ TEST(Runtime, ShutdownWithoutDrainFailsQueuedWithRuntimeClosed) {
 
 TEST(Runtime, ShutdownWithDrainFinishesEverything) {
   Runtime rt(RuntimeOptions{.device = "cpu", .warmup_rounds = 1});
-  rt.register_model(spec("slow", 4), affine_module(20), {sample(0)});
+  rt.register_model(spec("slow", 4, 10000, from_ms(600'000)), affine_module(20), {sample(0)});
   rt.start();
   Collector c;
   for (int i = 0; i < 40; ++i) rt.submit("slow", {sample(i)}, std::nullopt, 0, c.fn(i));
@@ -142,7 +142,10 @@ TEST(Runtime, ModelErrorFailsOnlyItsBatchAndServingContinues) {
 
 TEST(Runtime, SubmitRefusalsAreTypedAndNeverCallTheCompletion) {
   Runtime rt(RuntimeOptions{.device = "cpu", .warmup_rounds = 1});
-  rt.register_model(spec("slow", 1, /*max_queue=*/2), affine_module(300), {sample(0)});
+  // An SLO far above the batch time also on a loaded machine: queue admission must not refuse
+  // before the queue is full (the subject here).
+  rt.register_model(spec("slow", 1, /*max_queue=*/2, from_ms(600'000)), affine_module(300),
+                    {sample(0)});
   std::atomic<int> calls{0};
   auto count = [&](Outcome&&) { calls++; };
   auto code_of = [&](auto&& fn) {

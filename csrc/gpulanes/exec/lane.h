@@ -58,6 +58,9 @@ class Lane {
   virtual int device_index() const { return -1; }
   virtual int sms() const { return 0; }
   virtual double sm_share() const { return 1.0; }
+  // False once the lane gave up (a process lane whose worker kept dying): the event loop hands
+  // it nothing more.
+  virtual bool healthy() const { return true; }
   // Begins serving; runs `init` on the lane's own thread first when it has one. `listener`
   // must outlive stop(). Rethrows what `init` threw.
   virtual void start(LaneListener* listener, const std::function<void()>& init) = 0;
@@ -98,6 +101,7 @@ class WorkerLane final : public Lane {
   int device_index() const override { return placement_.device; }
   int sms() const override { return placement_.sms; }
   double sm_share() const override;
+  bool healthy() const override { return !executor_->broken(); }
 
   // The worker first runs `init` (loading and warming up models, so that thread-local state such
   // as the CPU thread pool's team belongs to the serving thread), then serves. Blocks until

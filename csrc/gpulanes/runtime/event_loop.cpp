@@ -108,6 +108,23 @@ bool EventLoop::finished_locked() const {
   return true;
 }
 
+void EventLoop::fail_models_without_a_healthy_lane(std::vector<Failure>& failures) {
+  if (std::all_of(lanes_.begin(), lanes_.end(), [](const Lane* l) { return l->healthy(); })) return;
+  const int models = std::min(state_.profiles.models(), static_cast<int>(state_.queues.size()));
+  for (int m = 0; m < models; ++m) {
+    const std::vector<int>& serving = state_.profiles.lanes_of(m);
+    const bool none = !serving.empty() && std::all_of(serving.begin(), serving.end(), [&](int l) {
+      return l >= static_cast<int>(lanes_.size()) || !lanes_[l]->healthy();
+    });
+    if (!none) continue;
+    std::vector<RequestPtr> stranded = state_.queues[m]->drain();
+    if (stranded.empty()) continue;
+    failures.push_back({std::move(stranded), ErrorCode::kModelError,
+                        "every lane that serves model '" + state_.models.at(m).spec.name +
+                            "' gave up: its worker process kept dying (see lanes())"});
+  }
+}
+
 TimeNs EventLoop::step_locked(TimeNs now, std::vector<Failure>& failures) {
   // 1. Requests the policy will not run fail before anything else happens.
   std::vector<RequestPtr> expired;
@@ -126,9 +143,13 @@ TimeNs EventLoop::step_locked(TimeNs now, std::vector<Failure>& failures) {
       }
     }
   }
-  // 2. Every idle lane gets the batch the policy picks for it.
+  // 2. A lane that gave up (a process lane whose worker kept dying) gets no batch: its models
+  // are served by their other lanes, and a model left with none has its queue failed now
+  // rather than stranded.
+  fail_models_without_a_healthy_lane(failures);
+  // 3. Every idle lane gets the batch the policy picks for it.
   for (std::size_t i = 0; i < lanes_.size() && !paused_; ++i) {
-    if (!lane_idle_[i]) continue;
+    if (!lane_idle_[i] || !lanes_[i]->healthy()) continue;
     const Lane& lane = *lanes_[i];
     Batch batch = policy_.next_batch(LaneView{lane.index(), lane.device_index(), lane.sms()},
                                      state_, now, &wake_at);

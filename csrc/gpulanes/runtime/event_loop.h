@@ -76,6 +76,7 @@ class EventLoop {
     ErrorCode code;
     std::string why;
   };
+  void fail_models_without_a_healthy_lane(std::vector<Failure>& failures);
   void run();
   // Records an event; runs the round on the calling thread when the lock is free.
   void on_event(int idle_lane);
