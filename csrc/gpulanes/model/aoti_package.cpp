@@ -2,8 +2,14 @@
 
 #include <ATen/Version.h>
 #include <ATen/core/Tensor.h>
+#include <torch/version.h>
+
+// The package loader's API as used here (device index, boxed_run, metadata without loading)
+// is that of torch 2.8 and later; older torch builds gpulanes without packages.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8)
+#define GPULANES_WITH_AOTI 1
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
-#include <torch/headeronly/version.h>
+#endif
 
 #include <algorithm>
 #include <filesystem>
@@ -37,6 +43,7 @@ std::string release(const std::string& version) { return version.substr(0, versi
   throw Error(ErrorCode::kModelError, "cannot load AOTInductor package '" + path + "': " + why);
 }
 
+#ifdef GPULANES_WITH_AOTI
 class AotiInstance final : public ModelInstance {
  public:
   AotiInstance(const std::string& path, c10::DeviceIndex device_index)
@@ -62,6 +69,8 @@ class AotiInstance final : public ModelInstance {
   bool single_output_ = false;                      // the model returns one tensor, not a tuple
 };
 
+#endif
+
 class AotiProgram final : public ModelProgram {
  public:
   AotiProgram(std::string path, Metadata metadata)
@@ -80,7 +89,12 @@ class AotiProgram final : public ModelProgram {
                       "and gpulanes compiles it for the runtime's device)");
     }
     try {
+#ifdef GPULANES_WITH_AOTI
       return std::make_unique<AotiInstance>(path_, device.is_cpu() ? -1 : device.index());
+#else
+      throw std::runtime_error("this gpulanes was built against a torch without the package "
+                               "loader it uses (torch >= 2.8)");
+#endif
     } catch (const std::exception& e) {
       fail(path_, std::string(e.what()).substr(0, 2000) + " (this is torch " + TORCH_VERSION +
                       ", package made with torch " +
@@ -99,8 +113,15 @@ Metadata aoti_package_metadata(const std::string& path) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) fail(path, "no such file");
   try {
+#ifdef GPULANES_WITH_AOTI
     auto m = torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(path, "model");
     return Metadata(m.begin(), m.end());
+#else
+    fail(path, std::string("AOTInductor packages need torch >= 2.8; this is torch ") +
+                   TORCH_VERSION);
+#endif
+  } catch (const Error&) {
+    throw;
   } catch (const std::exception& e) {
     fail(path, "not a readable AOTInductor package (" + std::string(e.what()).substr(0, 1000) +
                    ")");
