@@ -100,15 +100,22 @@ def test_process_lanes_serve_what_thread_lanes_serve():
             rt.shutdown()
 
 
+def _kill_busy_batch_on_lane_0(rt, sig: int = signal.SIGKILL):
+    """Lays the runtime out as lane 0 (busy, affine) and lane 1 (affine), starts a busy batch on
+    lane 0 and sends `sig` to its worker while the batch runs; returns (pid, the batch's future)."""
+    rt.set_lanes([{"device": "cpu", "models": ["busy", "affine"]},
+                  {"device": "cpu", "models": ["affine"]}])
+    pid = _worker_pids(rt)[0]
+    ticks = _cpu_ticks(pid)
+    running = rt.submit("busy", torch.zeros(4))
+    _kill_mid_batch(pid, sig, ticks)
+    return pid, running
+
+
 def test_a_killed_worker_fails_only_its_batch_and_the_lane_comes_back():
     with _busy_and_affine(cpu_lanes=2) as rt:
         # Lane 0 runs the long batch; lane 1 serves the other model throughout.
-        rt.set_lanes([{"device": "cpu", "models": ["busy", "affine"]},
-                      {"device": "cpu", "models": ["affine"]}])
-        victim = _worker_pids(rt)[0]
-        ticks = _cpu_ticks(victim)
-        running = rt.submit("busy", torch.zeros(4))
-        _kill_mid_batch(victim, signal.SIGKILL, ticks)
+        victim, running = _kill_busy_batch_on_lane_0(rt)
         with pytest.raises(gl.ModelError, match=r"pid %d\) was killed by SIGKILL" % victim):
             running.result(timeout=120)
         others = [rt.submit("affine", torch.full((4,), float(i))) for i in range(200)]
@@ -174,14 +181,9 @@ def test_a_lane_that_keeps_dying_gives_up_and_says_so():
 
 def test_a_broken_lanes_models_are_served_by_their_other_lanes():
     with _busy_and_affine(cpu_lanes=2, worker_options={"max_restarts": 0}) as rt:
-        rt.set_lanes([{"device": "cpu", "models": ["busy", "affine"]},
-                      {"device": "cpu", "models": ["affine"]}])
-        pid = _worker_pids(rt)[0]
-        ticks = _cpu_ticks(pid)
-        f = rt.submit("busy", torch.zeros(4))
-        _kill_mid_batch(pid, signal.SIGKILL, ticks)
+        _, running = _kill_busy_batch_on_lane_0(rt)
         with pytest.raises(gl.ModelError, match="SIGKILL"):
-            f.result(timeout=120)
+            running.result(timeout=120)
         results = [rt.submit("affine", torch.full((4,), float(i))) for i in range(300)]
         outcomes = [r.exception(timeout=60) for r in results]
         # At most the one batch that found lane 0 giving up failed; the rest went to lane 1.
