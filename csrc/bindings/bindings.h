@@ -1,5 +1,6 @@
 // Shared declarations of the binding layer, which is split by topic: errors.cpp (typed errors),
-// runtime.cpp (Runtime, futures), sim.cpp (Simulator), stats.cpp and plan.cpp (conversions
+// runtime.cpp (Runtime), outcomes.cpp (inputs in, outcomes out to futures), sim.cpp
+// (Simulator), stats.cpp and plan.cpp (conversions
 // both use), module.cpp (the _C module).
 #pragma once
 
