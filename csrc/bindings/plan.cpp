@@ -87,6 +87,7 @@ py::dict plan_dict(const Plan& plan, const std::vector<PlannerModel>& models) {
   for (const PlannedLane& l : plan.lanes) {
     py::list ms;
     for (const PlannedModel& pm : l.models) {
+      if (models[pm.model].name.empty()) continue;  // unregistered: never placed anything
       py::dict d;
       d["model"] = models[pm.model].name;
       d["batch"] = pm.batch;
@@ -107,7 +108,7 @@ py::dict plan_dict(const Plan& plan, const std::vector<PlannerModel>& models) {
     for (const PlannedModel& pm : l.models) placed += pm.rate;
   }
   for (std::size_t i = 0; i < models.size(); ++i) {
-    if (plan.unplaced_rate[i] > 0) unplaced[py::str(models[i].name)] = plan.unplaced_rate[i];
+    if (plan.unplaced_rate[i] > 0 && !models[i].name.empty()) unplaced[py::str(models[i].name)] = plan.unplaced_rate[i];
     left += plan.unplaced_rate[i];
   }
   py::dict d;
@@ -123,7 +124,7 @@ py::dict plan_dict(const Plan& plan, const std::vector<PlannerModel>& models) {
   d["headroom"] = plan.headroom;
   py::dict planned;
   for (std::size_t i = 0; i < models.size() && i < plan.planned_rate.size(); ++i) {
-    planned[py::str(models[i].name)] = plan.planned_rate[i];
+    if (!models[i].name.empty()) planned[py::str(models[i].name)] = plan.planned_rate[i];
   }
   d["planned_rate"] = planned;
   return d;
@@ -131,7 +132,9 @@ py::dict plan_dict(const Plan& plan, const std::vector<PlannerModel>& models) {
 
 py::dict check_dict(const PlanCheck& c, const std::vector<PlannerModel>& models) {
   py::dict per;
-  for (std::size_t i = 0; i < models.size(); ++i) per[py::str(models[i].name)] = c.attainment[i];
+  for (std::size_t i = 0; i < models.size(); ++i) {
+    if (!models[i].name.empty()) per[py::str(models[i].name)] = c.attainment[i];
+  }
   py::dict d;
   d["passed"] = c.passed;
   d["min_attainment"] = c.min_attainment;
@@ -142,6 +145,7 @@ py::dict check_dict(const PlanCheck& c, const std::vector<PlannerModel>& models)
 py::dict traffic_dict(const std::vector<TrafficShape>& shapes, const std::vector<std::string>& names) {
   py::dict out;
   for (std::size_t m = 0; m < names.size() && m < shapes.size(); ++m) {
+    if (names[m].empty()) continue;
     const TrafficShape& t = shapes[m];
     py::dict d;
     d["rate"] = t.rate;
@@ -157,7 +161,7 @@ py::dict traffic_dict(const std::vector<TrafficShape>& shapes, const std::vector
 
 Plan plan_from(const py::dict& d, const std::vector<std::string>& names) {
   auto index = [&](const std::string& name) {
-    const auto it = std::find(names.begin(), names.end(), name);
+    const auto it = name.empty() ? names.end() : std::find(names.begin(), names.end(), name);
     if (it == names.end()) throw Error(ErrorCode::kUnknownModel, "the plan names an unknown model '" + name + "'");
     return static_cast<int>(it - names.begin());
   };
@@ -187,13 +191,18 @@ Plan plan_from(const py::dict& d, const std::vector<std::string>& names) {
 }
 
 RuntimePlanning::RuntimePlanning(Runtime& core) : core_(core) {
-  for (const ModelStats& st : core_.stats()) names_.push_back(st.name);
+  // By model index; "" for an unregistered model, which Python neither sees nor names.
+  for (int m = 0; m < core_.model_count(); ++m) {
+    names_.push_back(core_.model_retired(m) ? std::string() : core_.model_name(m));
+  }
 }
 
 py::dict RuntimePlanning::measured_rates() const {
   const auto rates = core_.measured_rates();
   py::dict d;
-  for (std::size_t m = 0; m < names_.size(); ++m) d[py::str(names_[m])] = rates[m];
+  for (std::size_t m = 0; m < names_.size(); ++m) {
+    if (!names_[m].empty()) d[py::str(names_[m])] = rates[m];
+  }
   return d;
 }
 
@@ -260,7 +269,7 @@ py::dict RuntimePlanning::admission_limits() const {
   py::dict d;
   for (std::size_t m = 0; m < names_.size(); ++m) {
     const double l = core_.admission_limit(static_cast<int>(m));
-    if (l >= 0) d[py::str(names_[m])] = l;
+    if (l >= 0 && !names_[m].empty()) d[py::str(names_[m])] = l;
   }
   return d;
 }

@@ -414,6 +414,23 @@ class PyRuntime {
     core_->set_lanes(std::move(specs));
   }
 
+  void unregister_model(const std::string& name, bool drain) {
+    check_process("unregister()");
+    check_not_own_thread("unregister()");
+    py::gil_scoped_release nogil;  // waits for its requests, warms up the new lanes
+    core_->unregister_model(name, drain);
+  }
+
+  // Every model index's name; an unregistered one's only with `unregistered` (traces name
+  // them), else "" (rates by index leave it out).
+  std::vector<std::string> model_names(bool unregistered) const {
+    std::vector<std::string> out;
+    for (int m = 0; m < core_->model_count(); ++m) {
+      out.push_back(unregistered || !core_->model_retired(m) ? core_->model_name(m) : "");
+    }
+    return out;
+  }
+
   std::uintptr_t lane_stream(int index) const {
     return reinterpret_cast<std::uintptr_t>(core_->lane_stream(index));
   }
@@ -462,6 +479,8 @@ void init_runtime(py::module_& m) {
       .def("lane_stats", &PyRuntime::lane_stats)
       .def("lanes", &PyRuntime::lanes)
       .def("set_lanes", &PyRuntime::set_lanes, py::arg("layout"))
+      .def("unregister_model", &PyRuntime::unregister_model, py::arg("name"), py::arg("drain"))
+      .def("model_names", &PyRuntime::model_names, py::arg("unregistered"))
       .def("planning", [](PyRuntime& r) { return RuntimePlanning(r.core()); },
            py::keep_alive<0, 1>(), "The planning calls of this runtime (gpulanes.planning).")
       .def("lane_stream", [](const PyRuntime& r, int i) { return r.lane_stream(i); }, py::arg("index"),

@@ -1,12 +1,13 @@
 """Argument validation and conversions shared by Runtime and the Simulator: policy and
-predictor options with their defaults, re-planning options, statistics rows and trace frames."""
+predictor options with their defaults, re-planning options, lane layouts, statistics rows and
+trace frames."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Collection, Dict, List, Optional
 
 from ._checks import _flag, _number, _numbers
-from .errors import InvalidInput
+from .errors import InvalidInput, UnknownModel
 from .planning import replan_config
 
 # The planner's starting config in a runtime; the core fills in its devices (GPUs, SMs).
@@ -116,6 +117,37 @@ def _predictor_config(predictor: str, options: Optional[Dict[str, Any]]) -> Dict
         raise InvalidInput(f"predictors have no option(s) {sorted(unknown)}; "
                            f"they take {sorted(_PREDICTOR_OPTIONS)}")
     return {**_typed_like(_PREDICTOR_OPTIONS, options, "predictor option"), "kind": predictor}
+
+
+def _lane_specs(layout: Any, registered: Collection[str]) -> List[Dict[str, Any]]:
+    """A set_lanes() layout checked and in the core's form (device "cpu"/"cuda:N", sms, models)."""
+    if isinstance(layout, (str, bytes, dict)) or not hasattr(layout, "__iter__"):
+        raise InvalidInput(f"layout must be a list of lane dicts, got {type(layout).__name__}")
+    specs = []
+    for i, lane in enumerate(layout):
+        if not isinstance(lane, dict):
+            raise InvalidInput(f"lane {i} must be a dict with device, sms and models, got "
+                               f"{type(lane).__name__} {lane!r}")
+        unknown = set(lane) - {"device", "sms", "models"}
+        if unknown:
+            raise InvalidInput(f"lane {i}: unknown key(s) {sorted(unknown)}")
+        device = lane.get("device", "cpu")
+        if isinstance(device, int) and not isinstance(device, bool) and device >= 0:
+            device = f"cuda:{device}"
+        if not isinstance(device, str):
+            raise InvalidInput(f"lane {i}: device must be 'cpu', 'cuda:N' or N, got {device!r}")
+        models = lane.get("models", [])
+        if isinstance(models, str) or not isinstance(models, (list, tuple)) or not all(
+                isinstance(m, str) for m in models):
+            raise InvalidInput(f"lane {i}: models must be a list of model names, got {models!r}")
+        missing = [m for m in models if m not in registered]
+        if missing:
+            raise UnknownModel(f"lane {i} names models that are not registered: {missing}")
+        sms = _number(f"lane {i} sms", lane.get("sms", 0), integer=True)
+        if sms < 0:
+            raise InvalidInput(f"lane {i}: sms must be >= 0 (0: the whole device), got {sms}")
+        specs.append({"device": device, "sms": sms, "models": list(models)})
+    return specs
 
 
 def _model_stats(rows: List[Dict[str, Any]], slo_ms: Dict[str, float]) -> Dict[str, Dict[str, Any]]:

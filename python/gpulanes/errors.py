@@ -51,4 +51,5 @@ class ModelError(GpuLanesError, RuntimeError):
 
 
 class RuntimeClosed(GpuLanesError, RuntimeError):
-    """The runtime is not started or has been shut down."""
+    """The runtime is not started or has been shut down; or the request was queued when its
+    model was unregistered with ``drain=False``."""

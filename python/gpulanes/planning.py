@@ -128,7 +128,7 @@ class Planning:
         saw (unknown: planned as bursty). With ``check`` the plan is proven by simulation first
         and falls back when it does not hold (``simulated``, ``why``, ``gpus_needed``). Needs a
         started runtime."""
-        names = list(self._slo_ms)
+        names = self._core.model_names(False)  # by the core's model index; "" unregistered
         given = dict(rates) if rates is not None else self.measured_rates()
         unknown = [m for m in given if m not in self._slo_ms]
         if unknown:
@@ -140,11 +140,11 @@ class Planning:
             config["gpus"] = int(gpus)
         if granularity is not None:
             config["granularity"] = int(granularity)
-        vector = [float(given.get(m, 0.0)) for m in names]
-        by_model = None if cv is None else dispersions(cv, names)
-        disp = [] if by_model is None else [by_model[m] for m in names]
+        vector = [float(given.get(m, 0.0)) if m else 0.0 for m in names]
+        by_model = None if cv is None else dispersions(cv, list(self._slo_ms))
+        disp = [] if by_model is None else [by_model[m] if m else 1.0 for m in names]
         plan = self._core.planning().plan(vector, config, disp, _flag("check", check))
-        plan["rates"] = dict(zip(names, vector))
+        plan["rates"] = {m: r for m, r in zip(names, vector) if m}
         return plan
 
     def apply_plan(self, plan: Mapping[str, Any], *, admission: bool = True,
@@ -161,7 +161,7 @@ class Planning:
                     rates[m["model"]] = rates.get(m["model"], 0.0) + m["rate"]
             for m, r in plan.get("unplaced_rate", {}).items():
                 rates[m] = rates.get(m, 0.0) + r
-        vector = [float(rates.get(m, 0.0)) for m in self._slo_ms]
+        vector = [float(rates.get(m, 0.0)) if m else 0.0 for m in self._core.model_names(False)]
         if not 0 < admit_fraction <= 1:
             raise InvalidInput(f"admit_fraction must be in (0, 1], got {admit_fraction}")
         return self._core.planning().apply_plan(dict(plan), vector, bool(admission),

@@ -23,9 +23,9 @@ from . import profiles as _profiles
 from ._futures import _AsyncSink, _completions_of, _Future
 from .errors import InvalidInput, UnknownModel
 from ._checks import _flag, _number
-from ._options import (_PARTITIONING, _RUNTIME_PLANNER, _isolation_config, _model_stats,
-                       _policy_options,
-                       _predictor_config, _replan_config, _trace_frame)
+from ._options import (_PARTITIONING, _RUNTIME_PLANNER, _isolation_config, _lane_specs,
+                       _model_stats, _policy_options, _predictor_config, _replan_config,
+                       _trace_frame)
 from ._profiling import Profiling
 from .planning import Planning
 
@@ -458,7 +458,7 @@ class Runtime(Planning, Profiling):
         ``time.monotonic()`` seconds; start_s is NaN for requests that never ran), latency_ms,
         batch_id and lane (-1 if never run), batch_size, outcome (met, missed, dropped,
         rejected, failed)."""
-        return _trace_frame(self._core.trace(), list(self._slo_ms))
+        return _trace_frame(self._core.trace(), self._core.model_names(True))
 
     def lanes(self) -> List[Dict[str, Any]]:
         """The lanes serving now: index, kind, device, sms (SMs owned; 0 on the CPU) and the
@@ -473,38 +473,38 @@ class Runtime(Planning, Profiling):
         out batches, lets running ones finish, swaps the layout in and resumes: queued requests
         stay queued and none is lost (per-lane statistics restart). A model that no lane serves
         is refused at submit with :class:`InvalidInput`."""
-        if isinstance(layout, (str, bytes, dict)) or not hasattr(layout, "__iter__"):
-            raise InvalidInput(f"layout must be a list of lane dicts, got {type(layout).__name__}")
-        specs = []
-        for i, lane in enumerate(layout):
-            if not isinstance(lane, dict):
-                raise InvalidInput(f"lane {i} must be a dict with device, sms and models, got "
-                                   f"{type(lane).__name__} {lane!r}")
-            unknown = set(lane) - {"device", "sms", "models"}
-            if unknown:
-                raise InvalidInput(f"lane {i}: unknown key(s) {sorted(unknown)}")
-            device = lane.get("device", "cpu")
-            if isinstance(device, int) and not isinstance(device, bool) and device >= 0:
-                device = f"cuda:{device}"
-            if not isinstance(device, str):
-                raise InvalidInput(f"lane {i}: device must be 'cpu', 'cuda:N' or N, got {device!r}")
-            models = lane.get("models", [])
-            if isinstance(models, str) or not isinstance(models, (list, tuple)) or not all(
-                    isinstance(m, str) for m in models):
-                raise InvalidInput(f"lane {i}: models must be a list of model names, got "
-                                   f"{models!r}")
-            models = list(models)
-            missing = [m for m in models if m not in self._slo_ms]
-            if missing:
-                raise UnknownModel(f"lane {i} names models that are not registered: {missing}")
-            sms = _number(f"lane {i} sms", lane.get("sms", 0), integer=True)
-            if sms < 0:
-                raise InvalidInput(f"lane {i}: sms must be >= 0 (0: the whole device), got {sms}")
-            specs.append({"device": device, "sms": sms, "models": models})
+        specs = _lane_specs(layout, self._slo_ms)
         self._core.set_lanes(specs)
         self._layout = specs
         if self._core.running:  # the new lanes' sizes may have been measured just now
             self._cache_profiles(self._profile_lane(), [])
+
+    def unregister(self, name: str, drain: bool = True) -> None:
+        """Removes a model while serving (or before :meth:`start`), as Triton's model unload.
+
+        From now on ``submit`` raises :class:`UnknownModel` for it. ``drain=True`` (default)
+        lets its queued requests run (each still within its deadline); ``drain=False`` fails
+        them with :class:`RuntimeClosed`. Returns once none of its requests is in flight and
+        new lanes without it serve (built and warmed up while the current lanes keep serving
+        the other models, then swapped in as in :meth:`set_lanes`): the memory the lanes held
+        for it is freed. A lane that served only this model goes. Its statistics leave
+        :meth:`stats`; its trace records keep its name. The name may be registered again.
+        Not from a done-callback of this runtime (:class:`InvalidInput`): it waits for the
+        runtime's own threads."""
+        if not isinstance(name, str) or name not in self._slo_ms:
+            raise UnknownModel(f"no model named {name!r} is registered")
+        self._core.unregister_model(name, _flag("drain", drain))
+        for table in (self._slo_ms, self._signatures, self._profile_keys, self._profile_source,
+                      self._formats):
+            table.pop(name, None)
+        kept = []  # as the core changed it: a lane that served only this model went
+        for lane in self._layout:
+            if name in lane["models"]:
+                if len(lane["models"]) == 1:
+                    continue
+                lane = dict(lane, models=[m for m in lane["models"] if m != name])
+            kept.append(lane)
+        self._layout = kept
 
     @property
     def models(self) -> List[str]:

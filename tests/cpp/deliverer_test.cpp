@@ -107,3 +107,22 @@ TEST(Deliverer, ItsThreadIsMarkedAsTheRuntimes) {
   d.stop();
   EXPECT_EQ(seen.load(), &owner);  // a done-callback there cannot wait on its own runtime
 }
+
+TEST(Deliverer, FlushReturnsOnceEverythingPostedBeforeItWasDelivered) {
+  GatedHook gated;
+  std::vector<int> order;
+  std::mutex mu;
+  Deliverer d(gated.hook(), nullptr);
+  d.flush();  // nothing posted: returns at once
+  std::future<void> flushed;
+  {
+    std::unique_lock<std::mutex> held(gated.gate);
+    d.post(requests(3, order, mu, 0), oks(3));
+    d.post(requests(2, order, mu, 3), oks(2));
+    flushed = std::async(std::launch::async, [&] { d.flush(); });
+    EXPECT_EQ(flushed.wait_for(std::chrono::milliseconds(50)), std::future_status::timeout);
+  }
+  flushed.get();
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(order, (std::vector<int>{0, 1, 2, 3, 4}));
+}

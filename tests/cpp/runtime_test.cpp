@@ -267,3 +267,36 @@ TEST(Runtime, ModelsRegisteredWhileServingServeAndTheOthersNeverStop) {
   for (const LaneInfo& lane : rt.lanes()) EXPECT_EQ(lane.models.size(), 3u);
   rt.shutdown(true);
 }
+
+TEST(Runtime, AnUnregisteredModelDrainsLeavesItsLanesAndItsNameIsFreeAgain) {
+  Runtime rt(RuntimeOptions{.device = "cpu", .cpu_lanes = 2, .warmup_rounds = 1});
+  rt.register_model(spec("a"), affine_module(0), {sample(0)});
+  rt.register_model(spec("slow", 1, 10000, from_ms(600'000)), affine_module(50), {sample(0)});
+  rt.start();
+  Collector slow;
+  constexpr int kN = 12;
+  for (int i = 0; i < kN; ++i) rt.submit("slow", {sample(1)}, std::nullopt, 0, slow.fn(i));
+  rt.unregister_model("slow", /*drain=*/true);
+  ASSERT_EQ(slow.outcomes.size(), static_cast<std::size_t>(kN));  // all done when it returns
+  for (const auto& [i, o] : slow.outcomes) ASSERT_TRUE(o.ok()) << o.message;
+  try {
+    rt.submit("slow", {sample(1)}, std::nullopt, 0, slow.fn(99));
+    FAIL() << "an unregistered model must be unknown";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kUnknownModel);
+  }
+  EXPECT_EQ(rt.try_submit(1, {sample(1)}, std::nullopt, 0, slow.fn(98)), ErrorCode::kUnknownModel);
+  ASSERT_EQ(rt.stats().size(), 1u);
+  EXPECT_EQ(rt.stats()[0].name, "a");
+  for (const LaneInfo& lane : rt.lanes()) EXPECT_EQ(lane.models, std::vector<std::string>{"a"});
+  EXPECT_THROW(rt.unregister_model("slow", true), Error);
+  EXPECT_EQ(rt.register_model(spec("slow"), affine_module(0), {sample(0)}), 2);  // a new index
+  Collector after;
+  rt.submit("slow", {sample(3)}, std::nullopt, 0, after.fn(0));
+  rt.submit("a", {sample(4)}, std::nullopt, 0, after.fn(1));
+  after.wait_for(2);
+  EXPECT_TRUE(torch::equal(after.outcomes[0].output.toTensor(), sample(7)));
+  EXPECT_TRUE(torch::equal(after.outcomes[1].output.toTensor(), sample(9)));
+  rt.shutdown(true);
+  EXPECT_THROW(rt.unregister_model("a", true), Error);
+}

@@ -185,6 +185,10 @@ def test_what_an_attacker_sends_gets_a_4xx_and_the_server_keeps_serving(client):
         ("/v2/models/affine/infer", json.dumps(body([0.0] * 4, shape=(10**12, 4))).encode(), 400),
         ("/v2/models/affine/infer", json.dumps(body([0.0] * 4, shape=(1, 4, 1))).encode(), 400),
         ("/v2/models/affine/infer", json.dumps(body([1e308 * 10] * 4)).encode(), 400),  # inf
+        ("/v2/repository/models/affine/unload", b'{"parameters": {"path": "/etc"}}', 400),
+        ("/v2/repository/models/affine/unload", b'{"parameters": {"unload_dependents": 1}}', 400),
+        ("/v2/repository/models/affine/unload", b'["affine"]', 400),
+        ("/v2/repository/models/..%2Faffine/unload", b"", 404),
     ]
     for path, payload, status in cases:
         r = c.post(path, content=payload, headers={"content-type": "application/json"})

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import gpulanes as gl
-from conftest import Affine, Mlp, Picky, affine_load, scripted
+from conftest import Affine, Busy, Mlp, Picky, affine_load, scripted
 
 
 def runtime(**options):
@@ -102,3 +102,116 @@ def test_registering_from_a_done_callback_is_refused():
                 break
             threading.Event().wait(0.01)
         assert seen and "done-callback" in seen[0]
+
+
+# -- unregister (Triton's model unload) ------------------------------------------------------
+
+
+def test_unregister_drains_its_queue_while_the_others_keep_serving():
+    rt = runtime(trace=True)
+    rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(2, 4))
+    rt.register("busy", scripted(Busy(40)), slo_ms=60_000, example_inputs=torch.zeros(1, 4),
+                max_batch_size=1)
+    rt.start()
+    try:
+        with affine_load(rt) as futures:
+            queued = [rt.submit("busy", torch.full((4,), float(i))) for i in range(20)]
+            rt.unregister("busy")
+            # It returned only once none of busy's requests was in flight: all ran (drain).
+            assert all(f.done() for f in queued)
+            for i, f in enumerate(queued):
+                assert torch.equal(f.result(), torch.full((4,), i + 1.0))
+            with pytest.raises(gl.UnknownModel):
+                rt.submit("busy", torch.ones(4))
+        assert len(futures) > 10
+        for i, f in futures:  # none lost, none failed
+            assert torch.equal(f.result(timeout=60), torch.full((4,), 2.0 * i + 1.0))
+        assert rt.models == ["affine"] and set(rt.stats()) == {"affine"}
+        assert all(lane["models"] == ["affine"] for lane in rt.lanes())
+        s = rt.stats()["affine"]
+        assert s["submitted"] == s["met"] + s["missed"] and s["in_flight"] == 0
+        assert set(rt.trace_frame()["model"]) == {"affine", "busy"}  # its records keep its name
+        # The name is free again, here for another model.
+        rt.register("busy", scripted(Mlp()), slo_ms=60_000, example_inputs=torch.zeros(2, 16))
+        assert rt.infer("busy", torch.zeros(16)).shape == (8,)
+        assert rt.stats()["busy"]["submitted"] == 1  # statistics of the new model only
+    finally:
+        rt.shutdown()
+
+
+def test_unregister_without_drain_fails_what_is_queued():
+    rt = runtime()
+    rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(2, 4))
+    rt.register("busy", scripted(Busy(200)), slo_ms=60_000, example_inputs=torch.zeros(1, 4),
+                max_batch_size=1)
+    rt.start()
+    try:
+        queued = [rt.submit("busy", torch.ones(4)) for _ in range(30)]
+        rt.unregister("busy", drain=False)
+        outcomes = [f.exception(timeout=0) for f in queued]  # every one resolved by now
+        closed = [e for e in outcomes if isinstance(e, gl.RuntimeClosed)]
+        # Two lanes were running one each at most; the rest never ran.
+        assert len(closed) >= 26 and all(e is None or e in closed for e in outcomes)
+        assert "unregistered" in str(closed[0])
+        assert torch.equal(rt.infer("affine", torch.ones(4)), torch.full((4,), 3.0))
+    finally:
+        rt.shutdown()
+
+
+def test_unregister_drops_a_lane_that_served_only_it_and_leaves_the_plan():
+    rt = runtime(replan={"every_s": 3600})
+    for name in ("affine", "affine2"):
+        rt.register(name, scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(2, 4))
+    rt.register("mlp", scripted(Mlp()), slo_ms=60_000, example_inputs=torch.zeros(2, 16))
+    rt.set_lanes([{"device": "cpu", "models": ["affine", "affine2"]},
+                  {"device": "cpu", "models": ["mlp"]}])
+    rt.start()
+    try:
+        rt.infer("mlp", torch.zeros(16))
+        rt.unregister("mlp")
+        assert [lane["models"] for lane in rt.lanes()] == [["affine", "affine2"]]
+        rt.unregister("affine2")
+        assert [lane["models"] for lane in rt.lanes()] == [["affine"]]
+        assert set(rt.measured_rates()) == {"affine"}
+        plan = rt.plan({"affine": 10.0})
+        assert {m["model"] for lane in plan["lanes"] for m in lane["models"]} == {"affine"}
+        assert rt.apply_plan(plan) in (True, False)
+        assert [lane["models"] for lane in rt.lanes()] == [["affine"]]
+        assert torch.equal(rt.infer("affine", torch.ones(4)), torch.full((4,), 3.0))
+        with pytest.raises(gl.UnknownModel):
+            rt.plan({"mlp": 1.0})
+    finally:
+        rt.shutdown()
+
+
+def test_unregister_before_start_and_its_refusals():
+    rt = runtime()
+    rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(2, 4))
+    rt.register("mlp", scripted(Mlp()), slo_ms=60_000, example_inputs=torch.zeros(2, 16))
+    rt.unregister("mlp")
+    with pytest.raises(gl.UnknownModel):
+        rt.unregister("mlp")
+    with pytest.raises(gl.UnknownModel):
+        rt.unregister(3)
+    with pytest.raises(gl.InvalidInput):
+        rt.unregister("affine", drain="yes")
+    with rt:
+        assert [lane["models"] for lane in rt.lanes()] == [["affine"], ["affine"]]
+        assert set(rt.stats()) == {"affine"}
+        seen = []
+
+        def cb(_):
+            try:
+                rt.unregister("affine")
+            except gl.InvalidInput as e:
+                seen.append(str(e))
+        rt.submit("affine", torch.ones(4)).add_done_callback(cb)
+        rt.infer("affine", torch.ones(4))
+        for _ in range(100):
+            if seen:
+                break
+            threading.Event().wait(0.01)
+        assert seen and "done-callback" in seen[0]
+        assert rt.models == ["affine"]
+    with pytest.raises(gl.RuntimeClosed):
+        rt.unregister("affine")  # the runtime is shut down

@@ -111,10 +111,22 @@ def test_repository_index_and_loading_what_the_config_declares(server, protocol,
     with pytest.raises(InferenceServerException) as e:  # a client-given config is refused
         c.load_model("later", config='{"backend": "python"}')
     assert ("400" if mod is th else "INVALID_ARGUMENT") in str(e.value.status())
+    # Unload: the model goes (404 / NOT_FOUND after), the others stay; loading brings it back.
+    name = "later" if mod is th else "extra"
+    c.unload_model(name)
+    assert not c.is_model_ready(name) and c.is_model_ready("affine")
     with pytest.raises(InferenceServerException) as e:
-        c.unload_model("affine")
-    assert ("501" if mod is th else "UNIMPLEMENTED") in str(e.value.status())
-    assert c.is_model_ready("affine")
+        c.infer(name, [inp(mod, "INPUT__0", np.ones((1, 4), dtype=np.float32))])
+    assert ("404" if mod is th else "NOT_FOUND") in str(e.value.status())
+    # The config declares "later" (listed while unloaded); "extra" came from model_dir.
+    assert index().get(name) == ("UNAVAILABLE" if name == "later" else None)
+    with pytest.raises(InferenceServerException) as e:
+        c.unload_model(name)  # not served any more
+    assert ("404" if mod is th else "NOT_FOUND") in str(e.value.status())
+    c.load_model(name)
+    assert c.is_model_ready(name)
+    assert c.infer(name, [inp(mod, "INPUT__0", np.ones((1, 4), dtype=np.float32))]).as_numpy(
+        "OUTPUT__0").tolist() == [[3.0] * 4]
 
 
 @pytest.mark.parametrize("protocol, mod, binary", [("http", th, True), ("http", th, False),

@@ -15,6 +15,7 @@ enum class ErrorCode {
   kUnknownModel,      // no model registered under that name
   kModelError,        // loading the model failed, or its forward raised
   kRuntimeClosed,     // submit after shutdown, or queued work failed by shutdown(drain=false)
+                      // or unregister_model(drain=false)
   kOverloaded,        // shed by admission control: the plan cannot serve the model's whole rate
   kInternal,          // a bug in gpulanes
 };

@@ -24,6 +24,14 @@ void ModelMetrics::on_batch(int size, DurationNs exec_ns, DurationNs predicted_n
   exec_ns_.record(exec_ns);
 }
 
+std::uint64_t ModelMetrics::in_flight() const {
+  const std::uint64_t submitted = submitted_.load(std::memory_order_acquire);
+  const std::uint64_t done = rejected_.load(std::memory_order_acquire);
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::uint64_t all = done + met_ + missed_ + dropped_ + failed_;
+  return submitted > all ? submitted - all : 0;
+}
+
 ModelStats ModelMetrics::snapshot(TimeNs now, TimeNs started_at) const {
   ModelStats s;
   s.name = name_;

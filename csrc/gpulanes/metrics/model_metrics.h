@@ -58,6 +58,8 @@ class ModelMetrics {
                 int reruns = 0);
 
   ModelStats snapshot(TimeNs now, TimeNs started_at) const;
+  // snapshot().in_flight alone.
+  std::uint64_t in_flight() const;
 
  private:
   const std::string name_;

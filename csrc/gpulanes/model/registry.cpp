@@ -53,6 +53,16 @@ void ModelRegistry::commit_staged() {
   if (staged_size() > size()) publish(staged_size() - 1);
 }
 
+void ModelRegistry::retire(int index) {
+  RegisteredModel& model = models_.at(static_cast<std::size_t>(index));
+  auto next = std::make_shared<Names>(*names_.load());
+  next->erase(model.spec.name);
+  retired_[static_cast<std::size_t>(index)].store(true, std::memory_order_release);
+  names_.store(std::move(next));
+  model.program.reset();
+  model.example.clear();
+}
+
 void ModelRegistry::drop_staged() {
   if (staged_size() > size()) models_.pop_back();
 }

@@ -5,11 +5,15 @@
 // control thread and the lanes it is warming up use, but size() and find() do not count it
 // until commit_staged() (size() published with release, read with acquire; the name map is
 // replaced whole, atomically), so no other thread sees a model that is not ready. A staged
-// model whose warm-up failed is dropped again as if never added.
+// model whose warm-up failed is dropped again as if never added. A model unregistered while
+// serving is retired, not removed: its index stays valid for every thread (queues, metrics and
+// traces are indexed by it) while find() forgets its name, so the name may be registered again
+// under a new index. Retired models count against kMaxModels.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
+#include <array>
 #include <atomic>
 #include <memory>
 #include <string>
@@ -30,7 +34,7 @@ struct RegisteredModel {
 
 class ModelRegistry {
  public:
-  static constexpr int kMaxModels = 1024;  // models one runtime can ever register
+  static constexpr int kMaxModels = 1024;  // registrations one runtime can ever make
 
   ModelRegistry() { models_.reserve(kMaxModels); }
 
@@ -46,8 +50,14 @@ class ModelRegistry {
             std::vector<at::Tensor> example);
   void commit_staged();
   void drop_staged();
-  // Index of `name`, or -1.
+  // Index of `name`, or -1 (also for a retired model).
   int find(const std::string& name) const;
+  // Control thread: forgets the name of model `index` and marks it retired (published with
+  // release); its program and example are released, since only the control thread reads them.
+  void retire(int index);
+  bool retired(int index) const {
+    return retired_[static_cast<std::size_t>(index)].load(std::memory_order_acquire);
+  }
   const RegisteredModel& at(int index) const { return models_[static_cast<std::size_t>(index)]; }
   // Models every thread may use.
   int size() const { return count_.load(std::memory_order_acquire); }
@@ -61,6 +71,7 @@ class ModelRegistry {
 
   std::vector<RegisteredModel> models_;  // by index; capacity kMaxModels, never reallocated
   std::atomic<int> count_{0};            // how many of models_ other threads may use
+  std::array<std::atomic<bool>, kMaxModels> retired_{};  // by index: unregistered
   // name -> index, replaced whole by the control thread: a lookup (every submit) takes no lock
   std::atomic<std::shared_ptr<const Names>> names_{std::make_shared<const Names>()};
 };

@@ -19,6 +19,7 @@ void Deliverer::post(std::vector<RequestPtr> requests, std::vector<Outcome> outc
     std::lock_guard<std::mutex> lock(mu_);
     if (!stop_) {
       pending_.push_back({std::move(requests), std::move(outcomes)});
+      ++posted_;
       cv_.notify_one();
       return;
     }
@@ -26,6 +27,12 @@ void Deliverer::post(std::vector<RequestPtr> requests, std::vector<Outcome> outc
   std::vector<Pending> late;  // after stop(): nobody else will deliver it
   late.push_back({std::move(requests), std::move(outcomes)});
   deliver(late);
+}
+
+void Deliverer::flush() {
+  std::unique_lock<std::mutex> lock(mu_);
+  const std::uint64_t target = posted_;
+  done_cv_.wait(lock, [&] { return delivered_ >= target; });
 }
 
 void Deliverer::stop() {
@@ -42,12 +49,14 @@ void Deliverer::run() {
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(mu_);
+      delivered_ += taken.size();  // the previous round, now that its callbacks returned
+      taken.clear();
+      done_cv_.notify_all();
       cv_.wait(lock, [&] { return stop_ || !pending_.empty(); });
       if (pending_.empty()) return;  // stopping, and nothing is left
       taken.swap(pending_);
     }
     deliver(taken);
-    taken.clear();
   }
 }
 

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <condition_variable>
+#include <cstdint>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -32,6 +33,8 @@ class Deliverer {
 
   // Completes requests[i] with outcomes[i] later, in posting order.
   void post(std::vector<RequestPtr> requests, std::vector<Outcome> outcomes);
+  // Returns once everything posted before the call was delivered. Not from the delivery thread.
+  void flush();
   // Delivers everything posted so far, then joins the thread. Idempotent; not from the
   // delivery thread itself (the runtime's shutdown is deferred off its own threads).
   void stop();
@@ -47,7 +50,10 @@ class Deliverer {
   const DeliveryHook hook_;
   std::mutex mu_;                 // guards pending_ and stop_
   std::condition_variable cv_;    // wakes the thread: work posted or stop
+  std::condition_variable done_cv_;  // wakes flush(): a round was delivered
   std::vector<Pending> pending_;  // posted, not yet taken by the thread
+  std::uint64_t posted_ = 0;      // post() calls so far
+  std::uint64_t delivered_ = 0;   // ...of which the thread delivered
   bool stop_ = false;             // deliver what is pending, then return
   std::thread thread_;            // runs run()
 };

@@ -78,53 +78,6 @@ std::vector<LaneSpec> Runtime::default_layout() const {
   return layout;
 }
 
-int Runtime::register_live(ModelSpec spec, std::shared_ptr<const ModelProgram> program,
-                           std::vector<at::Tensor> example,
-                           Orphans& orphans) {
-  if (options_.device == "virtual") {
-    throw Error(ErrorCode::kInvalidInput, "on virtual time, register models before start()");
-  }
-  const int m = models_.stage(std::move(spec), std::move(program), std::move(example));
-  const ModelSpec& s = models_.at(m).spec;
-  // The new lanes measure its profile into these; only this thread reads their size. (Reserved:
-  // appending moves no profile another thread is reading.)
-  profiles_.emplace_back();
-  profile_origins_.emplace_back();
-  std::vector<LaneSpec> layout = layout_.empty() ? default_layout() : layout_;
-  for (LaneSpec& lane : layout) {
-    if (!lane.models.empty()) lane.models.push_back(s.name);  // empty: every model already
-  }
-  std::vector<std::unique_ptr<Lane>> old;
-  try {
-    std::vector<std::unique_ptr<Lane>> fresh = make_lanes(layout);
-    start_lanes(fresh, nullptr);  // loads and warms up every model, profiles the new one
-    // The planner thread must not plan between the commit and its own model count's growth;
-    // taken before the pause so that a plan being computed never holds up serving.
-    std::lock_guard<std::mutex> planning(plan_mu_);
-    loop_->pause_until_idle();
-    old = install_lanes(std::move(fresh), orphans, [&] {
-      // Under the loop's lock and submit_mu_, lanes idle: the loop and the policies walk the
-      // queues by the vector's size, submitters index metrics and rates.
-      queues_.push_back(std::make_unique<RequestQueue>(s.max_queue, policy_->queue_order()));
-      metrics_.push_back(std::make_unique<ModelMetrics>(s.name));
-      rates_.push_back(std::make_unique<ArrivalRate>());
-      shape_->add_model(s.slo);
-      if (replanner_) replanner_->add_model();
-      models_.commit_staged();
-    });
-  } catch (...) {
-    if (models_.staged_size() > models_.size()) {  // not committed: as if never added
-      profile_origins_.pop_back();
-      profiles_.pop_back();
-      models_.drop_staged();
-    }
-    throw;
-  }
-  if (!layout_.empty()) layout_ = std::move(layout);
-  for (auto& lane : old) lane->stop();
-  return m;
-}
-
 std::vector<std::unique_ptr<Lane>> Runtime::make_lanes(const std::vector<LaneSpec>& layout) {
   const int gpus = cuda_device_count();
   const std::string& how = options_.partitioning;
@@ -168,7 +121,15 @@ std::vector<std::unique_ptr<Lane>> Runtime::make_lanes(const std::vector<LaneSpe
     const LaneSpec& spec = layout[li];
     LanePlacement where;
     where.device = parse_device(spec.device, gpus);
-    if (!spec.models.empty()) {
+    if (spec.models.empty()) {
+      // Every model: listed once one was unregistered, which the list leaves out.
+      for (int m = 0; m < models_.staged_size(); ++m) {
+        if (!models_.retired(m)) continue;
+        where.serves.resize(models_.staged_size());
+        for (int k = 0; k < models_.staged_size(); ++k) where.serves[k] = !models_.retired(k);
+        break;
+      }
+    } else {
       where.serves.assign(models_.staged_size(), 0);
       for (const std::string& name : spec.models) {
         int m = models_.find(name);

@@ -121,8 +121,9 @@ std::vector<PlannerModel> Runtime::planner_models(const std::vector<double>& rat
       measured[m] = ShareProfile({std::move(whole)}, 0.0);
       profile = &measured[m];
     }
-    // The measured peak counts only when the burstiness is taken as measured.
-    pm.push_back({spec.name, rates[m], spec.slo, spec.max_batch_size, profile,
+    // The measured peak counts only when the burstiness is taken as measured. An unregistered
+    // model keeps its index with nothing to place.
+    pm.push_back({spec.name, models_.retired(m) ? 0.0 : rates[m], spec.slo, spec.max_batch_size, profile,
                   dispersion.empty() ? seen[m].dispersion : dispersion[m],
                   dispersion.empty() && seen[m].dispersion >= 0 ? seen[m].peak_rate : 0.0});
   }
@@ -161,14 +162,17 @@ bool Runtime::apply_plan(const Plan& plan, const std::vector<double>& rates, boo
     LaneSpec spec;
     spec.device = cpu ? "cpu" : single ? options_.device : "cuda:" + std::to_string(l.gpu);
     spec.sms = cpu ? 0 : l.sms;
-    for (const PlannedModel& p : l.models) spec.models.push_back(models_.at(p.model).spec.name);
-    layout.push_back(std::move(spec));
+    for (const PlannedModel& p : l.models) {
+      if (!models_.retired(p.model)) spec.models.push_back(models_.at(p.model).spec.name);
+    }
+    if (!spec.models.empty() || l.models.empty()) layout.push_back(std::move(spec));
   }
   // A plan may leave a model out (no rate placed for it); the layout never does: such a model
   // shares the lane with the fewest models, and admission sheds what the plan did not place
   // (Overloaded), so a registered model is never refused as unserved.
   if (layout.empty()) layout.push_back({cpu ? "cpu" : single ? options_.device : "cuda:0", 0, {}});
   for (int m = 0; m < models_.size(); ++m) {
+    if (models_.retired(m)) continue;
     const std::string& name = models_.at(m).spec.name;
     auto has = [&](const LaneSpec& s) {
       return s.models.empty() || std::find(s.models.begin(), s.models.end(), name) != s.models.end();

@@ -78,54 +78,6 @@ Runtime::Runtime(RuntimeOptions options, std::shared_ptr<Clock> clock)
 
 Runtime::~Runtime() { shutdown(false); }
 
-int Runtime::register_model(ModelSpec spec, torch::jit::Module module,
-                            std::vector<at::Tensor> example) {
-  return register_model(std::move(spec), torchscript_program(std::move(module)), std::move(example));
-}
-
-int Runtime::register_model(ModelSpec spec, std::shared_ptr<const ModelProgram> program,
-                            std::vector<at::Tensor> example) {
-  std::unique_lock<std::mutex> lock(control_mu_);
-  if (shut_down_) throw Error(ErrorCode::kRuntimeClosed, "runtime was shut down");
-  if (started_) {
-    Orphans orphans;
-    const int m = register_live(std::move(spec), std::move(program), std::move(example), orphans);
-    lock.unlock();
-    fail_orphans(std::move(orphans));  // none expected: every model stays served
-    return m;
-  }
-  std::unique_lock<std::shared_mutex> registering(submit_mu_);
-  const std::string name = spec.name;
-  const std::size_t cap = spec.max_queue;
-  const int idx = models_.add(std::move(spec), std::move(program), std::move(example));
-  queues_.push_back(std::make_unique<RequestQueue>(cap, policy_->queue_order()));
-  metrics_.push_back(std::make_unique<ModelMetrics>(name));
-  profiles_.emplace_back();
-  profile_origins_.emplace_back();
-  rates_.push_back(std::make_unique<ArrivalRate>());
-  return idx;
-}
-
-int Runtime::register_virtual_model(ModelSpec spec) {
-  std::lock_guard<std::mutex> lock(control_mu_);
-  if (started_ || shut_down_) {
-    throw Error(ErrorCode::kInvalidInput, "register models before start()");
-  }
-  if (options_.device != "virtual") {
-    throw Error(ErrorCode::kInvalidInput, "models without weights need device 'virtual'");
-  }
-  std::unique_lock<std::shared_mutex> registering(submit_mu_);
-  const std::string name = spec.name;
-  const std::size_t cap = spec.max_queue;
-  const int idx = models_.add_virtual(std::move(spec));
-  queues_.push_back(std::make_unique<RequestQueue>(cap, policy_->queue_order()));
-  metrics_.push_back(std::make_unique<ModelMetrics>(name));
-  profiles_.emplace_back();
-  profile_origins_.emplace_back();
-  rates_.push_back(std::make_unique<ArrivalRate>());
-  return idx;
-}
-
 void Runtime::set_delivery_hook(DeliveryHook hook) {
   std::lock_guard<std::mutex> lock(control_mu_);
   if (started_) throw Error(ErrorCode::kInvalidInput, "set the delivery hook before start()");
@@ -240,7 +192,7 @@ ErrorCode Runtime::try_submit(int m, std::vector<at::Tensor> inputs,
   // Shared with other submitters; exclusive only while registering or closing, so nothing is
   // pushed after the loop's final drain and no lookup races a registration.
   std::shared_lock<std::shared_mutex> lock(submit_mu_);
-  if (m < 0 || m >= models_.size()) {
+  if (m < 0 || m >= models_.size() || models_.retired(m)) {
     if (why) *why = "no model with index " + std::to_string(m) + " is registered";
     return ErrorCode::kUnknownModel;
   }
@@ -467,7 +419,9 @@ std::vector<ModelStats> Runtime::stats() const {
   const TimeNs now = clock_->now();
   const TimeNs t0 = started_at_.load(std::memory_order_acquire);
   std::vector<ModelStats> out;
-  for (int m = 0; m < models_.size(); ++m) out.push_back(metrics_[m]->snapshot(now, t0));
+  for (int m = 0; m < models_.size(); ++m) {
+    if (!models_.retired(m)) out.push_back(metrics_[m]->snapshot(now, t0));
+  }
   return out;
 }
 

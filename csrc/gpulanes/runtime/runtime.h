@@ -118,6 +118,13 @@ class Runtime final : private LaneListener, private LoopSink {
                      std::vector<at::Tensor> example);
   // A TorchScript module (on the CPU).
   int register_model(ModelSpec spec, torch::jit::Module module, std::vector<at::Tensor> example);
+  // Stops accepting `name` (submit: kUnknownModel), lets its queued requests run (drain) or
+  // fails them with kRuntimeClosed, waits until none is in flight, then builds lanes without it
+  // while the others keep serving and swaps them in as set_lanes() does: what the old lanes
+  // loaded for it is freed when they stop. A lane that served only it goes. Its statistics go
+  // from stats(); the name may be registered again. Throws Error(kUnknownModel),
+  // Error(kInvalidInput) on one of this runtime's own threads or on virtual time once started.
+  void unregister_model(const std::string& name, bool drain);
   // Before start(), device "virtual" only: a model without weights (nothing runs). If its spec
   // has no inputs, requests carry none.
   int register_virtual_model(ModelSpec spec);
@@ -153,6 +160,9 @@ class Runtime final : private LaneListener, private LoopSink {
   // Index of `model`, or -1.
   int model_index(const std::string& model) const { return models_.find(model); }
   const std::string& model_name(int index) const { return models_.at(index).spec.name; }
+  // Model indices in use so far (retired ones included); whether `index` was unregistered.
+  int model_count() const { return models_.size(); }
+  bool model_retired(int index) const { return models_.retired(index); }
 
   // Counts a submission the caller refused before it could reach submit() (e.g. an input that
   // is not a tensor) as submitted + rejected, then throws Error(code, why).
@@ -247,6 +257,11 @@ class Runtime final : private LaneListener, private LoopSink {
   void create_lanes();
   // The lanes start() makes without set_lanes(): cpu_lanes CPU lanes, or one per GPU.
   std::vector<LaneSpec> default_layout() const;
+  // A new model's queue, metrics and arrival rate; control_mu_ and submit_mu_ (or the loop's
+  // pause) held.
+  void add_model_state(const ModelSpec& spec);
+  // layout_ without `name`: dropped from each lane's list, lanes left with none dropped.
+  std::vector<LaneSpec> layout_without(const std::string& name) const;
   // register_model() while serving; control_mu_ held. Fills `orphans` as install_lanes() does.
   int register_live(ModelSpec spec, std::shared_ptr<const ModelProgram> program,
                     std::vector<at::Tensor> example,

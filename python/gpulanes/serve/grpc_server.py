@@ -94,7 +94,9 @@ class InferenceService:
                 "ModelInfer": (self.model_infer, "ModelInferRequest", False),
                 "ModelConfig": (self.model_config, "ModelConfigRequest", False),
                 "RepositoryIndex": (self.repository_index, "RepositoryIndexRequest", False),
-                "RepositoryModelLoad": (self.repository_load, "RepositoryModelLoadRequest", False)}
+                "RepositoryModelLoad": (self.repository_load, "RepositoryModelLoadRequest", False),
+                "RepositoryModelUnload": (self.repository_unload, "RepositoryModelUnloadRequest",
+                                          False)}
         handlers = {name: grpc.unary_unary_rpc_method_handler(
                         self._wrap(fn, self.m[request], open_),
                         response_serializer=lambda msg: msg.SerializeToString())
@@ -174,6 +176,11 @@ class InferenceService:
                                "model_dir declares can be loaded")
         await self.ep.load(request.model_name)
         return self.m["RepositoryModelLoadResponse"]()
+
+    async def repository_unload(self, request, context):
+        params = {k: _param(v) for k, v in request.parameters.items()}
+        await self.ep.unload(request.model_name, params)
+        return self.m["RepositoryModelUnloadResponse"]()
 
     # -- inference ---------------------------------------------------------------------------
 

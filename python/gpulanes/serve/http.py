@@ -153,8 +153,6 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
                     return _error(401, "missing or wrong bearer token")
             try:
                 return await handler(request)
-            except NotSupported as e:
-                return _error(501, str(e))
             except GpuLanesError as e:
                 return _error(http_status(e), str(e))
         return call
@@ -200,7 +198,15 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
         return JSONResponse({})
 
     async def repository_unload(request: Request):
-        raise NotSupported("unloading models while serving is not supported yet")
+        body = await request.body()
+        try:
+            doc = json.loads(body, parse_constant=_no_constant) if body.strip() else {}
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise InvalidInput(f"body is not JSON: {e}") from None
+        if not isinstance(doc, dict) or set(doc) - {"parameters"}:
+            raise InvalidInput('the body must be an object with at most "parameters"')
+        await ep.unload(request.path_params["model"], doc.get("parameters") or {})
+        return JSONResponse({})
 
     async def model_ready(request: Request):
         model_of(request)
@@ -290,10 +296,6 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
 
 
 _INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
-
-
-class NotSupported(InvalidInput):
-    """An extension endpoint gpulanes does not implement (yet): 501."""
 
 
 def _no_constant(name: str):

@@ -212,6 +212,22 @@ class Endpoint:
             await asyncio.to_thread(model.register, self.runtime)
             self.io[name] = model.io
 
+    async def unload(self, name: Any, params: Any) -> None:
+        """Triton's repository `unload`: stops serving a model, lets its queued requests finish
+        (the runtime's unregister), and frees it; the others keep serving. It may be loaded
+        again if the config declares it. ``unload_dependents`` is accepted (gpulanes has no
+        ensembles, so nothing depends on a model)."""
+        if not isinstance(params, dict) or set(params) - {"unload_dependents"} or not isinstance(
+                params.get("unload_dependents", False), bool):
+            raise InvalidInput('unload takes only the parameter "unload_dependents" (a bool)')
+        if self._loading is None:
+            self._loading = asyncio.Lock()
+        async with self._loading:  # never while the same model is being loaded
+            model = self.model(name)
+            await asyncio.to_thread(self.runtime.unregister, model)
+            self.io.pop(model, None)
+            self._probed.pop(model, None)
+
     async def config(self, model: str) -> Dict[str, Any]:
         """Triton's model configuration (what perf_analyzer reads): the protocol's batch limit
         (``max_rows``) and one sample's tensors."""
