@@ -85,6 +85,7 @@ PolicyConfig policy_config_from(const py::dict& o) {
   if (o.contains("margin_window")) c.margin_window = o["margin_window"].cast<int>();
   if (o.contains("wait_for_batch")) c.wait_for_batch = o["wait_for_batch"].cast<bool>();
   if (o.contains("queue_admission")) c.queue_admission = o["queue_admission"].cast<bool>();
+  if (o.contains("fair_share")) c.fair_share = o["fair_share"].cast<bool>();
   return c;
 }
 

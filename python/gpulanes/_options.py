@@ -4,7 +4,7 @@ trace frames."""
 
 from __future__ import annotations
 
-from typing import Any, Collection, Dict, List, Optional
+from typing import Any, Collection, Dict, List, Optional, Tuple
 
 from ._checks import _flag, _number, _numbers
 from .errors import InvalidInput, UnknownModel
@@ -54,7 +54,8 @@ def _isolation_config(isolation: Any, options: Optional[Dict[str, Any]]) -> Dict
 # Each policy's options (Triton's configuration names for max_delay) and their defaults.
 _POLICY_OPTIONS = {
     "deadline": {"min_margin_us": 200.0, "margin_quantile": 0.99, "margin_window": 256,
-                 "wait_for_batch": False, "queue_admission": True},
+                 "wait_for_batch": False, "queue_admission": True,
+                 "fair_share": False},
     "fifo": {},
     "max_delay": {"preferred_batch_size": [], "max_queue_delay_microseconds": 0,
                   "default_timeout_microseconds": 0},
@@ -117,6 +118,47 @@ def _predictor_config(predictor: str, options: Optional[Dict[str, Any]]) -> Dict
         raise InvalidInput(f"predictors have no option(s) {sorted(unknown)}; "
                            f"they take {sorted(_PREDICTOR_OPTIONS)}")
     return {**_typed_like(_PREDICTOR_OPTIONS, options, "predictor option"), "kind": predictor}
+
+
+_MAX_DEADLINE_S = 30 * 86400  # a deadline further ahead is a unit or clock mistake
+_MAX_BATCH = 65536            # largest max_batch_size
+_MAX_BATCH_BYTES = 4 * 2**30  # largest batch of inputs warm-up may stack
+
+
+def _register_args(name: Any, example_inputs: Any, slo_ms: Any, max_batch_size: Any,
+                   max_queue: Any) -> Tuple[Tuple[Any, ...], float, int, int]:
+    """register()'s arguments checked: (example_inputs as a tuple, slo_ms, max_batch_size,
+    max_queue); InvalidInput naming the first that is wrong."""
+    import torch
+
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(f"name must be a non-empty str, got {name!r}")
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if not isinstance(example_inputs, (tuple, list)) or not all(
+            isinstance(t, torch.Tensor) for t in example_inputs):
+        raise InvalidInput(f"example_inputs of {name!r} must be a tensor or a tuple/list of "
+                           f"tensors, got {type(example_inputs).__name__}")
+    slo_ms = _number("slo_ms", slo_ms)
+    if not 0 < slo_ms <= _MAX_DEADLINE_S * 1e3:
+        raise InvalidInput(f"slo_ms must be > 0 and at most 30 days, got {slo_ms}")
+    max_batch_size = _number("max_batch_size", max_batch_size, integer=True)
+    max_queue = _number("max_queue", max_queue, integer=True)
+    if not 1 <= max_batch_size <= _MAX_BATCH:
+        raise InvalidInput(f"max_batch_size must be in [1, {_MAX_BATCH}], got {max_batch_size}")
+    # Warm-up and profiling stack max_batch_size copies of the example: refuse what would
+    # take more memory than a batch can sensibly use.
+    batch_bytes = max_batch_size * sum(
+        (t.numel() // t.shape[0] if t.dim() and t.shape[0] else t.numel()) * t.element_size()
+        for t in example_inputs)
+    if batch_bytes > _MAX_BATCH_BYTES:
+        raise InvalidInput(f"max_batch_size={max_batch_size} makes a batch of {name!r} "
+                           f"{batch_bytes / 2**30:.1f} GiB of inputs (more than "
+                           f"{_MAX_BATCH_BYTES / 2**30:.0f} GiB): warm-up would exhaust "
+                           "memory; lower max_batch_size")
+    if not 1 <= max_queue <= 10**9:
+        raise InvalidInput(f"max_queue must be in [1, 1e9], got {max_queue}")
+    return tuple(example_inputs), slo_ms, max_batch_size, max_queue
 
 
 def _lane_specs(layout: Any, registered: Collection[str]) -> List[Dict[str, Any]]:

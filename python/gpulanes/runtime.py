@@ -23,9 +23,9 @@ from . import profiles as _profiles
 from ._futures import _AsyncSink, _completions_of, _Future
 from .errors import InvalidInput, UnknownModel
 from ._checks import _flag, _number
-from ._options import (_PARTITIONING, _RUNTIME_PLANNER, _isolation_config, _lane_specs,
-                       _model_stats, _policy_options, _predictor_config, _replan_config,
-                       _trace_frame)
+from ._options import (_MAX_DEADLINE_S, _PARTITIONING, _RUNTIME_PLANNER, _isolation_config,
+                       _lane_specs, _model_stats, _policy_options, _predictor_config,
+                       _register_args, _replan_config, _trace_frame)
 from ._profiling import Profiling
 from .planning import Planning
 
@@ -34,9 +34,6 @@ __all__ = ["Runtime"]
 ModelSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, torch.jit.ScriptModule,
                     torch.nn.Module, "torch.export.ExportedProgram"]
 
-_MAX_DEADLINE_S = 30 * 86400  # a deadline further ahead is a unit or clock mistake
-_MAX_BATCH = 65536            # largest max_batch_size
-_MAX_BATCH_BYTES = 4 * 2**30  # largest batch of inputs warm-up may stack
 
 # Runtimes still running at interpreter exit are shut down (without draining) before Python
 # finalizes, so no core thread ever waits for a GIL that is gone.
@@ -80,9 +77,12 @@ class Runtime(Planning, Profiling):
             Only ``deadline`` knows deadlines: the baselines run late requests (counted missed).
         policy_options: the chosen policy's options (see above); ``deadline`` takes
             ``min_margin_us``, ``margin_quantile``, ``margin_window``, ``wait_for_batch``
-            (True: may idle a lane to let a larger batch form) and ``queue_admission`` (True:
+            (True: may idle a lane to let a larger batch form), ``queue_admission`` (True:
             refuse at submit, with :class:`Overloaded`, a request that the work queued ahead
-            of it would finish late). Every option is checked here (type and range).
+            of it would finish late) and ``fair_share`` (False; True: under overload each
+            model of a shared lane gets at least an even share of its time, as far as it asks,
+            instead of EDF starving the longer-SLO one). Every option is checked here (type and
+            range).
         predictor: how the ``deadline`` policy predicts a batch's latency: ``"none"`` (the
             profile times a learned slow-down factor), ``"static"`` / ``"ewma"`` (a linear model
             over co-location features with offline weights), ``"sgd"`` / ``"rls"`` (the same,
@@ -216,33 +216,8 @@ class Runtime(Planning, Profiling):
         or compiled (with export's or the compiler's reason) or a package made for another
         device or torch version; :class:`InvalidInput` for bad arguments or a duplicate name.
         """
-        if not isinstance(name, str) or not name:
-            raise InvalidInput(f"name must be a non-empty str, got {name!r}")
-        if isinstance(example_inputs, torch.Tensor):
-            example_inputs = (example_inputs,)
-        if not isinstance(example_inputs, (tuple, list)) or not all(
-                isinstance(t, torch.Tensor) for t in example_inputs):
-            raise InvalidInput(f"example_inputs of {name!r} must be a tensor or a tuple/list of "
-                               f"tensors, got {type(example_inputs).__name__}")
-        slo_ms = _number("slo_ms", slo_ms)
-        if not 0 < slo_ms <= _MAX_DEADLINE_S * 1e3:
-            raise InvalidInput(f"slo_ms must be > 0 and at most 30 days, got {slo_ms}")
-        max_batch_size = _number("max_batch_size", max_batch_size, integer=True)
-        max_queue = _number("max_queue", max_queue, integer=True)
-        if not 1 <= max_batch_size <= _MAX_BATCH:
-            raise InvalidInput(f"max_batch_size must be in [1, {_MAX_BATCH}], got {max_batch_size}")
-        # Warm-up and profiling stack max_batch_size copies of the example: refuse what would
-        # take more memory than a batch can sensibly use.
-        batch_bytes = max_batch_size * sum(
-            (t.numel() // t.shape[0] if t.dim() and t.shape[0] else t.numel()) * t.element_size()
-            for t in example_inputs)
-        if batch_bytes > _MAX_BATCH_BYTES:
-            raise InvalidInput(f"max_batch_size={max_batch_size} makes a batch of {name!r} "
-                               f"{batch_bytes / 2**30:.1f} GiB of inputs (more than "
-                               f"{_MAX_BATCH_BYTES / 2**30:.0f} GiB): warm-up would exhaust "
-                               "memory; lower max_batch_size")
-        if not 1 <= max_queue <= 10**9:
-            raise InvalidInput(f"max_queue must be in [1, 1e9], got {max_queue}")
+        example_inputs, slo_ms, max_batch_size, max_queue = _register_args(
+            name, example_inputs, slo_ms, max_batch_size, max_queue)
         file = _formats.resolve(model, name=name, example_inputs=tuple(example_inputs),
                                 max_batch_size=max_batch_size, device=self._compile_device(),
                                 progress=progress)

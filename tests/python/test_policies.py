@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import gpulanes as gl
+from gpulanes import workloads as wl
 from conftest import Affine, Mlp, scripted
 
 
@@ -58,3 +59,32 @@ def test_given_profile_is_used_for_admission_instead_of_measuring():
         assert torch.equal(rt.infer("affine", torch.zeros(4), deadline_ms=1_000), torch.ones(4))
     with pytest.raises(gl.InvalidInput, match="before start"):
         rt.set_profile("affine", [{"batch_size": 1, "p50_us": 1.0}])
+
+
+def _lane_shares(fair: bool, factor: float):
+    """bert (22 ms) and vgg16 (142 ms) on one simulated H100 lane, each offered factor x 500/s
+    (about half its solo capacity each at 1x); per model its share of the lane's busy time and
+    the run's summary."""
+    sim = gl.sim.Simulator(gpus=1, seed=3, policy_options={"fair_share": fair}, trace=True)
+    sim.add_model("bert")
+    sim.add_model("vgg16")
+    out = sim.run(wl.Poisson({"bert": 500 * factor, "vgg16": 470 * factor}, 4, seed=1))
+    df = sim.trace_frame()
+    ran = df[df.batch_id >= 0].drop_duplicates("batch_id")
+    busy = (ran.end_s - ran.start_s).groupby(ran.model).sum()
+    return (busy / busy.sum()).to_dict(), out["models"]
+
+
+def test_fair_share_gives_the_long_slo_model_half_the_lane_under_overload():
+    # EDF alone: bert always holds the earliest deadline and vgg16 starves.
+    starved, edf = _lane_shares(False, 5)
+    fair, models = _lane_shares(True, 5)
+    assert starved["vgg16"] < 0.3
+    assert 0.45 < fair["vgg16"] < 0.55 and 0.45 < fair["bert"] < 0.55
+    assert models["vgg16"]["goodput"] > 2 * edf["vgg16"]["goodput"]
+    for s in models.values():  # every arrival accounted for
+        assert s["met"] + s["late"] + s["dropped"] + s["rejected"] + s["failed"] == s["requests"]
+
+
+def test_fair_share_changes_nothing_when_the_lane_keeps_up():
+    assert _lane_shares(True, 0.5) == _lane_shares(False, 0.5)

@@ -61,6 +61,8 @@ struct PolicyConfig {
   bool wait_for_batch = false;         // may idle a lane to let a larger batch form
   bool queue_admission = true;         // refuse at submit (Overloaded) what the work queued
                                        // ahead would make finish late (has_room)
+  bool fair_share = false;             // on a contended lane, a queued model that got less
+                                       // than an even share of lane time lately goes first
 };
 
 class BatchPolicy {

@@ -23,6 +23,17 @@
 //   (deadline - cost(1)). Otherwise the model's critical requests go alone, if it holds the
 //   most urgent one, or the lane serves the model that does; best-effort requests that can then
 //   no longer make it are dropped. Without best-effort requests none of this costs anything.
+// - Fair share (fair_share, off by default): EDF alone starves the longer-SLO model of a shared
+//   lane under overload: the shorter-SLO one always holds the earliest deadline, so the other
+//   starts only at its head's latest start, with a batch of one. So each lane keeps the lane time
+//   each model used lately (decayed over kShareTau of busy time); when several models are queued
+//   and one got less than an even share and its head waited half its SLO, its batch goes
+//   first: the largest that meets its head's deadline and takes at most half the smallest other
+//   SLO (the duty-cycle rule, so the others' requests can wait one such batch). The result is
+//   max-min fair lane time: a model asking less than its share gets what it asks. While a
+//   model's batches go first so, admission counts one of them ahead of every other model's
+//   request, so what it admits can wait for it. Off by default: it trades requests of the
+//   cheaper model for the dearer one's, so total goodput falls (benchmarks/fair_share.py).
 // - A request expected to miss even alone (now + latency(1) > deadline) is dropped without
 //   running; admission control refuses one that could not make it even on an idle lane. Under
 //   overload the most urgent requests are also given up when that lets a batch at least twice
@@ -94,6 +105,14 @@ class DeadlinePolicy final : public BatchPolicy {
       return it == critical_start.end() ? kNever : it->second;
     };
     std::sort(order.begin(), order.end());
+    if (cfg_.fair_share && order.size() > 1 && !best_effort) {
+      if (Batch b = underserved_batch(L, order, s, now, predict, cost); !b.requests.empty()) {
+        std::lock_guard<std::mutex> lock(seen_mu_);
+        if (static_cast<int>(jumped_at_.size()) <= b.model) jumped_at_.resize(b.model + 1, kNever);
+        jumped_at_[b.model] = now;
+        return b;
+      }
+    }
     TimeNs start_by = kNever;  // a more urgent model waits: whatever runs now must end by then
     for (const auto& [head_deadline, m] : order) {
       RequestQueue& q = *s.queues[m];
@@ -163,6 +182,14 @@ class DeadlinePolicy final : public BatchPolicy {
   }
 
   void observe(const BatchObservation& obs) override {
+    if (cfg_.fair_share && obs.lane >= 0 && obs.model >= 0) {
+      if (static_cast<int>(usage_.size()) <= obs.lane) usage_.resize(obs.lane + 1);
+      std::vector<double>& u = usage_[obs.lane];
+      if (static_cast<int>(u.size()) <= obs.model) u.resize(obs.model + 1, 0.0);
+      const double keep = std::exp(-static_cast<double>(obs.actual_ns) / kShareTau);
+      for (double& x : u) x *= keep;
+      u[obs.model] += static_cast<double>(obs.actual_ns);
+    }
     if (obs.predicted_ns <= 0) return;
     Errors& e = errors_[obs.model];
     if (obs.profiled_ns > 0) {
@@ -214,8 +241,14 @@ class DeadlinePolicy final : public BatchPolicy {
           // run from its head's to about now + its SLO (the newest); take them as even.
           const double newest = static_cast<double>(now + s.models.at(k).spec.slo);
           const double span = std::max(1.0, newest - static_cast<double>(*head));
+          const std::size_t queued = n;
           n = static_cast<std::size_t>(std::ceil(
               n * std::clamp((static_cast<double>(deadline) - *head) / span, 0.0, 1.0)));
+          // While fair share puts its batches first, one (at most half this model's SLO) may
+          // run ahead of this request.
+          if (cfg_.fair_share && jumped_lately(k, now, s.models.at(k).spec.slo)) {
+            n = std::max(n, std::min(queued, duty_batch(s, k, s.models.at(m).spec.slo)));
+          }
         }
         const int full = saturated_batch(s, k);
         work_ns += static_cast<double>(n) * seen(k).scale * s.profiles.fastest(k, full) / full;
@@ -284,6 +317,51 @@ class DeadlinePolicy final : public BatchPolicy {
       }
     }
   }
+  // Fair share: the batch of the queued model on lane `L` that got the least lane time lately,
+  // when that is under half an even share of what the queued models got; else none.
+  template <typename Predict, typename Cost>
+  Batch underserved_batch(int L, const std::vector<std::pair<TimeNs, int>>& order,
+                          SchedulingState& s, TimeNs now, const Predict& predict,
+                          const Cost& cost) const {
+    if (L >= static_cast<int>(usage_.size())) return {};
+    const std::vector<double>& u = usage_[L];
+    auto used = [&](int m) { return m < static_cast<int>(u.size()) ? u[m] : 0.0; };
+    double total = 0;
+    int least = -1;
+    TimeNs least_head = 0;
+    for (const auto& [d, m] : order) {
+      total += used(m);
+      if (least < 0 || used(m) < used(least)) least = m, least_head = d;
+    }
+    if (total <= 0 || used(least) >= kShareFloor * total / static_cast<double>(order.size())) return {};
+    if (least == order.front().second) return {};  // EDF serves it next anyway
+    // Only once its head waited half its SLO: below that the lane is not starving it (EDF
+    // would serve it in time), and jumping ahead could only make the others late.
+    if (least_head - now > s.models.at(least).spec.slo / 2) return {};
+    DurationNs others_slo = kNever;
+    for (const auto& [d, o] : order) {
+      if (o != least) others_slo = std::min(others_slo, s.models.at(o).spec.slo);
+    }
+    RequestQueue& q = *s.queues[least];
+    int b = static_cast<int>(std::min<std::size_t>(q.size(), s.models.at(least).spec.max_batch_size));
+    while (b > 1 && !(now + cost(least, b) <= least_head && 2 * cost(least, b) <= others_slo)) --b;
+    if (now + (b == 1 ? predict(least, 1) : cost(least, b)) > least_head) return {};
+    Batch batch;
+    batch.model = least;
+    batch.requests = q.pop_up_to(static_cast<std::size_t>(b));
+    batch.predicted_ns = predict(least, b);
+    return batch;
+  }
+
+  // The largest batch of model `k` that fair share may run ahead of a model whose SLO is `slo`
+  // (its profiled latency at most half of it), at least 1.
+  static std::size_t duty_batch(const SchedulingState& s, int k, DurationNs slo) {
+    for (int b = s.models.at(k).spec.max_batch_size; b > 1; --b) {
+      if (2 * s.profiles.fastest(k, b) <= slo) return static_cast<std::size_t>(b);
+    }
+    return 1;
+  }
+
   DurationNs margin(int m) const {
     auto it = errors_.find(m);
     return it == errors_.end() ? cfg_.min_margin_ns : it->second.margin;
@@ -311,15 +389,28 @@ class DeadlinePolicy final : public BatchPolicy {
     double scale = 1.0;
     DurationNs margin = 0;
   };
+  // Whether fair share put a batch of `m` first within the last `window`.
+  bool jumped_lately(int m, TimeNs now, DurationNs window) const {
+    std::lock_guard<std::mutex> lock(seen_mu_);
+    return m < static_cast<int>(jumped_at_.size()) && jumped_at_[m] != kNever &&
+           now - jumped_at_[m] <= window;
+  }
   Seen seen(int m) const {
     std::lock_guard<std::mutex> lock(seen_mu_);
     return m < static_cast<int>(seen_.size()) ? seen_[m] : Seen{1.0, cfg_.min_margin_ns};
   }
 
+  // Decay of the lane time fair share counts, in ns of the lane's busy time.
+  static constexpr double kShareTau = 0.5e9;
+  // A queued model under this fraction of an even share of the lane goes first.
+  static constexpr double kShareFloor = 1.0;
+
   const PolicyConfig cfg_;
   std::unordered_map<int, Errors> errors_;  // per model; the loop's alone
-  mutable std::mutex seen_mu_;              // guards seen_
+  std::vector<std::vector<double>> usage_;  // [lane][model]: decayed lane time (fair share)
+  mutable std::mutex seen_mu_;              // guards seen_ and jumped_at_
   std::vector<Seen> seen_;                  // per model: copied from errors_ after each batch
+  std::vector<TimeNs> jumped_at_;           // per model: when fair share last put it first
 };
 
 }  // namespace
