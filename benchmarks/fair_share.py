@@ -70,8 +70,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     env = environment("sim-h100")
-    env["command"] = "python benchmarks/fair_share.py" + (
-        f" --seconds {args.seconds:g}" if args.seconds != 10.0 else "")
     solo = {m: solo_capacity(m, args.seconds) for m in {m for pair in PAIRS for m in pair}}
     print("solo capacity (req/s at 99%):", {m: round(r) for m, r in solo.items()})
     results: Dict[str, Any] = {"lane": "one whole simulated H100", "solo_capacity": solo,

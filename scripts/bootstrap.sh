@@ -43,7 +43,7 @@ if [ "$(cat .venv/.deps-stamp 2>/dev/null)" != "$deps_hash" ]; then
 fi
 
 # --- 3. build --------------------------------------------------------------------------------
-src_hash=$( (find csrc cmake tests/cpp -type f 2>/dev/null; echo CMakeLists.txt; echo pyproject.toml; echo python/gpulanes/serve/kserve_v2.proto) \
+src_hash=$( (find csrc cmake tests/cpp tests/ops -type f 2>/dev/null; echo CMakeLists.txt; echo pyproject.toml; echo python/gpulanes/serve/kserve_v2.proto) \
   | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -d' ' -f1)
 if [ "$(cat .venv/.build-stamp 2>/dev/null)" != "$src_hash" ]; then
   log "building gpulanes (C++ core, _C extension, C++ tests) incrementally in build/"
@@ -53,4 +53,5 @@ if [ "$(cat .venv/.build-stamp 2>/dev/null)" != "$src_hash" ]; then
   echo "$src_hash" > .venv/.build-stamp
 fi
 export GPULANES_CPP_TESTS="$ROOT/build/dev/gpulanes_cpp_tests"
+export GPULANES_TEST_OPS="$ROOT/build/dev/libgpulanes_test_ops.so"
 export PATH="$ROOT/.venv/bin:$PATH"

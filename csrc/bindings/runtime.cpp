@@ -46,6 +46,7 @@ class PyRuntime {
     o.worker_path = isolation["worker_path"].cast<std::string>();
     o.worker_watchdog_s = isolation["watchdog_s"].cast<double>();
     o.worker_max_restarts = isolation["max_restarts"].cast<int>();
+    o.worker_libraries = isolation["libraries"].cast<std::vector<std::string>>();
     if (!replan.is_none()) o.replan = replan_options_from(replan.cast<py::dict>());
     o.predictor = predictor_config_from(predictor);
     o.trace = trace;

@@ -3,12 +3,13 @@
 // them one at a time, and exits when the lane says so, when the socket closes, or (by
 // PR_SET_PDEATHSIG) when the lane's thread in the runtime's process goes away.
 //
-//   gpulanes_worker --parent PID --threads N
+//   gpulanes_worker --parent PID --threads N [--spin-ns NS]
 #include <c10/core/InferenceMode.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/script.h>
 
+#include <dlfcn.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <unistd.h>
@@ -18,6 +19,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "gpulanes/exec/worker_protocol.h"
 #include "gpulanes/model/aoti_package.h"
@@ -70,9 +72,13 @@ std::vector<at::Tensor> flatten(const c10::IValue& out, std::uint32_t* kind) {
 int main(int argc, char** argv) {
   pid_t parent = 0;
   int threads = 1;
+  long long spin_ns = 0;  // after a reply, poll this long for the next command before sleeping
+  std::vector<std::string> libraries;  // custom operators, loaded before any model
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--parent") == 0) parent = static_cast<pid_t>(std::atoi(argv[i + 1]));
     if (std::strcmp(argv[i], "--threads") == 0) threads = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--spin-ns") == 0) spin_ns = std::atoll(argv[i + 1]);
+    if (std::strcmp(argv[i], "--library") == 0) libraries.emplace_back(argv[i + 1]);
   }
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (parent <= 0 || ::getppid() != parent) return 3;  // the parent is gone already
@@ -82,11 +88,19 @@ int main(int argc, char** argv) {
   std::map<int, std::unique_ptr<gl::ModelInstance>> models;
   w::Message hello;
   hello.op = w::Op::kOk;
-  if (!w::send_message(w::kSocketFd, hello)) return 0;
+  for (const std::string& lib : libraries) {
+    // RTLD_GLOBAL: an operator library may depend on symbols of another one.
+    if (::dlopen(lib.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr) {
+      const char* why = ::dlerror();
+      hello = reply_error("cannot load the library '" + lib + "': " + (why ? why : "unknown"));
+      break;
+    }
+  }
+  if (!w::send_message(w::kSocketFd, hello) || hello.op != w::Op::kOk) return 0;
   for (;;) {
     std::optional<w::Message> m;
     try {
-      m = w::receive_message(w::kSocketFd, -1);
+      m = w::receive_message(w::kSocketFd, -1, nullptr, spin_ns);
     } catch (const std::exception&) {
       return 4;
     }

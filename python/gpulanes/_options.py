@@ -4,6 +4,8 @@ trace frames."""
 
 from __future__ import annotations
 
+import os
+
 from typing import Any, Collection, Dict, List, Optional, Tuple
 
 from ._checks import _flag, _number, _numbers
@@ -20,7 +22,7 @@ def _replan_config(replan: Optional[Dict[str, Any]], planner: Dict[str, Any]):
 
 
 # Process lanes (isolation="process"): their worker's settings and defaults.
-_WORKER_OPTIONS = {"watchdog_s": 60.0, "max_restarts": 5}
+_WORKER_OPTIONS = {"watchdog_s": 60.0, "max_restarts": 5, "libraries": ()}
 
 
 def _worker_path() -> str:
@@ -48,6 +50,15 @@ def _isolation_config(isolation: Any, options: Optional[Dict[str, Any]]) -> Dict
     out["max_restarts"] = _number("worker_options['max_restarts']",
                                   given.get("max_restarts", _WORKER_OPTIONS["max_restarts"]),
                                   integer=True)
+    libraries = given.get("libraries", ())
+    if isinstance(libraries, (str, bytes)) or not isinstance(libraries, (list, tuple)):
+        raise InvalidInput("worker_options['libraries'] must be a list of paths to shared "
+                           f"libraries (custom operators), got {libraries!r}")
+    out["libraries"] = []
+    for lib in libraries:
+        if not isinstance(lib, (str, os.PathLike)) or not os.path.isfile(lib):
+            raise InvalidInput(f"worker_options['libraries']: {lib!r} is not a file")
+        out["libraries"].append(os.path.abspath(os.fspath(lib)))
     return out
 
 

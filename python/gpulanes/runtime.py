@@ -114,8 +114,11 @@ class Runtime(Planning, Profiling):
             fails only the batch it ran, with :class:`ModelError` naming what happened; the lane
             starts a new worker. GPU process lanes (MPS) are not done yet.
         worker_options: for ``isolation="process"``: ``watchdog_s`` (60; a batch running longer
-            has its worker killed; (0, 86400]) and ``max_restarts`` (5; deaths in a row before
-            a lane gives up and fails its batches at once, reported by :meth:`lanes`; 0..1000).
+            has its worker killed; (0, 86400]), ``max_restarts`` (5; deaths in a row before
+            a lane gives up and fails its batches at once, reported by :meth:`lanes`; 0..1000)
+            and ``libraries`` (paths of shared libraries, e.g. custom operators your models
+            call, that each worker loads before any model; what ``torch.ops.load_library``
+            does in this process).
         profile_cache: where measured latency profiles are kept between runs, keyed by model
             bytes, input signature, device, torch version and lane share (see
             :mod:`gpulanes.profiles`): ``True`` (default) for ``$GPULANES_CACHE_DIR`` or

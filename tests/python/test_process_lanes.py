@@ -137,16 +137,48 @@ def _busy_and_affine(**kwargs):
     return rt
 
 
-def test_an_abort_in_the_worker_is_named_and_the_lane_goes_on():
-    with _busy_and_affine() as rt:
-        pid = _worker_pids(rt)[0]
-        ticks = _cpu_ticks(pid)
-        f = rt.submit("busy", torch.zeros(4))
-        _kill_mid_batch(pid, signal.SIGABRT, ticks)  # what abort() in a failing op sends
-        with pytest.raises(gl.ModelError, match="SIGABRT"):
-            f.result(timeout=120)
-        assert torch.equal(rt.infer("affine", torch.zeros(4)), torch.ones(4))
-        assert rt.lanes()[0]["worker_restarts"] == 1
+def _test_ops() -> str:
+    """The custom operator library tests/ops/crash_ops.cpp, built with the C++ tests."""
+    path = os.environ.get("GPULANES_TEST_OPS") or str(
+        Path(__file__).resolve().parents[2] / "build" / "dev" / "libgpulanes_test_ops.so")
+    if not os.path.isfile(path):
+        pytest.fail(f"the test operator library {path} was not built (scripts/bootstrap.sh "
+                    "builds it)")
+    return path
+
+
+class AbortOnNegative(nn.Module):
+    """2x, through a custom op that aborts the process on a negative input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.gpulanes_test.abort_if_negative(x) * 2.0
+
+
+def test_a_custom_op_that_aborts_takes_down_only_its_worker_and_batch():
+    lib = _test_ops()
+    torch.ops.load_library(lib)  # to script the model here; it only ever runs in the workers
+    rt = _runtime(cpu_lanes=2, worker_options={"libraries": [lib]})
+    rt.register("crashy", scripted(AbortOnNegative()), slo_ms=120_000,
+                example_inputs=torch.ones(1, 4), max_batch_size=1)
+    rt.register("affine", scripted(Affine()), slo_ms=120_000, example_inputs=torch.zeros(1, 4))
+    with rt:
+        with affine_load(rt) as futures:
+            with pytest.raises(gl.ModelError, match="SIGABRT"):
+                rt.infer("crashy", -torch.ones(4), timeout=120)
+            assert torch.equal(rt.infer("crashy", torch.ones(4), timeout=120), torch.full((4,), 2.0))
+        for i, f in futures:  # the other lane, and this one once its worker came back
+            assert torch.equal(f.result(timeout=120), torch.full((4,), 2.0 * i + 1.0))
+        assert sum(lane["worker_restarts"] for lane in rt.lanes()) == 1
+
+
+def test_a_library_the_worker_cannot_load_fails_start_with_its_reason(tmp_path):
+    bogus = tmp_path / "libnot_a_library.so"
+    bogus.write_text("not an ELF file")
+    rt = _runtime(worker_options={"libraries": [str(bogus)]})
+    rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(1, 4))
+    with pytest.raises(gl.ModelError, match="cannot load the library .*libnot_a_library.so"):
+        rt.start()
+    assert all(state != "Z" for _, state in _children())  # the failed worker was reaped
 
 
 def test_a_hanging_worker_is_killed_by_the_watchdog():
@@ -252,6 +284,11 @@ def test_bad_isolation_options_are_refused_naming_them():
         gl.Runtime(device="cpu", isolation="process", worker_options={"max_restarts": -1})
     with pytest.raises(gl.InvalidInput, match="unknown worker_options"):
         gl.Runtime(device="cpu", isolation="process", worker_options={"watchdog": 1})
+    with pytest.raises(gl.InvalidInput, match="libraries.*list"):
+        gl.Runtime(device="cpu", isolation="process", worker_options={"libraries": "ops.so"})
+    with pytest.raises(gl.InvalidInput, match="is not a file"):
+        gl.Runtime(device="cpu", isolation="process",
+                   worker_options={"libraries": ["/nonexistent/ops.so"]})
 
 
 def test_a_compiled_package_runs_in_the_worker():

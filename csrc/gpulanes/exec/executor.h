@@ -65,6 +65,9 @@ struct ProcessOptions {
   DurationNs watchdog_ns = 60'000'000'000;     // a batch still running after this: killed
   int max_restarts = 5;                        // deaths in a row before the lane gives up
   int threads = 0;                             // the worker's intra-op threads (0: the lane's)
+  DurationNs spin_ns = 0;                      // each side polls this long for the other's
+                                               // next message before it sleeps
+  std::vector<std::string> libraries;          // loaded (dlopen) by the worker before models
 };
 
 // Forward passes on the calling thread with torch's intra-op thread pool.

@@ -170,7 +170,12 @@ class ProcessExecutor final : public Executor {
     const std::string parent = std::to_string(::getpid());
     const std::string threads =
         std::to_string(options_.threads > 0 ? options_.threads : at::get_num_threads());
-    std::vector<std::string> args = {options_.worker_path, "--parent", parent, "--threads", threads};
+    std::vector<std::string> args = {options_.worker_path, "--parent", parent, "--threads", threads,
+                                     "--spin-ns", std::to_string(options_.spin_ns)};
+    for (const std::string& lib : options_.libraries) {
+      args.push_back("--library");
+      args.push_back(lib);
+    }
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -190,6 +195,13 @@ class ProcessExecutor final : public Executor {
     pid_.store(pid);
     bool timed_out = false;
     auto hello = worker::receive_message(sock_, watchdog_ms(), &timed_out);
+    if (hello && hello->op == Op::kError) {  // it could not load a library: no use retrying
+      reap();
+      ++deaths_in_a_row_;
+      broken_.store(true);
+      last_death_ = hello->text;
+      throw Error(ErrorCode::kModelError, "the lane's worker process could not start: " + hello->text);
+    }
     if (!hello || hello->op != Op::kOk) lost("starting", timed_out);
   }
 
@@ -216,7 +228,8 @@ class ProcessExecutor final : public Executor {
   Message exchange(const Message& m, const std::string& doing) {
     if (!worker::send_message(sock_, m)) lost(doing, false);
     bool timed_out = false;
-    std::optional<Message> reply = worker::receive_message(sock_, watchdog_ms(), &timed_out);
+    std::optional<Message> reply =
+        worker::receive_message(sock_, watchdog_ms(), &timed_out, options_.spin_ns);
     if (!reply) lost(doing, timed_out);
     return std::move(*reply);
   }

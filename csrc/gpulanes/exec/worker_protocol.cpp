@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <utility>
 
@@ -62,10 +63,18 @@ bool send_message(int fd, const Message& m) {
   }
 }
 
-std::optional<Message> receive_message(int fd, int timeout_ms, bool* timed_out) {
+std::optional<Message> receive_message(int fd, int timeout_ms, bool* timed_out,
+                                       std::int64_t spin_ns) {
   if (timed_out) *timed_out = false;
   pollfd p{fd, POLLIN, 0};
-  for (;;) {
+  bool ready = false;
+  if (spin_ns > 0) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns);
+    do {
+      ready = ::poll(&p, 1, 0) > 0;
+    } while (!ready && std::chrono::steady_clock::now() < until);
+  }
+  while (!ready) {
     const int r = ::poll(&p, 1, timeout_ms);
     if (r > 0) break;
     if (r == 0) {
@@ -74,7 +83,9 @@ std::optional<Message> receive_message(int fd, int timeout_ms, bool* timed_out) 
     }
     if (errno != EINTR) return std::nullopt;
   }
-  std::vector<char> buf(kMaxPacket);
+  // One buffer per thread, allocated once: a fresh megabyte per message cost more than the
+  // rest of the hop.
+  thread_local std::vector<char> buf(kMaxPacket);
   ssize_t n;
   do {
     n = ::recv(fd, buf.data(), buf.size(), 0);

@@ -46,17 +46,21 @@ void Deliverer::stop() {
 
 void Deliverer::run() {
   std::vector<Pending> taken;
+  std::size_t done = 0;  // posts the previous round delivered
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(mu_);
-      delivered_ += taken.size();  // the previous round, now that its callbacks returned
-      taken.clear();
+      delivered_ += done;
       done_cv_.notify_all();
       cv_.wait(lock, [&] { return stop_ || !pending_.empty(); });
       if (pending_.empty()) return;  // stopping, and nothing is left
       taken.swap(pending_);
     }
     deliver(taken);
+    done = taken.size();
+    // Not under mu_: what the requests hold may need the hook's context (the GIL) to go, and
+    // a thread holding that may be waiting in post() for mu_.
+    taken.clear();
   }
 }
 

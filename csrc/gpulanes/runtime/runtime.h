@@ -56,6 +56,8 @@ struct RuntimeOptions {
   std::string worker_path;           // that executable (isolation "process")
   double worker_watchdog_s = 60;     // a batch running longer: its worker is killed
   int worker_max_restarts = 5;       // worker deaths in a row before a lane gives up
+  std::vector<std::string> worker_libraries;  // shared libraries (custom operators) each worker
+                                              // loads before any model
   bool outputs_on_device = false; // CUDA lanes: leave outputs on the GPU
   int warmup_rounds = 2;          // forward passes per (lane, model, batch size) at start()
   double spin_us = 50;            // idle lane polls this long for work before sleeping

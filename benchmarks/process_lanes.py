@@ -1,0 +1,124 @@
+"""What process lanes cost: the same CPU lane in the runtime's process (isolation="thread") and
+in a worker process (isolation="process"), and how long a killed worker takes to come back.
+
+One CPU lane, one intra-op thread, max batch 16. Per mode:
+
+- the hop by itself: `infer()` latency of a tiny elementwise model (x * 2 + 1) on a 64-float
+  sample and on a ResNet-sized one (3 x 224 x 224 floats, 588 KiB in and out), p50/p99 over
+  --requests sequential calls (closed loop, one request at a time, so the difference between the
+  modes is the round trip to the worker and the copies through shared memory);
+- a CNN (MobileNetV3-Small at 96x96): its profile (p50 at batch 1 and 16, measured through the
+  lane, the hop included) and its peak rate: the highest open-loop Poisson rate of which 99% is
+  met (SLO 100 ms, --seconds per run, the first half second excluded; peak search);
+- process mode only: a worker killed with SIGKILL while idle, then the time until the next
+  request is answered (a new worker started and the lane's models loaded into it).
+
+Targets (issue 17, this 2-core machine): at most 50 us added per batch at p50 for a small
+tensor, at most 5% lower peak rate for the CNN.
+
+    python benchmarks/process_lanes.py [--requests 2000] [--seconds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import gpulanes as gl
+from gpulanes import workloads as wl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import environment, mobilenet_v3_96, peak_search, write_result  # noqa: E402
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=UserWarning)
+SLO_MS = 100.0
+
+
+class Tiny(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2.0 + 1.0
+
+
+def latency_us(rt: "gl.Runtime", model: str, x: torch.Tensor, n: int) -> dict:
+    for _ in range(min(200, n)):
+        rt.infer(model, x)
+    lat = []
+    for _ in range(n):
+        a = time.perf_counter_ns()
+        rt.infer(model, x)
+        lat.append((time.perf_counter_ns() - a) / 1e3)
+    return {"p50": round(float(np.percentile(lat, 50)), 1),
+            "p99": round(float(np.percentile(lat, 99)), 1)}
+
+
+def peak_rate(rt: "gl.Runtime", sample: torch.Tensor, seconds: float) -> dict:
+    def run(rate: float) -> dict:
+        out = wl.drive(rt, wl.Poisson({"mobilenet": rate}, seconds, seed=int(rate)),
+                       {"mobilenet": (sample,)}, warmup_s=0.5, progress=False)
+        return {"rate": rate, **out["models"]["mobilenet"]}
+    found = peak_search(run, lambda r: r["attainment"] >= 0.99, start=50.0, steps=4)
+    return {"req_per_s": round(found["max_load"], 1),
+            "tried": [{"rate": round(r["rate"], 1), "attainment": round(r["attainment"], 4)}
+                      for r in found["tried"]]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    env = environment("cpu")
+    mobilenet, example = mobilenet_v3_96()
+    tiny = torch.jit.script(Tiny())
+    results = {"arrivals": "hop: closed loop, one request at a time; peak: open-loop Poisson",
+               "slo_ms": SLO_MS, "modes": {}}
+    for mode in ("thread", "process"):
+        rt = gl.Runtime(device="cpu", isolation=mode, profile_cache=False)
+        rt.register("tiny", tiny, slo_ms=1000, example_inputs=torch.zeros(1, 64), max_batch_size=16)
+        rt.register("tiny_image", tiny, slo_ms=1000, example_inputs=torch.zeros(1, 3, 224, 224),
+                    max_batch_size=16)
+        rt.register("mobilenet", mobilenet, slo_ms=SLO_MS, example_inputs=example,
+                    max_batch_size=16)
+        t0 = time.perf_counter()
+        rt.start(progress=False)
+        row = {"start_s": round(time.perf_counter() - t0, 2),
+               "tiny_infer_us": latency_us(rt, "tiny", torch.randn(64), args.requests),
+               "image_infer_us": latency_us(rt, "tiny_image", torch.randn(3, 224, 224),
+                                            args.requests // 2)}
+        points = {p["batch_size"]: p["p50_us"] / 1e3 for p in rt.profile("mobilenet")}
+        row["mobilenet_ms"] = {"batch1": round(points[1], 3), "batch16": round(points[16], 3)}
+        row["mobilenet_peak"] = peak_rate(rt, example[0], args.seconds)
+        if mode == "process":
+            pid = rt.lanes()[0]["worker_pid"]
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+            a = time.perf_counter()
+            rt.infer("tiny", torch.randn(64))
+            row["recovery_after_kill_s"] = round(time.perf_counter() - a, 3)
+            row["lanes"] = rt.lanes()
+        rt.shutdown()
+        results["modes"][mode] = row
+        print(mode, {k: v for k, v in row.items() if k != "lanes"}, flush=True)
+    t, p = results["modes"]["thread"], results["modes"]["process"]
+    results["added_us_p50"] = {k: round(p[k]["p50"] - t[k]["p50"], 1)
+                               for k in ("tiny_infer_us", "image_infer_us")}
+    results["peak_rate_ratio"] = round(p["mobilenet_peak"]["req_per_s"] /
+                                       max(t["mobilenet_peak"]["req_per_s"], 1e-9), 3)
+    print("added p50 us:", results["added_us_p50"], " peak rate process/thread:",
+          results["peak_rate_ratio"])
+    print("wrote", write_result("process-lanes", env, results))
+
+
+if __name__ == "__main__":
+    main()
