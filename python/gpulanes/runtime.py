@@ -116,9 +116,10 @@ class Runtime(Planning, Profiling):
         worker_options: for ``isolation="process"``: ``watchdog_s`` (60; a batch running longer
             has its worker killed; (0, 86400]), ``max_restarts`` (5; deaths in a row before
             a lane gives up and fails its batches at once, reported by :meth:`lanes`; 0..1000)
-            and ``libraries`` (paths of shared libraries, e.g. custom operators your models
+            ``libraries`` (paths of shared libraries, e.g. custom operators your models
             call, that each worker loads before any model; what ``torch.ops.load_library``
-            does in this process).
+            does in this process) and ``spin_us`` (0; how long lane and worker poll for each
+            other's next message before they sleep: pays only with cores to spare).
         profile_cache: where measured latency profiles are kept between runs, keyed by model
             bytes, input signature, device, torch version and lane share (see
             :mod:`gpulanes.profiles`): ``True`` (default) for ``$GPULANES_CACHE_DIR`` or

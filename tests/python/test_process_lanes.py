@@ -168,7 +168,14 @@ def test_a_custom_op_that_aborts_takes_down_only_its_worker_and_batch():
             assert torch.equal(rt.infer("crashy", torch.ones(4), timeout=120), torch.full((4,), 2.0))
         for i, f in futures:  # the other lane, and this one once its worker came back
             assert torch.equal(f.result(timeout=120), torch.full((4,), 2.0 * i + 1.0))
+        # The lane that lost its worker starts a new one with its next batch: bursts reach both.
+        deadline = time.monotonic() + 60
+        while sum(lane["worker_restarts"] for lane in rt.lanes()) == 0:
+            assert time.monotonic() < deadline, rt.lanes()
+            burst = [rt.submit("affine", torch.ones(4)) for _ in range(64)]
+            assert all(torch.equal(f.result(timeout=60), torch.full((4,), 3.0)) for f in burst)
         assert sum(lane["worker_restarts"] for lane in rt.lanes()) == 1
+        assert all(lane["worker_pid"] > 0 and not lane["broken"] for lane in rt.lanes())
 
 
 def test_a_library_the_worker_cannot_load_fails_start_with_its_reason(tmp_path):

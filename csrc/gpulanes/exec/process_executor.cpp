@@ -30,6 +30,7 @@
 #include <map>
 #include <thread>
 
+#include "gpulanes/exec/batching.h"
 #include "gpulanes/exec/executor.h"
 #include "gpulanes/exec/worker_protocol.h"
 #include "gpulanes/model/program.h"
@@ -41,6 +42,7 @@ namespace {
 
 using worker::Message;
 using worker::Op;
+using worker::TensorMeta;
 
 std::string signal_name(int sig) {
   switch (sig) {
@@ -93,17 +95,50 @@ class ProcessExecutor final : public Executor {
     std::vector<at::Tensor> tensors;
     tensors.reserve(inputs.size());
     for (const c10::IValue& in : inputs) tensors.push_back(in.toTensor());
+    return run_written(index, worker::write_tensors(arena_, 0, tensors), /*copy=*/true);
+  }
+
+  // Served batches skip the stacked copy: each request's sample goes straight to its row in
+  // the arena, and the rows handed out are copied out of it once (split_output).
+  std::vector<c10::IValue> run_requests(int index, std::span<const RequestPtr> requests) override {
+    ensure_worker();
+    const auto n = static_cast<std::int64_t>(requests.size());
+    std::vector<worker::TensorShape> shapes;
+    for (const at::Tensor& t : requests.front()->inputs) {
+      std::vector<std::int64_t> sizes{n};
+      sizes.insert(sizes.end(), t.sizes().begin(), t.sizes().end());
+      shapes.emplace_back(std::move(sizes), t.scalar_type());
+    }
+    std::vector<TensorMeta> metas = worker::place_tensors(arena_, 0, shapes);
+    std::vector<at::Tensor> columns = worker::read_tensors(arena_, metas, /*copy=*/false);
+    for (std::size_t k = 0; k < columns.size(); ++k) {
+      for (std::int64_t i = 0; i < n; ++i) columns[k].select(0, i).copy_(requests[i]->inputs[k]);
+    }
+    columns.clear();
+    return split_output(run_written(index, std::move(metas), /*copy=*/false),
+                        static_cast<std::size_t>(n), /*copy_rows=*/true);
+  }
+
+  void close() override { stop_worker(); }
+  int worker_pid() const override { return pid_.load(); }
+  int worker_restarts() const override { return restarts_.load(); }
+  bool broken() const override { return broken_.load(); }
+
+ private:
+  // Runs model `index` on the inputs `metas` describe in the arena. Its outputs are copies, or
+  // without `copy` views of the arena, valid until the next batch.
+  c10::IValue run_written(int index, std::vector<TensorMeta> metas, bool copy) {
     Message m;
     m.op = Op::kRun;
     m.model = index;
-    m.tensors = worker::write_tensors(arena_, 0, tensors);
+    const std::int64_t rows = metas.empty() || metas[0].ndim == 0 ? 0 : metas[0].sizes[0];
+    m.tensors = std::move(metas);
     m.arena_size = arena_.size();
-    const Message reply = exchange(
-        m, "running a batch of " + std::to_string(tensors.empty() ? 0 : tensors[0].size(0)));
+    const Message reply = exchange(m, "running a batch of " + std::to_string(rows));
     if (reply.op != Op::kOk) throw Error(ErrorCode::kModelError, reply.text);
     deaths_in_a_row_ = 0;
     arena_.follow(reply.arena_size);
-    std::vector<at::Tensor> outs = worker::read_tensors(arena_, reply.tensors, /*copy=*/true);
+    std::vector<at::Tensor> outs = worker::read_tensors(arena_, reply.tensors, copy);
     if (reply.flags == worker::kTensor && outs.size() == 1) return outs[0];
     if (reply.flags == worker::kList) {
       c10::List<at::Tensor> list;
@@ -113,12 +148,6 @@ class ProcessExecutor final : public Executor {
     return c10::ivalue::Tuple::create(std::vector<c10::IValue>(outs.begin(), outs.end()));
   }
 
-  void close() override { stop_worker(); }
-  int worker_pid() const override { return pid_.load(); }
-  int worker_restarts() const override { return restarts_.load(); }
-  bool broken() const override { return broken_.load(); }
-
- private:
   void ensure_worker() {
     if (pid_.load() > 0 && !died_idle()) return;
     if (broken_.load()) {

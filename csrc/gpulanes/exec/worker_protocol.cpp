@@ -179,26 +179,38 @@ void Arena::follow(std::size_t bytes) {
   if (bytes > size_) map(bytes);
 }
 
-std::vector<TensorMeta> write_tensors(Arena& arena, std::size_t start,
-                                      const std::vector<at::Tensor>& tensors) {
+std::vector<TensorMeta> place_tensors(Arena& arena, std::size_t start,
+                                      const std::vector<TensorShape>& shapes) {
   std::vector<TensorMeta> metas;
   std::size_t at = align64(start);
-  for (const at::Tensor& t : tensors) {
-    if (t.dim() > kMaxDims) {
-      throw Error(ErrorCode::kModelError, "a tensor of " + std::to_string(t.dim()) +
+  for (const auto& [sizes, dtype] : shapes) {
+    if (sizes.size() > static_cast<std::size_t>(kMaxDims)) {
+      throw Error(ErrorCode::kModelError, "a tensor of " + std::to_string(sizes.size()) +
                                               " dimensions (process lanes take at most " +
                                               std::to_string(kMaxDims) + ")");
     }
     TensorMeta m;
-    m.dtype = static_cast<std::int32_t>(t.scalar_type());
-    m.ndim = static_cast<std::int32_t>(t.dim());
-    for (int d = 0; d < t.dim(); ++d) m.sizes[d] = t.size(d);
-    m.nbytes = static_cast<std::uint64_t>(t.numel()) * t.element_size();
+    m.dtype = static_cast<std::int32_t>(dtype);
+    m.ndim = static_cast<std::int32_t>(sizes.size());
+    std::uint64_t numel = 1;
+    for (std::size_t d = 0; d < sizes.size(); ++d) {
+      m.sizes[d] = sizes[d];
+      numel *= static_cast<std::uint64_t>(sizes[d]);
+    }
+    m.nbytes = numel * c10::elementSize(dtype);
     m.offset = at;
     metas.push_back(m);
     at = align64(at + m.nbytes);
   }
   arena.reserve(at);
+  return metas;
+}
+
+std::vector<TensorMeta> write_tensors(Arena& arena, std::size_t start,
+                                      const std::vector<at::Tensor>& tensors) {
+  std::vector<TensorShape> shapes;
+  for (const at::Tensor& t : tensors) shapes.emplace_back(t.sizes().vec(), t.scalar_type());
+  std::vector<TensorMeta> metas = place_tensors(arena, start, shapes);
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     const TensorMeta& m = metas[i];
     if (m.nbytes == 0) continue;

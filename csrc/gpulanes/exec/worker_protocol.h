@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace gpulanes::worker {
@@ -92,9 +93,14 @@ class Arena {
   std::size_t size_ = 0;    // mapped bytes
 };
 
-// Writes contiguous CPU copies of `tensors` into the arena from byte `start` (64-byte aligned),
-// growing it as needed; returns where each went. Throws Error(kModelError) for a tensor of more
-// than kMaxDims dimensions.
+// Sizes and dtype of a tensor to place in the arena.
+using TensorShape = std::pair<std::vector<std::int64_t>, c10::ScalarType>;
+// Places contiguous tensors of `shapes` in the arena from byte `start` (64-byte aligned),
+// growing it as needed, and returns where each goes; writes nothing. Throws Error(kModelError)
+// for a tensor of more than kMaxDims dimensions.
+std::vector<TensorMeta> place_tensors(Arena& arena, std::size_t start,
+                                      const std::vector<TensorShape>& shapes);
+// place_tensors() for `tensors`, and contiguous CPU copies of them written there.
 std::vector<TensorMeta> write_tensors(Arena& arena, std::size_t start,
                                       const std::vector<at::Tensor>& tensors);
 // The tensors `metas` describe: views of the arena (valid until it is written again or

@@ -148,7 +148,7 @@ std::vector<std::unique_ptr<Lane>> Runtime::make_lanes(const std::vector<LaneSpe
       std::unique_ptr<Executor> executor =
           process ? make_process_executor(ProcessOptions{
                         options_.worker_path, static_cast<DurationNs>(options_.worker_watchdog_s * 1e9),
-                        options_.worker_max_restarts, 0, from_us(options_.spin_us),
+                        options_.worker_max_restarts, 0, from_us(options_.worker_spin_us),
                         options_.worker_libraries})
                   : make_cpu_executor();
       out.push_back(std::make_unique<WorkerLane>(index, process ? "cpu-process" : "cpu",

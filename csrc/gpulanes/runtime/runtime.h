@@ -58,6 +58,8 @@ struct RuntimeOptions {
   int worker_max_restarts = 5;       // worker deaths in a row before a lane gives up
   std::vector<std::string> worker_libraries;  // shared libraries (custom operators) each worker
                                               // loads before any model
+  double worker_spin_us = 0;         // lane and worker poll this long for each other's next
+                                     // message before sleeping (pays only with spare cores)
   bool outputs_on_device = false; // CUDA lanes: leave outputs on the GPU
   int warmup_rounds = 2;          // forward passes per (lane, model, batch size) at start()
   double spin_us = 50;            // idle lane polls this long for work before sleeping
