@@ -16,6 +16,25 @@ def runtime(**options):
                       profile_cache=False, **options)
 
 
+def refusal_in_a_callback(rt, call) -> str:
+    """What InvalidInput `call()` raised in a done-callback of `rt` (on one of its threads)."""
+    seen = []
+
+    def cb(_):
+        try:
+            call()
+        except gl.InvalidInput as e:
+            seen.append(str(e))
+    rt.submit("affine", torch.ones(4)).add_done_callback(cb)
+    rt.infer("affine", torch.ones(4))
+    for _ in range(100):
+        if seen:
+            break
+        threading.Event().wait(0.01)
+    assert seen, "the call was not refused"
+    return seen[0]
+
+
 def test_register_inside_with_works():
     with runtime() as rt:
         rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(2, 4))
@@ -87,21 +106,9 @@ def test_the_planner_sees_the_new_model():
 def test_registering_from_a_done_callback_is_refused():
     with runtime() as rt:
         rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(2, 4))
-        seen = []
-
-        def cb(_):
-            try:
-                rt.register("late", scripted(Affine()), slo_ms=1000,
-                            example_inputs=torch.zeros(2, 4))
-            except gl.InvalidInput as e:
-                seen.append(str(e))
-        rt.submit("affine", torch.ones(4)).add_done_callback(cb)
-        rt.infer("affine", torch.ones(4))
-        for _ in range(100):
-            if seen:
-                break
-            threading.Event().wait(0.01)
-        assert seen and "done-callback" in seen[0]
+        assert "done-callback" in refusal_in_a_callback(
+            rt, lambda: rt.register("late", scripted(Affine()), slo_ms=1000,
+                                    example_inputs=torch.zeros(2, 4)))
 
 
 # -- unregister (Triton's model unload) ------------------------------------------------------
@@ -198,20 +205,7 @@ def test_unregister_before_start_and_its_refusals():
     with rt:
         assert [lane["models"] for lane in rt.lanes()] == [["affine"], ["affine"]]
         assert set(rt.stats()) == {"affine"}
-        seen = []
-
-        def cb(_):
-            try:
-                rt.unregister("affine")
-            except gl.InvalidInput as e:
-                seen.append(str(e))
-        rt.submit("affine", torch.ones(4)).add_done_callback(cb)
-        rt.infer("affine", torch.ones(4))
-        for _ in range(100):
-            if seen:
-                break
-            threading.Event().wait(0.01)
-        assert seen and "done-callback" in seen[0]
+        assert "done-callback" in refusal_in_a_callback(rt, lambda: rt.unregister("affine"))
         assert rt.models == ["affine"]
     with pytest.raises(gl.RuntimeClosed):
         rt.unregister("affine")  # the runtime is shut down
