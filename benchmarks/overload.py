@@ -16,7 +16,8 @@ max batch 16.
    request's future resolved exactly once; in the mix also the least-served model's goodput
    against its half of the capacity. The same at 10x with queue admission off (the
    policy still drops what cannot make it, but only once it reaches the head) shows what
-   admission by queued work buys.
+   admission by queued work buys; the mix at 2x, 5x and 10x (max_queue 10,000) with the
+   deadline policy's fair_share on shows what it does to each model's goodput.
 
 Target (issue 13): goodput >= 90% of capacity at every point, refusals < 100 us at p99.
 
@@ -58,9 +59,10 @@ def rss_mb() -> float:
 
 
 def runtime(device: str, models: Dict[str, Any], slo: Dict[str, float], profiles,
-            max_queue: int = 10_000, queue_admission: bool = True) -> "gl.Runtime":
+            max_queue: int = 10_000, queue_admission: bool = True,
+            fair_share: bool = False) -> "gl.Runtime":
     rt = gl.Runtime(device=device, profile_cache=False, warmup_rounds=1,
-                    policy_options={"queue_admission": queue_admission})
+                    policy_options={"queue_admission": queue_admission, "fair_share": fair_share})
     for name, (module, example) in models.items():
         rt.register(name, module, slo_ms=slo[name], example_inputs=example,
                     max_batch_size=MAX_BATCH, max_queue=max_queue)
@@ -70,9 +72,9 @@ def runtime(device: str, models: Dict[str, Any], slo: Dict[str, float], profiles
 
 def serve(device: str, models: Dict[str, Any], slo: Dict[str, float], profiles, rate: float,
           seconds: float, max_queue: int, *, queue_admission: bool = True, cv: float = 1.0,
-          seed: int = 0) -> Dict[str, Any]:
+          seed: int = 0, fair_share: bool = False) -> Dict[str, Any]:
     """One open-loop run; every future's resolutions are counted."""
-    rt = runtime(device, models, slo, profiles, max_queue, queue_admission)
+    rt = runtime(device, models, slo, profiles, max_queue, queue_admission, fair_share)
     rates = {n: rate / len(models) for n in models}
     work = (wl.Poisson(rates, seconds, seed=seed) if cv == 1.0
             else wl.Gamma(rates, cv, seconds, seed=seed))
@@ -203,6 +205,17 @@ def main() -> None:
                           f"refused {row['refused']:6d} (p99 {ref.get('p99', 0):6.1f} us), "
                           f"once={row['resolved_exactly_once']}, rss {row['rss_mb']['after']:.0f} MB",
                           flush=True)
+            for f in FACTORS[1:] if len(models) > 1 else ():  # the mix with fair_share on
+                row = serve(args.device, models, slo, profiles, f * cap, args.seconds, 10_000,
+                            cv=cv, seed=f, fair_share=True)
+                row.update(factor=f, max_queue=10_000, cv=cv, queue_admission=True,
+                           fair_share=True, goodput_vs_capacity=row["goodput"] / cap if cap else 0,
+                           worst_model_vs_share=worst_share(row, cap, models))
+                rows.append(row)
+                print(f"  cv {cv:g} queue  10000 {f:>2}x, fair_share: goodput "
+                      f"{row['goodput_vs_capacity']:5.2f} of capacity (worst model "
+                      f"{row['worst_model_vs_share']:5.2f} of its share), by model "
+                      f"{ {n: round(g) for n, g in row['goodput_by_model'].items()} }", flush=True)
             for q in QUEUES[1:]:  # reference: admission by queued work off
                 row = serve(args.device, models, slo, profiles, 10 * cap, args.seconds, q,
                             queue_admission=False, cv=cv, seed=10)
@@ -231,12 +244,16 @@ def plot(results: Dict[str, Any], path: Path, env: Dict[str, Any]) -> None:
     for ax, (label, mix) in zip(axes[0], mixes.items()):
         for q in QUEUES:
             rows = [r for r in mix["rows"] if r["max_queue"] == q and r["queue_admission"]
-                    and r["cv"] == 1.0]
+                    and r["cv"] == 1.0 and not r.get("fair_share")]
             ax.plot([r["factor"] for r in rows], [r["goodput_vs_capacity"] for r in rows], "o-",
                     label=f"max_queue {q}")
         off = [r for r in mix["rows"] if not r["queue_admission"] and r["cv"] == 1.0]
         ax.plot([r["factor"] for r in off], [r["goodput_vs_capacity"] for r in off], "kx",
                 label="queue admission off")
+        fair = [r for r in mix["rows"] if r.get("fair_share") and r["cv"] == 1.0]
+        if fair:
+            ax.plot([r["factor"] for r in fair], [r["goodput_vs_capacity"] for r in fair], "s--",
+                    mfc="none", label="fair_share (max_queue 10000)")
         ax.axhline(0.9, color="grey", ls=":", lw=1)
         ax.set_xscale("log")
         ax.set_xticks(FACTORS, [f"{f}x" for f in FACTORS])
