@@ -318,7 +318,7 @@ class DeadlinePolicy final : public BatchPolicy {
     }
   }
   // Fair share: the batch of the queued model on lane `L` that got the least lane time lately,
-  // when that is under half an even share of what the queued models got; else none.
+  // when that is under an even share (kShareFloor) of what the queued models got; else none.
   template <typename Predict, typename Cost>
   Batch underserved_batch(int L, const std::vector<std::pair<TimeNs, int>>& order,
                           SchedulingState& s, TimeNs now, const Predict& predict,
