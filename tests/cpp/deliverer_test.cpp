@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <ATen/ATen.h>
+
 #include <atomic>
 #include <chrono>
 #include <future>
@@ -125,4 +127,46 @@ TEST(Deliverer, FlushReturnsOnceEverythingPostedBeforeItWasDelivered) {
   flushed.get();
   std::lock_guard<std::mutex> lock(mu);
   EXPECT_EQ(order, (std::vector<int>{0, 1, 2, 3, 4}));
+}
+
+TEST(Deliverer, DeliveredRequestsAreReleasedOutsideItsLock) {
+  // An output tensor that Python saw needs the GIL when its last C++ reference goes, and a
+  // thread holding the GIL may be posting: the delivery thread must never release delivered
+  // outcomes while it holds its own lock. Here the "GIL" is a recursive mutex (a thread holding
+  // it may take it again, as with the GIL) and each outcome's tensor takes it when freed. A
+  // deadlock fails by timeout; the deliverer and the poster are then left behind.
+  auto gil = std::make_shared<std::recursive_mutex>();
+  auto* d = new Deliverer(
+      [gil](const std::function<void()>& deliver) {
+        std::lock_guard<std::recursive_mutex> hold(*gil);
+        deliver();
+      },
+      nullptr);
+  auto done = std::make_shared<std::promise<void>>();
+  std::future<void> posted = done->get_future();
+  std::thread([d, gil, done] {
+    for (int i = 0; i < 5000; ++i) {
+      static float value = 1.0f;
+      at::Tensor out = at::from_blob(&value, {1}, [gil](void*) {
+        std::lock_guard<std::recursive_mutex> hold(*gil);
+      });
+      std::vector<RequestPtr> rs;
+      rs.push_back(std::make_unique<Request>());
+      rs.back()->on_done = [](Outcome&&) {};  // leaves the outcome where it was
+      std::vector<Outcome> outcomes;
+      outcomes.push_back(Outcome::success(c10::IValue(std::move(out))));
+      // A Python thread that holds the GIL a while, then posts (as a submit whose loop round
+      // fails requests inline does).
+      std::lock_guard<std::recursive_mutex> hold(*gil);
+      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
+      while (std::chrono::steady_clock::now() < until) {
+      }
+      d->post(std::move(rs), std::move(outcomes));
+    }
+    done->set_value();
+  }).detach();
+  ASSERT_EQ(posted.wait_for(std::chrono::seconds(60)), std::future_status::ready)
+      << "post() and the delivery thread deadlocked";
+  d->flush();
+  delete d;
 }
