@@ -48,6 +48,7 @@ class PyRuntime {
     o.worker_max_restarts = isolation["max_restarts"].cast<int>();
     o.worker_libraries = isolation["libraries"].cast<std::vector<std::string>>();
     o.worker_spin_us = isolation["spin_us"].cast<double>();
+    o.worker_retry_after_s = isolation["retry_after_s"].cast<double>();
     if (!replan.is_none()) o.replan = replan_options_from(replan.cast<py::dict>());
     o.predictor = predictor_config_from(predictor);
     o.trace = trace;

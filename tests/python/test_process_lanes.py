@@ -218,6 +218,25 @@ def test_a_lane_that_keeps_dying_gives_up_and_says_so():
                 f.result(timeout=30)
 
 
+def test_a_lane_that_gave_up_tries_again_after_its_cool_down():
+    with _busy_and_affine(worker_options={"max_restarts": 0, "retry_after_s": 1.0}) as rt:
+        pid = _worker_pids(rt)[0]
+        ticks = _cpu_ticks(pid)
+        f = rt.submit("busy", torch.zeros(4))
+        _kill_mid_batch(pid, signal.SIGKILL, ticks)
+        with pytest.raises(gl.ModelError, match="SIGKILL"):
+            f.result(timeout=120)
+        gave_up = time.monotonic()
+        with pytest.raises(gl.ModelError):
+            rt.infer("affine", torch.zeros(4))  # failed at once: no lane for it now
+        assert rt.lanes()[0]["broken"] or time.monotonic() - gave_up >= 1.0
+        while time.monotonic() - gave_up < 1.2:
+            time.sleep(0.05)
+        assert not rt.lanes()[0]["broken"]
+        assert torch.equal(rt.infer("affine", torch.zeros(4), timeout=120), torch.ones(4))
+        assert rt.lanes()[0]["worker_pid"] > 0 and rt.lanes()[0]["worker_restarts"] == 1
+
+
 def test_a_broken_lanes_models_are_served_by_their_other_lanes():
     with _busy_and_affine(cpu_lanes=2, worker_options={"max_restarts": 0}) as rt:
         _, running = _kill_busy_batch_on_lane_0(rt)
@@ -293,6 +312,8 @@ def test_bad_isolation_options_are_refused_naming_them():
         gl.Runtime(device="cpu", isolation="process", worker_options={"watchdog": 1})
     with pytest.raises(gl.InvalidInput, match="libraries.*list"):
         gl.Runtime(device="cpu", isolation="process", worker_options={"libraries": "ops.so"})
+    with pytest.raises(gl.InvalidInput, match="retry_after_s"):
+        gl.Runtime(device="cpu", isolation="process", worker_options={"retry_after_s": 0})
     with pytest.raises(gl.InvalidInput, match="is not a file"):
         gl.Runtime(device="cpu", isolation="process",
                    worker_options={"libraries": ["/nonexistent/ops.so"]})

@@ -68,6 +68,7 @@ struct ProcessOptions {
   DurationNs spin_ns = 0;                      // each side polls this long for the other's
                                                // next message before it sleeps
   std::vector<std::string> libraries;          // loaded (dlopen) by the worker before models
+  DurationNs retry_after_ns = 30'000'000'000;  // a lane that gave up tries again after this
 };
 
 // Forward passes on the calling thread with torch's intra-op thread pool.

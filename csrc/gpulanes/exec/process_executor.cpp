@@ -5,7 +5,8 @@
 // happened, and the next run() starts a new worker, loads the lane's models into it and goes
 // on. A worker that died while idle is noticed before the next batch is sent, which then runs
 // on a new worker: no batch is lost with it. Restarts back off (50 ms doubling, at most 1 s); after max_restarts deaths in a row the
-// lane gives up and fails its batches at once (broken()).
+// lane gives up and fails its batches at once (broken()) for a cool-down (retry_after_ns,
+// doubling each time it gives up again), then tries one more worker.
 //
 // Threads: the lane's worker thread calls load() and run() (the thread starting the lane before
 // it); worker_pid(), worker_restarts() and broken() may be read from any thread. The worker is
@@ -26,6 +27,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <map>
 #include <thread>
@@ -43,6 +45,11 @@ namespace {
 using worker::Message;
 using worker::Op;
 using worker::TensorMeta;
+
+std::int64_t steady_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 std::string signal_name(int sig) {
   switch (sig) {
@@ -122,7 +129,9 @@ class ProcessExecutor final : public Executor {
   void close() override { stop_worker(); }
   int worker_pid() const override { return pid_.load(); }
   int worker_restarts() const override { return restarts_.load(); }
-  bool broken() const override { return broken_.load(); }
+  // Broken until its cool-down ends; then the event loop hands it batches again and the next
+  // one tries a new worker.
+  bool broken() const override { return broken_.load() && steady_ns() < retry_at_ns_.load(); }
 
  private:
   // Runs model `index` on the inputs `metas` describe in the arena. Its outputs are copies, or
@@ -151,10 +160,19 @@ class ProcessExecutor final : public Executor {
   void ensure_worker() {
     if (pid_.load() > 0 && !died_idle()) return;
     if (broken_.load()) {
-      throw WorkerLost("this lane's worker process died " + std::to_string(deaths_in_a_row_) +
-                       " times in a row (last: " + last_death_ + "); the lane runs nothing more");
+      if (steady_ns() < retry_at_ns_.load()) {
+        throw WorkerLost("this lane's worker process died " + std::to_string(deaths_in_a_row_) +
+                         " times in a row (last: " + last_death_ + "); the lane runs nothing "
+                         "more until its cool-down ends");
+      }
+      // The cool-down is over: one more worker, and one more death gives up again, for twice
+      // as long (at most 10 minutes).
+      broken_.store(false);
+      deaths_in_a_row_ = options_.max_restarts;
     }
     if (deaths_in_a_row_ > options_.max_restarts) {
+      retry_at_ns_.store(steady_ns() + cooldown_ns_);
+      cooldown_ns_ = std::min<DurationNs>(2 * cooldown_ns_, 600'000'000'000);
       broken_.store(true);
       ensure_worker();  // throws the message above
     }
@@ -227,6 +245,7 @@ class ProcessExecutor final : public Executor {
     if (hello && hello->op == Op::kError) {  // it could not load a library: no use retrying
       reap();
       ++deaths_in_a_row_;
+      retry_at_ns_.store(INT64_MAX);  // a library that does not load will not load later
       broken_.store(true);
       last_death_ = hello->text;
       throw Error(ErrorCode::kModelError, "the lane's worker process could not start: " + hello->text);
@@ -321,6 +340,8 @@ class ProcessExecutor final : public Executor {
   std::atomic<int> pid_{0};               // the worker's pid, 0 when none runs
   std::atomic<int> restarts_{0};          // workers started after the first
   std::atomic<bool> broken_{false};       // gave up after max_restarts deaths in a row
+  std::atomic<std::int64_t> retry_at_ns_{0};  // ...until then (steady clock ns)
+  DurationNs cooldown_ns_ = options_.retry_after_ns;  // the next give-up's cool-down
   int deaths_in_a_row_ = 0;               // since the last batch that came back
   bool started_ = false;                  // a worker was started before
   std::string last_death_;                // how the last one died

@@ -149,7 +149,8 @@ std::vector<std::unique_ptr<Lane>> Runtime::make_lanes(const std::vector<LaneSpe
           process ? make_process_executor(ProcessOptions{
                         options_.worker_path, static_cast<DurationNs>(options_.worker_watchdog_s * 1e9),
                         options_.worker_max_restarts, 0, from_us(options_.worker_spin_us),
-                        options_.worker_libraries})
+                        options_.worker_libraries,
+                        static_cast<DurationNs>(options_.worker_retry_after_s * 1e9)})
                   : make_cpu_executor();
       out.push_back(std::make_unique<WorkerLane>(index, process ? "cpu-process" : "cpu",
                                                  std::move(executor), *clock_,

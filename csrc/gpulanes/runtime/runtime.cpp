@@ -61,6 +61,7 @@ Runtime::Runtime(RuntimeOptions options, std::shared_ptr<Clock> clock)
   check_real("worker_watchdog_s", o.worker_watchdog_s, 0, 86400, /*open_lo=*/true);
   check_int("worker_max_restarts", o.worker_max_restarts, 0, 1000);
   check_real("worker_spin_us", o.worker_spin_us, 0, 1e6);
+  check_real("worker_retry_after_s", o.worker_retry_after_s, 0, 86400, /*open_lo=*/true);
   static const char* parts[] = {"auto", "green", "streams", "none", "mps", "cpu"};
   if (std::find(std::begin(parts), std::end(parts), o.partitioning) == std::end(parts)) {
     throw Error(ErrorCode::kInvalidInput, "partitioning must be one of auto, green, streams, "

@@ -58,6 +58,7 @@ struct RuntimeOptions {
   int worker_max_restarts = 5;       // worker deaths in a row before a lane gives up
   std::vector<std::string> worker_libraries;  // shared libraries (custom operators) each worker
                                               // loads before any model
+  double worker_retry_after_s = 30;  // a lane that gave up tries a new worker after this
   double worker_spin_us = 0;         // lane and worker poll this long for each other's next
                                      // message before sleeping (pays only with spare cores)
   bool outputs_on_device = false; // CUDA lanes: leave outputs on the GPU
