@@ -123,11 +123,10 @@ std::vector<std::unique_ptr<Lane>> Runtime::make_lanes(const std::vector<LaneSpe
     where.device = parse_device(spec.device, gpus);
     if (spec.models.empty()) {
       // Every model: listed once one was unregistered, which the list leaves out.
-      for (int m = 0; m < models_.staged_size(); ++m) {
-        if (!models_.retired(m)) continue;
-        where.serves.resize(models_.staged_size());
-        for (int k = 0; k < models_.staged_size(); ++k) where.serves[k] = !models_.retired(k);
-        break;
+      bool any_retired = false;
+      for (int m = 0; m < models_.staged_size(); ++m) any_retired = any_retired || models_.retired(m);
+      for (int m = 0; any_retired && m < models_.staged_size(); ++m) {
+        where.serves.push_back(!models_.retired(m));
       }
     } else {
       where.serves.assign(models_.staged_size(), 0);
