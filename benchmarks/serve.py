@@ -1,5 +1,6 @@
 """The front ends' cost: Triton's own load generator, perf_analyzer, against `gpulanes serve`
-over HTTP (binary tensors) and gRPC, next to the same load in-process through `submit()`.
+over HTTP (binary tensors) and gRPC, next to the same load in-process through `submit()` and
+against a real Triton server (PyTriton's bundled tritonserver) serving the same models.
 
 Models: "tiny" (y = 2x, FP32 [4]: almost all of its latency is the serving machinery) and
 "cnn" (torchvision MobileNetV3-Small, random weights, FP32 [3, 224, 224]). The server runs
@@ -11,15 +12,21 @@ reports them (client side, --measurement-interval per window, until 3 windows ag
 50% for Poisson; a point that never settles is recorded as an error). In-process:
 the same concurrency as threads looping `rt.submit(...).result()` on a runtime with the same
 options; the front end's cost per request is server p50 - in-process p50 at concurrency 1.
+Triton: nvidia-pytriton 0.7.0 (its tritonserver, Python backend and dynamic batcher with the
+same max batch sizes) runs the same TorchScript files with torch in its inference callables
+(benchmarks/pytriton_server.py); perf_analyzer drives it with the same commands.
 
 Targets (issue 15, this 2-core machine): the front end adds <= 300 us at p50 to the tiny model
 over HTTP binary and over gRPC; >= 3,000 tiny requests/s at concurrency 16.
 
 perf_analyzer is not installable by name: the script takes it from the tritonclient 2.41.0
 manylinux wheel (into ~/.cache/gpulanes/perf_analyzer), with libcudart.so.12 from the
-nvidia-cuda-runtime-cu12 wheel and Debian's libb64-0d (apt-get when root).
+nvidia-cuda-runtime-cu12 wheel and Debian's libb64-0d (apt-get when root). PyTriton goes
+into a virtual environment of its own (~/.cache/gpulanes/pytriton-venv): it pins numpy < 2,
+and its Python backend stub links the system's libpython, so the environment is made from the
+system's Python (/usr/bin/python3, same minor version as this one, whose torch it borrows).
 
-    python benchmarks/serve.py [--interval-ms 3000] [--lanes 1] [--quick]
+    python benchmarks/serve.py [--interval-ms 3000] [--lanes 1] [--quick] [--no-triton]
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ import argparse
 import csv
 import io
 import os
+import signal
+import site
+import socket
 import subprocess
 import sys
 import tempfile
@@ -96,6 +106,84 @@ def run_pa(model: str, url: str, protocol: str, load: List[str], interval_ms: in
     return {"throughput": float(row["Inferences/Second"]),
             "p50_us": float(row["p50 latency"]), "p99_us": float(row["p99 latency"]),
             "unstable": r.returncode != 0}
+
+
+# -- a real Triton server: PyTriton ---------------------------------------------------------
+
+PYTRITON = "nvidia-pytriton==0.7.0"
+
+
+def pytriton_python() -> Path:
+    """The interpreter of PyTriton's own environment, made once. Its Python backend stub loads
+    the system's libpython3.X.so, so a venv of another build of 3.X (pyenv's, here) fails in the
+    stub with a standard library that does not match; the system interpreter's venv works."""
+    venv = PA_DIR.parent / "pytriton-venv"
+    python = venv / "bin" / "python"
+    if python.exists():
+        return python
+    system = Path("/usr/bin/python3")
+    minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+    probe = subprocess.run([str(system), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                           capture_output=True, text=True) if system.exists() else None
+    if probe is None or probe.stdout.strip() != minor:
+        raise RuntimeError(f"PyTriton needs the system's Python {minor} (/usr/bin/python3) to "
+                           "share this environment's torch")
+    subprocess.run([str(system), "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", PYTRITON], check=True)
+    # torch (and what it imports) from this environment, after PyTriton's own packages: its
+    # numpy 1.x comes first, which torch accepts.
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    Path(purelib, "zz_gpulanes_torch.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    return python
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PyTritonProcess:
+    """benchmarks/pytriton_server.py in a child process; `http` and `grpc` are host:port."""
+
+    def __init__(self, models: Path, timeout_s: float = 300) -> None:
+        ports = [_free_port() for _ in range(3)]
+        self.http, self.grpc = (f"127.0.0.1:{p}" for p in ports[:2])
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [str(pytriton_python()), str(Path(__file__).with_name("pytriton_server.py")),
+             str(models), *map(str, ports)],
+            stdout=subprocess.PIPE, stderr=self.log, text=True)
+        ready = threading.Event()
+
+        def watch() -> None:
+            for line in self.proc.stdout:
+                if line.startswith("pytriton ready"):
+                    ready.set()
+            ready.set()  # exited: the waiter looks at poll()
+
+        threading.Thread(target=watch, daemon=True).start()
+        if not ready.wait(timeout_s) or self.proc.poll() is not None:
+            self.terminate()
+            self.log.seek(0)
+            raise RuntimeError("PyTriton did not start:\n" + self.log.read()[-3000:])
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+
+
+def pytriton_version() -> str:
+    return subprocess.run([str(pytriton_python()), "-c",
+                           "from importlib.metadata import version as v; "
+                           "print(v('nvidia-pytriton'), v('tritonclient'))"],
+                          capture_output=True, text=True).stdout.strip()
 
 
 # -- the server and the in-process baseline ------------------------------------------------
@@ -197,6 +285,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--interval-ms", type=int, default=3000)
     p.add_argument("--lanes", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="concurrency 1 and 16 only, tiny only")
+    p.add_argument("--no-triton", action="store_true", help="leave out the PyTriton server")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     from serve_helpers import ServerProcess
@@ -227,6 +316,19 @@ def main(argv: Optional[List[str]] = None) -> None:
                                              args.interval_ms)
         finally:
             srv.terminate()
+        if not args.no_triton:
+            try:
+                triton = PyTritonProcess(Path(tmp))
+            except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+                results["triton_error"] = str(e)[-2000:]
+                print(f"no Triton peer: {e}", flush=True)
+            else:
+                env["versions"]["nvidia_pytriton"] = pytriton_version()
+                try:
+                    results["points"] += perf_points("triton (PyTriton)", triton.http, triton.grpc,
+                                                     models, concurrency, args.interval_ms)
+                finally:
+                    triton.terminate()
     base = {(p["model"], p["load"]): p for p in results["points"]
             if p["front_end"].startswith("in-process")}
     for p in results["points"]:
