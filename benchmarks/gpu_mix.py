@@ -7,7 +7,9 @@ mix (a quarter of the rate each), served by
 - "green": one green-context lane per model, SMs split in proportion to each model's GPU time
   per request at its largest batch (measured at start), in whole groups of the device's
   green-context split (`gl._C.green_sm_split`), within the SMs that split offers;
-- "mps": not implemented yet (recorded as skipped).
+- "mps": one MPS lane per model (a worker process each, an MPS client whose active-thread
+  percentage is its share), with the same SM split as "green" (recorded as skipped where
+  MPS is unavailable).
 
 For each, the highest total rate at which every model keeps >= 99% SLO attainment (bisection
 over short runs) and the goodput there. SLOs are 10x each model's batch-1 latency on the whole
@@ -25,7 +27,7 @@ import argparse
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -77,11 +79,24 @@ def layouts(device: str, names: List[str], cost: Dict[str, float]):
     yield "temporal", {"partitioning": "none"}, None
     yield "streams", {"partitioning": "streams"}, [{"device": 0, "models": [n]} for n in names]
     if gl._C.green_context_support(0):
-        return  # recorded as skipped by main()
+        return  # recorded as skipped by main(), MPS too: it takes green's split to compare
     device_split = gl._C.green_sm_split(0)
     split = green_split(cost, device_split["usable_sms"], device_split["group_sms"])
-    yield "green", {"partitioning": "green"}, [{"device": 0, "sms": split[n], "models": [n]}
-                                             for n in names]
+    layout = [{"device": 0, "sms": split[n], "models": [n]} for n in names]
+    yield "green", {"partitioning": "green"}, layout
+    if mps_missing() is None:
+        yield "mps", {"partitioning": "mps"}, layout
+
+
+def mps_missing() -> Optional[str]:
+    """Why MPS lanes cannot run here, or None."""
+    import os
+    import shutil
+
+    running = Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps"), "control")
+    if running.exists() or shutil.which("nvidia-cuda-mps-control"):
+        return None
+    return "no MPS daemon runs and nvidia-cuda-mps-control is not on PATH"
 
 
 def serve(device, models, slo, kw, layout, rate: float, seconds: float) -> Dict[str, Any]:
@@ -132,9 +147,11 @@ def main() -> None:
     results: Dict[str, Any] = {"slo_ms": slo, "seconds_per_request": cost, "max_batch": MAX_BATCH,
                                "seconds_per_point": args.seconds, "configs": {}}
     env = environment(args.device)
-    results["configs"]["mps"] = {"skipped": "MPS lanes are not implemented yet"}
     if args.device == "cuda" and gl._C.green_context_support(0):
         results["configs"]["green"] = {"skipped": gl._C.green_context_support(0)}
+        results["configs"]["mps"] = {"skipped": "takes green's split, which this device lacks"}
+    elif args.device == "cuda" and mps_missing():
+        results["configs"]["mps"] = {"skipped": mps_missing()}
     for label, kw, layout in layouts(args.device, names, cost):
         res = peak_search(lambda rate: serve(args.device, models, slo, kw, layout, rate, args.seconds),
                           lambda row: row["worst_attainment"] >= 0.99, start, args.steps,

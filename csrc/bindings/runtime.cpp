@@ -392,10 +392,14 @@ class PyRuntime {
       d["device"] = l.device;
       d["sms"] = l.sms;
       d["models"] = l.models;
-      if (l.kind == "cpu-process") {
+      if (l.kind == "cpu-process" || l.kind == "cuda-process" || l.kind == "cuda-mps") {
         d["worker_pid"] = l.worker_pid;
         d["worker_restarts"] = l.worker_restarts;
         d["broken"] = l.broken;
+      }
+      if (l.kind == "cuda-mps") {
+        d["mps_thread_percentage"] = l.mps_thread_percentage;
+        d["mps_pipe_dir"] = l.mps_pipe_dir;
       }
       out.append(d);
     }

@@ -90,9 +90,12 @@ class Profiling:
 
     def _partition_entry(self, name: str, lane: Dict[str, Any], sms: int,
                          points: Sequence[Dict[str, float]]) -> Dict[str, Any]:
-        """A profile measured on a green lane of ``sms`` SMs (the runtime's first GPU)."""
+        """A profile measured on a partition lane of ``sms`` SMs (the runtime's first GPU): a
+        green one, or an MPS client's share."""
         total = torch.cuda.get_device_properties(0).multi_processor_count
-        return {**self._profile_entry(name, lane, points), "lane_kind": "cuda-green",
+        kinds = {x["kind"] for x in self.lanes() if x["sms"] == sms}
+        kind = "cuda-mps" if "cuda-mps" in kinds else "cuda-green"
+        return {**self._profile_entry(name, lane, points), "lane_kind": kind,
                 "sm_share": min(1.0, sms / total), "sms": int(sms)}
 
     def profile_source(self, model: str) -> Optional[str]:

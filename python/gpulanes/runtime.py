@@ -56,9 +56,12 @@ class Runtime(Planning, Profiling):
         partitioning: how a GPU is split when :meth:`set_lanes` gives its lanes fewer SMs than
             it has: ``"green"`` (CUDA green contexts: disjoint SM groups, one stream each),
             ``"streams"`` (concurrent streams, no SM limit), ``"none"`` (one whole-GPU lane per
-            GPU), ``"auto"`` (green where the driver supports it, else streams). ``"mps"`` is
-            not implemented yet. Without a layout every GPU is one lane; on the CPU it has no
-            effect.
+            GPU), ``"mps"`` (gpu-let's mechanism: each lane a worker process that is an MPS
+            client, its share of the SMs its ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE``; uses the
+            MPS daemon you run, or starts a private one and stops it at shutdown; the
+            process lanes' ``worker_options`` apply), ``"auto"`` (green where the driver
+            supports it, else streams; MPS with ``isolation="process"``). Without a layout
+            every GPU is one lane; on the CPU it has no effect.
         policy: how batches are formed, all in the C++ core:
 
             - ``"deadline"`` (ours): earliest deadline first; the largest batch whose predicted
@@ -108,12 +111,13 @@ class Runtime(Planning, Profiling):
             default True) and ``admit_fraction`` (of what it placed for such a model; 0.9).
             Each re-plan is in :meth:`replans`.
         isolation: ``"thread"`` (default: lanes run models in this process) or ``"process"``:
-            each CPU lane runs its batches in a worker process of its own (``gpulanes_worker``,
-            LibTorch without Python; inputs and outputs through shared memory). A model that
-            crashes the process (a signal, abort, out of memory) or hangs past the watchdog
-            fails only the batch it ran, with :class:`ModelError` naming what happened; the lane
-            starts a new worker. GPU process lanes (MPS) are not done yet.
-        worker_options: for ``isolation="process"``: ``watchdog_s`` (60; a batch running longer
+            each lane runs its batches in a worker process of its own (``gpulanes_worker``,
+            LibTorch without Python; inputs and outputs through shared memory, pinned on a
+            GPU). A model that crashes the process (a signal, abort, out of memory) or hangs
+            past the watchdog fails only the batch it ran, with :class:`ModelError` naming
+            what happened; the lane starts a new worker. Lanes that split a GPU are then MPS
+            clients (``partitioning`` ``"mps"`` or ``"auto"``; ``"green"`` is refused).
+        worker_options: for process and MPS lanes: ``watchdog_s`` (60; a batch running longer
             has its worker killed; (0, 86400]), ``max_restarts`` (5; deaths in a row before
             a lane gives up and fails its batches at once, reported by :meth:`lanes`; 0..1000),
             ``retry_after_s`` (30; how long such a lane stays down before it tries one more

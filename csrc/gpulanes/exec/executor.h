@@ -19,6 +19,7 @@
 namespace gpulanes {
 
 class ModelProgram;
+class MpsDaemon;
 
 class Executor {
  public:
@@ -49,6 +50,10 @@ class Executor {
   virtual void close() {}
   virtual int worker_restarts() const { return 0; }
   virtual bool broken() const { return false; }
+  // An MPS lane's worker: its CUDA_MPS_ACTIVE_THREAD_PERCENTAGE (0: none set) and the daemon's
+  // pipe directory it connects to.
+  virtual int mps_thread_percentage() const { return 0; }
+  virtual std::string mps_pipe_dir() const { return {}; }
 };
 
 // A forward pass lost with the process that ran it (killed, crashed, or stuck past the
@@ -69,6 +74,10 @@ struct ProcessOptions {
                                                // next message before it sleeps
   std::vector<std::string> libraries;          // loaded (dlopen) by the worker before models
   DurationNs retry_after_ns = 30'000'000'000;  // a lane that gave up tries again after this
+  int device = -1;                             // the worker's CUDA device; -1: the CPU
+  bool outputs_on_device = false;              // outputs go back to `device` in this process
+  int thread_percentage = 0;                   // the worker's CUDA_MPS_ACTIVE_THREAD_PERCENTAGE
+  std::shared_ptr<const MpsDaemon> mps;        // the MPS daemon its worker is a client of
 };
 
 // Forward passes on the calling thread with torch's intra-op thread pool.
@@ -80,8 +89,9 @@ std::unique_ptr<Executor> make_cpu_executor();
 std::unique_ptr<Executor> make_cuda_stream_executor(int device, bool outputs_on_device,
                                                     void* stream = nullptr);
 
-// Forward passes in a worker process (gpulanes_worker) on the CPU: a model that crashes or
-// hangs takes down only that process and the batch it ran; the next batch starts a new one.
+// Forward passes in a worker process (gpulanes_worker), on the CPU or a GPU (an MPS client when
+// options.mps is set): a model that crashes or hangs takes down only that process and the batch
+// it ran; the next batch starts a new one.
 std::unique_ptr<Executor> make_process_executor(const ProcessOptions& options);
 
 // Whether this build can run CUDA lanes (and the machine has a usable GPU).

@@ -1,6 +1,8 @@
 // A process lane's executor: the lane's worker thread stays in the runtime's process and hands
 // each batch to a worker process (gpulanes_worker, LibTorch, no Python) through shared memory
-// (worker_protocol.h). The worker dying (a signal, abort, the out-of-memory killer) or hanging
+// (worker_protocol.h). On a GPU the worker runs the models there (pinning the arena, so its
+// copies to and from the device are asynchronous); an MPS lane's worker is a client of the MPS
+// daemon with the lane's share of the SMs as its active-thread percentage. The worker dying (a signal, abort, the out-of-memory killer) or hanging
 // past the watchdog costs the batch it was running: run() throws WorkerLost naming what
 // happened, and the next run() starts a new worker, loads the lane's models into it and goes
 // on. A worker that died while idle is noticed before the next batch is sent, which then runs
@@ -34,6 +36,7 @@
 
 #include "gpulanes/exec/batching.h"
 #include "gpulanes/exec/executor.h"
+#include "gpulanes/exec/mps.h"
 #include "gpulanes/exec/worker_protocol.h"
 #include "gpulanes/model/program.h"
 
@@ -86,7 +89,9 @@ class ProcessExecutor final : public Executor {
   ProcessExecutor(const ProcessExecutor&) = delete;
   ProcessExecutor& operator=(const ProcessExecutor&) = delete;
 
-  std::string device() const override { return "cpu"; }
+  std::string device() const override {
+    return options_.device < 0 ? "cpu" : "cuda:" + std::to_string(options_.device);
+  }
 
   void load(int index, const ModelProgram& program) override {
     sources_.insert_or_assign(index, program.source());
@@ -109,6 +114,9 @@ class ProcessExecutor final : public Executor {
   // the arena, and the rows handed out are copied out of it once (split_output).
   std::vector<c10::IValue> run_requests(int index, std::span<const RequestPtr> requests) override {
     ensure_worker();
+    for (const RequestPtr& r : requests) {
+      for (const c10::Event& ready : r->inputs_ready) ready.synchronize();  // GPU inputs
+    }
     const auto n = static_cast<std::int64_t>(requests.size());
     std::vector<worker::TensorShape> shapes;
     for (const at::Tensor& t : requests.front()->inputs) {
@@ -132,6 +140,8 @@ class ProcessExecutor final : public Executor {
   // Broken until its cool-down ends; then the event loop hands it batches again and the next
   // one tries a new worker.
   bool broken() const override { return broken_.load() && steady_ns() < retry_at_ns_.load(); }
+  int mps_thread_percentage() const override { return options_.mps ? options_.thread_percentage : 0; }
+  std::string mps_pipe_dir() const override { return options_.mps ? options_.mps->pipe_dir() : ""; }
 
  private:
   // Runs model `index` on the inputs `metas` describe in the arena. Its outputs are copies, or
@@ -147,7 +157,12 @@ class ProcessExecutor final : public Executor {
     if (reply.op != Op::kOk) throw Error(ErrorCode::kModelError, reply.text);
     deaths_in_a_row_ = 0;
     arena_.follow(reply.arena_size);
-    std::vector<at::Tensor> outs = worker::read_tensors(arena_, reply.tensors, copy);
+    std::vector<at::Tensor> outs =
+        worker::read_tensors(arena_, reply.tensors, copy && !options_.outputs_on_device);
+    if (options_.outputs_on_device) {
+      const c10::Device to(c10::kCUDA, static_cast<c10::DeviceIndex>(options_.device));
+      for (at::Tensor& t : outs) t = t.to(to);
+    }
     if (reply.flags == worker::kTensor && outs.size() == 1) return outs[0];
     if (reply.flags == worker::kList) {
       c10::List<at::Tensor> list;
@@ -219,6 +234,10 @@ class ProcessExecutor final : public Executor {
         std::to_string(options_.threads > 0 ? options_.threads : at::get_num_threads());
     std::vector<std::string> args = {options_.worker_path, "--parent", parent, "--threads", threads,
                                      "--spin-ns", std::to_string(options_.spin_ns)};
+    if (options_.device >= 0) {
+      args.push_back("--device");
+      args.push_back(std::to_string(options_.device));
+    }
     for (const std::string& lib : options_.libraries) {
       args.push_back("--library");
       args.push_back(lib);
@@ -226,9 +245,22 @@ class ProcessExecutor final : public Executor {
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
+    // An MPS lane's worker finds the daemon and its share in its environment.
+    std::vector<std::string> env;
+    if (options_.mps) {
+      std::vector<std::pair<std::string, std::string>> set{
+          {"CUDA_MPS_PIPE_DIRECTORY", options_.mps->pipe_dir()}};
+      if (options_.thread_percentage > 0) {
+        set.emplace_back("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", std::to_string(options_.thread_percentage));
+      }
+      env = environment_with(set);
+    }
+    std::vector<char*> envp;
+    for (std::string& e : env) envp.push_back(e.data());
+    envp.push_back(nullptr);
     pid_t pid = 0;
     const int rc = ::posix_spawn(&pid, options_.worker_path.c_str(), &actions, nullptr,
-                                 argv.data(), environ);
+                                 argv.data(), options_.mps ? envp.data() : environ);
     posix_spawn_file_actions_destroy(&actions);
     ::close(child_sock);
     ::close(child_arena);

@@ -4,12 +4,14 @@
 #include <torch/script.h>
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <set>
 
 #include "gpulanes/exec/batching.h"
 #include "gpulanes/exec/executor.h"
 #include "gpulanes/exec/green_context.h"
+#include "gpulanes/exec/mps.h"
 #include "gpulanes/core/error.h"
 #include "gpulanes/core/serving_thread.h"
 #include "gpulanes/runtime/runtime.h"
@@ -87,9 +89,13 @@ std::vector<std::unique_ptr<Lane>> Runtime::make_lanes(const std::vector<LaneSpe
     const int d = parse_device(layout[i].device, gpus);
     if (d >= 0) on_gpu[d].push_back(i);
   }
-  if (how == "mps" && !on_gpu.empty()) {
-    throw Error(ErrorCode::kInvalidInput, "partitioning 'mps' is not implemented yet");
+  const bool process = options_.isolation == "process";
+  if (process && how == "green" && !on_gpu.empty()) {
+    throw Error(ErrorCode::kInvalidInput,
+                "isolation='process' splits a GPU with MPS (partitioning 'mps' or 'auto'); green "
+                "contexts partition one process only");
   }
+  std::set<int> mps_gpus;  // GPUs whose lanes are MPS clients
   // Every GPU's layout is checked against its split before any partition is built, so a layout
   // that does not fit is refused whole, with what would fit.
   std::map<int, std::vector<int>> split_gpus;  // GPU -> SMs asked by its lanes, in lane order
@@ -101,7 +107,12 @@ std::vector<std::unique_ptr<Lane>> Runtime::make_lanes(const std::vector<LaneSpe
     if (how == "none" && (lanes.size() > 1 || split)) {
       throw Error(ErrorCode::kInvalidInput, "partitioning 'none' runs one whole-GPU lane per GPU");
     }
-    const bool use_green = split && (how == "green" || (how == "auto" && green_context_support(d).empty()));
+    if (how == "mps" || (how == "auto" && process && split)) {
+      mps_gpus.insert(d);
+      continue;
+    }
+    const bool use_green = split && !process &&
+                           (how == "green" || (how == "auto" && green_context_support(d).empty()));
     if (!use_green) continue;
     if (std::any_of(asked.begin(), asked.end(), [](int s) { return s <= 0; })) {
       throw Error(ErrorCode::kInvalidInput, "when lanes split cuda:" + std::to_string(d) +
@@ -143,29 +154,40 @@ std::vector<std::unique_ptr<Lane>> Runtime::make_lanes(const std::vector<LaneSpe
     const int index = static_cast<int>(out.size());
     if (where.device < 0) {
       if (spec.sms != 0) throw Error(ErrorCode::kInvalidInput, "CPU lanes have no SMs to set");
-      const bool process = options_.isolation == "process";
       std::unique_ptr<Executor> executor =
-          process ? make_process_executor(ProcessOptions{
-                        options_.worker_path, static_cast<DurationNs>(options_.worker_watchdog_s * 1e9),
-                        options_.worker_max_restarts, 0, from_us(options_.worker_spin_us),
-                        options_.worker_libraries,
-                        static_cast<DurationNs>(options_.worker_retry_after_s * 1e9)})
-                  : make_cpu_executor();
+          process ? make_process_executor(process_options(-1)) : make_cpu_executor();
       out.push_back(std::make_unique<WorkerLane>(index, process ? "cpu-process" : "cpu",
                                                  std::move(executor), *clock_,
                                                  from_us(options_.spin_us), std::move(where)));
       continue;
-    }
-    if (options_.isolation == "process") {
-      throw Error(ErrorCode::kInvalidInput,
-                  "isolation='process' runs CPU lanes only so far; GPU process lanes (MPS) are "
-                  "not done yet");
     }
     where.device_sms = cuda_sm_count(where.device);
     if (spec.sms < 0 || spec.sms > where.device_sms) {
       throw Error(ErrorCode::kInvalidInput, "lane with " + std::to_string(spec.sms) + " SMs on " +
                                                 spec.device + ", which has " +
                                                 std::to_string(where.device_sms));
+    }
+    if (process || mps_gpus.count(where.device)) {
+      // A worker process on the GPU; under MPS its share of the SMs is its active-thread
+      // percentage (gpu-let's mechanism), rounded up so that it gets at least what it asked.
+      ProcessOptions po = process_options(where.device);
+      std::string kind = "cuda-process";
+      where.sms = where.device_sms;
+      if (mps_gpus.count(where.device)) {
+        std::shared_ptr<MpsDaemon> daemon = mps_daemon_.lock();
+        if (!daemon) {
+          daemon = MpsDaemon::acquire();
+          mps_daemon_ = daemon;
+        }
+        po.mps = daemon;
+        where.sms = spec.sms > 0 ? spec.sms : where.device_sms;
+        po.thread_percentage = std::clamp(
+            static_cast<int>(std::ceil(100.0 * where.sms / where.device_sms - 1e-9)), 1, 100);
+        kind = "cuda-mps";
+      }
+      out.push_back(std::make_unique<WorkerLane>(index, kind, make_process_executor(po), *clock_,
+                                                 from_us(options_.spin_us), std::move(where)));
+      continue;
     }
     void* stream = nullptr;
     std::string kind = "cuda-stream";
@@ -183,6 +205,16 @@ std::vector<std::unique_ptr<Lane>> Runtime::make_lanes(const std::vector<LaneSpe
   }
   if (out.empty()) throw Error(ErrorCode::kInvalidInput, "a lane layout needs at least one lane");
   return out;
+}
+
+ProcessOptions Runtime::process_options(int device) const {
+  ProcessOptions po{options_.worker_path, static_cast<DurationNs>(options_.worker_watchdog_s * 1e9),
+                    options_.worker_max_restarts, 0, from_us(options_.worker_spin_us),
+                    options_.worker_libraries,
+                    static_cast<DurationNs>(options_.worker_retry_after_s * 1e9)};
+  po.device = device;
+  po.outputs_on_device = device >= 0 && options_.outputs_on_device;
+  return po;
 }
 
 void Runtime::start_lanes(std::vector<std::unique_ptr<Lane>>& lanes, const ProgressFn& progress) {
@@ -465,6 +497,8 @@ std::vector<LaneInfo> Runtime::lanes() const {
       info.worker_pid = e->worker_pid();
       info.worker_restarts = e->worker_restarts();
       info.broken = e->broken();
+      info.mps_thread_percentage = e->mps_thread_percentage();
+      info.mps_pipe_dir = e->mps_pipe_dir();
     }
     out.push_back(std::move(info));
   }

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "gpulanes/core/clock.h"
+#include "gpulanes/exec/executor.h"
 #include "gpulanes/exec/virtual_backend.h"
 #include "gpulanes/exec/virtual_lane.h"
 #include "gpulanes/metrics/lane_metrics.h"
@@ -51,9 +52,9 @@ struct RuntimeOptions {
                                       // "auto" (green where supported, else streams)
   PolicyConfig policy_config;     // the policy's knobs
   int cpu_lanes = 1;              // lanes when running on the CPU
-  std::string isolation = "thread";  // "process": each CPU lane runs its batches in a worker
+  std::string isolation = "thread";  // "process": each lane runs its batches in a worker
                                      // process (gpulanes_worker), which may crash alone
-  std::string worker_path;           // that executable (isolation "process")
+  std::string worker_path;           // that executable (process and MPS lanes)
   double worker_watchdog_s = 60;     // a batch running longer: its worker is killed
   int worker_max_restarts = 5;       // worker deaths in a row before a lane gives up
   std::vector<std::string> worker_libraries;  // shared libraries (custom operators) each worker
@@ -104,6 +105,8 @@ struct LaneInfo {
   int worker_pid = 0;               // process lanes: the worker's pid (0: none running)
   int worker_restarts = 0;          // ...workers started after the first
   bool broken = false;              // ...gave up: its batches fail at once
+  int mps_thread_percentage = 0;    // MPS lanes: the worker's CUDA_MPS_ACTIVE_THREAD_PERCENTAGE
+  std::string mps_pipe_dir;         // ...and the daemon's pipe directory it connects to
 };
 
 class Runtime final : private LaneListener, private LoopSink {
@@ -273,6 +276,8 @@ class Runtime final : private LaneListener, private LoopSink {
                     Orphans& orphans);
   // Lanes for `layout`, indexed from 0, not started.
   std::vector<std::unique_ptr<Lane>> make_lanes(const std::vector<LaneSpec>& layout);
+  // A process lane's worker settings from the options, its worker on `device` (-1: the CPU).
+  ProcessOptions process_options(int device) const;
   // Starts `lanes` as this runtime's: loads and warms up the models each serves, and measures
   // the missing profiles, each on the first lane that serves its model.
   void start_lanes(std::vector<std::unique_ptr<Lane>>& lanes, const ProgressFn& progress);
@@ -330,6 +335,8 @@ class Runtime final : private LaneListener, private LoopSink {
   TraceRecorder trace_;                              // used when options_.trace
   std::vector<std::unique_ptr<Lane>> lanes_;         // created by start()
   std::vector<LaneSpec> layout_;                     // set_lanes(); empty: the default layout
+  std::weak_ptr<MpsDaemon> mps_daemon_;  // MPS lanes' daemon while one of them holds it: new
+                                         // lanes reuse it (one MPS server per GPU)
   std::vector<std::unique_ptr<LaneMetrics>> lane_metrics_;     // per lane; set under submit_mu_
   std::unique_ptr<BatchPolicy> policy_;              // used only by the loop
   std::unique_ptr<EventLoop> loop_;                  // created by start()
