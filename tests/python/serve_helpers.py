@@ -88,9 +88,10 @@ class ServerProcess:
     """`python -m gpulanes serve` in a child process; `http` and `grpc` are host:port."""
 
     def __init__(self, config: Path, env: Optional[Dict[str, str]] = None,
-                 timeout_s: float = 240) -> None:
+                 timeout_s: float = 240, command: Optional[List[str]] = None) -> None:
+        """``command``: what to run instead of `python -m gpulanes serve` (CONFIG follows)."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gpulanes", "serve", str(config)],
+            (command or [sys.executable, "-m", "gpulanes", "serve"]) + [str(config)],
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
             env={**os.environ, **(env or {})})
         self.lines: List[str] = []
