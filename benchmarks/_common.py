@@ -14,6 +14,8 @@ from typing import Any, Callable, Dict
 
 import torch
 
+from gpulanes.evaluation import peak_search  # noqa: E402,F401  (the benchmarks' peak search)
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -67,29 +69,6 @@ def current_rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def peak_search(run: Callable[[float], Dict[str, Any]], ok: Callable[[Dict[str, Any]], bool],
-                start: float, steps: int, grow_limit: float = 64.0) -> Dict[str, Any]:
-    """The highest load x with ok(run(x)): from `start`, doubling while it holds (up to
-    grow_limit x start), then `steps` bisection steps. Returns max_load (0: not even the
-    smallest tried), at_max (that load's row) and tried (every row, in order)."""
-    lo, hi, tried, best = 0.0, start, [], None
-    row = run(hi)
-    tried.append(row)
-    while ok(row) and hi < grow_limit * start:
-        lo, best, hi = hi, row, hi * 2
-        row = run(hi)
-        tried.append(row)
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        row = run(mid)
-        tried.append(row)
-        if ok(row):
-            lo, best = mid, row
-        else:
-            hi = mid
-    return {"max_load": lo, "at_max": best, "tried": tried}
 
 
 def measured_profiles(device: str, models: Dict[str, Any], max_batch: int) -> Dict[str, Any]:

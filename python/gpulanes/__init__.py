@@ -20,7 +20,7 @@ from .errors import (
     RuntimeClosed,
     UnknownModel,
 )
-from . import formats, plot, predict, profiles, workloads
+from . import evaluation, formats, plot, predict, profiles, workloads
 from .runtime import Runtime
 from . import sim  # noqa: E402  (uses Runtime's helpers)
 
@@ -28,6 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Runtime",
+    "evaluation",
     "formats",
     "plot",
     "predict",
