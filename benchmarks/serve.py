@@ -307,7 +307,12 @@ FLOORS = {
 
 def floor_child(kind: str, config: str) -> int:
     """`gpulanes serve CONFIG` with its answers made as FLOORS[kind] says (run in a child)."""
-    from gpulanes.serve import grpc_server, protocol, server
+    import importlib
+
+    from gpulanes.serve import protocol, server
+
+    # The module, not the function of the same name gpulanes.serve exports.
+    grpc_module = importlib.import_module("gpulanes.serve.grpc_server")
 
     async def no_runtime(self, model, batch, deadline_ms, priority):
         return [t * 2.0 for t in batch]
@@ -321,8 +326,8 @@ def floor_child(kind: str, config: str) -> int:
                 replies[request.model_name] = await original(self, request, context)
             return replies[request.model_name]
 
-        original = grpc_server.InferenceService.model_infer
-        grpc_server.InferenceService.model_infer = fixed_reply
+        original = grpc_module.InferenceService.model_infer
+        grpc_module.InferenceService.model_infer = fixed_reply
     return server.main([config])
 
 
