@@ -93,9 +93,10 @@ class Profiling:
         """A profile measured on a partition lane of ``sms`` SMs (the runtime's first GPU): a
         green one, or an MPS client's share."""
         total = torch.cuda.get_device_properties(0).multi_processor_count
-        kinds = {x["kind"] for x in self.lanes() if x["sms"] == sms}
-        kind = "cuda-mps" if "cuda-mps" in kinds else "cuda-green"
-        return {**self._profile_entry(name, lane, points), "lane_kind": kind,
+        mps = self.partitioning == "mps" or (self.partitioning == "auto"
+                                             and self.isolation == "process")
+        return {**self._profile_entry(name, lane, points),
+                "lane_kind": "cuda-mps" if mps else "cuda-green",
                 "sm_share": min(1.0, sms / total), "sms": int(sms)}
 
     def profile_source(self, model: str) -> Optional[str]:

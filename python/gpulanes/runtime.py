@@ -165,6 +165,7 @@ class Runtime(Planning, Profiling):
             raise InvalidInput(f"device must be a string such as 'cuda:0', got {device!r}")
         self.device = device
         self.partitioning = partitioning
+        self.isolation = isolation
         self.policy = policy
         self.predictor = predictor
         spin_us = _number("spin_us", spin_us)

@@ -170,3 +170,16 @@ def test_a_profile_measured_on_a_partition_lane_is_cached_at_its_share(tmp_path,
     assert rt._cache.get(whole) is None
     part = rt._partition_entry("mlp", {"device": "NVIDIA H200", "lane_kind": "cuda-stream"}, 16, [])
     assert rt._cache.get(part)["points"][1]["p50_us"] == 2000.0
+
+
+def test_a_profile_measured_on_an_mps_lane_is_cached_as_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: type("P", (), {"multi_processor_count": 132})())
+    rt = runtime(mlp(0), tmp_path, partitioning="mps")
+    core, rt._core = rt._core, _PartitionCore([{"batch_size": 1, "p50_us": 900.0}])
+    try:
+        rt._cache_profiles({"device": "NVIDIA H200", "lane_kind": "cuda-stream"}, ["mlp"])
+    finally:
+        rt._core = core
+    entries = [profiles.load(f)["profiles"][0] for f in tmp_path.glob("*.json")]
+    assert [(e["lane_kind"], e["sms"]) for e in entries] == [("cuda-mps", 16)]
