@@ -112,6 +112,23 @@ def affine_load(rt, model: str = "affine", gap_s: float = 0.0005):
         t.join()
 
 
+def two_lanes_at_once(rt, n: int = 30) -> Tuple[float, float]:
+    """(seconds for n requests of model "a" alone, seconds for n of "a" and n of "b" together)
+    on a started runtime whose lanes serve "a" and "b" apart, after a few to settle: two lanes
+    that run at the same time take about as long for both as one takes alone."""
+    import time
+
+    def elapsed(models, k):
+        t0 = time.monotonic()
+        futs = [rt.submit(m, torch.zeros(4)) for _ in range(k) for m in models]
+        for f in futs:
+            f.result(timeout=120)
+        return time.monotonic() - t0
+
+    elapsed(("a", "b"), 3)
+    return elapsed(("a",), n), elapsed(("a", "b"), n)
+
+
 def scripted(module: nn.Module) -> torch.jit.ScriptModule:
     torch.manual_seed(0)
     return torch.jit.script(module.eval())

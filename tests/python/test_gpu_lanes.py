@@ -1,14 +1,13 @@
 """GPU lanes on a real GPU (skipped without CUDA): green-context lanes own disjoint SM groups of
 the size rt.lanes() reports, plain stream lanes reach every SM, and two lanes run at once."""
 
-import time
 
 import pytest
 import torch
 
 import gpulanes as gl
 import sm_probe
-from conftest import Busy, Mlp, scripted
+from conftest import Busy, Mlp, scripted, two_lanes_at_once
 
 pytestmark = pytest.mark.gpu
 
@@ -92,17 +91,8 @@ def test_two_green_lanes_run_batches_at_the_same_time():
     rt.set_lanes([{"device": 0, "sms": half, "models": ["a"]},
                   {"device": 0, "sms": half, "models": ["b"]}])
 
-    def elapsed(models, n=30):
-        t0 = time.monotonic()
-        futs = [rt.submit(m, torch.zeros(4)) for _ in range(n) for m in models]
-        for f in futs:
-            f.result(timeout=120)
-        return time.monotonic() - t0
-
     with rt:
-        elapsed(("a", "b"), 3)  # settle
-        alone = elapsed(("a",))
-        both = elapsed(("a", "b"))
+        alone, both = two_lanes_at_once(rt)
     assert both < 1.5 * alone, (alone, both)
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import gpulanes as gl
-from conftest import Busy, Mlp, scripted
+from conftest import Busy, Mlp, scripted, two_lanes_at_once
 
 pytestmark = pytest.mark.gpu
 HERE = Path(__file__).resolve().parent
@@ -100,18 +100,8 @@ def test_two_mps_lanes_run_batches_at_the_same_time():
     half = total_sms() // 2
     busy = scripted(Busy(40, size=1024))
     rt = mps_runtime((half, half), {"a": (busy, torch.zeros(1, 4)), "b": (busy, torch.zeros(1, 4))})
-
-    def elapsed(models, n=30):
-        t0 = time.monotonic()
-        futs = [rt.submit(m, torch.zeros(4)) for _ in range(n) for m in models]
-        for f in futs:
-            f.result(timeout=120)
-        return time.monotonic() - t0
-
     with rt:
-        elapsed(("a", "b"), 3)  # settle
-        alone = elapsed(("a",))
-        both = elapsed(("a", "b"))
+        alone, both = two_lanes_at_once(rt)
     assert both < 1.5 * alone, (alone, both)
 
 
