@@ -121,6 +121,9 @@ def test_a_killed_worker_fails_only_its_batch_and_the_lane_comes_back():
         others = [rt.submit("affine", torch.full((4,), float(i))) for i in range(200)]
         for i, f in enumerate(others):
             assert torch.equal(f.result(timeout=60), torch.full((4,), 2.0 * i + 1))
+        # Only lane 0 serves "busy": its next batch runs on a new worker (the affine requests
+        # above may all have gone to lane 1 on a busy machine).
+        assert torch.equal(rt.infer("busy", torch.zeros(4), deadline_ms=600_000), torch.ones(4))
         lanes = rt.lanes()
         assert [l["worker_restarts"] for l in lanes] == [1, 0]  # lane 0 took batches again
         assert lanes[0]["worker_pid"] not in (0, victim) and not lanes[0]["broken"]
