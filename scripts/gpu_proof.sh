@@ -11,12 +11,16 @@
 #   d probe        20-40 s   %smid probe: green lanes own disjoint SMs, for layouts that fit
 #   e mix          60-120 s  four models: one whole-GPU lane vs streams vs green lanes
 #   f partitions   40-90 s   ResNet-50 fp16 throughput at a few SM counts, one co-location pair
+#   g pytest-mps   40-90 s   the MPS lanes' tests (tests/python/test_mps.py: a private MPS daemon,
+#                         worker processes as MPS clients), JUnit file; last, since each test
+#                         starts worker processes and may need the time the others do not
 #
 # Run it (after `bash scripts/gpu_prepare.sh` here, once per checkout):
 #   device run(command="bash scripts/gpu_proof.sh", carry=[".deps"], timeout_s=600)
 # Everything lands in $OUT as each stage ends (the device tool returns at most 8 files):
 #   proof.log (all output), proof.json (environment and each stage's status and seconds),
-#   pytest-gpu.xml, gpu-probe-*.json, gpu-mix-*.json, gpu-partitions-*.json, <gpu>-profiles.json.
+#   pytest-gpu.xml, gpu-probe-*.json, gpu-mix-*.json, gpu-partitions-*.json, <gpu>-profiles.json,
+#   pytest-mps.xml (8 files).
 # Commit them to benchmarks/results/ (the profiles to benchmarks/profiles/).
 #
 #   bash scripts/gpu_proof.sh --cpu
@@ -95,11 +99,16 @@ build_stage() {
 }
 
 pytest_stage() {
-  local files=(tests/python)
+  local files=(tests/python --ignore=tests/python/test_mps.py)
   [ "$MODE" = cpu ] && files=(tests/python/test_gpu.py tests/python/test_gpu_lanes.py)
   "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs --junitxml="$OUT/pytest-gpu.xml" "${files[@]}"
 }
-export -f env_stage build_stage pytest_stage
+
+mps_stage() {
+  "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs --junitxml="$OUT/pytest-mps.xml" \
+    tests/python/test_mps.py
+}
+export -f env_stage build_stage pytest_stage mps_stage
 
 if [ "$MODE" = cpu ]; then
   PROBE=(--device cpu)
@@ -117,6 +126,7 @@ stage pytest-gpu 150 pytest_stage
 stage probe 60 "$PY" benchmarks/gpu_partitions.py "${PROBE[@]}" --parts probe --name gpu-probe --out "$OUT"
 stage mix 150 "$PY" benchmarks/gpu_mix.py "${MIX[@]}" --out "$OUT"
 stage partitions 150 "$PY" benchmarks/gpu_partitions.py "${PARTS[@]}" --parts sm_curve colocation --out "$OUT"
+stage pytest-mps 120 mps_stage
 
 failed=$(awk -F'\t' '$2 != 0' "$STAGES" | wc -l)
 echo "gpu_proof ($MODE): $failed stage(s) not ok; $(( $(date +%s) - START ))s in all" | tee -a "$LOG"

@@ -19,13 +19,13 @@ def test_the_gpu_proof_runs_every_stage_on_the_cpu(tmp_path):
     proof = json.loads((tmp_path / "proof.json").read_text())
     assert proof["mode"] == "cpu"
     assert [s["stage"] for s in proof["stages"]] == ["env", "build", "pytest-gpu", "probe", "mix",
-                                                     "partitions"]
+                                                     "partitions", "pytest-mps"]
     assert all(s["status"] == "ok" for s in proof["stages"]), proof["stages"]
     assert proof["env"]["torch"] and "green_context_support" in proof["env"]
     # What comes back from a device call: at most 8 files, none hidden.
     files = sorted(p.name for p in tmp_path.iterdir())
     assert len(files) <= 8 and not any(f.startswith(".") for f in files), files
-    assert "pytest-gpu.xml" in files
+    assert "pytest-gpu.xml" in files and "pytest-mps.xml" in files
     probe = json.loads(next(tmp_path.glob("gpu-probe-*.json")).read_text())
     for row in probe["results"]["probe"]:  # every layout it would probe fits the split
         assert sum(row["groups"]) <= probe["results"]["split"]["groups"]
@@ -43,6 +43,6 @@ def test_a_stage_that_runs_past_the_budget_is_cut_and_reported(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     stages = json.loads((tmp_path / "proof.json").read_text())["stages"]
-    assert len(stages) == 6  # every stage is accounted for, run or not
+    assert len(stages) == 7  # every stage is accounted for, run or not
     assert stages[0]["status"] == "ok"
     assert any(s["status"] == "timeout" for s in stages)
