@@ -106,6 +106,8 @@ class Evaluation:
         """Every model (or those named) met at least ``attainment`` of its requests, kept p50
         and p99 latency within the bounds given, and failed at most ``max_failed`` requests
         (ModelError and the like; drops and refusals count against attainment)."""
+        if isinstance(max_failed, bool) or not isinstance(max_failed, int) or max_failed < 0:
+            raise InvalidInput(f"max_failed must be an integer >= 0, got {max_failed!r}")
         asked: Dict[str, Dict[str, Any]] = {m: {} for m in self.models}
         if attainment is not None:
             for m, v in _per_model("attainment", attainment, self.models).items():
@@ -244,8 +246,8 @@ def evaluate(target: Any, workload: Any, inputs: Optional[Inputs] = None, *,
         if inputs is None:
             raise InvalidInput("inputs is required for a Runtime: per model, one request's "
                                "tensors (or a function making them)")
-        missing = sorted({m for _, m in workload} - set(inputs)) if isinstance(
-            workload, w.Workload) else sorted(set(workload.models) - set(inputs))
+        sent = workload.arrays()[2] if isinstance(workload, w.Workload) else workload.models
+        missing = sorted(set(sent) - set(inputs))
         if missing:
             raise InvalidInput(f"inputs has nothing for models the workload sends: {missing}")
         def ran(stats):  # (batches, requests that ran in them) per model

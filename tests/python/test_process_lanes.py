@@ -204,14 +204,19 @@ def test_a_hanging_worker_is_killed_by_the_watchdog():
         assert torch.equal(rt.infer("hang", torch.zeros(4)), torch.ones(4))
 
 
+def _kill_the_busy_batch(rt) -> None:
+    """Kills lane 0's worker (SIGKILL) while it runs a busy batch; the batch fails naming it."""
+    pid = _worker_pids(rt)[0]
+    ticks = _cpu_ticks(pid)
+    f = rt.submit("busy", torch.zeros(4))
+    _kill_mid_batch(pid, signal.SIGKILL, ticks)
+    with pytest.raises(gl.ModelError, match="SIGKILL"):
+        f.result(timeout=120)
+
+
 def test_a_lane_that_keeps_dying_gives_up_and_says_so():
     with _busy_and_affine(worker_options={"max_restarts": 0}) as rt:
-        pid = _worker_pids(rt)[0]
-        ticks = _cpu_ticks(pid)
-        f = rt.submit("busy", torch.zeros(4))
-        _kill_mid_batch(pid, signal.SIGKILL, ticks)
-        with pytest.raises(gl.ModelError, match="SIGKILL"):
-            f.result(timeout=120)
+        _kill_the_busy_batch(rt)
         with pytest.raises(gl.ModelError, match="runs nothing more"):
             rt.infer("affine", torch.zeros(4))
         assert rt.lanes()[0]["broken"] and rt.lanes()[0]["worker_pid"] == 0
@@ -223,12 +228,7 @@ def test_a_lane_that_keeps_dying_gives_up_and_says_so():
 
 def test_a_lane_that_gave_up_tries_again_after_its_cool_down():
     with _busy_and_affine(worker_options={"max_restarts": 0, "retry_after_s": 1.0}) as rt:
-        pid = _worker_pids(rt)[0]
-        ticks = _cpu_ticks(pid)
-        f = rt.submit("busy", torch.zeros(4))
-        _kill_mid_batch(pid, signal.SIGKILL, ticks)
-        with pytest.raises(gl.ModelError, match="SIGKILL"):
-            f.result(timeout=120)
+        _kill_the_busy_batch(rt)
         gave_up = time.monotonic()
         with pytest.raises(gl.ModelError):
             rt.infer("affine", torch.zeros(4))  # failed at once: no lane for it now

@@ -241,3 +241,27 @@ def test_bad_arguments_are_refused_by_name():
         gl.evaluation.evaluate(object(), gl.workloads.Poisson({"m": 1}, 1))
     with pytest.raises(gl.InvalidInput, match="start"):
         peak_rate(lambda r: ev, start=0)
+
+
+def test_nan_inf_negative_and_wrong_types_are_refused_by_name():
+    ev = _evaluation(1.0)
+    for kwargs, name in (({"attainment": float("nan")}, "attainment"),
+                         ({"attainment": "0.9"}, "attainment"),
+                         ({"p99_ms": {"m": float("inf")}}, "p99_ms"),
+                         ({"p99_ms": {"m": -1}}, "p99_ms"),
+                         ({"max_failed": -1}, "max_failed"),
+                         ({"max_failed": 0.5}, "max_failed")):
+        with pytest.raises(gl.InvalidInput, match=name):
+            ev.assert_slo(**kwargs)
+    with pytest.raises(gl.InvalidInput, match="at_least"):
+        ev.assert_goodput(at_least=float("nan"))
+    with pytest.raises(gl.InvalidInput, match="n must be"):
+        ev.assert_gpus_at_most(1.5)
+    sim = gl.sim.Simulator(gpus=1)
+    sim.add_model("bert")
+    with pytest.raises(gl.InvalidInput, match="warmup_s"):
+        gl.evaluation.evaluate(sim, gl.workloads.Poisson({"bert": 10}, 1), warmup_s=float("nan"))
+    with pytest.raises(gl.InvalidInput, match="finite"):
+        from gpulanes.cluster import plan_cluster
+        plan_cluster(sim, {"bert": float("inf")}, [1])
+
