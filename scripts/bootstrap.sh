@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sourced by scripts/demo.sh and scripts/test.sh: brings a fresh clone (or an existing one) to a
 # built, current state, doing only the steps whose inputs changed since the last run.
-#   1. Debian packages (GoogleTest sources, Eigen, ccache) via apt-get, when root and missing.
+#   1. Debian packages (GoogleTest sources, Eigen, ccache, grpc++) via apt-get, when root and
+#      missing.
 #   2. .venv with requirements-dev.txt (re-run only when that file changes).
 #   3. The C++ core, the _C extension and the GoogleTest binary, built incrementally by ninja in
 #      build/ through an editable pip install (re-run only when csrc/, tests/cpp/, CMake or pyproject change).
@@ -16,6 +17,10 @@ need_apt=()
 [ -f /usr/src/googletest/CMakeLists.txt ] || need_apt+=(libgtest-dev)
 [ -f /usr/include/eigen3/Eigen/Core ] || need_apt+=(libeigen3-dev)
 command -v ccache >/dev/null 2>&1 || need_apt+=(ccache)
+# grpc++ for the C++ gRPC front end (gpulanes builds without it, serving gRPC from Python).
+[ -f /usr/include/grpcpp/grpcpp.h ] || need_apt+=(libgrpc++-dev)
+[ -x /usr/bin/protoc ] || need_apt+=(protobuf-compiler)
+[ -x /usr/bin/grpc_cpp_plugin ] || need_apt+=(protobuf-compiler-grpc)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     log "apt-get install ${need_apt[*]}"

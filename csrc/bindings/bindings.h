@@ -6,8 +6,8 @@
 
 #include <pybind11/pybind11.h>
 
+#include <memory>
 #include <string>
-
 #include <vector>
 
 #include "gpulanes/core/error.h"
@@ -62,6 +62,9 @@ py::dict check_dict(const PlanCheck& c, const std::vector<PlannerModel>& models)
 py::dict traffic_dict(const std::vector<TrafficShape>& shapes, const std::vector<std::string>& names);
 Plan plan_from(const py::dict& d, const std::vector<std::string>& names);
 
+// The core of a _C.Runtime (a TypeError for anything else), for bindings that hold it.
+std::shared_ptr<Runtime> runtime_core(const py::handle& runtime);
+
 // A serving Runtime's planning calls with models by name (plan.cpp); Runtime.planning() returns
 // one, kept alive with its runtime. Models are fixed once the runtime has started.
 class RuntimePlanning {
@@ -90,5 +93,7 @@ void init_runtime(py::module_& m);
 void init_sim(py::module_& m);
 void init_predict(py::module_& m);
 void init_devices(py::module_& m);
+// _C.GrpcFrontend when gpulanes was built with grpc++ (HAS_GRPC_FRONTEND says whether).
+void init_grpc(py::module_& m);
 
 }  // namespace gpulanes::bindings

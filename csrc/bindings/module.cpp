@@ -9,4 +9,5 @@ PYBIND11_MODULE(_C, m) {
   gpulanes::bindings::init_plan(m);
   gpulanes::bindings::init_predict(m);
   gpulanes::bindings::init_devices(m);
+  gpulanes::bindings::init_grpc(m);
 }

@@ -407,6 +407,7 @@ class PyRuntime {
   }
 
   Runtime& core() { return *core_; }
+  std::shared_ptr<Runtime> shared_core() const { return core_; }
 
   void set_lanes(const py::list& layout) {
     std::vector<LaneSpec> specs;
@@ -456,6 +457,10 @@ class PyRuntime {
 };
 
 }  // namespace
+
+std::shared_ptr<Runtime> runtime_core(const py::handle& runtime) {
+  return runtime.cast<PyRuntime&>().shared_core();
+}
 
 void init_runtime(py::module_& m) {
   py::class_<PyRuntime>(m, "Runtime")

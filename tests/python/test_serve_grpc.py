@@ -18,7 +18,7 @@ from tritonclient.grpc import service_pb2 as triton_pb  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from gpulanes.serve import Endpoint, grpc_server  # noqa: E402
-from gpulanes.serve.grpc_server import messages  # noqa: E402
+from gpulanes.serve.grpc_server import core_frontend_available, messages  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +35,14 @@ def runtime():
 class InProcessServer:
     """A grpc.aio server on its own event loop thread."""
 
-    def __init__(self, runtime, token=None):
+    def __init__(self, runtime, token=None, frontend="auto"):
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
         async def start():
-            server, port = grpc_server(Endpoint(runtime, max_rows=16), "127.0.0.1:0", token=token)
+            server, port = grpc_server(Endpoint(runtime, max_rows=16), "127.0.0.1:0", token=token,
+                                       frontend=frontend)
             await server.start()
             return server, port
         self.server, port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(30)
@@ -53,9 +54,12 @@ class InProcessServer:
         self.thread.join(10)
 
 
-@pytest.fixture(scope="module")
-def server(runtime):
-    s = InProcessServer(runtime)
+FRONTENDS = ["python"] + (["core"] if core_frontend_available() else [])
+
+
+@pytest.fixture(scope="module", params=FRONTENDS)
+def server(runtime, request):
+    s = InProcessServer(runtime, frontend=request.param)
     yield s
     s.close()
 
@@ -122,8 +126,9 @@ def test_typed_contents_and_their_errors(server):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "2 entries" in e.value.details()
 
 
-def test_the_bearer_token(runtime):
-    s = InProcessServer(runtime, token="s3cret")
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_the_bearer_token(runtime, frontend):
+    s = InProcessServer(runtime, token="s3cret", frontend=frontend)
     try:
         c = tg.InferenceServerClient(s.address)
         assert c.is_server_live()  # health needs no token

@@ -13,6 +13,7 @@ shows every section.
     max_rows = 1024             # most samples one request may carry
     token_env = "GPULANES_TOKEN"  # bearer token from this variable (or token = "...")
     drain_timeout_s = 30        # SIGTERM: how long in-flight requests may take to finish
+    grpc_frontend = "auto"      # "core": C++ (grpc++), "python": grpcio; auto: core if built
     model_dir = "more"          # repository `load` may also bring in <model_dir>/NAME.toml
                                 # (a [models.NAME] table; its file inside model_dir)
 
@@ -85,6 +86,7 @@ class ServeConfig:
     token: Optional[str] = None
     drain_timeout_s: float = 30.0
     log_level: str = "warning"
+    grpc_frontend: str = "auto"  # "core" (grpc++), "python" (grpcio), "auto": core if built
     model_dir: Optional[Path] = None  # where repository `load` may find more models
     runtime: Dict[str, Any] = field(default_factory=dict)
     lanes: Optional[List[Dict[str, Any]]] = None
@@ -241,7 +243,7 @@ def parse_config(doc: Dict[str, Any], base: Union[str, Path] = ".") -> ServeConf
     server = _table(doc.get("server", {}), "[server]")
     _check_keys(server, {"host", "http_port", "grpc_port", "max_body_bytes", "max_rows", "token",
                          "model_dir",
-                         "token_env", "drain_timeout_s", "log_level"}, "[server]")
+                         "token_env", "drain_timeout_s", "log_level", "grpc_frontend"}, "[server]")
     cfg = ServeConfig()
     cfg.host = _str(server, "host", "server", cfg.host)
     cfg.http_port = _int(server, "http_port", "server", cfg.http_port, -1, 65535)
@@ -252,6 +254,10 @@ def parse_config(doc: Dict[str, Any], base: Union[str, Path] = ".") -> ServeConf
     cfg.max_rows = _int(server, "max_rows", "server", cfg.max_rows, 1, 65536)
     cfg.drain_timeout_s = _positive(server, "drain_timeout_s", "server", cfg.drain_timeout_s)
     cfg.log_level = _str(server, "log_level", "server", cfg.log_level)
+    cfg.grpc_frontend = _str(server, "grpc_frontend", "server", cfg.grpc_frontend)
+    if cfg.grpc_frontend not in ("auto", "core", "python"):
+        raise InvalidInput(f"config: server.grpc_frontend {cfg.grpc_frontend!r} is not one of "
+                           "'auto', 'core', 'python'")
     if cfg.log_level not in ("critical", "error", "warning", "info", "debug"):
         raise InvalidInput(f"config: server.log_level {cfg.log_level!r} is not a log level")
     token, token_env = _str(server, "token", "server", None), _str(server, "token_env", "server", None)

@@ -16,8 +16,11 @@ this asyncio server, which therefore stays.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import math
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -72,6 +75,14 @@ def _param(p) -> Any:
     return None if kind is None else getattr(p, kind)
 
 
+class Refused(Exception):
+    """A call refused with a gRPC status code that no gpulanes error stands for."""
+
+    def __init__(self, code, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
 class InferenceService:
     """The RPC handlers, on one :class:`Endpoint`. Called on the server's asyncio loop."""
 
@@ -82,30 +93,46 @@ class InferenceService:
 
     # -- plumbing ----------------------------------------------------------------------------
 
+    # name -> (handler, request message, open: answered without the bearer token)
+    _RPCS = {"ServerLive": ("server_live", "ServerLiveRequest", True),
+             "ServerReady": ("server_ready", "ServerReadyRequest", True),
+             "ModelReady": ("model_ready", "ModelReadyRequest", False),
+             "ServerMetadata": ("server_metadata", "ServerMetadataRequest", False),
+             "ModelMetadata": ("model_metadata", "ModelMetadataRequest", False),
+             "ModelInfer": ("model_infer", "ModelInferRequest", False),
+             "ModelConfig": ("model_config", "ModelConfigRequest", False),
+             "RepositoryIndex": ("repository_index", "RepositoryIndexRequest", False),
+             "RepositoryModelLoad": ("repository_load", "RepositoryModelLoadRequest", False),
+             "RepositoryModelUnload": ("repository_unload", "RepositoryModelUnloadRequest", False)}
+
+    async def answer(self, method: str, raw: bytes, context) -> Any:
+        """The reply message to one call (the token already checked), or raises
+        :class:`Refused` / a gpulanes error."""
+        from google.protobuf.message import DecodeError
+
+        import grpc
+
+        if method not in self._RPCS:
+            raise Refused(grpc.StatusCode.UNIMPLEMENTED, f"no method {method!r}")
+        fn, request, _ = self._RPCS[method]
+        try:
+            parsed = self.m[request].FromString(raw)
+        except DecodeError as e:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}") from None
+        return await getattr(self, fn)(parsed, context)
+
     def handler(self):
         """The generic handler to add to a ``grpc.aio.server``."""
         import grpc
 
-        rpcs = {"ServerLive": (self.server_live, "ServerLiveRequest", True),
-                "ServerReady": (self.server_ready, "ServerReadyRequest", True),
-                "ModelReady": (self.model_ready, "ModelReadyRequest", False),
-                "ServerMetadata": (self.server_metadata, "ServerMetadataRequest", False),
-                "ModelMetadata": (self.model_metadata, "ModelMetadataRequest", False),
-                "ModelInfer": (self.model_infer, "ModelInferRequest", False),
-                "ModelConfig": (self.model_config, "ModelConfigRequest", False),
-                "RepositoryIndex": (self.repository_index, "RepositoryIndexRequest", False),
-                "RepositoryModelLoad": (self.repository_load, "RepositoryModelLoadRequest", False),
-                "RepositoryModelUnload": (self.repository_unload, "RepositoryModelUnloadRequest",
-                                          False)}
         handlers = {name: grpc.unary_unary_rpc_method_handler(
-                        self._wrap(fn, self.m[request], open_),
+                        self._wrap(name, open_),
                         response_serializer=lambda msg: msg.SerializeToString())
-                    for name, (fn, request, open_) in rpcs.items()}
+                    for name, (_, _, open_) in self._RPCS.items()}
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
-    def _wrap(self, fn, request_type, open_: bool):
+    def _wrap(self, method: str, open_: bool):
         import grpc
-        from google.protobuf.message import DecodeError
 
         async def call(raw: bytes, context):
             if self.token is not None and not open_:
@@ -115,11 +142,9 @@ class InferenceService:
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                         "missing or wrong bearer token")
             try:
-                request = request_type.FromString(raw)
-            except DecodeError as e:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}")
-            try:
-                return await fn(request, context)
+                return await self.answer(method, raw, context)
+            except Refused as e:
+                await context.abort(e.code, e.details)
             except GpuLanesError as e:
                 await context.abort(grpc_code(e), str(e))
         return call
@@ -237,10 +262,120 @@ def _from_contents(t, shape, dtype: torch.dtype) -> torch.Tensor:
         raise InvalidInput(f"input {t.name!r}: values do not fit {t.datatype}: {e}") from None
 
 
+class _Deadline:
+    """What the handlers ask of a call's context, for calls the core forwards."""
+
+    def __init__(self, remaining_s: Optional[float]) -> None:
+        self._until = None if remaining_s is None else time.monotonic() + remaining_s
+
+    def time_remaining(self) -> Optional[float]:
+        return None if self._until is None else max(0.0, self._until - time.monotonic())
+
+
+class CoreGrpcServer:
+    """The core's gRPC front end (grpc++; ``csrc/gpulanes/serve/grpc_frontend.h``) with the
+    start/stop of a ``grpc.aio`` server. ModelInfer for the models it was told about (all of
+    the runtime's, kept current as the endpoint loads and unloads) runs in C++ from the wire to
+    the runtime and back; the bearer token is checked there too. Every other call comes here
+    (:meth:`_forward`, on a grpc++ thread) and is answered by the same handlers as the grpcio
+    server's, on this server's asyncio loop. Made on that loop."""
+
+    def __init__(self, endpoint: Endpoint, address: str, max_message_bytes: int,
+                 token: Optional[str]) -> None:
+        from .. import _C
+
+        self.ep = endpoint
+        self.service = InferenceService(endpoint)
+        self._loop = asyncio.get_running_loop()
+        self._tasks: set = set()  # forwarded calls being answered
+        self._told: set = set()   # the models the core serves ModelInfer for
+        core = getattr(endpoint.runtime, "_core", None)
+        if core is None:
+            raise InvalidInput("the core's gRPC front end serves a gpulanes.Runtime only")
+        try:
+            self._frontend = _C.GrpcFrontend(core, address, max_message_bytes, token,
+                                             endpoint.max_rows, self._forward)
+        except InvalidInput as e:
+            raise OSError(str(e)) from None
+        self.port = self._frontend.port
+        endpoint.listeners.append(self.sync)
+        self.sync()
+
+    def sync(self) -> None:
+        """Tells the core every model the runtime serves, with the endpoint's tensor names."""
+        rt, served = self.ep.runtime, set(self.ep.runtime.models)
+        for model in served:
+            sig = rt.input_signature(model)
+            io = self.ep.io.get(model)
+            self._frontend.set_model(model, self.ep.input_names(model),
+                                     [NAMES[d] for _, d in sig], [list(s) for s, _ in sig],
+                                     list(io.outputs) if io and io.outputs else [])
+        for model in self._told - served:
+            self._frontend.forget_model(model)
+        self._told = served
+
+    async def start(self) -> None:
+        pass  # serving since it was made
+
+    async def stop(self, grace: Optional[float]) -> None:
+        with contextlib.suppress(ValueError):
+            self.ep.listeners.remove(self.sync)
+        await asyncio.to_thread(self._frontend.stop, grace or 0.0)
+
+    def _forward(self, method: str, payload: bytes, remaining_s: Optional[float], reply) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._spawn, method, payload, remaining_s, reply)
+        except RuntimeError:  # the loop is closed: nobody will answer here
+            reply(_code("UNAVAILABLE"), "the server is shutting down", b"")
+
+    def _spawn(self, method: str, payload: bytes, remaining_s: Optional[float], reply) -> None:
+        task = self._loop.create_task(self._answer(method, payload, remaining_s, reply))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, method, payload, remaining_s, reply) -> None:
+        try:
+            response = await self.service.answer(method, payload, _Deadline(remaining_s))
+            reply(0, "", response.SerializeToString())
+        except Refused as e:
+            reply(e.code.value[0], e.details, b"")
+        except GpuLanesError as e:
+            reply(grpc_code(e).value[0], str(e), b"")
+        except Exception as e:  # noqa: BLE001 - the client gets INTERNAL, the server goes on
+            reply(_code("INTERNAL"), f"{type(e).__name__}: {e}", b"")
+        if method == "ModelInfer":  # a model the core was not told about: it is from now on
+            with contextlib.suppress(GpuLanesError):
+                self.sync()
+
+
+def _code(name: str) -> int:
+    import grpc
+
+    return getattr(grpc.StatusCode, name).value[0]
+
+
+def core_frontend_available() -> bool:
+    """Whether this build of gpulanes has the core's gRPC front end (grpc++ was found)."""
+    from .. import _C
+
+    return bool(getattr(_C, "HAS_GRPC_FRONTEND", False))
+
+
 def grpc_server(endpoint: Endpoint, address: str, *, max_message_bytes: int = 64 << 20,
-                token: Optional[str] = None):
-    """A ``grpc.aio.Server`` serving ``endpoint`` at ``address`` (not started: ``await
-    server.start()``). Returns (server, bound port)."""
+                token: Optional[str] = None, frontend: str = "auto"):
+    """A gRPC server serving ``endpoint`` at ``address``: ``frontend="core"`` the core's
+    (grpc++; serving once made), ``"python"`` grpcio's asyncio server (serving after ``await
+    server.start()``), ``"auto"`` the core's where this build has it. Call it on the asyncio
+    loop that is to answer calls. Returns (server, bound port); both kinds have ``start()`` and
+    ``stop(grace)`` coroutines."""
+    if frontend not in ("auto", "core", "python"):
+        raise InvalidInput(f"frontend must be 'auto', 'core' or 'python', got {frontend!r}")
+    if frontend == "core" and not core_frontend_available():
+        raise InvalidInput("frontend='core': this build of gpulanes has no C++ gRPC front end "
+                           "(grpc++ was not found when it was built)")
+    if frontend != "python" and core_frontend_available():
+        server = CoreGrpcServer(endpoint, address, max_message_bytes, token)
+        return server, server.port
     import grpc
 
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),

@@ -135,6 +135,8 @@ class Endpoint:
         self._loadable = loadable
         self._declared = list(declared)  # models the repository index lists even unloaded
         self._loading: Optional[asyncio.Lock] = None
+        # called after a model is loaded or unloaded (the core's gRPC front end follows them)
+        self.listeners: List[Any] = []
 
     # -- names and metadata ------------------------------------------------------------------
 
@@ -211,6 +213,7 @@ class Endpoint:
             model = self._loadable(name)
             await asyncio.to_thread(model.register, self.runtime)
             self.io[name] = model.io
+            self._changed()
 
     async def unload(self, name: Any, params: Any) -> None:
         """Triton's repository `unload`: stops serving a model, lets its queued requests finish
@@ -227,6 +230,11 @@ class Endpoint:
             await asyncio.to_thread(self.runtime.unregister, model)
             self.io.pop(model, None)
             self._probed.pop(model, None)
+            self._changed()
+
+    def _changed(self) -> None:
+        for listener in list(self.listeners):
+            listener()
 
     async def config(self, model: str) -> Dict[str, Any]:
         """Triton's model configuration (what perf_analyzer reads): the protocol's batch limit

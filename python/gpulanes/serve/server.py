@@ -73,7 +73,8 @@ async def serve(cfg: ServeConfig, stop: Optional[asyncio.Event] = None,
             listening.append(f"http={cfg.host}:{sock.getsockname()[1]}")
         if cfg.grpc_port >= 0:
             grpc, port = grpc_server(endpoint, f"{cfg.host}:{cfg.grpc_port}",
-                                     max_message_bytes=cfg.max_body_bytes, token=cfg.token)
+                                     max_message_bytes=cfg.max_body_bytes, token=cfg.token,
+                                     frontend=cfg.grpc_frontend)
             await grpc.start()
             listening.append(f"grpc={cfg.host}:{port}")
         _say("listening", *listening)
