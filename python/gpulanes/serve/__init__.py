@@ -3,7 +3,8 @@ Inference Protocol (what tritonclient, perf_analyzer and KServe clients speak).
 
 - :func:`app`: the HTTP front end as an ASGI app, to mount in your own FastAPI/Starlette service
   or to run with uvicorn (JSON and binary tensors).
-- :func:`grpc_server`: the gRPC front end (``inference.GRPCInferenceService``) on grpcio.
+- :func:`grpc_server`: the gRPC front end (``inference.GRPCInferenceService``): the core's
+  (grpc++, ModelInfer without Python) where gpulanes was built with it, else grpcio's.
 - :func:`load_config` / :func:`serve`: what ``gpulanes serve CONFIG.toml`` runs.
 
 Needs the ``server`` extra (Starlette, uvicorn, grpcio, protobuf).

@@ -95,11 +95,15 @@ class ServeConfig:
     def io(self) -> Dict[str, ModelIO]:
         return {m.name: m.io for m in self.models}
 
-    def build_runtime(self):
-        """A Runtime with every model to load at start registered (not started)."""
+    def new_runtime(self):
+        """A Runtime with the configured options and no model (not started)."""
         from ..runtime import Runtime
 
-        rt = Runtime(**self.runtime)
+        return Runtime(**self.runtime)
+
+    def build_runtime(self):
+        """A Runtime with every model to load at start registered (not started)."""
+        rt = self.new_runtime()
         for m in self.models:
             if m.load:
                 m.register(rt)
