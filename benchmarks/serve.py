@@ -372,8 +372,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     import grpc
     import uvicorn
 
+    from gpulanes import _C
+
     env["versions"].update(uvicorn=uvicorn.__version__, grpcio=grpc.__version__,
                            perf_analyzer="tritonclient 2.41.0 wheel")
+    # `gpulanes serve` answers gRPC with the core's front end (grpc++) where it was built
+    env["grpc_frontend"] = (f"core, grpc++ {_C.GRPC_VERSION}" if _C.HAS_GRPC_FRONTEND
+                            else f"python, grpcio {grpc.__version__}")
     results: Dict[str, Any] = {"lanes": args.lanes, "interval_ms": args.interval_ms, "points": []}
     models = {"tiny": "INPUT__0:4", "cnn": "INPUT__0:3,224,224"}
     if args.quick:

@@ -9,6 +9,8 @@
 #ifdef GPULANES_WITH_GRPC
 #include <pybind11/stl.h>
 
+#include <grpcpp/grpcpp.h>
+
 #include "gpulanes/serve/grpc_frontend.h"
 #endif
 
@@ -40,6 +42,7 @@ std::shared_ptr<py::function> keep(py::function fn) {
 
 void init_grpc(py::module_& m) {
   m.attr("HAS_GRPC_FRONTEND") = true;
+  m.attr("GRPC_VERSION") = grpc::Version();
   py::class_<Reply, std::shared_ptr<Reply>>(m, "GrpcReply")
       .def("__call__", [](Reply& r, int code, const std::string& message, const py::bytes& payload) {
         std::string bytes = payload;

@@ -1,6 +1,7 @@
 """``gpulanes`` on the command line (also ``python -m gpulanes``). Subcommands:
 
 - ``gpulanes serve CONFIG.toml``: serve the config's models over KServe v2 (HTTP and gRPC).
+- ``gpulanes ray CONFIG.toml``: deploy them on the current Ray cluster (gpulanes.ray).
 """
 
 import sys
@@ -17,7 +18,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .serve.server import main as serve_main
 
         return serve_main(rest)
-    print(f"gpulanes: unknown command {command!r}; try 'gpulanes serve CONFIG.toml'",
+    if command == "ray":
+        from .ray import main as ray_main
+
+        return ray_main(rest)
+    print(f"gpulanes: unknown command {command!r}; try 'gpulanes serve CONFIG.toml' or 'gpulanes ray CONFIG.toml'",
           file=sys.stderr)
     return 2
 

@@ -33,6 +33,7 @@ import asyncio
 import os
 import random
 import socket
+import sys
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -456,3 +457,33 @@ def run(config: str, *, replicas: Optional[int] = None,
         ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
     cluster.apply(placement, route, plan=plan)
     return cluster
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``gpulanes ray CONFIG.toml``: deploys on the Ray cluster ``ray start --head`` started (or
+    RAY_ADDRESS names) and returns; the application lives as long as that cluster."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="gpulanes ray",
+                                     description="Deploy CONFIG's models on the current Ray "
+                                                 "cluster behind one KServe v2 HTTP endpoint.")
+    parser.add_argument("config", help="the TOML file of gpulanes serve")
+    parser.add_argument("--replicas", type=int, default=2, help="replica slots (each holds every "
+                        "model the config loads at start)")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--num-gpus", type=float, default=0, help="GPUs per replica")
+    args = parser.parse_args(argv)
+    import ray
+
+    try:
+        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False)
+        options = {"num_cpus": 1, "num_gpus": args.num_gpus} if args.num_gpus else None
+        cluster = run(args.config, replicas=args.replicas, http_port=args.http_port,
+                      ray_actor_options=options)
+    except (GpuLanesError, ConnectionError) as e:
+        print(f"gpulanes ray: error: {e}", file=sys.stderr)
+        return 2
+    print(f"gpulanes ray: {cluster.name} serving on port {args.http_port}: "
+          + ", ".join(f"{slot}: {models}" for slot, models in cluster.placement.items()),
+          file=sys.stderr)
+    return 0

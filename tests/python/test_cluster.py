@@ -57,3 +57,19 @@ def test_machines_must_match_the_simulator():
     for bad in ([], [4, 0, 4], [4.0, 4], [True, 7]):
         with pytest.raises(gl.InvalidInput, match="machines"):
             plan_cluster(sim, {"bert": 100}, bad)
+
+
+def test_a_cluster_plan_becomes_the_ray_placement_and_routes():
+    # What gpulanes.ray.Cluster.apply(plan=...) deploys: machine k is replica-k, holding the
+    # models of its lanes, with the plan's routing shares (no Ray needed to check the mapping).
+    from gpulanes.ray import _placement_from
+
+    sim = sim_with(8, resnet50=None, bert=None)
+    cp = plan_cluster(sim, {"resnet50": 4000, "bert": 3000}, [4, 4], cv=3.0)
+    placement, route = _placement_from(cp)
+    assert set(placement) == {"replica-0", "replica-1"}
+    for k, machine in enumerate(cp["machines"]):
+        assert placement[f"replica-{k}"] == sorted(machine["models"])
+    for model, shares in cp["route"].items():
+        assert route[model] == {f"replica-{k}": s for k, s in shares.items()}
+        assert all(model in placement[slot] for slot in route[model])
