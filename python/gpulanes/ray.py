@@ -30,6 +30,7 @@ Ray is imported only here, and only when used (``pip install 'gpulanes[ray]'``).
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import random
 import socket
@@ -315,7 +316,8 @@ class Cluster:
             for slot, share in shares.items():
                 if model not in placement.get(slot, ()):
                     raise InvalidInput(f"route sends {model!r} to {slot}, which does not hold it")
-                if not isinstance(share, (int, float)) or isinstance(share, bool) or not share >= 0:
+                if (not isinstance(share, (int, float)) or isinstance(share, bool)
+                        or not 0 <= share < math.inf):
                     raise InvalidInput(f"route share of {model!r} on {slot} must be >= 0, got {share!r}")
 
     def _deploy(self, placement: Mapping[str, Sequence[str]],
@@ -371,13 +373,7 @@ class Cluster:
         through Ray Serve's deployment updates. Models move without losing requests: replicas
         first gain what they will hold, then the router takes the new shares, then replicas
         drop what they no longer hold. The set of slots stays what :func:`run` made."""
-        if plan is not None:
-            placement, route = _placement_from(plan)
-        if placement is None:
-            raise InvalidInput("give a placement or a plan")
-        placement = {s: sorted(set(m)) for s, m in placement.items()}
-        route = dict(route) if route is not None else _even_route(placement)
-        self._check(placement, route)
+        placement, route = self._normalized(placement, route, plan)
         if self.placement and set(placement) != set(self.placement):
             raise InvalidInput(f"the replica slots are {sorted(self.placement)}; a plan for "
                                f"{sorted(placement)} needs a new run()")
@@ -387,6 +383,28 @@ class Cluster:
             self._deploy(union, route)
         self._deploy(placement, route)
         self.placement, self.route = placement, route
+
+    def _normalized(self, placement, route, plan):
+        """(placement, route) checked, from either form; InvalidInput names what is wrong."""
+        if plan is not None:
+            if not isinstance(plan, Mapping) or not {"machines", "route"} <= set(plan):
+                raise InvalidInput("plan must be what gpulanes.cluster.plan_cluster returns")
+            placement, route = _placement_from(plan)
+        if not isinstance(placement, Mapping):
+            raise InvalidInput(f"placement must map replica slots to lists of models, got "
+                               f"{placement!r}")
+        for slot, models in placement.items():
+            if isinstance(models, (str, bytes)) or not isinstance(models, (list, tuple, set)):
+                raise InvalidInput(f"placement[{slot!r}] must be a list of model names, got "
+                                   f"{models!r}")
+        placement = {s: sorted(set(m)) for s, m in placement.items()}
+        if route is None:
+            route = _even_route(placement)
+        if not isinstance(route, Mapping) or not all(isinstance(v, Mapping) for v in route.values()):
+            raise InvalidInput(f"route must map models to {{slot: share}}, got {route!r}")
+        route = {m: dict(shares) for m, shares in route.items()}
+        self._check(placement, route)
+        return placement, route
 
     def _replicas(self):
         serve = _serve()
@@ -446,6 +464,12 @@ def run(config: str, *, replicas: Optional[int] = None,
         raise InvalidInput(f"http_port must be a port number, got {http_port!r}")
     from .serve.config import load_config
 
+    if ray_actor_options is not None and not isinstance(ray_actor_options, Mapping):
+        raise InvalidInput(f"ray_actor_options must be a dict, got {ray_actor_options!r}")
+    if not isinstance(name, str) or not name or not isinstance(route_prefix, str) \
+            or not route_prefix.startswith("/"):
+        raise InvalidInput(f"name must be a non-empty string and route_prefix start with '/', "
+                           f"got {name!r}, {route_prefix!r}")
     host = load_config(config).host
     cluster = Cluster(os.path.abspath(config), name, route_prefix,
                       dict(ray_actor_options or {"num_cpus": 1}),
@@ -453,6 +477,7 @@ def run(config: str, *, replicas: Optional[int] = None,
     if plan is None and placement is None:
         loaded = [m.name for m in cluster.cfg.models if m.load]
         placement = {f"replica-{k}": loaded for k in range(replicas or 2)}
+    cluster._normalized(placement, route, plan)  # refused before Ray is started
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
     cluster.apply(placement, route, plan=plan)

@@ -161,3 +161,27 @@ def test_a_killed_replica_is_replaced_while_the_other_serves(cluster):
     assert all(status in (200, 503, 504) for _, status, _, _ in answers)
     # Ray Serve starts a new replica-0 (a new process), which serves affine again.
     assert wait_until(lambda: infer(url, "affine")[0] == 200 and c.info()["replica-0"]["pid"] != pid)
+
+
+def test_bad_arguments_are_refused_by_name_before_ray_starts(tmp_path):
+    import gpulanes as gl
+
+    config = write_config(tmp_path, ["affine"])
+    cases = [({"replicas": 0}, "replicas"), ({"replicas": True}, "replicas"),
+             ({"http_port": 70000}, "http_port"), ({"ray_actor_options": [1]}, "ray_actor_options"),
+             ({"route_prefix": "x"}, "route_prefix"),
+             ({"placement": {"replica-0": ["nope"]}}, "nope"),
+             ({"placement": {"replica-0": "affine"}}, "list of model names"),
+             ({"placement": ["affine"]}, "placement"),
+             ({"placement": {"replica-0": ["affine"]}, "route": {"affine": {"replica-1": 1}}},
+              "does not hold"),
+             ({"placement": {"replica-0": ["affine"]}, "route": {"affine": {"replica-0": -1}}},
+              ">= 0"),
+             ({"placement": {"replica-0": ["affine"]},
+               "route": {"affine": {"replica-0": float("nan")}}}, ">= 0"),
+             ({"plan": {"machines": []}}, "plan_cluster")]
+    for kwargs, says in cases:
+        with pytest.raises(gl.InvalidInput, match=says):
+            glray.run(str(config), **kwargs)
+    with pytest.raises(gl.InvalidInput, match="config"):
+        glray.run(str(tmp_path / "missing.toml"))
