@@ -189,3 +189,22 @@ def test_mutated_and_random_messages_never_break_the_server(server):
     assert list(reply.outputs[0].shape) == [1, 4]
     assert grpc.StatusCode.INVALID_ARGUMENT in codes and grpc.StatusCode.NOT_FOUND in codes
     assert grpc.StatusCode.INTERNAL not in codes and grpc.StatusCode.UNKNOWN not in codes
+
+
+@pytest.mark.skipif(not core_frontend_available(), reason="built without grpc++")
+def test_a_core_server_dropped_without_stop_is_freed_and_stops(runtime):
+    import gc
+    import weakref
+
+    s = InProcessServer(runtime, frontend="core")
+    address, ref = s.address, weakref.ref(s.server)
+    asyncio.run_coroutine_threadsafe(asyncio.sleep(0), s.loop).result(10)
+    s.server = None
+    gc.collect()
+    assert ref() is None  # no cycle through the core keeps it
+    with grpc.insecure_channel(address) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            ch.unary_unary("/inference.GRPCInferenceService/ServerLive")(b"", timeout=2)
+    assert e.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    s.loop.call_soon_threadsafe(s.loop.stop)
+    s.thread.join(10)

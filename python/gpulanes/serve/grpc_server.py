@@ -27,6 +27,7 @@ import contextlib
 import functools
 import math
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -298,9 +299,19 @@ class CoreGrpcServer:
         core = getattr(endpoint.runtime, "_core", None)
         if core is None:
             raise InvalidInput("the core's gRPC front end serves a gpulanes.Runtime only")
+        # The core holds the hook; through a weak reference, so that a server dropped without
+        # stop() is not kept alive by a cycle the collector cannot see (the core stops then).
+        me = weakref.ref(self)
+
+        def forward(method, payload, remaining_s, reply):
+            server = me()
+            if server is None:
+                reply(_code("UNAVAILABLE"), "the server is shutting down", b"")
+            else:
+                server._forward(method, payload, remaining_s, reply)
         try:
             self._frontend = _C.GrpcFrontend(core, address, max_message_bytes, token,
-                                             endpoint.max_rows, self._forward)
+                                             endpoint.max_rows, forward)
         except InvalidInput as e:
             raise OSError(str(e)) from None
         self.port = self._frontend.port
