@@ -12,7 +12,7 @@ Deployments (one Ray Serve application):
   different set of models.
 - ``router``: the ingress, speaking the same KServe v2 HTTP API as ``gpulanes serve`` (its app,
   :func:`gpulanes.serve.app`, over :class:`ClusterRuntime`). Each request goes to a replica
-  holding its model, picked in proportion to the plan's routing shares, with the deadline it
+  holding its model, picked by the plan's routing shares and its requests in flight, with the deadline it
   has left and its priority. A replica that sheds (``Overloaded``), is full, closed, no longer
   holds the model, or dies gets the request retried on another holder while the deadline
   allows; otherwise the client gets the typed error (503 / 504 ...).
@@ -142,6 +142,7 @@ class ClusterRuntime:
                             for m in cfg.models}
         self._slo_ms = {m.name: m.slo_ms for m in cfg.models}
         self.counters = {"requests": 0, "retries": 0, "replica_failures": 0, "errors": 0}
+        self._in_flight: Dict[str, int] = {}  # per slot: requests sent and not answered
 
     def set_route(self, route: Mapping[str, Mapping[str, float]]) -> None:
         for model, shares in route.items():
@@ -172,10 +173,14 @@ class ClusterRuntime:
         return "\n".join(lines) + "\n"
 
     def _pick(self, model: str, tried: set) -> Optional[str]:
+        """Two holders drawn by the plan's shares; the one with fewer requests in flight per
+        unit of share (the power of two choices: the shares hold on average, and a replica
+        that falls behind gets less)."""
         shares = {s: w for s, w in self.route.get(model, {}).items() if s not in tried}
         if not shares:
             return None
-        return random.choices(list(shares), weights=list(shares.values()))[0]
+        a, b = random.choices(list(shares), weights=list(shares.values()), k=2)
+        return min((a, b), key=lambda s: self._in_flight.get(s, 0) / shares[s])
 
     async def infer_async(self, model: str, *inputs: Any, deadline_ms: Optional[float] = None,
                           priority: int = 0) -> Any:
@@ -206,6 +211,7 @@ class ClusterRuntime:
             others = self._pick(model, tried) is not None
             wait_s = left / 2 if others else left
             response = self.replicas[slot].infer.remote(model, list(inputs), left * 1e3, priority)
+            self._in_flight[slot] = self._in_flight.get(slot, 0) + 1
             try:
                 kind, value = await asyncio.wait_for(response, timeout=wait_s + 0.05)
             except asyncio.TimeoutError:
@@ -218,6 +224,8 @@ class ClusterRuntime:
                 self.counters["replica_failures"] += 1
                 last = RuntimeClosed(f"{slot} failed: {type(e).__name__}")
                 continue
+            finally:
+                self._in_flight[slot] -= 1
             if kind == "ok":
                 return value
             name, message = value
