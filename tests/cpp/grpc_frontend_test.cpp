@@ -117,6 +117,8 @@ TEST(KserveInfer, EveryMalformedRequestIsRefusedByName) {
   rows->mutable_inputs()->RemoveLast();
   rows->mutable_raw_input_contents()->RemoveLast();
   EXPECT_NE(refusal(rows, two).find("missing input(s) ['b']"), std::string::npos);
+  auto none = std::make_shared<inference::ModelInferRequest>();
+  EXPECT_NE(refusal(none, ServedModel{}).find("takes no inputs"), std::string::npos);
 }
 
 TEST(KserveInfer, TimeoutAndPriorityParameters) {

@@ -274,6 +274,9 @@ DecodedInfer decode_infer(const std::string& model_name, const ServedModel& mode
     row_counts.insert(shape[0]);
     batch.push_back(std::move(x));
   }
+  if (batch.empty()) {  // a model without inputs: no rows to serve, and none would answer
+    invalid("model " + py_repr(model_name) + " takes no inputs; KServe v2 requests carry rows");
+  }
   if (row_counts.size() > 1) {
     invalid("inputs disagree on the batch size: " +
             listed(std::vector<std::int64_t>(row_counts.begin(), row_counts.end())));
