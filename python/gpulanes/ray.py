@@ -208,7 +208,7 @@ class ClusterRuntime:
             tried.add(slot)
             # With another holder untried, one replica gets half of what is left: one that died
             # without Ray noticing yet must not take the whole deadline with it.
-            others = self._pick(model, tried) is not None
+            others = any(s not in tried for s in self.route.get(model, {}))
             wait_s = left / 2 if others else left
             response = self.replicas[slot].infer.remote(model, list(inputs), left * 1e3, priority)
             self._in_flight[slot] = self._in_flight.get(slot, 0) + 1

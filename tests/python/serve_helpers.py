@@ -121,9 +121,14 @@ class ServerProcess:
             self.proc.wait(30)
 
     def wait_until(self, predicate, timeout_s: float = 30) -> bool:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            if predicate():
-                return True
-            time.sleep(0.01)
-        return False
+        return wait_until(predicate, timeout_s)
+
+
+def wait_until(predicate, timeout_s: float = 30, poll_s: float = 0.01) -> bool:
+    """Whether ``predicate()`` turned true within ``timeout_s``."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(poll_s)
+    return False

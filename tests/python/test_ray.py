@@ -17,7 +17,7 @@ ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 import gpulanes.ray as glray  # noqa: E402
-from serve_helpers import write_config  # noqa: E402
+from serve_helpers import wait_until, write_config  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -91,15 +91,6 @@ class Load:
         return self.answers
 
 
-def wait_until(check, timeout_s: float = 120.0):
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if check():
-            return True
-        time.sleep(0.5)
-    return False
-
-
 def test_requests_reach_the_replicas_holding_their_model(cluster):
     c, url = cluster
     before = c.info()
@@ -160,7 +151,8 @@ def test_a_killed_replica_is_replaced_while_the_other_serves(cluster):
         [a for a in both if a[1] != 200][:5]  # retried on replica-1
     assert all(status in (200, 503, 504) for _, status, _, _ in answers)
     # Ray Serve starts a new replica-0 (a new process), which serves affine again.
-    assert wait_until(lambda: infer(url, "affine")[0] == 200 and c.info()["replica-0"]["pid"] != pid)
+    assert wait_until(lambda: infer(url, "affine")[0] == 200 and c.info()["replica-0"]["pid"] != pid,
+                      timeout_s=120, poll_s=0.5)
 
 
 def test_bad_arguments_are_refused_by_name_before_ray_starts(tmp_path):

@@ -294,23 +294,20 @@ void GrpcFrontend::dispatch(Reactor* call) {
     answer_ok(call->slot(), live);
     return;
   }
-  ForwardedCall fwd{method, {}, call->remaining_s()};
+  std::string payload;
   if (method == "ModelInfer") {
-    if (infer(call, &fwd.payload)) return;
+    if (infer(call, &payload)) return;  // the hot path: nothing below runs for it
   } else {
     std::vector<grpc::Slice> slices;
     if (call->request().Dump(&slices).ok()) {
       for (const auto& s : slices) {
-        fwd.payload.append(reinterpret_cast<const char*>(s.begin()), s.size());
+        payload.append(reinterpret_cast<const char*>(s.begin()), s.size());
       }
     }
   }
-  forward_(std::move(fwd), std::make_shared<Reply>(call->slot()));
+  forward_(ForwardedCall{method, std::move(payload), call->remaining_s()},
+           std::make_shared<Reply>(call->slot()));
 }
-
-}  // namespace gpulanes::serve
-
-namespace gpulanes::serve {
 
 bool GrpcFrontend::infer(Reactor* call, std::string* forward_payload) {
   auto request = std::make_shared<inference::ModelInferRequest>();

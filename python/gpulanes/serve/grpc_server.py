@@ -360,7 +360,9 @@ class CoreGrpcServer:
             reply(grpc_code(e).value[0], str(e), b"")
         except Exception as e:  # noqa: BLE001 - the client gets INTERNAL, the server goes on
             reply(_code("INTERNAL"), f"{type(e).__name__}: {e}", b"")
-        if method == "ModelInfer":  # a model the core was not told about: it is from now on
+        # A model the runtime serves but the core was not told about: it is from now on (a
+        # flood of requests for unknown models costs one set comparison each, no more).
+        if method == "ModelInfer" and set(self.ep.runtime.models) != self._told:
             with contextlib.suppress(GpuLanesError):
                 self.sync()
 
