@@ -86,7 +86,7 @@ fi
 
 if [ "$STAGE" = mix ]; then
 step "four-model mix: temporal vs streams vs green (cuda)"
-"$PY" benchmarks/gpu_mix.py --device cuda --out "$OUT" 2>&1 | tail -8 | tee -a "$LOG" || status=1
+"$PY" benchmarks/gpu_mix.py --device cuda --search --out "$OUT" 2>&1 | tail -8 | tee -a "$LOG" || status=1
 fi
 
 echo "gpu_check status: $status" | tee -a "$LOG"

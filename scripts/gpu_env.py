@@ -1,17 +1,22 @@
 """What a GPU machine offers gpulanes, read straight from the CUDA driver (ctypes), so that it
 answers even when the build fails: GPU, driver, torch, SM count, and how the device's SMs split
 into green-context groups (minSmPartitionSize, smCoscheduledAlignment, and a dry-run split into
-groups of the minimum size). With a built gpulanes it adds what gpulanes reads itself.
+groups of the minimum size), the toolchain a build needs (scripts/build_check.py: nvcc,
+CUDA_HOME, cmake, the compiler, ...) and whether NVIDIA MPS is there. With a built gpulanes it
+adds what gpulanes reads itself.
 
-    python scripts/gpu_env.py            # JSON on stdout
+    python scripts/gpu_env.py [--out FILE]   # JSON on stdout (and to FILE)
 """
 
 from __future__ import annotations
 
 import ctypes
 import json
+import os
 import platform
+import shutil
 import subprocess
+import sys
 from typing import Any, Dict
 
 
@@ -63,7 +68,14 @@ def driver_split(device: int = 0) -> Dict[str, Any]:
 
 
 def main() -> None:
-    env: Dict[str, Any] = {"python": platform.python_version()}
+    env: Dict[str, Any] = {"python": platform.python_version(), "cpu_cores": os.cpu_count(),
+                           "cuda_home": os.environ.get("CUDA_HOME"),
+                           "mps_control": shutil.which("nvidia-cuda-mps-control")}
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import build_check
+
+    env["toolchain"] = {r["name"]: r["found"] if r["ok"] else "MISSING: " + r["found"]
+                        for r in build_check.checks()}
     try:
         smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
                               "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
@@ -86,12 +98,17 @@ def main() -> None:
         import gpulanes as gl
 
         env["gpulanes"] = gl.__version__
+        env["built_with_cuda"] = gl._C.built_with_cuda
         env["green_context_support"] = gl._C.green_context_support(0) or "yes"
         if env["green_context_support"] == "yes":
             env["green_sm_split"] = gl._C.green_sm_split(0)
     except Exception as e:  # noqa: BLE001 - not built yet, or no GPU
         env["gpulanes_error"] = repr(e)[:300]
-    print(json.dumps(env, indent=2))
+    text = json.dumps(env, indent=2)
+    print(text)
+    if "--out" in sys.argv:
+        with open(sys.argv[sys.argv.index("--out") + 1], "w") as f:
+            f.write(text + "\n")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,11 @@ namespace gpulanes::bindings {
 void init_devices(py::module_& m) {
   m.def("cuda_lane_support", [] { return cuda_device_count() > 0; },
         "Whether this build has CUDA lanes and a usable GPU.");
+#ifdef GPULANES_WITH_CUDA
+  m.attr("built_with_cuda") = true;  // compiled with CUDA lanes (a GPU may still be missing)
+#else
+  m.attr("built_with_cuda") = false;
+#endif
   m.def("green_context_support", [](int device) { return green_context_support(device); },
         py::arg("device") = 0,
         "'' when this build and machine can split `device` with green contexts, else why not.");

@@ -45,6 +45,7 @@ class PyRuntime {
     o.isolation = isolation["mode"].cast<std::string>();
     o.worker_path = isolation["worker_path"].cast<std::string>();
     o.worker_watchdog_s = isolation["watchdog_s"].cast<double>();
+    o.worker_start_timeout_s = isolation["start_timeout_s"].cast<double>();
     o.worker_max_restarts = isolation["max_restarts"].cast<int>();
     o.worker_libraries = isolation["libraries"].cast<std::vector<std::string>>();
     o.worker_spin_us = isolation["spin_us"].cast<double>();

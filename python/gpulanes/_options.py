@@ -23,7 +23,7 @@ def _replan_config(replan: Optional[Dict[str, Any]], planner: Dict[str, Any]):
 
 # Process lanes (isolation="process"): their worker's settings and defaults.
 _WORKER_OPTIONS = {"watchdog_s": 60.0, "max_restarts": 5, "libraries": (), "spin_us": 0.0,
-                   "retry_after_s": 30.0}
+                   "retry_after_s": 30.0, "start_timeout_s": 20.0}
 
 
 def _worker_path() -> str:
@@ -51,7 +51,7 @@ def _isolation_config(isolation: Any, options: Optional[Dict[str, Any]]) -> Dict
     out["max_restarts"] = _number("worker_options['max_restarts']",
                                   given.get("max_restarts", _WORKER_OPTIONS["max_restarts"]),
                                   integer=True)
-    for key in ("spin_us", "retry_after_s"):
+    for key in ("spin_us", "retry_after_s", "start_timeout_s"):
         out[key] = _number(f"worker_options['{key}']", given.get(key, _WORKER_OPTIONS[key]))
     libraries = given.get("libraries", ())
     if isinstance(libraries, (str, bytes)) or not isinstance(libraries, (list, tuple)):

@@ -121,7 +121,9 @@ class Runtime(Planning, Profiling):
             has its worker killed; (0, 86400]), ``max_restarts`` (5; deaths in a row before
             a lane gives up and fails its batches at once, reported by :meth:`lanes`; 0..1000),
             ``retry_after_s`` (30; how long such a lane stays down before it tries one more
-            worker, doubling each time it gives up again, at most 10 minutes)
+            worker, doubling each time it gives up again, at most 10 minutes),
+            ``start_timeout_s`` (20; a worker not ready by then is killed and counts as a
+            death: an MPS client that cannot reach its daemon hangs in CUDA's start; (0, 3600]),
             ``libraries`` (paths of shared libraries, e.g. custom operators your models
             call, that each worker loads before any model; what ``torch.ops.load_library``
             does in this process) and ``spin_us`` (0; how long lane and worker poll for each

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -141,20 +143,57 @@ TEST_F(MpsDaemonTest, WithoutMpsTheErrorSaysWhatIsMissing) {
   }
 }
 
-TEST_F(MpsDaemonTest, ADaemonThatDoesNotStartIsReportedWithItsLogAndLeavesNothing) {
+TEST_F(MpsDaemonTest, ADaemonThatDoesNotStartIsReportedWithItsLogWhichIsKept) {
   install_fake(/*fail_start=*/true);
   ScopedEnv path("PATH", (dir_ / "bin").string() + ":/usr/bin:/bin");
   ScopedEnv pipe("CUDA_MPS_PIPE_DIRECTORY", std::nullopt);
   const int before = private_dirs();
+  std::string message;
   try {
     MpsDaemon::acquire();
     FAIL() << "no error";
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), ErrorCode::kInvalidInput);
-    EXPECT_NE(std::string(e.what()).find("did not start"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("no CUDA-capable device"), std::string::npos) << e.what();
+    message = e.what();
   }
-  EXPECT_EQ(private_dirs(), before);
+  EXPECT_NE(message.find("did not start"), std::string::npos) << message;
+  EXPECT_NE(message.find("no CUDA-capable device"), std::string::npos) << message;
+  // The log stays where the error says, and nothing else of the daemon does.
+  const std::size_t at = message.find("its log is kept in ");
+  ASSERT_NE(at, std::string::npos) << message;
+  const fs::path log_dir = message.substr(at + 19, message.find(':', at + 19) - at - 19);
+  EXPECT_NE(read(log_dir / "control.log").find("no CUDA-capable device"), std::string::npos);
+  EXPECT_FALSE(fs::exists(log_dir.parent_path() / "pipe"));
+  EXPECT_EQ(private_dirs(), before + 1);
+  fs::remove_all(log_dir.parent_path());
+}
+
+TEST_F(MpsDaemonTest, TheDaemonOfARuntimeThatDiedIsQuitBeforeANewOneStarts) {
+  install_fake();
+  ScopedEnv path("PATH", (dir_ / "bin").string() + ":/usr/bin:/bin");
+  ScopedEnv pipe("CUDA_MPS_PIPE_DIRECTORY", std::nullopt);
+  // Left by a runtime killed with SIGKILL (its pid is gone), and one whose runtime still runs.
+  const pid_t gone = ::fork();
+  if (gone == 0) ::_exit(0);
+  ::waitpid(gone, nullptr, 0);
+  const fs::path orphan = fs::temp_directory_path() / ("gpulanes-mps-orphan" + std::to_string(::getpid()));
+  const fs::path alive = fs::temp_directory_path() / ("gpulanes-mps-alive" + std::to_string(::getpid()));
+  for (const auto& [root, owner] : {std::pair{orphan, gone}, std::pair{alive, ::getpid()}}) {
+    fs::create_directories(root / "pipe");
+    std::ofstream(root / "pipe" / "control").close();
+    std::ofstream(root / "owner") << owner << "\n";
+  }
+  {
+    std::shared_ptr<MpsDaemon> daemon = MpsDaemon::acquire();
+    EXPECT_TRUE(daemon->owned());
+    EXPECT_TRUE(fs::exists(fs::path(daemon->pipe_dir()).parent_path() / "owner"));
+  }
+  const std::string calls = read(log_);
+  EXPECT_NE(calls.find("pipe=" + (orphan / "pipe").string()), std::string::npos) << calls;
+  EXPECT_FALSE(fs::exists(orphan));
+  EXPECT_TRUE(fs::exists(alive / "pipe" / "control"));
+  EXPECT_EQ(calls.find("pipe=" + (alive / "pipe").string()), std::string::npos) << calls;
+  fs::remove_all(alive);
 }
 
 TEST(Environment, ReplacesTheNamesItSetsAndKeepsTheRest) {

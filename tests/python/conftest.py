@@ -43,6 +43,23 @@ class Busy(nn.Module):
         return x + 1.0 + a.sum() * 0.0
 
 
+class Spin(nn.Module):
+    """Returns x + 1 after n rounds of `size` x `size` matmul work, n the batch's first value:
+    a batch of zeros (profiling, warm-up) is quick, a request of n = 200000 keeps its lane busy
+    for seconds on any GPU (at least the time to launch its kernels), whatever its speed."""
+
+    def __init__(self, size: int = 1024) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = int(x.reshape(-1)[0].item())
+        a = torch.ones(self.size, self.size, device=x.device)
+        for _ in range(n):
+            a = torch.tanh(a @ a * (1.0 / self.size))
+        return x + 1.0 + a.sum() * 0.0
+
+
 class Mlp(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -129,6 +146,12 @@ def two_lanes_at_once(rt, n: int = 30) -> Tuple[float, float]:
     return elapsed(("a",), n), elapsed(("a", "b"), n)
 
 
+def halves(split) -> int:
+    """SMs of each of two equal green lanes that fit a device's split (gl._C.green_sm_split):
+    whole groups, so that an odd number of groups still fits (half of the usable SMs would not)."""
+    return split["groups"] // 2 * split["group_sms"]
+
+
 def scripted(module: nn.Module) -> torch.jit.ScriptModule:
     torch.manual_seed(0)
     return torch.jit.script(module.eval())
@@ -140,6 +163,12 @@ HAS_CUDA = torch.cuda.is_available() and gl._C.cuda_lane_support()
 def pytest_collection_modifyitems(config, items):
     if HAS_CUDA:
         return
+    if os.environ.get("GPULANES_REQUIRE_GPU") == "1" and any("gpu" in i.keywords for i in items):
+        # The GPU proof sets this: a build without CUDA, or a GPU torch cannot see, must fail
+        # there rather than skip every GPU test and look green.
+        raise pytest.UsageError(
+            "GPULANES_REQUIRE_GPU=1 but the GPU tests cannot run: torch.cuda.is_available()="
+            f"{torch.cuda.is_available()}, gpulanes built with CUDA: {gl._C.built_with_cuda}")
     skip = pytest.mark.skip(reason="needs a CUDA GPU and a CUDA build of gpulanes")
     for item in items:
         if "gpu" in item.keywords:

@@ -1,7 +1,9 @@
 """A probe kernel that records the SM (%smid) each of its blocks ran on, launched on a given
 CUDA stream: how the GPU tests check that a lane's kernels stay on the lane's own SMs. Compiled
-with NVRTC and launched through the driver API's context-independent libraries (cuLibrary*),
-so it can run on a stream of any context, green ones included. Needs a GPU; imports anywhere."""
+with NVRTC to a cubin for the device's own architecture (sm_XY), not to PTX: PTX would be
+compiled again by the driver's JIT, which refuses PTX from an NVRTC newer than the driver.
+Launched through the driver API's context-independent libraries (cuLibrary*), so it can run on
+a stream of any context, green ones included. Needs a GPU to run; compiles anywhere NVRTC is."""
 
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ def _nvrtc() -> ctypes.CDLL:
     raise RuntimeError("libnvrtc not found")
 
 
-def _ptx(arch: str) -> bytes:
+def cubin(arch: str) -> bytes:
+    """The probe compiled for `arch` (e.g. "sm_90"): an ELF cubin the driver loads as it is."""
     nvrtc = _nvrtc()
     prog = ctypes.c_void_p()
     assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), SOURCE, b"probe.cu", 0, None, None) == 0
@@ -47,19 +50,21 @@ def _ptx(arch: str) -> bytes:
         nvrtc.nvrtcGetProgramLog(prog, log)
         raise RuntimeError(log.value.decode())
     size = ctypes.c_size_t()
-    nvrtc.nvrtcGetPTXSize(prog, ctypes.byref(size))
-    ptx = ctypes.create_string_buffer(size.value)
-    nvrtc.nvrtcGetPTX(prog, ptx)
-    return ptx.raw
+    assert nvrtc.nvrtcGetCUBINSize(prog, ctypes.byref(size)) == 0
+    image = ctypes.create_string_buffer(size.value)
+    assert nvrtc.nvrtcGetCUBIN(prog, image) == 0
+    nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
+    return image.raw
 
 
 def sm_ids(stream: int, device: int = 0, blocks: int = 2048, spin: int = 200_000) -> Set[int]:
     """The SMs `blocks` blocks of the probe ran on when launched on `stream`."""
     cuda = ctypes.CDLL("libcuda.so.1")
     major, minor = torch.cuda.get_device_capability(device)
-    ptx = _ptx(f"compute_{major}{minor}")
+    image = cubin(f"sm_{major}{minor}")
     lib, kernel = ctypes.c_void_p(), ctypes.c_void_p()
-    assert cuda.cuLibraryLoadData(ctypes.byref(lib), ptx, None, None, 0, None, None, 0) == 0
+    rc = cuda.cuLibraryLoadData(ctypes.byref(lib), image, None, None, 0, None, None, 0)
+    assert rc == 0, f"cuLibraryLoadData of the sm_{major}{minor} cubin returned {rc}"
     assert cuda.cuLibraryGetKernel(ctypes.byref(kernel), lib, b"probe") == 0
     out = torch.full((blocks,), -1, dtype=torch.int32, device=f"cuda:{device}")
     # The fill ran on torch's current stream; the probe on `stream` must start after it.

@@ -7,7 +7,7 @@ import torch
 
 import gpulanes as gl
 import sm_probe
-from conftest import Busy, Mlp, scripted, two_lanes_at_once
+from conftest import Busy, Mlp, halves, scripted, two_lanes_at_once
 
 pytestmark = pytest.mark.gpu
 
@@ -83,7 +83,7 @@ def test_two_green_lanes_run_batches_at_the_same_time():
     why = gl._C.green_context_support(0)
     if why:
         pytest.skip(f"green contexts unavailable: {why}")
-    half = gl._C.green_sm_split(0)["usable_sms"] // 2
+    half = halves(gl._C.green_sm_split(0))
     rt = gl.Runtime(device="cuda", partitioning="green", profile_cache=False, warmup_rounds=1)
     for name in ("a", "b"):
         rt.register(name, scripted(Busy(40, size=1024)), slo_ms=60_000,

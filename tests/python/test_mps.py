@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import gpulanes as gl
-from conftest import Busy, Mlp, scripted, two_lanes_at_once
+from conftest import Affine, Busy, Mlp, Spin, scripted, two_lanes_at_once
 
 pytestmark = pytest.mark.gpu
 HERE = Path(__file__).resolve().parent
@@ -106,13 +106,17 @@ def test_two_mps_lanes_run_batches_at_the_same_time():
 
 
 def test_a_killed_mps_worker_fails_only_its_batch():
+    # The busy batch spins as many rounds as its input says: profiling and warm-up (zeros) are
+    # quick, and the request below keeps its worker busy for seconds on any GPU (200,000 rounds
+    # take longer than launching their kernels), so the kill lands while the batch runs.
     half = total_sms() // 2
-    rt = mps_runtime((half, half), {"busy": (scripted(Busy(400, size=1024)), torch.zeros(1, 4)),
+    rt = mps_runtime((half, half), {"busy": (scripted(Spin()), torch.zeros(1, 4)),
                                     "mlp": (scripted(Mlp()), torch.randn(1, 16))})
     with rt:
         victim = rt.lanes()[0]["worker_pid"]
-        running = rt.submit("busy", torch.zeros(4))
-        time.sleep(0.2)  # its batch is on the GPU by now (each takes seconds)
+        running = rt.submit("busy", torch.full((4,), 200_000.0))
+        time.sleep(0.5)
+        assert not running.done(), "the long batch ended before the kill"
         os.kill(victim, signal.SIGKILL)
         with pytest.raises(gl.ModelError, match="SIGKILL"):
             running.result(timeout=120)
@@ -134,6 +138,27 @@ def test_gpu_process_lanes_keep_outputs_on_the_device_when_asked():
         y = rt.infer("a", x)
         assert y.is_cuda
         torch.testing.assert_close(y.cpu(), mlp(x.cpu().unsqueeze(0))[0], rtol=1e-4, atol=1e-4)
+
+
+def test_gpu_process_lane_outputs_are_not_reused_while_the_submitter_stream_reads_them():
+    # As for stream lanes (test_gpu.py): an output left on the GPU is read on the submitter's
+    # stream behind ~100 ms of spinning and dropped at once; later batches must not get its
+    # memory before that read ran, nor may the read see the row before its copy is done.
+    rt = gl.Runtime(device="cuda", isolation="process", output_device="cuda",
+                    profile_cache=False, warmup_rounds=1)
+    rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(1, 4096),
+                max_batch_size=1)
+    side = torch.cuda.Stream()
+    with rt:
+        with torch.cuda.stream(side):
+            y = rt.infer("affine", torch.ones(4096, device="cuda"))  # 3.0 everywhere
+            torch.cuda._sleep(200_000_000)
+            z = y * 10
+            del y
+        for _ in range(5):
+            assert rt.infer("affine", torch.full((4096,), 5.0)).eq(11.0).all()
+        side.synchronize()
+        assert z.eq(30.0).all()
 
 
 def test_green_partitions_are_refused_for_process_lanes():

@@ -204,6 +204,24 @@ def test_a_hanging_worker_is_killed_by_the_watchdog():
         assert torch.equal(rt.infer("hang", torch.zeros(4)), torch.ones(4))
 
 
+def test_a_worker_that_never_gets_ready_is_killed_after_the_start_timeout(tmp_path, monkeypatch):
+    # As an MPS client does that cannot reach its daemon: it never says hello. The lane stops
+    # waiting after start_timeout_s (not the 60 s watchdog), kills it, and says so.
+    stuck = tmp_path / "stuck_worker"
+    stuck.write_text(f"#!/bin/sh\necho $$ > {tmp_path / 'pid'}\nexec sleep 600\n")
+    stuck.chmod(0o755)
+    monkeypatch.setenv("GPULANES_WORKER", str(stuck))
+    rt = _runtime(worker_options={"start_timeout_s": 1.0, "max_restarts": 0})
+    rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(1, 4))
+    t0 = time.monotonic()
+    with pytest.raises(gl.GpuLanesError, match=r"not ready within 1\.0+ s .*start_timeout_s"):
+        rt.start()
+    assert time.monotonic() - t0 < 20
+    rt.shutdown()
+    pid = int((tmp_path / "pid").read_text())
+    assert not Path(f"/proc/{pid}").exists()  # killed and collected
+
+
 def _kill_the_busy_batch(rt) -> None:
     """Kills lane 0's worker (SIGKILL) while it runs a busy batch; the batch fails naming it."""
     pid = _worker_pids(rt)[0]
@@ -317,6 +335,9 @@ def test_bad_isolation_options_are_refused_naming_them():
         gl.Runtime(device="cpu", isolation="process", worker_options={"libraries": "ops.so"})
     with pytest.raises(gl.InvalidInput, match="retry_after_s"):
         gl.Runtime(device="cpu", isolation="process", worker_options={"retry_after_s": 0})
+    for bad in (0, -1, float("nan"), 1e9, "20"):
+        with pytest.raises(gl.InvalidInput, match="start_timeout_s"):
+            gl.Runtime(device="cpu", isolation="process", worker_options={"start_timeout_s": bad})
     with pytest.raises(gl.InvalidInput, match="is not a file"):
         gl.Runtime(device="cpu", isolation="process",
                    worker_options={"libraries": ["/nonexistent/ops.so"]})

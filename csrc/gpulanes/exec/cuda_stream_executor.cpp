@@ -5,8 +5,9 @@
 // and outputs come back through pinned memory; each request gets a row of its own. Samples
 // already on a GPU are read only after the event their submitter's stream recorded at submit.
 // Outputs left on the GPU are copied per request on the lane's stream and recorded on their
-// submitter's stream (record_stream), so the caching allocator does not hand their memory to
-// the next batch while work the submitter queued on them may still run. Two timing events
+// submitter's stream (record_stream, also for process lanes: hand_out_on_device), so the caching
+// allocator does not hand their memory to the next batch while work the submitter queued on
+// them may still run. Two timing events
 // bracket each run on the stream, so the lane knows the batch's device time (what profiles and
 // the predictor need), separate from host overheads.
 #include "gpulanes/core/error.h"
@@ -56,6 +57,36 @@ int cuda_sm_count(int device) {
 #ifdef GPULANES_WITH_CUDA
 namespace {
 
+// An output handed out on the GPU: record its submitter's stream on `device` (and the device's
+// default stream) so the caching allocator does not reuse its memory before the work queued
+// there on it is done.
+void record_for_consumer(const c10::IValue& row, const Request& request, c10::Device device) {
+  const c10::Stream fallback = c10::cuda::getDefaultCUDAStream(device.index()).unwrap();
+  const auto& consumer = request.consumer_stream;
+  map_tensors(row, [&](const at::Tensor& t) {
+    if (t.is_cuda()) {
+      t.record_stream(fallback);
+      if (consumer && consumer->device() == device && *consumer != fallback) {
+        t.record_stream(*consumer);
+      }
+    }
+    return t;
+  });
+}
+
+}  // namespace
+
+void hand_out_on_device(std::span<const c10::IValue> rows, std::span<const RequestPtr> requests,
+                        int device) {
+  const c10::Device where(c10::kCUDA, static_cast<c10::DeviceIndex>(device));
+  c10::cuda::getCurrentCUDAStream(where.index()).synchronize();  // that stream only
+  for (std::size_t i = 0; i < rows.size() && i < requests.size(); ++i) {
+    record_for_consumer(rows[i], *requests[i], where);
+  }
+}
+
+namespace {
+
 class CudaStreamExecutor final : public Executor {
  public:
   CudaStreamExecutor(int device, bool outputs_on_device, void* external)
@@ -102,7 +133,7 @@ class CudaStreamExecutor final : public Executor {
       // Each row copied on the lane's stream into memory of its own, kept for its consumer.
       return on_stream(index, [&] { return stack(requests); }, [&](c10::IValue out) {
         std::vector<c10::IValue> rows = split_output(out, n, /*copy_rows=*/true);
-        for (std::size_t i = 0; i < n; ++i) keep_for_consumer(rows[i], *requests[i]);
+        for (std::size_t i = 0; i < n; ++i) record_for_consumer(rows[i], *requests[i], device_);
         return rows;
       });
     }
@@ -182,23 +213,6 @@ class CudaStreamExecutor final : public Executor {
     return out;
   }
 
-  // An output handed out on the GPU: its memory came from the lane stream's pool; record its
-  // submitter's stream on this device (and the device's default stream) so the allocator does
-  // not reuse it before the work queued there on it is done.
-  void keep_for_consumer(const c10::IValue& row, const Request& request) const {
-    const c10::Stream fallback = c10::cuda::getDefaultCUDAStream(device_.index()).unwrap();
-    const auto& consumer = request.consumer_stream;
-    map_tensors(row, [&](const at::Tensor& t) {
-      if (t.is_cuda()) {
-        t.record_stream(fallback);
-        if (consumer && consumer->device() == device_ && *consumer != fallback) {
-          t.record_stream(*consumer);
-        }
-      }
-      return t;
-    });
-  }
-
   c10::Device device_;                                   // the GPU this lane runs on
   c10::cuda::CUDAStream stream_;                         // the lane's own stream
   bool outputs_on_device_;                               // keep outputs on the GPU
@@ -217,6 +231,7 @@ std::unique_ptr<Executor> make_cuda_stream_executor(int device, bool outputs_on_
 std::unique_ptr<Executor> make_cuda_stream_executor(int, bool, void*) {
   throw Error(ErrorCode::kInvalidInput, "this build of gpulanes has no CUDA support");
 }
+void hand_out_on_device(std::span<const c10::IValue>, std::span<const RequestPtr>, int) {}
 #endif
 
 }  // namespace gpulanes

@@ -78,6 +78,8 @@ struct ProcessOptions {
   bool outputs_on_device = false;              // outputs go back to `device` in this process
   int thread_percentage = 0;                   // the worker's CUDA_MPS_ACTIVE_THREAD_PERCENTAGE
   std::shared_ptr<const MpsDaemon> mps;        // the MPS daemon its worker is a client of
+  DurationNs start_timeout_ns = 20'000'000'000;  // a worker not ready by then is killed (an
+                                               // MPS client that cannot reach its daemon hangs)
 };
 
 // Forward passes on the calling thread with torch's intra-op thread pool.
@@ -93,6 +95,14 @@ std::unique_ptr<Executor> make_cuda_stream_executor(int device, bool outputs_on_
 // options.mps is set): a model that crashes or hangs takes down only that process and the batch
 // it ran; the next batch starts a new one.
 std::unique_ptr<Executor> make_process_executor(const ProcessOptions& options);
+
+// Rows handed out on GPU `device` that were made on its current stream (a process lane copies
+// its worker's outputs there): waits for that stream alone, so each row is complete when its
+// future resolves, then records each row on its request's submitter stream and the device's
+// default stream (record_stream), so that the caching allocator does not reuse its memory while
+// work queued there may still read it. Nothing without CUDA.
+void hand_out_on_device(std::span<const c10::IValue> rows, std::span<const RequestPtr> requests,
+                        int device);
 
 // Whether this build can run CUDA lanes (and the machine has a usable GPU).
 int cuda_device_count();

@@ -9,6 +9,7 @@
 #include <cuda.h>
 #include <dlfcn.h>
 
+#include <map>
 #include <mutex>
 #endif
 
@@ -201,13 +202,39 @@ struct GreenPartition::Group {
 
 SmSplit green_sm_split(int device) { return split_device(device).split; }
 
+// Makes one green context of one group, with a stream, and destroys them: a split can succeed
+// where creating contexts fails (a driver or device mode that refuses them), and then every
+// green lane would fail instead of green lanes being reported unsupported.
+static void try_green_context(int device) {
+  const DeviceSplit s = split_device(device);
+  const Driver& d = driver();
+  CUdevResourceDesc desc;
+  check(d.cuDevResourceGenerateDesc(&desc, const_cast<CUdevResource*>(s.groups.data()), 1),
+        "cuDevResourceGenerateDesc (support check)");
+  CUgreenCtx ctx = nullptr;
+  check(d.cuGreenCtxCreate(&ctx, desc, s.dev, CU_GREEN_CTX_DEFAULT_STREAM),
+        "cuGreenCtxCreate (support check)");
+  CUstream stream = nullptr;
+  const CUresult made = d.cuGreenCtxStreamCreate(&stream, ctx, CU_STREAM_NON_BLOCKING, 0);
+  if (stream) d.cuStreamDestroy(stream);
+  d.cuGreenCtxDestroy(ctx);
+  check(made, "cuGreenCtxStreamCreate (support check)");
+}
+
 std::string green_context_support(int device) {
+  static std::mutex mu;
+  static std::map<int, std::string> known;  // device -> why not ("" = supported), checked once
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = known.find(device);
+  if (it != known.end()) return it->second;
+  std::string why;
   try {
-    split_device(device);
+    try_green_context(device);
   } catch (const Error& e) {
-    return e.what();
+    why = e.what();
   }
-  return "";
+  known.emplace(device, why);
+  return why;
 }
 
 GreenPartition::GreenPartition(int device, const std::vector<int>& sms) : device_(device) {

@@ -41,7 +41,8 @@ std::vector<int> green_groups_for(const SmSplit& split, const std::vector<int>& 
 // lanes, else why not. cuGreenCtxStreamCreate needs 12.5.
 std::string green_driver_problem(int driver_version);
 
-// "" when `device` supports green lanes (driver, split API, and a dry-run split), else why not.
+// "" when `device` supports green lanes, else why not: the driver, its split API, a dry-run
+// split, and one green context with a stream made and destroyed. Checked once per device.
 std::string green_context_support(int device);
 
 // The split of `device` into minimum-size groups, from a dry run of the driver's split. Throws

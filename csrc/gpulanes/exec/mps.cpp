@@ -1,6 +1,7 @@
 // MpsDaemon: finding, starting and stopping the MPS control daemon (mps.h says what it owns).
 #include "gpulanes/exec/mps.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -81,16 +82,41 @@ int run_control(const std::string& program, const std::vector<std::string>& args
 }
 
 std::string log_tail(const fs::path& dir) {
-  std::ifstream f(dir / "control.log");
-  std::stringstream s;
-  s << f.rdbuf();
-  const std::string text = s.str();
-  return text.size() > 2000 ? text.substr(text.size() - 2000) : text;
+  std::string out;
+  for (const char* name : {"control.log", "server.log"}) {
+    std::ifstream f(dir / name);
+    std::stringstream s;
+    s << f.rdbuf();
+    std::string text = s.str();
+    if (text.empty()) continue;
+    if (text.size() > 1500) text = text.substr(text.size() - 1500);
+    out += std::string(out.empty() ? "" : "; ") + name + ": " + text;
+  }
+  return out;
 }
 
 std::vector<std::pair<std::string, std::string>> daemon_env(const fs::path& root) {
   return {{"CUDA_MPS_PIPE_DIRECTORY", (root / "pipe").string()},
           {"CUDA_MPS_LOG_DIRECTORY", (root / "log").string()}};
+}
+
+// Quits the private daemons of runtimes that are gone (a process killed with SIGKILL never ran
+// its MpsDaemon destructor) and removes their directories, so that a runtime does not start a
+// second daemon beside one nobody stops. A directory without an owner file is left alone: its
+// owner is still making it, or it keeps the log of a daemon that did not start.
+void quit_orphans(const std::string& program) {
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(fs::temp_directory_path(), ec)) {
+    const fs::path root = entry.path();
+    if (root.filename().string().rfind("gpulanes-mps-", 0) != 0) continue;
+    std::ifstream f(root / "owner");
+    long pid = 0;
+    if (!(f >> pid) || pid <= 0) continue;
+    if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // it still runs
+    if (path_exists(root / "pipe" / "control")) run_control(program, {}, daemon_env(root), "quit\n");
+    std::error_code rm;
+    fs::remove_all(root, rm);
+  }
 }
 
 }  // namespace
@@ -134,6 +160,7 @@ std::shared_ptr<MpsDaemon> MpsDaemon::acquire() {
                     running + ") and nvidia-cuda-mps-control is not on PATH (it comes with the "
                     "NVIDIA driver's utilities)");
   }
+  quit_orphans(program);
   std::string pattern = (fs::temp_directory_path() / "gpulanes-mps-XXXXXX").string();
   if (::mkdtemp(pattern.data()) == nullptr) {
     throw Error(ErrorCode::kInvalidInput, std::string("cannot make the MPS daemon's directory: ") +
@@ -143,19 +170,24 @@ std::shared_ptr<MpsDaemon> MpsDaemon::acquire() {
   std::error_code ec;
   fs::create_directory(root / "pipe", ec);
   fs::create_directory(root / "log", ec);
-  // From here the object owns the directory: a daemon that does not come up is cleaned away.
-  std::shared_ptr<MpsDaemon> daemon(new MpsDaemon((root / "pipe").string(), root.string()));
+  std::ofstream(root / "owner") << ::getpid() << "\n";  // who stops it (quit_orphans reads it)
   const int rc = run_control(program, {"-d"}, daemon_env(root), "");
   for (int i = 0; rc == 0 && i < 1000 && !path_exists(root / "pipe" / "control"); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   if (rc != 0 || !path_exists(root / "pipe" / "control")) {
+    // Its log stays (the owner file goes, so no one reaps it), for the error to point at.
+    if (rc == 0) run_control(program, {}, daemon_env(root), "quit\n");  // up, but no pipe: stop it
+    fs::remove_all(root / "pipe", ec);
+    fs::remove(root / "owner", ec);
     const std::string log = log_tail(root / "log");
     throw Error(ErrorCode::kInvalidInput,
                 "partitioning='mps': the MPS daemon did not start (" + program + " -d exited " +
-                    std::to_string(rc) + ")" + (log.empty() ? "" : "; its log: " + log));
+                    std::to_string(rc) + "); its log is kept in " + (root / "log").string() +
+                    (log.empty() ? "" : ": " + log));
   }
-  return daemon;
+  // From here the object owns the directory and stops the daemon when the last user goes.
+  return std::shared_ptr<MpsDaemon>(new MpsDaemon((root / "pipe").string(), root.string()));
 }
 
 MpsDaemon::~MpsDaemon() {

@@ -7,7 +7,10 @@
 // one (`nvidia-cuda-mps-control -d` with pipe and log directories of its own under the temporary
 // directory), which the last owner of the returned object stops (`quit` on its control) and
 // whose directories it removes. Every process lane on a GPU holds one reference, so the daemon
-// outlives the workers that use it. Never changes the card's compute mode.
+// outlives the workers that use it. A private daemon's directory names its owner's pid; before
+// starting one, acquire() quits those whose owner is gone (killed without running the
+// destructor). A daemon that does not start leaves its log, named in the error. Never changes
+// the card's compute mode.
 //
 // Threads: acquire() and the destructor are called by the runtime's control thread (creating
 // and replacing lanes); the accessors are constant after construction.

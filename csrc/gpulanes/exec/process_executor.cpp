@@ -130,8 +130,12 @@ class ProcessExecutor final : public Executor {
       for (std::int64_t i = 0; i < n; ++i) columns[k].select(0, i).copy_(requests[i]->inputs[k]);
     }
     columns.clear();
-    return split_output(run_written(index, std::move(metas), /*copy=*/false),
-                        static_cast<std::size_t>(n), /*copy_rows=*/true);
+    std::vector<c10::IValue> rows = split_output(run_written(index, std::move(metas), /*copy=*/false),
+                                                 static_cast<std::size_t>(n), /*copy_rows=*/true);
+    // Rows kept on the GPU were copied on this thread's current stream: complete, and kept
+    // from reuse while their submitters' streams read them, before they are handed out.
+    if (options_.outputs_on_device) hand_out_on_device(rows, requests, options_.device);
+    return rows;
   }
 
   void close() override { stop_worker(); }
@@ -273,7 +277,7 @@ class ProcessExecutor final : public Executor {
     sock_ = sv[0];
     pid_.store(pid);
     bool timed_out = false;
-    auto hello = worker::receive_message(sock_, watchdog_ms(), &timed_out);
+    auto hello = worker::receive_message(sock_, to_ms(options_.start_timeout_ns), &timed_out);
     if (hello && hello->op == Op::kError) {  // it could not load a library: no use retrying
       reap();
       ++deaths_in_a_row_;
@@ -282,7 +286,14 @@ class ProcessExecutor final : public Executor {
       last_death_ = hello->text;
       throw Error(ErrorCode::kModelError, "the lane's worker process could not start: " + hello->text);
     }
-    if (!hello || hello->op != Op::kOk) lost("starting", timed_out);
+    if (!hello || hello->op != Op::kOk) {
+      lost("starting", timed_out,
+           "was not ready within " + seconds(options_.start_timeout_ns) +
+               " s (worker_options start_timeout_s) and was killed" +
+               (options_.mps ? "; an MPS client that cannot reach its daemon (" +
+                                   options_.mps->pipe_dir() + ") hangs in CUDA's start"
+                             : std::string()));
+    }
   }
 
   void load_one(int index) {
@@ -314,19 +325,25 @@ class ProcessExecutor final : public Executor {
     return std::move(*reply);
   }
 
-  int watchdog_ms() const {
-    return static_cast<int>(std::clamp<std::int64_t>(options_.watchdog_ns / 1'000'000, 1, INT32_MAX));
+  static int to_ms(DurationNs ns) {
+    return static_cast<int>(std::clamp<std::int64_t>(ns / 1'000'000, 1, INT32_MAX));
   }
+  int watchdog_ms() const { return to_ms(options_.watchdog_ns); }
 
-  [[noreturn]] void lost(const std::string& doing, bool timed_out) {
+  static std::string seconds(DurationNs ns) { return std::to_string(to_ms(ns) / 1000.0).substr(0, 6); }
+
+  // The worker is gone (it died, or it timed out and is killed now): throws WorkerLost saying
+  // what happened while `doing`; `stuck` says what a time-out means (default: the watchdog's).
+  [[noreturn]] void lost(const std::string& doing, bool timed_out, std::string stuck = "") {
     const int pid = pid_.load();
     if (timed_out) ::kill(pid, SIGKILL);
     const int status = reap();
     ++deaths_in_a_row_;
     std::string what;
     if (timed_out) {
-      what = "was stuck for more than " + std::to_string(watchdog_ms() / 1000.0).substr(0, 6) +
-             " s (the watchdog) and was killed";
+      what = stuck.empty() ? "was stuck for more than " + seconds(options_.watchdog_ns) +
+                                 " s (the watchdog) and was killed"
+                           : std::move(stuck);
     } else if (WIFSIGNALED(status)) {
       what = "was killed by " + signal_name(WTERMSIG(status));
     } else if (WIFEXITED(status)) {

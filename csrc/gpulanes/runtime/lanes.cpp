@@ -213,6 +213,7 @@ ProcessOptions Runtime::process_options(int device) const {
                     options_.worker_libraries,
                     static_cast<DurationNs>(options_.worker_retry_after_s * 1e9)};
   po.device = device;
+  po.start_timeout_ns = static_cast<DurationNs>(options_.worker_start_timeout_s * 1e9);
   po.outputs_on_device = device >= 0 && options_.outputs_on_device;
   return po;
 }

@@ -59,6 +59,7 @@ Runtime::Runtime(RuntimeOptions options, std::shared_ptr<Clock> clock)
                 "isolation must be 'thread' or 'process'; got '" + o.isolation + "'");
   }
   check_real("worker_watchdog_s", o.worker_watchdog_s, 0, 86400, /*open_lo=*/true);
+  check_real("worker_start_timeout_s", o.worker_start_timeout_s, 0, 3600, /*open_lo=*/true);
   check_int("worker_max_restarts", o.worker_max_restarts, 0, 1000);
   check_real("worker_spin_us", o.worker_spin_us, 0, 1e6);
   check_real("worker_retry_after_s", o.worker_retry_after_s, 0, 86400, /*open_lo=*/true);

@@ -56,6 +56,7 @@ struct RuntimeOptions {
                                      // process (gpulanes_worker), which may crash alone
   std::string worker_path;           // that executable (process and MPS lanes)
   double worker_watchdog_s = 60;     // a batch running longer: its worker is killed
+  double worker_start_timeout_s = 20;  // a worker not ready after this: killed (MPS clients hang)
   int worker_max_restarts = 5;       // worker deaths in a row before a lane gives up
   std::vector<std::string> worker_libraries;  // shared libraries (custom operators) each worker
                                               // loads before any model
