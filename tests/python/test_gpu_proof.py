@@ -228,3 +228,36 @@ def test_the_gpu_tests_layouts_fit_odd_splits(group_sms, groups, device_sms):
     if groups % 2:  # what the tests asked before: half of the usable SMs, which does not fit
         with pytest.raises(gl.InvalidInput, match="this fits"):
             gl._C.green_groups_for(group_sms, groups, device_sms, [split["usable_sms"] // 2] * 2)
+
+
+def test_the_build_check_names_each_missing_piece_and_how_to_get_it(tmp_path):
+    # A PATH with python alone: no cmake, no ninja, no compiler, no nvcc.
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").symlink_to(sys.executable)
+    env = {k: v for k, v in os.environ.items() if k not in ("CXX", "CUDA_HOME", "CUDA_PATH")}
+    done = subprocess.run([str(tmp_path / "bin" / "python"), str(ROOT / "scripts" / "build_check.py")],
+                          env={**env, "PATH": str(tmp_path / "bin")}, capture_output=True, text=True)
+    assert done.returncode == 1
+    lines = done.stdout
+    for piece, fix in (("cmake", "pip install 'cmake>=3.26'"), ("ninja", "pip install ninja"),
+                       ("c++ compiler", "apt install g++")):
+        assert re.search(rf"MISSING\s+{re.escape(piece)}", lines), lines
+        assert fix in lines
+    assert "cannot build gpulanes:" in done.stderr and "ninja" in done.stderr
+    ok = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_check.py"), "--json"],
+                        capture_output=True, text=True)
+    rows = {r["name"]: r for r in json.loads(ok.stdout)}
+    assert ok.returncode == 0 and rows["eigen 3.4"]["ok"] and rows["cmake"]["ok"]  # this machine builds
+    if torch.version.cuda:
+        assert rows["cuda toolkit"]["ok"]
+
+
+def test_gpu_tests_fail_instead_of_skipping_when_the_proof_requires_a_gpu():
+    if torch.cuda.is_available() and gl._C.cuda_lane_support():
+        pytest.skip("a GPU is here: the GPU tests run")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(ROOT / "tests" / "python" / "test_gpu.py")], cwd=ROOT,
+                          env={**os.environ, "GPULANES_REQUIRE_GPU": "1"}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode != 0
+    assert "GPULANES_REQUIRE_GPU=1 but the GPU tests cannot run" in done.stdout + done.stderr
