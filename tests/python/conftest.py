@@ -146,6 +146,26 @@ def two_lanes_at_once(rt, n: int = 30) -> Tuple[float, float]:
     return elapsed(("a",), n), elapsed(("a", "b"), n)
 
 
+def check_outputs_kept_for_their_reader(**runtime_kwargs) -> None:
+    """A GPU output is read on the submitter's stream behind ~100 ms of spinning and dropped at
+    once; later batches must not get its memory before that read ran (record_stream), and the
+    read must not see the row before it was complete."""
+    rt = gl.Runtime(device="cuda", output_device="cuda", profile_cache=False, **runtime_kwargs)
+    rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(1, 4096),
+                max_batch_size=1)
+    side = torch.cuda.Stream()
+    with rt:
+        with torch.cuda.stream(side):
+            y = rt.infer("affine", torch.ones(4096, device="cuda"))  # 3.0 everywhere
+            torch.cuda._sleep(200_000_000)
+            z = y * 10
+            del y
+        for _ in range(5):
+            assert rt.infer("affine", torch.full((4096,), 5.0)).eq(11.0).all()
+        side.synchronize()
+        assert z.eq(30.0).all()
+
+
 def halves(split) -> int:
     """SMs of each of two equal green lanes that fit a device's split (gl._C.green_sm_split):
     whole groups, so that an odd number of groups still fits (half of the usable SMs would not)."""

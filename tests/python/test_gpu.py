@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import gpulanes as gl
-from conftest import Affine, Mlp, TwoInputsTupleOut, scripted
+from conftest import Mlp, TwoInputsTupleOut, check_outputs_kept_for_their_reader, scripted
 
 pytestmark = pytest.mark.gpu
 
@@ -101,22 +101,7 @@ def test_gpu_inputs_are_read_after_the_submitter_stream_made_them(cuda_rt):
 
 
 def test_gpu_outputs_are_not_reused_while_the_submitter_stream_reads_them():
-    # An output left on the GPU is read on the submitter's stream behind ~100 ms of spinning and
-    # dropped at once; later batches must not get its memory before that read ran.
-    rt = gl.Runtime(device="cuda", output_device="cuda", profile_cache=False)
-    rt.register("affine", scripted(Affine()), slo_ms=10_000, example_inputs=torch.zeros(1, 4096),
-                max_batch_size=1)
-    side = torch.cuda.Stream()
-    with rt:
-        with torch.cuda.stream(side):
-            y = rt.infer("affine", torch.ones(4096, device="cuda"))  # 3.0 everywhere
-            torch.cuda._sleep(200_000_000)
-            z = y * 10
-            del y
-        for _ in range(5):
-            assert rt.infer("affine", torch.full((4096,), 5.0)).eq(11.0).all()
-        side.synchronize()
-        assert z.eq(30.0).all()
+    check_outputs_kept_for_their_reader()
 
 
 def test_inputs_that_cannot_be_stacked_are_refused_at_submit(cuda_rt):

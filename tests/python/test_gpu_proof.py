@@ -139,7 +139,7 @@ def run_one(tmp_path, stage, budget=60):
 def test_a_hanging_test_is_interrupted_and_its_junit_file_still_written(tmp_path):
     write_stage_tests(tmp_path)
     argv = ["{py}", "-m", "pytest", "-v", "-p", "no:cacheprovider", "-c", str(tmp_path / "pytest.ini"),
-            f"--junitxml={{out}}/t.xml", str(tmp_path / "test_stage.py")]
+            "--junitxml={out}/t.xml", str(tmp_path / "test_stage.py")]
     row, out = run_one(tmp_path, gpu_proof.Stage("t", 12, "a test that hangs", argv, junit="t.xml"))
     assert row["status"] == "timeout" and "cut at its limit of 12 s" in row["why"]
     assert row["seconds"] < 30
@@ -157,7 +157,7 @@ def test_a_failed_stage_says_why(tmp_path):
 def test_a_stage_with_every_gpu_test_skipped_fails_on_the_gpu(tmp_path):
     (tmp_path / "test_skip.py").write_text(
         "import pytest\n@pytest.mark.skip(reason='needs CUDA')\ndef test_s():\n    pass\n")
-    argv = ["{py}", "-m", "pytest", "-p", "no:cacheprovider", f"--junitxml={{out}}/s.xml",
+    argv = ["{py}", "-m", "pytest", "-p", "no:cacheprovider", "--junitxml={out}/s.xml",
             str(tmp_path / "test_skip.py")]
     out = tmp_path / "out"
     out.mkdir()

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import gpulanes as gl
-from conftest import Affine, Busy, Mlp, Spin, scripted, two_lanes_at_once
+from conftest import Busy, Mlp, Spin, check_outputs_kept_for_their_reader, scripted, two_lanes_at_once
 
 pytestmark = pytest.mark.gpu
 HERE = Path(__file__).resolve().parent
@@ -141,24 +141,7 @@ def test_gpu_process_lanes_keep_outputs_on_the_device_when_asked():
 
 
 def test_gpu_process_lane_outputs_are_not_reused_while_the_submitter_stream_reads_them():
-    # As for stream lanes (test_gpu.py): an output left on the GPU is read on the submitter's
-    # stream behind ~100 ms of spinning and dropped at once; later batches must not get its
-    # memory before that read ran, nor may the read see the row before its copy is done.
-    rt = gl.Runtime(device="cuda", isolation="process", output_device="cuda",
-                    profile_cache=False, warmup_rounds=1)
-    rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(1, 4096),
-                max_batch_size=1)
-    side = torch.cuda.Stream()
-    with rt:
-        with torch.cuda.stream(side):
-            y = rt.infer("affine", torch.ones(4096, device="cuda"))  # 3.0 everywhere
-            torch.cuda._sleep(200_000_000)
-            z = y * 10
-            del y
-        for _ in range(5):
-            assert rt.infer("affine", torch.full((4096,), 5.0)).eq(11.0).all()
-        side.synchronize()
-        assert z.eq(30.0).all()
+    check_outputs_kept_for_their_reader(isolation="process", warmup_rounds=1)
 
 
 def test_green_partitions_are_refused_for_process_lanes():
