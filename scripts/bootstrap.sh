@@ -20,6 +20,8 @@ command -v ccache >/dev/null 2>&1 || need_apt+=(ccache)
 # grpc++ for the C++ gRPC front end (gpulanes builds without it, serving gRPC from Python).
 [ -f /usr/include/grpcpp/grpcpp.h ] || need_apt+=(libgrpc++-dev)
 [ -x /usr/bin/protoc ] || need_apt+=(protobuf-compiler)
+# libgrpc++-dev only recommends protobuf's headers; grpc++'s CMake config needs them.
+[ -f /usr/include/google/protobuf/message.h ] || need_apt+=(libprotobuf-dev)
 [ -x /usr/bin/grpc_cpp_plugin ] || need_apt+=(protobuf-compiler-grpc)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

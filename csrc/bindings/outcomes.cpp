@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "bindings.h"
+#include "gpulanes/core/error_text.h"
 
 namespace gpulanes::bindings {
 namespace {
@@ -25,7 +26,7 @@ void resolve(PyObject* sink_ref, Outcome&& outcome) {
     e.discard_as_unraisable("gpulanes: resolving a request's future");
   } catch (const std::exception& e) {
     try {
-      sink.attr("set_exception")(make_error(ErrorCode::kModelError, e.what()));
+      sink.attr("set_exception")(make_error(ErrorCode::kModelError, error_text(e)));
     } catch (py::error_already_set& e2) {
       e2.discard_as_unraisable("gpulanes: resolving a request's future");
     }

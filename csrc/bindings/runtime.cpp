@@ -23,6 +23,7 @@
 #include "completion_queue.h"
 #include "outcomes.h"
 #include "waiting.h"
+#include "gpulanes/core/error_text.h"
 #include "gpulanes/core/serving_thread.h"
 #include "gpulanes/exec/green_context.h"
 #include "gpulanes/metrics/prometheus.h"
@@ -517,7 +518,7 @@ void init_runtime(py::module_& m) {
           try {
             out.append(py::make_tuple(token, true, to_python(o.output)));
           } catch (const std::exception& e) {
-            out.append(py::make_tuple(token, false, make_error(ErrorCode::kModelError, e.what())));
+            out.append(py::make_tuple(token, false, make_error(ErrorCode::kModelError, error_text(e))));
           }
         }
         return out;

@@ -15,9 +15,11 @@ WaitResult wait_for_slot(SyncSlot& slot, DurationNs spin_ns, std::optional<doubl
   while (clock::now() < spin_until) {
     if (slot.ready.load(std::memory_order_acquire)) return WaitResult::kReady;
   }
-  const auto deadline = timeout_s ? start + std::chrono::duration_cast<clock::duration>(
-                                                std::chrono::duration<double>(*timeout_s))
-                                  : clock::time_point::max();
+  // A timeout past ~30 years means none (and would overflow the clock's nanoseconds).
+  const bool bounded = timeout_s && *timeout_s < 1e9;
+  const auto deadline = bounded ? start + std::chrono::duration_cast<clock::duration>(
+                                              std::chrono::duration<double>(*timeout_s))
+                                : clock::time_point::max();
   std::unique_lock<std::mutex> lock(slot.mu);
   while (!slot.ready.load(std::memory_order_acquire)) {
     const auto slice = std::min(deadline, clock::now() + std::chrono::milliseconds(50));

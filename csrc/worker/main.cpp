@@ -27,6 +27,8 @@
 #include <string>
 #include <vector>
 
+#include "gpulanes/core/error.h"
+#include "gpulanes/core/error_text.h"
 #include "gpulanes/exec/worker_protocol.h"
 #ifdef GPULANES_WITH_CUDA
 #include <c10/cuda/CUDAFunctions.h>
@@ -157,7 +159,7 @@ int main(int argc, char** argv) {
       c10::cuda::set_device(where.index());
       on_stream.emplace(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, where.index()));
     } catch (const std::exception& e) {
-      hello = reply_error("cannot use cuda:" + std::to_string(device) + ": " + e.what());
+      hello = reply_error("cannot use cuda:" + std::to_string(device) + ": " + gpulanes::error_text(e));
     }
   }
 #else
@@ -222,7 +224,7 @@ int main(int argc, char** argv) {
         throw std::runtime_error("unknown command " + std::to_string(static_cast<int>(m->op)));
       }
     } catch (const std::exception& e) {
-      reply = reply_error(e.what());
+      reply = reply_error(gpulanes::error_text(e, 4000));
     }
     reply.arena_size = arena.size();
     if (!w::send_message(w::kSocketFd, reply)) return 0;

@@ -9,7 +9,10 @@
 
 import torch  # noqa: F401  (must be imported before the extension: it loads libtorch)
 
-from . import _C  # noqa: F401
+from ._build_info import check_torch as _check_torch
+
+_check_torch(torch.__version__)  # a build for another torch fails here in one line, not in _C
+from . import _C  # noqa: F401,E402
 from .errors import (
     DeadlineExceeded,
     GpuLanesError,
@@ -19,6 +22,7 @@ from .errors import (
     QueueFull,
     RuntimeClosed,
     UnknownModel,
+    UnmeetableSlo,
 )
 from . import evaluation, formats, plot, predict, profiles, workloads
 from .runtime import Runtime
@@ -41,6 +45,7 @@ __all__ = [
     "QueueFull",
     "InvalidInput",
     "UnknownModel",
+    "UnmeetableSlo",
     "ModelError",
     "RuntimeClosed",
 ]

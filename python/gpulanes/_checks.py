@@ -15,6 +15,14 @@ def _number(name: str, value: Any, integer: bool = False) -> Any:
     """`value` as a finite int (integer) or float; InvalidInput naming `name` otherwise. Ranges
     are the core's to check, so that C++ callers get the same answers."""
     kind = "an integer" if integer else "a number"
+    if not isinstance(value, numbers.Real) and getattr(value, "ndim", None) == 0 \
+            and hasattr(value, "__float__") and not _is_bool_scalar(value):
+        # A 0-d tensor or numpy array, as torch and numpy users pass them.
+        try:
+            value = value.item() if hasattr(value, "item") else float(value)
+        except (RuntimeError, NotImplementedError, TypeError, ValueError) as e:
+            raise InvalidInput(f"{name} must be {kind}, got {type(value).__name__} that has no "
+                               f"value ({e.__class__.__name__})") from None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidInput(f"{name} must be {kind}, got {type(value).__name__} {value!r}")
     if not math.isfinite(value):
@@ -26,6 +34,11 @@ def _number(name: str, value: Any, integer: bool = False) -> Any:
             raise InvalidInput(f"{name} is out of range: {value!r}")
         return int(value)
     return float(value)
+
+
+def _is_bool_scalar(value: Any) -> bool:
+    dtype = str(getattr(value, "dtype", ""))
+    return dtype in ("bool", "torch.bool")
 
 
 def _flag(name: str, value: Any) -> bool:

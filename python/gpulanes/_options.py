@@ -153,6 +153,11 @@ def _register_args(name: Any, example_inputs: Any, slo_ms: Any, max_batch_size: 
             isinstance(t, torch.Tensor) for t in example_inputs):
         raise InvalidInput(f"example_inputs of {name!r} must be a tensor or a tuple/list of "
                            f"tensors, got {type(example_inputs).__name__}")
+    for i, t in enumerate(example_inputs):
+        if t.is_meta or t.layout != torch.strided:
+            raise InvalidInput(f"example_inputs[{i}] of {name!r} is a "
+                               f"{'meta' if t.is_meta else str(t.layout).split('.')[-1]} tensor; "
+                               "give dense tensors with data (on the CPU or a GPU)")
     slo_ms = _number("slo_ms", slo_ms)
     if not 0 < slo_ms <= _MAX_DEADLINE_S * 1e3:
         raise InvalidInput(f"slo_ms must be > 0 and at most 30 days, got {slo_ms}")

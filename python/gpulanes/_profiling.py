@@ -11,6 +11,7 @@ import torch
 
 from . import _C
 from . import profiles as _profiles
+from .errors import UnmeetableSlo
 
 
 class Profiling:
@@ -142,3 +143,25 @@ class Profiling:
         ``mean_us``, ``p99_us``, ``samples``) instead of measuring ``model``'s profile."""
         self._core.set_profile(model, list(points))
         self._profile_source[model] = "given"
+
+    def _warn_unmeetable_slos(self) -> None:
+        """At start: a model whose SLO is below its batch-1 latency on every lane that serves it
+        would have every request refused (DeadlineExceeded at submit); say so once, naming the
+        model and both numbers, instead of leaving the user to find out request by request."""
+        import warnings
+
+        lanes = self._core.lanes()
+        for name, slo_ms in self._slo_ms.items():
+            fastest = None
+            for i, lane in enumerate(lanes):
+                if name not in lane["models"]:
+                    continue
+                for p in self._core.profile(name, i):
+                    if p["batch_size"] == 1:
+                        ms = p["p50_us"] / 1e3
+                        fastest = ms if fastest is None else min(fastest, ms)
+            if fastest is not None and slo_ms < fastest:
+                warnings.warn(f"model {name!r}: slo_ms={slo_ms:g} is below its batch-1 latency "
+                              f"({fastest:.3g} ms at the median) on every lane that serves it: "
+                              "requests with that deadline will be refused", UnmeetableSlo,
+                              stacklevel=3)

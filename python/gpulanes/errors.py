@@ -15,6 +15,7 @@ __all__ = [
     "UnknownModel",
     "ModelError",
     "RuntimeClosed",
+    "UnmeetableSlo",
 ]
 
 
@@ -53,3 +54,8 @@ class ModelError(GpuLanesError, RuntimeError):
 class RuntimeClosed(GpuLanesError, RuntimeError):
     """The runtime is not started or has been shut down; or the request was queued when its
     model was unregistered with ``drain=False``."""
+
+
+class UnmeetableSlo(UserWarning):
+    """Warned at :meth:`Runtime.start`: a model's SLO is below its batch-1 latency on every lane
+    that serves it, so requests with that deadline will be refused."""

@@ -106,6 +106,7 @@ class Evaluation:
         """Every model (or those named) met at least ``attainment`` of its requests, kept p50
         and p99 latency within the bounds given, and failed at most ``max_failed`` requests
         (ModelError and the like; drops and refusals count against attainment)."""
+        __tracebackhide__ = True  # pytest shows the caller's line, not these frames
         if isinstance(max_failed, bool) or not isinstance(max_failed, int) or max_failed < 0:
             raise InvalidInput(f"max_failed must be an integer >= 0, got {max_failed!r}")
         asked: Dict[str, Dict[str, Any]] = {m: {} for m in self.models}
@@ -131,6 +132,7 @@ class Evaluation:
     def assert_goodput(self, at_least: Optional[float] = None, *,
                        per_model: Optional[Mapping[str, float]] = None) -> "Evaluation":
         """Requests per second that met their deadline: in all (``at_least``) and per model."""
+        __tracebackhide__ = True  # pytest shows the caller's line, not these frames
         asked: Dict[str, Dict[str, Any]] = {m: {} for m in self.models}
         bad = []
         if at_least is not None:
@@ -145,12 +147,14 @@ class Evaluation:
 
     def assert_gpus_at_most(self, n: int) -> "Evaluation":
         """The lanes that served (every layout a re-planning run used) took at most ``n`` GPUs."""
+        __tracebackhide__ = True  # pytest shows the caller's line, not these frames
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise InvalidInput(f"n must be an integer >= 0, got {n!r}")
         bad = [] if self.gpus_used <= n else [f"used {self.gpus_used} GPUs > {n}"]
         return self._verdict("assert_gpus_at_most", {}, bad, extra={"gpus": n})
 
     def _verdict(self, check: str, asked, bad: List[str], extra=None) -> "Evaluation":
+        __tracebackhide__ = True
         self.checks.append({"check": check, "asked": {m: a for m, a in asked.items() if a},
                             **(extra or {}), "passed": not bad, "violations": bad})
         if bad:

@@ -298,6 +298,7 @@ class Runtime(Planning, Profiling):
             if self._profile_source[name] == "measured":
                 measured.append(name)
         self._cache_profiles(lane, measured)
+        self._warn_unmeetable_slos()
         return self
 
     def __enter__(self) -> "Runtime":
@@ -507,6 +508,18 @@ class Runtime(Planning, Profiling):
     @property
     def running(self) -> bool:
         return self._core.running
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "not started" if self in _live else "closed"
+        lanes = ""
+        if self.running:
+            try:
+                lanes = f" lanes={len(self.lanes())}"
+            except Exception:  # noqa: BLE001 - a repr never raises
+                pass
+        shown = ", ".join(self.models[:8]) + (f", ... ({len(self.models)})" if len(self.models) > 8 else "")
+        return (f"<gpulanes.Runtime {state} device={self.device} policy={self.policy} "
+                f"partitioning={self.partitioning}{lanes} models=[{shown}]>")
 
     def shutdown(self, drain: bool = True) -> None:
         """Stops accepting requests. ``drain=True`` finishes queued requests first;

@@ -190,10 +190,13 @@ def test_corrupt_or_missing_model_files(tmp_path):
     good = tmp_path / "good.pt"
     torch.jit.save(scripted(Affine()), str(good))
     bad.write_bytes(good.read_bytes()[:200])
-    with pytest.raises(gl.ModelError):
-        rt.register("truncated", bad, slo_ms=10, example_inputs=ex)
-    with pytest.raises(gl.ModelError):
-        rt.register("missing", tmp_path / "nope.pt", slo_ms=10, example_inputs=ex)
+    for model in (b"this is not a torchscript archive", bad, tmp_path / "nope.pt"):
+        with pytest.raises(gl.ModelError) as e:
+            rt.register("bad", model, slo_ms=10, example_inputs=ex)
+        # One short message: no C++ frames (torch appends them to its exceptions).
+        message = str(e.value)
+        assert "frame #" not in message and "Exception raised from" not in message, message
+        assert len(message) < 600, message
     with pytest.raises(TypeError, match="model must be a path"):
         rt.register("eager", 42, slo_ms=10, example_inputs=ex)
     # the runtime is still usable after those failures
@@ -269,6 +272,8 @@ def test_bad_request_arguments_get_typed_errors_naming_them(affine_rt, call, mat
     ({"max_queue": 0}, "max_queue must be in"),
     ({"max_queue": None}, "max_queue must be an integer"),
     ({"example_inputs": [1, 2]}, "example_inputs .* must be a tensor"),
+    ({"example_inputs": torch.zeros(1, 4, device="meta")}, r"example_inputs\[0\] .* is a meta tensor"),
+    ({"example_inputs": torch.zeros(1, 4).to_sparse()}, r"example_inputs\[0\] .* is a sparse_coo"),
     ({"example_inputs": torch.zeros(1, 3, 1024, 1024), "max_batch_size": 65536},
      "warm-up would exhaust memory"),
 ])
@@ -279,6 +284,29 @@ def test_bad_registration_arguments_get_typed_errors_naming_them(kwargs, match):
         rt.register("a", scripted(Affine()), **args)
     with pytest.raises(gl.InvalidInput, match="name must be a non-empty str"):
         rt.register(7, scripted(Affine()), slo_ms=100, example_inputs=torch.zeros(1, 4))
+
+
+def test_a_huge_timeout_means_none_not_an_overflow(affine_rt):
+    # timeout=1e300 overflowed the wait's nanoseconds and timed out after 4 ms.
+    for timeout in (1e300, 1e18, 1e9):
+        assert torch.equal(affine_rt.infer("affine", torch.zeros(4), timeout=timeout), torch.ones(4))
+
+
+def test_numpy_and_0d_torch_scalars_are_numbers(affine_rt):
+    import numpy as np
+
+    for value in (np.float32(500), np.float64(500), np.int64(500), np.array(500.0),
+                  torch.tensor(500.0), torch.tensor(500)):
+        assert torch.equal(affine_rt.infer("affine", torch.zeros(4), deadline_ms=value,
+                                           timeout=value), torch.ones(4))
+    for bad, match in ((torch.tensor([500.0, 1.0]), "deadline_ms must be a number"),
+                       (np.array([1.0]), "deadline_ms must be a number"),
+                       (torch.tensor(True), "deadline_ms must be a number"),
+                       (np.float64("nan"), "deadline_ms must be finite"),
+                       (torch.tensor(float("inf")), "deadline_ms must be finite"),
+                       (torch.zeros((), device="meta"), "deadline_ms must be a number")):
+        with pytest.raises(gl.InvalidInput, match=match):
+            affine_rt.submit("affine", torch.zeros(4), deadline_ms=bad)
 
 
 def test_a_long_past_deadline_is_past_not_an_overflow(affine_rt):
@@ -316,3 +344,34 @@ def test_a_refusal_leaves_no_garbage_cycle(affine_rt):
         gc.garbage.clear()
         gc.enable()
     assert left == []
+
+
+def test_an_slo_below_the_batch_1_latency_everywhere_is_warned_at_start():
+    rt = gl.Runtime(device="cpu", cpu_lanes=1, profile_cache=False)
+    rt.register("tight", scripted(Affine()), slo_ms=0.001, example_inputs=torch.zeros(1, 4))
+    rt.register("fine", scripted(Affine()), slo_ms=10_000, example_inputs=torch.zeros(1, 4))
+    # A given profile, so the numbers do not depend on this machine's speed.
+    rt.set_profile("tight", [{"batch_size": 1, "p50_us": 50.0}, {"batch_size": 2, "p50_us": 60.0}])
+    with pytest.warns(gl.UnmeetableSlo) as warned:
+        rt.start(progress=False)
+    rt.shutdown()
+    messages = [str(w.message) for w in warned if issubclass(w.category, gl.UnmeetableSlo)]
+    assert messages == ["model 'tight': slo_ms=0.001 is below its batch-1 latency (0.05 ms at the "
+                        "median) on every lane that serves it: requests with that deadline will "
+                        "be refused"]
+
+
+def test_the_build_is_checked_against_the_installed_torch_at_import():
+    import subprocess
+    import sys
+
+    from gpulanes import _build_info
+
+    assert _build_info.TORCH_VERSION == torch.__version__
+    code = "import torch; torch.__version__ = '2.4.0'; import gpulanes"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (f"ImportError: gpulanes was built against torch {torch.__version__}, but torch "
+                    "2.4.0 is installed: rebuild gpulanes against this torch (from its source: "
+                    "pip install --no-build-isolation --no-deps --force-reinstall .)")

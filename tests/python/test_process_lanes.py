@@ -222,6 +222,20 @@ def test_a_worker_that_never_gets_ready_is_killed_after_the_start_timeout(tmp_pa
     assert not Path(f"/proc/{pid}").exists()  # killed and collected
 
 
+def test_a_worker_the_loader_refuses_is_reported_as_such(tmp_path, monkeypatch):
+    # What the loader does when a library the worker links is missing: a message, status 127.
+    broken = tmp_path / "gpulanes_worker"
+    broken.write_text("#!/bin/sh\necho 'error while loading shared libraries: libcudart.so.13' >&2\n"
+                      "exit 127\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("GPULANES_WORKER", str(broken))
+    rt = _runtime(worker_options={"max_restarts": 0})
+    rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(1, 4))
+    with pytest.raises(gl.GpuLanesError, match="status 127 .*dynamic loader could not load"):
+        rt.start()
+    rt.shutdown()
+
+
 def _kill_the_busy_batch(rt) -> None:
     """Kills lane 0's worker (SIGKILL) while it runs a busy batch; the batch fails naming it."""
     pid = _worker_pids(rt)[0]

@@ -80,3 +80,17 @@ def test_the_cli_reports_a_bad_config_and_exits_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "gpulanes", "frobnicate"], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and "unknown command" in r.stderr
+
+
+def test_a_corrupt_model_file_is_one_line_naming_its_config_entry(tmp_path):
+    (tmp_path / "broken.pt").write_bytes(b"not a TorchScript archive")
+    (tmp_path / "serve.toml").write_text(
+        '[server]\nhttp_port = 0\ngrpc_port = -1\n[models.broken]\nfile = "broken.pt"\n'
+        'slo_ms = 100\ninputs = [{ name = "x", datatype = "FP32", shape = [4] }]\n'
+        'outputs = [{ name = "y", datatype = "FP32", shape = [4] }]\n')
+    r = subprocess.run([sys.executable, "-m", "gpulanes", "serve", str(tmp_path / "serve.toml")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "[models.broken]: cannot load TorchScript model" in errors[0]
+    assert "frame #" not in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -4,6 +4,7 @@ bearer token."""
 
 import asyncio
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,6 +190,16 @@ def test_mutated_and_random_messages_never_break_the_server(server):
     assert list(reply.outputs[0].shape) == [1, 4]
     assert grpc.StatusCode.INVALID_ARGUMENT in codes and grpc.StatusCode.NOT_FOUND in codes
     assert grpc.StatusCode.INTERNAL not in codes and grpc.StatusCode.UNKNOWN not in codes
+
+
+def test_the_core_front_end_is_built_wherever_grpc_plus_plus_is_installed():
+    # No silent fallback: a machine with grpc++'s headers must get the C++ front end (CMake's
+    # warning says which piece was missing; scripts/bootstrap.sh installs them all).
+    if not Path("/usr/include/grpcpp/grpcpp.h").exists():
+        pytest.skip("grpc++ is not installed here: gRPC is served by grpcio")
+    assert core_frontend_available(), (
+        "grpc++ is installed but gpulanes was built without its C++ gRPC front end: the build "
+        "log's CMake warning names the missing piece (libprotobuf-dev?)")
 
 
 @pytest.mark.skipif(not core_frontend_available(), reason="built without grpc++")

@@ -62,6 +62,13 @@ def out(mod, name, binary=True):
 PROTOCOLS = [("http", th), ("grpc", tg)]
 
 
+def test_the_ready_line_says_which_grpc_front_end_runs(server):
+    from gpulanes.serve.grpc_server import core_frontend_available
+
+    kind = "core" if core_frontend_available() else "grpcio"
+    assert f"grpc={server.grpc} ({kind})" in server._ready_line, server._ready_line
+
+
 @pytest.mark.parametrize("protocol, mod", PROTOCOLS)
 def test_health_and_metadata(server, protocol, mod):
     c = client(server, protocol)

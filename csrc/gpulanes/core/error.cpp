@@ -1,4 +1,7 @@
 #include "gpulanes/core/error.h"
+#include "gpulanes/core/error_text.h"
+
+#include <c10/util/Exception.h>
 
 namespace gpulanes {
 
@@ -15,6 +18,14 @@ const char* error_code_name(ErrorCode code) {
     case ErrorCode::kInternal: return "Internal";
   }
   return "Internal";
+}
+
+std::string error_text(const std::exception& e, std::size_t max_chars) {
+  const auto* torch_error = dynamic_cast<const c10::Error*>(&e);
+  std::string text = torch_error ? torch_error->what_without_backtrace() : e.what();
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  if (text.size() > max_chars) text = text.substr(0, max_chars) + " ...";
+  return text;
 }
 
 }  // namespace gpulanes

@@ -11,6 +11,7 @@
 
 #include "gpulanes/core/clock.h"
 #include "gpulanes/core/error.h"
+#include "gpulanes/core/error_text.h"
 #include "gpulanes/exec/batching.h"
 
 namespace gpulanes {
@@ -151,7 +152,7 @@ void WorkerLane::run_part(const Batch& batch, std::size_t lo, std::size_t hi,
   } catch (const std::exception& e) {
     // The model's failure is its requests' failure only; the lane keeps serving.
     const auto* typed = dynamic_cast<const Error*>(&e);
-    why = typed ? e.what() : "forward() raised: " + std::string(e.what()).substr(0, 4000);
+    why = typed ? e.what() : "forward() raised: " + error_text(e, 4000);
   }
   TimeNs latest = 0;
   for (const RequestPtr& r : part) latest = std::max(latest, r->deadline);

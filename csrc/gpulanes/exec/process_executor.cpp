@@ -348,6 +348,11 @@ class ProcessExecutor final : public Executor {
       what = "was killed by " + signal_name(WTERMSIG(status));
     } else if (WIFEXITED(status)) {
       what = "exited with status " + std::to_string(WEXITSTATUS(status));
+      // 127 before its hello is the dynamic loader refusing it (its message is on stderr).
+      if (WEXITSTATUS(status) == 127 && doing == "starting") {
+        what += " (the dynamic loader could not load " + options_.worker_path +
+                ": a library it needs is missing; `ldd` on it shows which)";
+      }
     } else {
       what = "was lost";
     }

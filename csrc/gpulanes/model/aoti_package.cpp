@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "gpulanes/core/error.h"
+#include "gpulanes/core/error_text.h"
 
 namespace gpulanes {
 namespace {
@@ -96,7 +97,7 @@ class AotiProgram final : public ModelProgram {
                                "loader it uses (torch >= 2.8)");
 #endif
     } catch (const std::exception& e) {
-      fail(path_, std::string(e.what()).substr(0, 2000) + " (this is torch " + TORCH_VERSION +
+      fail(path_, error_text(e) + " (this is torch " + TORCH_VERSION +
                       ", package made with torch " +
                       value_or(metadata_, kPackageTorchVersionKey, "unknown") + ")");
     }
@@ -123,7 +124,7 @@ Metadata aoti_package_metadata(const std::string& path) {
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
-    fail(path, "not a readable AOTInductor package (" + std::string(e.what()).substr(0, 1000) +
+    fail(path, "not a readable AOTInductor package (" + error_text(e, 1000) +
                    ")");
   }
 }

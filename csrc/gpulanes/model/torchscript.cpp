@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "gpulanes/core/error.h"
+#include "gpulanes/core/error_text.h"
 
 namespace gpulanes {
 namespace {
@@ -17,7 +18,7 @@ torch::jit::Module load_checked(const std::string& what, LoadFn&& load) {
     return m;
   } catch (const std::exception& e) {
     throw Error(ErrorCode::kModelError, "cannot load TorchScript model from " + what + ": " +
-                                            std::string(e.what()).substr(0, 2000));
+                                            error_text(e));
   }
 }
 

@@ -8,6 +8,7 @@
 #include <map>
 #include <set>
 
+#include "gpulanes/core/error_text.h"
 #include "gpulanes/exec/batching.h"
 #include "gpulanes/exec/executor.h"
 #include "gpulanes/exec/green_context.h"
@@ -415,7 +416,7 @@ void Runtime::prepare_lane(Lane& lane, const std::vector<char>& measure,
     } catch (const std::exception& e) {
       throw Error(ErrorCode::kModelError, "model '" + model.spec.name + "' failed its " + step +
                                               " on " + lane.device() + ": " +
-                                              std::string(e.what()).substr(0, 4000));
+                                              error_text(e, 4000));
     }
   }
   if (progress) progress(done, total, "ready");

@@ -67,8 +67,16 @@ class ModelConfig:
     load: bool = True              # registered at start; else on a repository `load` request
 
     def register(self, rt) -> None:
-        rt.register(self.name, self.file, slo_ms=self.slo_ms, example_inputs=self.example_inputs(),
-                    max_batch_size=self.max_batch_size, max_queue=self.max_queue)
+        """Registers it with `rt`; an error names the config entry it came from."""
+        from ..errors import GpuLanesError
+
+        try:
+            rt.register(self.name, self.file, slo_ms=self.slo_ms,
+                        example_inputs=self.example_inputs(), max_batch_size=self.max_batch_size,
+                        max_queue=self.max_queue)
+        except GpuLanesError as e:
+            message = e.args[0] if e.args else str(e)
+            raise type(e)(f"[models.{self.name}]: {message}") from None
 
     def example_inputs(self) -> List[torch.Tensor]:
         """A batch of two zero samples of every input (zeros are valid indices, too)."""

@@ -76,7 +76,9 @@ async def serve(cfg: ServeConfig, stop: Optional[asyncio.Event] = None,
                                      max_message_bytes=cfg.max_body_bytes, token=cfg.token,
                                      frontend=cfg.grpc_frontend)
             await grpc.start()
-            listening.append(f"grpc={cfg.host}:{port}")
+            # Which front end answers gRPC: the core's (grpc++) or grpcio's (the fallback).
+            kind = "core" if type(grpc).__name__ == "CoreGrpcServer" else "grpcio"
+            listening.append(f"grpc={cfg.host}:{port} ({kind})")
         _say("listening", *listening)
         starting = asyncio.create_task(asyncio.to_thread(cfg.start_runtime, rt))
         stopping = asyncio.create_task(stop.wait())
@@ -119,25 +121,7 @@ def _run(coro) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    import argparse
+    """`gpulanes serve ARGS` (gpulanes._serve_cli parses them)."""
+    from .._serve_cli import main as cli
 
-    from ..errors import GpuLanesError
-    from .config import load_config
-
-    parser = argparse.ArgumentParser(prog="gpulanes serve",
-                                     description="Serve the models of CONFIG over KServe v2 "
-                                                 "(HTTP and gRPC).")
-    parser.add_argument("config", help="TOML file: [server], [runtime], [models.NAME]")
-    parser.add_argument("--host", help="address to bind (default: the config's, else 127.0.0.1)")
-    parser.add_argument("--http-port", type=int, help="0: any free port, -1: no HTTP")
-    parser.add_argument("--grpc-port", type=int, help="0: any free port, -1: no gRPC")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-        for key in ("host", "http_port", "grpc_port"):
-            if getattr(args, key) is not None:
-                setattr(cfg, key, getattr(args, key))
-        return _run(serve(cfg))
-    except GpuLanesError as e:
-        _say(f"error: {e}")
-        return 2
+    return cli(argv)
