@@ -21,6 +21,7 @@ import copy
 import hashlib
 import io
 import os
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import torch
 
 from . import _C
-from .errors import ModelError
+from .errors import InvalidInput, ModelError
 
 __all__ = ["compile_package", "package_cache_dir", "package_metadata"]
 
@@ -88,11 +89,16 @@ def _kind_of(names: Sequence[str]) -> str:
 
 
 def resolve(model: Any, *, name: str, example_inputs: Tuple[torch.Tensor, ...],
-            max_batch_size: int, device: str, progress: Optional[bool]) -> ModelFile:
+            max_batch_size: int, device: str, progress: Optional[bool],
+            run_script_module: bool = True) -> ModelFile:
     """The file the core loads for ``model`` on ``device`` ("cpu" or "cuda"), compiling it
     first when it is an nn.Module or an ExportedProgram. Raises TypeError for what is no model,
-    ModelError for a model that cannot be read, exported or compiled."""
+    ModelError for a model that cannot be read, exported or compiled, InvalidInput for example
+    inputs it cannot take (a ScriptModule is run once to see, unless ``run_script_module`` is
+    false: process lanes keep models that may crash out of this process)."""
     if isinstance(model, torch.jit.ScriptModule):
+        if run_script_module:
+            _check_script_module(model, example_inputs, max_batch_size, name)
         buf = io.BytesIO()
         torch.jit.save(model, buf)
         data = buf.getvalue()
@@ -134,6 +140,18 @@ def resolve(model: Any, *, name: str, example_inputs: Tuple[torch.Tensor, ...],
                          kind if kind == _AOTI else _TORCHSCRIPT)
     raise TypeError(f"model must be a path, bytes, torch.jit.ScriptModule, "
                     f"torch.export.ExportedProgram or nn.Module, not {type(model).__name__}")
+
+
+def _check_script_module(model: torch.jit.ScriptModule, examples: Tuple[torch.Tensor, ...],
+                         max_batch_size: int, name: str) -> None:
+    """check_examples_fit for a TorchScript module, on the device its weights are on."""
+    if any(t.dim() == 0 or t.shape[0] == 0 for t in examples):
+        return  # no batch to take a sample from: the core's check says what is wrong
+    weights = [*model.parameters(), *model.buffers()]
+    where = weights[0].device if weights else torch.device("cpu")
+    batch = 2 if max_batch_size >= 2 else 1
+    sample = tuple(t[:1].expand(batch, *t.shape[1:]).contiguous().to(where) for t in examples)
+    check_examples_fit(model, sample, name)
 
 
 def _from_export_archive(f: Any, name: str, example_inputs, max_batch_size: int, device: str,
@@ -206,13 +224,35 @@ def _export_batched(model: Any, examples: Tuple[torch.Tensor, ...], max_batch_si
     try:
         if training:
             module.eval()
+        if not isinstance(model, torch.export.ExportedProgram):  # a program has its own checks
+            check_examples_fit(module, sample, name)
         return torch.export.export(module, sample, dynamic_shapes=dynamic)
+    except InvalidInput:
+        raise
     except Exception as e:  # noqa: BLE001 - export's many error types all mean "cannot export"
         raise ModelError(f"cannot export {name!r} with a dynamic batch dimension (1 to "
                          f"{max_batch_size}): {type(e).__name__}: {e}"[:4000]) from e
     finally:
         if training:
             module.train()
+
+
+def check_examples_fit(module: Any, sample: Tuple[torch.Tensor, ...], name: str) -> None:
+    """Runs ``module`` once on ``sample`` (a small batch of the example inputs): inputs that do
+    not fit the model are an InvalidInput in one line, naming the shapes given and torch's
+    reason, instead of export's or the interpreter's trace at start()."""
+    try:
+        with torch.no_grad():
+            module(*sample)
+    except Exception as e:  # noqa: BLE001 - any failure here means the examples do not fit
+        reason = str(e).strip().splitlines()
+        # TorchScript's interpreter puts the reason on the last line, after its own trace.
+        line = (reason[-1] if reason else "").strip()
+        typed = re.match(r"^(?:builtins\.)?(\w+(?:Error|Exception)): (.*)$", line)
+        kind, line = (typed.group(1), typed.group(2)) if typed else (type(e).__name__, line)
+        given = ", ".join(f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in sample)
+        raise InvalidInput(f"example_inputs of {name!r} do not fit the model: forward() on a "
+                           f"batch of them ({given}) raised {kind}: {line[:300]}") from None
 
 
 def _batch_is_dynamic(ep: "torch.export.ExportedProgram") -> bool:

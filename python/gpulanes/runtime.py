@@ -233,7 +233,7 @@ class Runtime(Planning, Profiling):
             name, example_inputs, slo_ms, max_batch_size, max_queue)
         file = _formats.resolve(model, name=name, example_inputs=tuple(example_inputs),
                                 max_batch_size=max_batch_size, device=self._compile_device(),
-                                progress=progress)
+                                progress=progress, run_script_module=self.isolation != "process")
         self._core.register_model(name, file.kind, file.source, tuple(example_inputs),
                                   int(slo_ms * 1e6), max_batch_size, max_queue)
         self._formats[name] = file.format

@@ -175,8 +175,17 @@ def test_forward_that_raises_fails_only_its_requests():
 
 
 def test_model_failing_warm_up_fails_start():
+    import io
+
     rt = gl.Runtime(device="cpu")
-    rt.register("picky", scripted(Picky()), slo_ms=1000, example_inputs=-torch.ones(1, 3))
+    # A ScriptModule object is run on its examples at register: the failure is named there.
+    with pytest.raises(gl.InvalidInput, match=r"'picky' do not fit .* raised RuntimeError: "
+                                               r"negative input$"):
+        rt.register("picky", scripted(Picky()), slo_ms=1000, example_inputs=-torch.ones(1, 3))
+    # A saved one is not (the core loads it): its warm-up fails start.
+    saved = io.BytesIO()
+    torch.jit.save(scripted(Picky()), saved)
+    rt.register("picky", saved.getvalue(), slo_ms=1000, example_inputs=-torch.ones(1, 3))
     with pytest.raises(gl.ModelError, match="warm-up"):
         rt.start()
 
@@ -375,3 +384,21 @@ def test_the_build_is_checked_against_the_installed_torch_at_import():
     assert last == (f"ImportError: gpulanes was built against torch {torch.__version__}, but torch "
                     "2.4.0 is installed: rebuild gpulanes against this torch (from its source: "
                     "pip install --no-build-isolation --no-deps --force-reinstall .)")
+
+
+def test_example_inputs_that_do_not_fit_the_model_are_one_line_at_register():
+    from torch import nn
+
+    rt = gl.Runtime(device="cpu")
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    for model in (torch.jit.script(net), net):
+        with pytest.raises(gl.InvalidInput) as e:
+            rt.register("mlp", model, slo_ms=100, example_inputs=torch.zeros(1, 5))  # 5 != 4
+        message = str(e.value)
+        assert message.startswith("example_inputs of 'mlp' do not fit the model: forward() on a "
+                                  "batch of them ((2, 5) float32) raised RuntimeError: mat1 and "
+                                  "mat2 shapes cannot be multiplied (2x5 and 4x8)"), message
+        assert "\n" not in message
+    with pytest.raises(gl.InvalidInput, match=r"\(2, 4\) float32, \(2, 4\) float32\) raised"):
+        rt.register("two", torch.jit.script(net), slo_ms=100,
+                    example_inputs=(torch.zeros(1, 4), torch.zeros(1, 4)))  # one input too many
