@@ -172,6 +172,16 @@ def halves(split) -> int:
     return split["groups"] // 2 * split["group_sms"]
 
 
+def saved(module: nn.Module) -> bytes:
+    """A scripted module as torch.jit.save bytes: what register loads in the core without
+    running it first (a ScriptModule object is run once on its examples at register)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.jit.save(scripted(module), buf)
+    return buf.getvalue()
+
+
 def scripted(module: nn.Module) -> torch.jit.ScriptModule:
     torch.manual_seed(0)
     return torch.jit.script(module.eval())

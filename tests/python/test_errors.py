@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import gpulanes as gl
-from conftest import Affine, Picky, TwoInputsTupleOut, busy_runtime, scripted
+from conftest import Affine, Picky, TwoInputsTupleOut, busy_runtime, saved, scripted
 
 
 def test_error_hierarchy_matches_core_codes():
@@ -175,17 +175,13 @@ def test_forward_that_raises_fails_only_its_requests():
 
 
 def test_model_failing_warm_up_fails_start():
-    import io
-
     rt = gl.Runtime(device="cpu")
     # A ScriptModule object is run on its examples at register: the failure is named there.
     with pytest.raises(gl.InvalidInput, match=r"'picky' do not fit .* raised RuntimeError: "
                                                r"negative input$"):
         rt.register("picky", scripted(Picky()), slo_ms=1000, example_inputs=-torch.ones(1, 3))
     # A saved one is not (the core loads it): its warm-up fails start.
-    saved = io.BytesIO()
-    torch.jit.save(scripted(Picky()), saved)
-    rt.register("picky", saved.getvalue(), slo_ms=1000, example_inputs=-torch.ones(1, 3))
+    rt.register("picky", saved(Picky()), slo_ms=1000, example_inputs=-torch.ones(1, 3))
     with pytest.raises(gl.ModelError, match="warm-up"):
         rt.start()
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import gpulanes as gl
-from conftest import Affine, Busy, Mlp, Picky, affine_load, scripted
+from conftest import Affine, Busy, Mlp, Picky, affine_load, saved, scripted
 
 
 def runtime(**options):
@@ -67,7 +67,7 @@ def test_a_model_that_fails_warm_up_leaves_no_trace():
     with runtime() as rt:
         rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(2, 4))
         with pytest.raises(gl.ModelError):
-            rt.register("picky", scripted(Picky()), slo_ms=60_000,
+            rt.register("picky", saved(Picky()), slo_ms=60_000,
                         example_inputs=torch.full((2, 4), -1.0))  # raises on its warm-up
         assert rt.models == ["affine"] and "picky" not in rt.stats()
         with pytest.raises(gl.UnknownModel):
