@@ -3,6 +3,8 @@ Triton user would: health, metadata, JSON and binary tensors, several inputs and
 int64 and fp16, timeout and priority, every error mapping, concurrent clients, and SIGTERM
 draining every in-flight request."""
 
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -67,6 +69,38 @@ def test_the_ready_line_says_which_grpc_front_end_runs(server):
 
     kind = "core" if core_frontend_available() else "grpcio"
     assert f"grpc={server.grpc} ({kind})" in server._ready_line, server._ready_line
+
+
+@pytest.mark.parametrize("frontend", ["auto", "python"])
+def test_a_second_server_on_a_taken_port_exits_2_in_one_line(server, tmp_path, frontend):
+    # gRPC sets SO_REUSEPORT by default: a second server would share the port's clients.
+    cfg = write_config(tmp_path, ["affine"], server=f'grpc_frontend = "{frontend}"')
+    for protocol, address in (("gRPC", server.grpc), ("HTTP", server.http)):
+        port = address.rsplit(":", 1)[1]
+        args = (["--grpc-port", port, "--http-port", "-1"] if protocol == "gRPC"
+                else ["--http-port", port, "--grpc-port", "-1"])
+        done = subprocess.run([sys.executable, "-m", "gpulanes", "serve", str(cfg), *args],
+                              capture_output=True, text=True, timeout=240)
+        assert done.returncode == 2, done.stderr[-2000:]
+        errors = [line for line in done.stderr.splitlines() if "gpulanes serve: error:" in line]
+        assert len(errors) == 1 and f"{protocol} could not listen on 127.0.0.1:{port}" in errors[0]
+        assert "Traceback" not in done.stderr
+    assert client(server, "grpc").is_server_live()  # the first one is untouched
+
+
+def test_an_ipv6_host_serves_both_protocols(tmp_path):
+    srv = ServerProcess(write_config(tmp_path, ["affine"]), command=[
+        sys.executable, "-m", "gpulanes", "serve", "--host", "::1"])
+    try:
+        assert srv.http.startswith("[::1]:") and srv.grpc.startswith("[::1]:"), srv._ready_line
+        x = np.ones((1, 4), dtype=np.float32)
+        for protocol, mod in PROTOCOLS:
+            c = client(srv, protocol)
+            assert c.is_server_live()
+            got = c.infer("affine", [inp(mod, "INPUT__0", x)]).as_numpy("OUTPUT__0")
+            assert got.tolist() == [[3.0] * 4]
+    finally:
+        assert srv.terminate() == 0, "".join(srv.lines)
 
 
 @pytest.mark.parametrize("protocol, mod", PROTOCOLS)

@@ -232,13 +232,17 @@ GrpcFrontend::GrpcFrontend(std::shared_ptr<Runtime> runtime, GrpcFrontendOptions
   service_ = std::make_unique<Service>(this);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options_.address, grpc::InsecureServerCredentials(), &port_);
+  // No SO_REUSEPORT (grpc++ sets it by default): a second server on the same port must fail
+  // to bind, not share the port's clients with this one.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
   builder.SetMaxSendMessageSize(options_.max_message_bytes);
   builder.RegisterCallbackGenericService(service_.get());
   server_ = builder.BuildAndStart();
   if (!server_ || port_ == 0) {
     server_.reset();
-    throw Error(ErrorCode::kInvalidInput, "gRPC could not bind " + options_.address);
+    throw Error(ErrorCode::kInvalidInput,
+                "gRPC could not listen on " + options_.address + " (is the port in use?)");
   }
 }
 

@@ -309,11 +309,8 @@ class CoreGrpcServer:
                 reply(_code("UNAVAILABLE"), "the server is shutting down", b"")
             else:
                 server._forward(method, payload, remaining_s, reply)
-        try:
-            self._frontend = _C.GrpcFrontend(core, address, max_message_bytes, token,
-                                             endpoint.max_rows, forward)
-        except InvalidInput as e:
-            raise OSError(str(e)) from None
+        self._frontend = _C.GrpcFrontend(core, address, max_message_bytes, token,
+                                         endpoint.max_rows, forward)  # InvalidInput if taken
         self.port = self._frontend.port
         endpoint.listeners.append(self.sync)
         self.sync()
@@ -397,10 +394,16 @@ def grpc_server(endpoint: Endpoint, address: str, *, max_message_bytes: int = 64
         return server, server.port
     import grpc
 
+    # grpc.so_reuseport 0: a second server on the same port fails to bind instead of sharing
+    # the port's clients with this one (gRPC's default sets SO_REUSEPORT).
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
-                                      ("grpc.max_send_message_length", max_message_bytes)])
+                                      ("grpc.max_send_message_length", max_message_bytes),
+                                      ("grpc.so_reuseport", 0)])
     server.add_generic_rpc_handlers((InferenceService(endpoint, token).handler(),))
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # newer grpcio raises where older ones return 0
+        port = 0
     if port == 0:
-        raise OSError(f"gRPC could not bind {address}")
+        raise InvalidInput(f"gRPC could not listen on {address} (is the port in use?)")
     return server, port

@@ -17,6 +17,7 @@ import socket
 import sys
 from typing import Any, List, Optional
 
+from ..errors import InvalidInput
 from .config import ServeConfig
 from .protocol import Endpoint
 
@@ -58,6 +59,7 @@ async def serve(cfg: ServeConfig, stop: Optional[asyncio.Event] = None,
     endpoint = Endpoint(rt, cfg.io(), cfg.max_rows, loadable=cfg.loadable,
                         declared=[m.name for m in cfg.models])
     listening: List[str] = []
+    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host  # an IPv6 address in brackets
     http = http_task = grpc = None
     try:
         if cfg.http_port >= 0:
@@ -66,19 +68,25 @@ async def serve(cfg: ServeConfig, stop: Optional[asyncio.Event] = None,
             sock = socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET,
                                  socket.SOCK_STREAM, socket.IPPROTO_TCP)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((cfg.host, cfg.http_port))
+            try:
+                sock.bind((cfg.host, cfg.http_port))
+                sock.listen(2048)  # listening before "listening" is said
+            except OSError as e:
+                sock.close()
+                raise InvalidInput(f"HTTP could not listen on {host}:{cfg.http_port}: "
+                                   f"{e.strerror or e}") from None
             http = _uvicorn_server(app(rt, endpoint=endpoint, max_body_bytes=cfg.max_body_bytes,
                                        token=cfg.token), cfg)
             http_task = asyncio.create_task(http.serve(sockets=[sock]))
-            listening.append(f"http={cfg.host}:{sock.getsockname()[1]}")
+            listening.append(f"http={host}:{sock.getsockname()[1]}")
         if cfg.grpc_port >= 0:
-            grpc, port = grpc_server(endpoint, f"{cfg.host}:{cfg.grpc_port}",
+            grpc, port = grpc_server(endpoint, f"{host}:{cfg.grpc_port}",
                                      max_message_bytes=cfg.max_body_bytes, token=cfg.token,
                                      frontend=cfg.grpc_frontend)
             await grpc.start()
             # Which front end answers gRPC: the core's (grpc++) or grpcio's (the fallback).
             kind = "core" if type(grpc).__name__ == "CoreGrpcServer" else "grpcio"
-            listening.append(f"grpc={cfg.host}:{port} ({kind})")
+            listening.append(f"grpc={host}:{port} ({kind})")
         _say("listening", *listening)
         starting = asyncio.create_task(asyncio.to_thread(cfg.start_runtime, rt))
         stopping = asyncio.create_task(stop.wait())
