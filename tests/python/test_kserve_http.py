@@ -161,8 +161,26 @@ def test_a_bearer_token_guards_everything_but_health():
             before = rt.stats()["affine"]["submitted"]
             r = c.post("/v2/models/affine/infer", json=body([0.0] * 4))
             assert r.status_code == 401 and rt.stats()["affine"]["submitted"] == before
+            # Two Authorization headers are refused by every route alike (not first-wins on
+            # one and last-wins on another).
+            twice = [("Authorization", "Bearer s3cret"), ("Authorization", "Bearer wrong")]
+            for order in (twice, twice[::-1]):
+                for method, path in (("GET", "/v2/models/affine"), ("POST", "/v2/models/affine/infer")):
+                    r = c.request(method, path, headers=order, json=body([0.0] * 4))
+                    assert r.status_code == 400 and "more than one Authorization" in r.text, r.text
+            assert rt.stats()["affine"]["submitted"] == before
     finally:
         rt.shutdown()
+
+
+# Latin-1 superscripts (b"\xb2" reads as a digit, which int() refuses), UTF-8 Arabic-Indic
+# three, and plain non-numbers.
+@pytest.mark.parametrize("length", [b"\xb2", b"\xb9", "\u0663".encode(), b"1e3", b"-5"])
+def test_a_header_length_that_is_not_ascii_digits_is_400(client, length):
+    c, _ = client
+    r = c.post("/v2/models/affine/infer", content=b'{"inputs": []}',
+               headers={"Inference-Header-Content-Length": length})
+    assert r.status_code == 400, r.text
 
 
 @pytest.mark.parametrize("kwargs, says", [({"max_body_bytes": 0}, "max_body_bytes"),

@@ -61,6 +61,10 @@ def test_the_example_config_builds_a_runtime_that_serves_both_models(tmp_path):
     ({"models": {"m": {**MODEL, "weights": 3}}}, "['weights']"),
     ({"models": {"m": {**MODEL, "load": "yes"}}}, "models.m.load"),
     ({"server": {"model_dir": "no/such/dir"}, "models": {"m": MODEL}}, "not a directory"),
+    ({"models": {"a/b": MODEL}}, "model name 'a/b' is not a plain name"),
+    ({"models": {"a b": MODEL}}, "model name 'a b' is not a plain name"),
+    ({"models": {"a\nb": MODEL}}, "is not a plain name"),
+    ({"models": {"..": MODEL}}, "is not a plain name"),
 ])
 def test_mistakes_are_refused_naming_the_key(doc, says):
     with pytest.raises(gl.InvalidInput) as e:

@@ -224,6 +224,10 @@ def _tensors(items: Any, where: str, names_only: bool) -> List[Dict[str, Any]]:
 
 def _model(name: str, table: Any, base: Path) -> ModelConfig:
     where = f"models.{name}"
+    if not _PLAIN_NAME.fullmatch(name) or ".." in name:
+        # The HTTP API addresses a model by a path segment: no slashes, spaces or controls.
+        raise InvalidInput(f"config: model name {name[:80]!r} is not a plain name "
+                           "([A-Za-z0-9_.-], at most 128, starting with a letter or digit)")
     table = _table(table, where)
     _check_keys(table, {"file", "slo_ms", "max_batch_size", "max_queue", "inputs", "outputs",
                         "load"}, where)

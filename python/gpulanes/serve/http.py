@@ -59,7 +59,8 @@ def _split_body(body: bytes, header: Optional[str]):
     """(JSON bytes, binary section as a writable memoryview)."""
     if header is None:
         return body, memoryview(bytearray())
-    if not header.strip().isdigit() or int(header) > len(body):
+    digits = header.strip()
+    if not (digits.isascii() and digits.isdigit()) or int(digits) > len(body):
         raise InvalidInput(f"Inference-Header-Content-Length {header!r} does not fit a body of "
                            f"{len(body)} bytes")
     n = int(header)
@@ -147,6 +148,8 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
 
     def guarded(handler, open_: bool = False):
         async def call(request: Request):
+            if len(request.headers.getlist("authorization")) > 1:
+                return _error(400, "more than one Authorization header")
             if token is not None and not open_:
                 given = request.headers.get("authorization", "")
                 if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
@@ -278,7 +281,10 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
             return await rest(scope, receive, send)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            if bearer is not None and not hmac.compare_digest(
+            if sum(k == b"authorization" for k, _ in scope["headers"]) > 1:
+                # Refused, not read one way here and another by the other routes.
+                status, out_headers, body = _error_body(400, "more than one Authorization header")
+            elif bearer is not None and not hmac.compare_digest(
                     headers.get("authorization", "").encode("latin-1"), bearer):
                 status, out_headers, body = _error_body(401, "missing or wrong bearer token")
             else:
