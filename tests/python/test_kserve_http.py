@@ -173,6 +173,16 @@ def test_a_bearer_token_guards_everything_but_health():
         rt.shutdown()
 
 
+def test_errors_echo_at_most_512_characters_of_what_the_client_sent(client):
+    c, _ = client
+    r = c.post("/v2/models/" + "m" * 10_000 + "/infer", json=body([0.0] * 4))
+    assert r.status_code in (400, 404) and len(r.json()["error"]) <= 512
+    many = {"inputs": [{"name": f"nope_{i}", "shape": [1, 4], "datatype": "FP32",
+                        "data": [0.0] * 4} for i in range(50)]}
+    r = c.post("/v2/models/affine/infer", json=many)
+    assert r.status_code == 400 and len(r.json()["error"]) <= 512
+
+
 # Latin-1 superscripts (b"\xb2" reads as a digit, which int() refuses), UTF-8 Arabic-Indic
 # three, and plain non-numbers.
 @pytest.mark.parametrize("length", [b"\xb2", b"\xb9", "\u0663".encode(), b"1e3", b"-5"])

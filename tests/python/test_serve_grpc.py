@@ -97,6 +97,22 @@ def test_a_malformed_message_is_invalid_argument(server):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_errors_echo_at_most_512_characters_of_what_the_client_sent(server):
+    m = messages()
+    req = m["ModelInferRequest"](model_name="m" * 10_000)  # unknown, 10 KB long
+    req.inputs.add(name="INPUT__0", datatype="FP32", shape=[1, 4])
+    with pytest.raises(grpc.RpcError) as e:
+        raw_call(server, "ModelInfer", req.SerializeToString())
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND and len(e.value.details()) <= 512
+    req = m["ModelInferRequest"](model_name="affine")  # 5,000 unknown input names
+    for i in range(5000):
+        req.inputs.add(name=f"nope_{i}", datatype="FP32", shape=[1, 4])
+    with pytest.raises(grpc.RpcError) as e:
+        raw_call(server, "ModelInfer", req.SerializeToString())
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert 0 < len(e.value.details()) <= 512 and e.value.details().endswith(" ...")
+
+
 def test_typed_contents_and_their_errors(server):
     m = messages()
     req = m["ModelInferRequest"](model_name="affine", id="x1")

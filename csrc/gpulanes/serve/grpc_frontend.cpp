@@ -80,7 +80,9 @@ class GrpcFrontend::Reactor final : public grpc::ServerGenericBidiReactor {
     StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
   }
   void finish_status(grpc::StatusCode code, const std::string& message) {
-    Finish(grpc::Status(code, message));
+    // At most 512 characters, as the Python front ends (protocol.client_message): an error
+    // may echo the client's own input (a 10 KB model name, thousands of input names).
+    Finish(grpc::Status(code, message.size() <= 512 ? message : message.substr(0, 508) + " ..."));
   }
   // Claims and fails the call, unless someone else answers it.
   void fail(grpc::StatusCode code, const std::string& message) {

@@ -35,7 +35,8 @@ import torch
 
 from .. import __version__
 from ..errors import GpuLanesError, InvalidInput, UnknownModel
-from .protocol import NAMES, Endpoint, check_shape, grpc_code, tensor_bytes, tensor_from_bytes
+from .protocol import (NAMES, Endpoint, check_shape, client_message, grpc_code, tensor_bytes,
+                       tensor_from_bytes)
 
 SERVICE = "inference.GRPCInferenceService"
 
@@ -151,9 +152,9 @@ class InferenceService:
             try:
                 return await self.answer(method, raw, context)
             except Refused as e:
-                await context.abort(e.code, e.details)
+                await context.abort(e.code, client_message(e.details))
             except GpuLanesError as e:
-                await context.abort(grpc_code(e), str(e))
+                await context.abort(grpc_code(e), client_message(str(e)))
         return call
 
     # -- health and metadata -----------------------------------------------------------------

@@ -17,8 +17,8 @@ import re
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import GpuLanesError, InvalidInput
-from .protocol import (NAMES, Endpoint, ModelIO, check_shape, http_status, tensor_bytes,
-                       tensor_from_bytes, tensor_from_list)
+from .protocol import (NAMES, Endpoint, ModelIO, check_shape, client_message, http_status,
+                       tensor_bytes, tensor_from_bytes, tensor_from_list)
 
 _HEADER_LENGTH = "inference-header-content-length"
 
@@ -313,4 +313,4 @@ def _error_body(status: int, message: str) -> Tuple[int, Dict[str, str], bytes]:
     headers = {"content-type": "application/json"}
     if status == 503:
         headers["retry-after"] = "1"
-    return status, headers, json.dumps({"error": message}).encode()
+    return status, headers, json.dumps({"error": client_message(message)}).encode()

@@ -34,6 +34,16 @@ NAMES: Dict[torch.dtype, str] = {v: k for k, v in DATATYPES.items()}
 _MAX_TIMEOUT_US = 30 * 86400 * 10**6  # the runtime's own bound on a deadline
 
 
+MAX_ERROR_CHARS = 512  # an error a client gets echoes at most this much (its own input included)
+
+
+def client_message(message: str) -> str:
+    """What a client is told: at most MAX_ERROR_CHARS, so that a 10 KB model name or thousands of
+    unknown input names are not echoed back whole."""
+    message = str(message)
+    return message if len(message) <= MAX_ERROR_CHARS else message[:MAX_ERROR_CHARS - 4] + " ..."
+
+
 def http_status(e: BaseException) -> int:
     """HTTP status of a gpulanes error: 400 bad input, 404 unknown model, 503 shed, full or
     closed, 504 deadline, 500 model failure (and anything unexpected)."""
