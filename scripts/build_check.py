@@ -46,9 +46,12 @@ def _row(name: str, ok: bool, found: str, fix: str = "", required: bool = True) 
 
 
 def cuda_root() -> Optional[str]:
-    """The CUDA toolkit the build uses: CUDA_HOME, CUDA_PATH, else /usr/local/cuda (as
-    CMakeLists.txt looks for it), where its runtime headers are."""
-    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+    """The CUDA toolkit the build uses: CUDA_HOME, CUDA_PATH, /usr/local/cuda, else the folder
+    above the real nvcc on PATH (as CMakeLists.txt looks for it), where its headers are."""
+    nvcc = shutil.which("nvcc")
+    above_nvcc = str(Path(os.path.realpath(nvcc)).parents[1]) if nvcc else None
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda",
+                 above_nvcc):
         if root and Path(root, "include", "cuda_runtime_api.h").exists():
             return root
     return None
