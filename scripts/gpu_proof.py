@@ -182,6 +182,10 @@ def leftover_mps_daemons(tmp: Path, control: Optional[str]) -> List[str]:
 
 
 class Proof:
+    """One call of the proof: owns its stages' rows, its log in $OUT and a scratch folder
+    outside $OUT (the environment's JSON). Runs on the main thread; one reader thread per stage
+    copies the stage's output to the console, the log and the tail its `why` is taken from."""
+
     def __init__(self, call: int, mode: str, out: Path, py: str, budget_s: int,
                  only: Optional[List[str]]) -> None:
         self.call, self.mode, self.out, self.py = call, mode, out, py
