@@ -32,7 +32,7 @@ if [[ "$KIND" == *address* ]]; then
   PKG="$DIR/python"
   rm -rf "$PKG" && mkdir -p "$PKG/gpulanes"
   ln -s "$PWD"/python/gpulanes/* "$PKG/gpulanes/"
-  ln -s "$PWD/$DIR"/_C*.so "$PKG/gpulanes/"
+  ln -s "$PWD/$DIR"/_C*.so "$PWD/$DIR/_build_info.py" "$PKG/gpulanes/"
   PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
   # torch's libraries are not instrumented: their new/delete pairs and globals are not ours.
   ASAN_OPTIONS="$ASAN_OPTIONS:alloc_dealloc_mismatch=0:detect_odr_violation=0:verify_asan_link_order=0" \
