@@ -226,7 +226,11 @@ def test_what_an_attacker_sends_gets_a_4xx_and_the_server_keeps_serving(client):
     def chunks():  # no Content-Length: the limit is enforced while reading
         for _ in range(10):
             yield b" " * 1000
-    r = c.post("/v2/models/affine/infer", content=chunks())
-    assert r.status_code == 400 and "limit" in r.json()["error"]
+    for path in ("/v2/models/affine/infer", "/v2/repository/index",
+                 "/v2/repository/models/affine/load", "/v2/repository/models/affine/unload"):
+        r = c.post(path, content=chunks())  # every route that reads a body bounds it
+        assert r.status_code == 400 and "limit" in r.json()["error"], (path, r.text)
+        r = c.post(path, content=b" " * 5000)  # over max_body_bytes (4096), declared
+        assert r.status_code == 400 and "limit" in r.json()["error"], (path, r.text)
     r = c.post("/v2/models/affine/infer", json=body([1.0] * 4))
     assert r.status_code == 200 and rt.stats()["affine"]["in_flight"] == 0

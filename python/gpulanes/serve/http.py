@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import GpuLanesError, InvalidInput
 from .protocol import (NAMES, Endpoint, ModelIO, check_shape, client_message, http_status,
@@ -30,8 +30,9 @@ def _error(status: int, message: str):
     return Response(body, status_code=status, headers=headers)
 
 
-async def _read_body(headers: Dict[str, str], receive, limit: int) -> bytes:
-    """The body, refused as soon as it passes ``limit`` (a lying Content-Length included)."""
+async def _read_body(headers: Mapping[str, str], receive, limit: int) -> bytes:
+    """The body, refused as soon as it passes ``limit`` (a lying Content-Length included). Every
+    route that reads a body reads it through this."""
     declared = headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -181,7 +182,7 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
         return JSONResponse(await ep.config(model_of(request)))
 
     async def repository_index(request: Request):
-        body = await request.body()
+        body = await _read_body(request.headers, request.receive, max_body_bytes)
         try:
             doc = json.loads(body, parse_constant=_no_constant) if body.strip() else {}
         except (ValueError, UnicodeDecodeError, RecursionError) as e:
@@ -191,7 +192,7 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
         return JSONResponse(ep.index(doc.get("ready", False)))
 
     async def repository_load(request: Request):
-        body = await request.body()
+        body = await _read_body(request.headers, request.receive, max_body_bytes)
         if body.strip() not in (b"", b"{}"):
             # Triton takes a config or files here; gpulanes loads only what its own config
             # (or model_dir) declares, so nothing a client sends can name a file.
@@ -201,7 +202,7 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
         return JSONResponse({})
 
     async def repository_unload(request: Request):
-        body = await request.body()
+        body = await _read_body(request.headers, request.receive, max_body_bytes)
         try:
             doc = json.loads(body, parse_constant=_no_constant) if body.strip() else {}
         except (ValueError, UnicodeDecodeError, RecursionError) as e:
