@@ -234,3 +234,25 @@ def test_what_an_attacker_sends_gets_a_4xx_and_the_server_keeps_serving(client):
         assert r.status_code == 400 and "limit" in r.json()["error"], (path, r.text)
     r = c.post("/v2/models/affine/infer", json=body([1.0] * 4))
     assert r.status_code == 200 and rt.stats()["affine"]["in_flight"] == 0
+
+
+@pytest.mark.parametrize("datatype, data, fits", [
+    ("UINT8", [255, 0], True), ("UINT8", [-1], False), ("UINT8", [256], False),
+    ("INT8", [127, -128], True), ("INT8", [128], False),
+    ("INT64", [2**62, -2**62], True), ("INT64", [1.5], False), ("INT64", [2.0], True),
+    ("INT32", [True], False),
+    ("FP32", [3.5, 1e38], True), ("FP32", [1e39], False), ("FP16", [65504.0], True),
+    ("FP16", [70000.0], False), ("FP64", [1e300], True),
+    ("BOOL", [True, False], True), ("BOOL", [2], False), ("BOOL", [1], False),
+])
+def test_json_values_the_datatype_cannot_hold_are_refused(datatype, data, fits):
+    from gpulanes.serve.protocol import DATATYPES, tensor_from_list
+
+    dtype = DATATYPES[datatype]
+    if fits:
+        t = tensor_from_list("x", (len(data),), dtype, data)
+        wide = torch.float64 if dtype.is_floating_point else None
+        assert t.dtype == dtype and torch.equal(t, torch.tensor(data, dtype=wide).to(dtype))
+    else:
+        with pytest.raises(gl.InvalidInput, match=f"input 'x'.*{datatype}"):
+            tensor_from_list("x", (len(data),), dtype, data)

@@ -101,13 +101,40 @@ def tensor_from_list(name: str, shape: Tuple[int, ...], dtype: torch.dtype, data
     if not isinstance(data, list):
         raise InvalidInput(f"input {name!r}: data must be a list")
     try:
-        t = torch.tensor(data, dtype=dtype).flatten()
+        # Parsed wide first, then checked: a value the datatype cannot hold is refused, never
+        # wrapped (UINT8 -1), truncated (INT64 1.5), overflowed (FP32 1e39) or coerced (BOOL 2).
+        src = torch.tensor(data, dtype=torch.float64 if dtype.is_floating_point else None)
+        t = _checked(name, src, dtype).flatten()
     except (TypeError, ValueError, RuntimeError, OverflowError, RecursionError) as e:
         raise InvalidInput(f"input {name!r}: data does not fit {NAMES[dtype]}: {e}") from None
     if t.numel() != math.prod(shape):
         raise InvalidInput(f"input {name!r}: {t.numel()} values for shape {list(shape)} "
                            f"({math.prod(shape)} expected)")
     return t.reshape(shape)
+
+
+def _checked(name: str, src: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`src` (JSON values as torch parsed them) as `dtype`, when every value fits it."""
+    def refuse(why: str):
+        raise InvalidInput(f"input {name!r}: {why} for {NAMES[dtype]}")
+
+    if src.numel() == 0:
+        return src.to(dtype)
+    if dtype == torch.bool:
+        if src.dtype != torch.bool:
+            refuse("values must be true or false")
+    elif dtype.is_floating_point:
+        if bool((src.abs() > torch.finfo(dtype).max).any()):
+            refuse(f"a value is beyond +-{torch.finfo(dtype).max:g}")
+    else:
+        if src.dtype == torch.bool or src.is_floating_point():
+            whole = src.dtype != torch.bool and bool((src == src.round()).all())
+            if not whole:
+                refuse("values must be integers")
+        info = torch.iinfo(dtype)
+        if bool((src < info.min).any()) or bool((src > info.max).any()):
+            refuse(f"a value is outside [{info.min}, {info.max}]")
+    return src.to(dtype)
 
 
 def tensor_from_bytes(name: str, shape: Tuple[int, ...], dtype: torch.dtype, raw) -> torch.Tensor:
