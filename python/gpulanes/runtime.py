@@ -517,7 +517,8 @@ class Runtime(Planning, Profiling):
                 lanes = f" lanes={len(self.lanes())}"
             except Exception:  # noqa: BLE001 - a repr never raises
                 pass
-        shown = ", ".join(self.models[:8]) + (f", ... ({len(self.models)})" if len(self.models) > 8 else "")
+        more = f", ... ({len(self.models)})" if len(self.models) > 8 else ""
+        shown = ", ".join(self.models[:8]) + more
         return (f"<gpulanes.Runtime {state} device={self.device} policy={self.policy} "
                 f"partitioning={self.partitioning}{lanes} models=[{shown}]>")
 

@@ -256,3 +256,11 @@ def test_json_values_the_datatype_cannot_hold_are_refused(datatype, data, fits):
     else:
         with pytest.raises(gl.InvalidInput, match=f"input 'x'.*{datatype}"):
             tensor_from_list("x", (len(data),), dtype, data)
+
+
+def test_a_fraction_beside_big_integers_is_still_refused():
+    from gpulanes.serve.protocol import tensor_from_list
+
+    # Read as float32, 16777217.5 would round to a whole 16777218 and pass as an integer.
+    with pytest.raises(gl.InvalidInput, match="values must be integers"):
+        tensor_from_list("x", (2,), torch.int64, [16777217.5, 1])

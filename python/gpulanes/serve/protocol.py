@@ -104,6 +104,8 @@ def tensor_from_list(name: str, shape: Tuple[int, ...], dtype: torch.dtype, data
         # Parsed wide first, then checked: a value the datatype cannot hold is refused, never
         # wrapped (UINT8 -1), truncated (INT64 1.5), overflowed (FP32 1e39) or coerced (BOOL 2).
         src = torch.tensor(data, dtype=torch.float64 if dtype.is_floating_point else None)
+        if src.is_floating_point() and src.dtype != torch.float64:  # torch's default float32
+            src = torch.tensor(data, dtype=torch.float64)  # would round what the check reads
         t = _checked(name, src, dtype).flatten()
     except (TypeError, ValueError, RuntimeError, OverflowError, RecursionError) as e:
         raise InvalidInput(f"input {name!r}: data does not fit {NAMES[dtype]}: {e}") from None
