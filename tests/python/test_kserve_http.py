@@ -264,3 +264,47 @@ def test_a_fraction_beside_big_integers_is_still_refused():
     # Read as float32, 16777217.5 would round to a whole 16777218 and pass as an integer.
     with pytest.raises(gl.InvalidInput, match="values must be integers"):
         tensor_from_list("x", (2,), torch.int64, [16777217.5, 1])
+
+
+class Log(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x)  # NaN below 0, -inf at 0
+
+
+@pytest.fixture(scope="module")
+def odd_models():
+    from conftest import Picky
+
+    rt = gl.Runtime(device="cpu", warmup_rounds=1, profile_reps=3, profile_cache=False)
+    rt.register("picky", scripted(Picky()), slo_ms=60_000, example_inputs=torch.ones(2, 4))
+    rt.register("log", scripted(Log()), slo_ms=60_000, example_inputs=torch.ones(2, 4))
+    rt.start()
+    with TestClient(app(rt)) as c:
+        yield c
+    rt.shutdown()
+
+
+def test_a_model_that_raises_answers_500_with_an_error_id_and_no_traceback(odd_models, caplog):
+    with caplog.at_level("ERROR", logger="gpulanes.serve"):
+        r = odd_models.post("/v2/models/picky/infer", json=body([-1, 0, 0, 0]))
+    assert r.status_code == 500
+    error = r.json()["error"]
+    assert "negative input" in error and "error id" in error
+    # what the client sees: one line, no TorchScript traceback, no file path
+    assert "\n" not in error and "Traceback" not in error and ".py" not in error, error
+    error_id = error.split("error id ")[1].split(";")[0]
+    logged = [rec.getMessage() for rec in caplog.records if error_id in rec.getMessage()]
+    assert logged and "Traceback" in logged[0]  # the server log keeps the whole of it
+
+
+def test_nan_and_infinity_are_never_written_as_json(odd_models):
+    r = odd_models.post("/v2/models/log/infer", json=body([-1, 0, 1, 2]))
+    assert r.status_code == 400
+    assert "NaN or infinity" in r.json()["error"] and "binary" in r.json()["error"]
+    # asked for as binary, the same output is served
+    r = odd_models.post("/v2/models/log/infer",
+                        json=body([-1, 0, 1, 2], parameters={"binary_data_output": True}))
+    assert r.status_code == 200
+    n = int(r.headers["inference-header-content-length"])
+    out = torch.frombuffer(bytearray(r.content[n:]), dtype=torch.float32)
+    assert torch.isnan(out[0]) and out[1] == float("-inf") and out[2] == 0

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import gpulanes as gl
-from conftest import Affine, scripted
+from conftest import Affine, Picky, scripted
 
 grpc = pytest.importorskip("grpc")
 tg = pytest.importorskip("tritonclient.grpc")
@@ -28,6 +28,7 @@ def runtime():
     rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(2, 4))
     rt.register("ids", scripted(Affine()).to(torch.float32), slo_ms=60_000,
                 example_inputs=torch.zeros(2, 3, dtype=torch.int64))
+    rt.register("picky", scripted(Picky()), slo_ms=60_000, example_inputs=torch.ones(2, 4))
     rt.start()
     yield rt
     rt.shutdown()
@@ -235,3 +236,21 @@ def test_a_core_server_dropped_without_stop_is_freed_and_stops(runtime):
     assert e.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     s.loop.call_soon_threadsafe(s.loop.stop)
     s.thread.join(10)
+
+
+def test_a_model_that_raises_is_internal_with_an_error_id_and_no_traceback(server, caplog, capfd):
+    m = messages()
+    req = m["ModelInferRequest"](model_name="picky", raw_input_contents=[
+        np.full(4, -1, np.float32).tobytes()])
+    req.inputs.add(name="INPUT__0", datatype="FP32", shape=[1, 4])
+    with caplog.at_level("ERROR", logger="gpulanes.serve"):
+        with pytest.raises(grpc.RpcError) as e:
+            raw_call(server, "ModelInfer", req.SerializeToString())
+    assert e.value.code() == grpc.StatusCode.INTERNAL
+    details = e.value.details()
+    assert "negative input" in details and "error id" in details
+    assert "\n" not in details and "Traceback" not in details and ".py" not in details, details
+    error_id = details.split("error id ")[1].split(";")[0]
+    # the whole text is in the server's log: Python's logger, or the core front end's stderr
+    logged = [r.getMessage() for r in caplog.records] + [capfd.readouterr().err]
+    assert any(error_id in text and "Traceback" in text for text in logged)

@@ -6,6 +6,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <random>
+#include <regex>
 #include <set>
 
 #include "gpulanes/runtime/runtime.h"
@@ -59,6 +62,10 @@ class GrpcFrontend::Reactor final : public grpc::ServerGenericBidiReactor {
  public:
   Reactor(GrpcFrontend* server, grpc::GenericCallbackServerContext* ctx)
       : server_(server), ctx_(ctx), slot_(std::make_shared<CallSlot>(this)) {
+    // The method and the token come with the call's headers: a call refused for either is
+    // answered before its message is read, so that no unauthenticated message is ever taken
+    // in (or inflated, when it comes compressed).
+    if (server_->refused_before_reading(this)) return;
     StartRead(&in_);
   }
 
@@ -126,8 +133,27 @@ void answer_ok(const std::shared_ptr<CallSlot>& slot, const google::protobuf::Me
   slot->reactor()->finish_ok(std::move(buf));
 }
 
+// What a client is told of a model's failure (or an internal error): its last line with file
+// paths masked, and an error id; the whole text (a TorchScript traceback with source lines and
+// paths) goes to the server's log under that id. As protocol.public_error in Python.
+std::string public_model_error(const std::string& why) {
+  static std::atomic<std::uint64_t> counter{std::random_device{}()};
+  char id[17];
+  std::snprintf(id, sizeof id, "%08llx",
+                static_cast<unsigned long long>(counter.fetch_add(0x9e3779b97f4a7c15ULL) >> 32));
+  std::fprintf(stderr, "gpulanes serve: error %s: %s\n", id, why.c_str());
+  std::size_t end = why.find_last_not_of(" \t\r\n");
+  std::string last = end == std::string::npos ? "the model failed" : why.substr(0, end + 1);
+  if (auto nl = last.find_last_of('\n'); nl != std::string::npos) last = last.substr(nl + 1);
+  static const std::regex kPath(R"((/[\w.@+-]+){2,}/?)");
+  last = std::regex_replace(last.substr(0, 300), kPath, "<path>");
+  return last + " (error id " + id + "; details in the server log)";
+}
+
 void answer_error(const std::shared_ptr<CallSlot>& slot, ErrorCode code, const std::string& why) {
-  if (slot->claim()) slot->reactor()->finish_status(code_of(code), why);
+  if (!slot->claim()) return;
+  const bool internal = code == ErrorCode::kModelError || code == ErrorCode::kInternal;
+  slot->reactor()->finish_status(code_of(code), internal ? public_model_error(why) : why);
 }
 
 // One ModelInfer served here: its rows are separate gpulanes requests (batched by the runtime
@@ -283,17 +309,22 @@ bool GrpcFrontend::authorized(const Reactor* call) const {
                      "Bearer " + *options_.token);
 }
 
-void GrpcFrontend::dispatch(Reactor* call) {
+bool GrpcFrontend::refused_before_reading(Reactor* call) const {
   const std::string method = call->method();
   const bool open = method == "ServerLive" || method == "ServerReady";
   if (!open && !kForwarded.count(method)) {
     call->fail(grpc::StatusCode::UNIMPLEMENTED, "no method " + call->context()->method());
-    return;
+    return true;
   }
   if (!open && !authorized(call)) {
     call->fail(grpc::StatusCode::UNAUTHENTICATED, "missing or wrong bearer token");
-    return;
+    return true;
   }
+  return false;
+}
+
+void GrpcFrontend::dispatch(Reactor* call) {
+  const std::string method = call->method();
   if (method == "ServerLive") {
     inference::ServerLiveResponse live;
     live.set_live(true);

@@ -96,6 +96,8 @@ class GrpcFrontend {
   // False: not a model served here; `forward_payload` is then its request, to forward.
   bool infer(Reactor* call, std::string* forward_payload);
   bool authorized(const Reactor* call) const;
+  // Fails a call for an unknown method or a missing token, from its headers alone (true then).
+  bool refused_before_reading(Reactor* call) const;
 
   std::shared_ptr<Runtime> runtime_;                  // what ModelInfer submits to
   const GrpcFrontendOptions options_;

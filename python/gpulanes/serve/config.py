@@ -13,6 +13,11 @@ shows every section.
     max_rows = 1024             # most samples one request may carry
     token_env = "GPULANES_TOKEN"  # bearer token from this variable (or token = "...")
     drain_timeout_s = 30        # SIGTERM: how long in-flight requests may take to finish
+    max_connections = 512       # HTTP: open connections (over it the longest idle one goes)
+    max_header_bytes = 32768    # HTTP: request line and headers (more: 431)
+    header_timeout_s = 10       # HTTP: a request's headers must arrive within this (else 408)
+    body_timeout_s = 60         # HTTP: its body within this after the headers (else closed)
+    keepalive_timeout_s = 5     # HTTP: an idle connection between requests is closed after this
     grpc_frontend = "auto"      # "core": C++ (grpc++), "python": grpcio; auto: core if built
     model_dir = "more"          # repository `load` may also bring in <model_dir>/NAME.toml
                                 # (a [models.NAME] table; its file inside model_dir)
@@ -56,6 +61,17 @@ _RUNTIME_KEYS = {"device", "partitioning", "policy", "predictor", "policy_option
 
 
 @dataclass
+class HttpLimits:
+    """What the HTTP front end allows each client (the ``[server]`` keys of the same names)."""
+
+    max_connections: int = 512        # open connections; over it the longest-waiting one goes
+    max_header_bytes: int = 32768     # request line and headers of one request
+    header_timeout_s: float = 10.0    # from a request's first byte (or the connection's start)
+    body_timeout_s: float = 60.0      # from the end of the headers to the end of the body
+    keepalive_timeout_s: float = 5.0  # an idle connection between requests
+
+
+@dataclass
 class ModelConfig:
     name: str
     file: Path
@@ -96,6 +112,7 @@ class ServeConfig:
     log_level: str = "warning"
     grpc_frontend: str = "auto"  # "core" (grpc++), "python" (grpcio), "auto": core if built
     model_dir: Optional[Path] = None  # where repository `load` may find more models
+    http: HttpLimits = field(default_factory=HttpLimits)  # connections, header and body bounds
     runtime: Dict[str, Any] = field(default_factory=dict)
     lanes: Optional[List[Dict[str, Any]]] = None
     models: List[ModelConfig] = field(default_factory=list)
@@ -259,7 +276,9 @@ def parse_config(doc: Dict[str, Any], base: Union[str, Path] = ".") -> ServeConf
     server = _table(doc.get("server", {}), "[server]")
     _check_keys(server, {"host", "http_port", "grpc_port", "max_body_bytes", "max_rows", "token",
                          "model_dir",
-                         "token_env", "drain_timeout_s", "log_level", "grpc_frontend"}, "[server]")
+                         "token_env", "drain_timeout_s", "log_level", "grpc_frontend",
+                         "max_connections", "max_header_bytes", "header_timeout_s",
+                         "body_timeout_s", "keepalive_timeout_s"}, "[server]")
     cfg = ServeConfig()
     cfg.host = _str(server, "host", "server", cfg.host)
     cfg.http_port = _int(server, "http_port", "server", cfg.http_port, -1, 65535)
@@ -269,6 +288,12 @@ def parse_config(doc: Dict[str, Any], base: Union[str, Path] = ".") -> ServeConf
     cfg.max_body_bytes = _int(server, "max_body_bytes", "server", cfg.max_body_bytes, 1, 2**31 - 1)
     cfg.max_rows = _int(server, "max_rows", "server", cfg.max_rows, 1, 65536)
     cfg.drain_timeout_s = _positive(server, "drain_timeout_s", "server", cfg.drain_timeout_s)
+    h = cfg.http
+    h.max_connections = _int(server, "max_connections", "server", h.max_connections, 1, 1 << 20)
+    h.max_header_bytes = _int(server, "max_header_bytes", "server", h.max_header_bytes, 1024,
+                              1 << 24)
+    for key in ("header_timeout_s", "body_timeout_s", "keepalive_timeout_s"):
+        setattr(h, key, _positive(server, key, "server", getattr(h, key)))
     cfg.log_level = _str(server, "log_level", "server", cfg.log_level)
     cfg.grpc_frontend = _str(server, "grpc_frontend", "server", cfg.grpc_frontend)
     if cfg.grpc_frontend not in ("auto", "core", "python"):

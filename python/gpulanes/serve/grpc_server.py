@@ -35,8 +35,8 @@ import torch
 
 from .. import __version__
 from ..errors import GpuLanesError, InvalidInput, UnknownModel
-from .protocol import (NAMES, Endpoint, check_shape, client_message, grpc_code, tensor_bytes,
-                       tensor_from_bytes)
+from .protocol import (NAMES, Endpoint, check_shape, client_message, grpc_code, public_error,
+                       tensor_bytes, tensor_from_bytes)
 
 SERVICE = "inference.GRPCInferenceService"
 
@@ -154,7 +154,11 @@ class InferenceService:
             except Refused as e:
                 await context.abort(e.code, client_message(e.details))
             except GpuLanesError as e:
-                await context.abort(grpc_code(e), client_message(str(e)))
+                await context.abort(grpc_code(e), public_error(e))
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as e:  # noqa: BLE001 - INTERNAL with an error id, never a traceback
+                await context.abort(grpc.StatusCode.INTERNAL, public_error(e))
         return call
 
     # -- health and metadata -----------------------------------------------------------------
@@ -355,9 +359,9 @@ class CoreGrpcServer:
         except Refused as e:
             reply(e.code.value[0], e.details, b"")
         except GpuLanesError as e:
-            reply(grpc_code(e).value[0], str(e), b"")
+            reply(grpc_code(e).value[0], public_error(e), b"")
         except Exception as e:  # noqa: BLE001 - the client gets INTERNAL, the server goes on
-            reply(_code("INTERNAL"), f"{type(e).__name__}: {e}", b"")
+            reply(_code("INTERNAL"), public_error(e), b"")
         # A model the runtime serves but the core was not told about: it is from now on (a
         # flood of requests for unknown models costs one set comparison each, no more).
         if method == "ModelInfer" and set(self.ep.runtime.models) != self._told:

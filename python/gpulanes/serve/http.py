@@ -16,9 +16,11 @@ import json
 import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+import torch
+
 from ..errors import GpuLanesError, InvalidInput
 from .protocol import (NAMES, Endpoint, ModelIO, check_shape, client_message, http_status,
-                       tensor_bytes, tensor_from_bytes, tensor_from_list)
+                       public_error, tensor_bytes, tensor_from_bytes, tensor_from_list)
 
 _HEADER_LENGTH = "inference-header-content-length"
 
@@ -158,7 +160,7 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
             try:
                 return await handler(request)
             except GpuLanesError as e:
-                return _error(http_status(e), str(e))
+                return _error(http_status(e), public_error(e))
         return call
 
     async def server_metadata(request: Request):
@@ -245,9 +247,14 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
                 entry["parameters"] = {"binary_data_size": len(data)}
                 raw.append(data)
             else:
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise InvalidInput(
+                        f"output {name!r} holds NaN or infinity, which JSON cannot carry: ask "
+                        "for it as binary data (parameters.binary_data_output = true, or the "
+                        "output's binary_data)")
                 entry["data"] = t.detach().cpu().flatten().tolist()
             reply["outputs"].append(entry)
-        head_out = json.dumps(reply, separators=(",", ":")).encode()
+        head_out = json.dumps(reply, separators=(",", ":"), allow_nan=False).encode()
         if not raw:
             return 200, {"content-type": "application/json"}, head_out
         return 200, {"content-type": "application/octet-stream",
@@ -293,7 +300,7 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
                 status, out_headers, body = await infer(match["model"], match["version"], headers,
                                                         body)
         except GpuLanesError as e:
-            status, out_headers, body = _error_body(http_status(e), str(e))
+            status, out_headers, body = _error_body(http_status(e), public_error(e))
         await send({"type": "http.response.start", "status": status,
                     "headers": [(k.encode(), v.encode()) for k, v in
                                 {**out_headers, "content-length": str(len(body))}.items()]})

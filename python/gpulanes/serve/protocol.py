@@ -14,14 +14,17 @@ maps to gpulanes' latency-critical 0, 2 and above to best effort 1.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import re
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..errors import (DeadlineExceeded, InvalidInput, ModelError, Overloaded, QueueFull,
-                      RuntimeClosed, UnknownModel)
+from ..errors import (DeadlineExceeded, GpuLanesError, InvalidInput, ModelError, Overloaded,
+                      QueueFull, RuntimeClosed, UnknownModel)
 
 # KServe v2 datatypes and the torch dtypes they carry (BYTES has no tensor equivalent).
 DATATYPES: Dict[str, torch.dtype] = {
@@ -31,6 +34,7 @@ DATATYPES: Dict[str, torch.dtype] = {
 }
 NAMES: Dict[torch.dtype, str] = {v: k for k, v in DATATYPES.items()}
 
+_log = logging.getLogger("gpulanes.serve")
 _MAX_TIMEOUT_US = 30 * 86400 * 10**6  # the runtime's own bound on a deadline
 
 
@@ -42,6 +46,26 @@ def client_message(message: str) -> str:
     unknown input names are not echoed back whole."""
     message = str(message)
     return message if len(message) <= MAX_ERROR_CHARS else message[:MAX_ERROR_CHARS - 4] + " ..."
+
+
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@+-]+){2,}/?")
+
+
+def public_error(e: BaseException, what: str = "") -> str:
+    """What a client is told of ``e``. Errors of the request (bad input, unknown model, full
+    queue, deadline) say what was wrong. A model's failure, a load that failed or anything
+    unexpected would carry internals (a TorchScript traceback with source lines, file paths,
+    C++ frames): the client gets the error's last line with paths masked and an error id, and
+    the server log gets the whole text under the same id. ``what``: the action, for the log."""
+    if isinstance(e, GpuLanesError) and not isinstance(e, ModelError) and not what:
+        return client_message(str(e))
+    text = str(e) if isinstance(e, GpuLanesError) else f"{type(e).__name__}: {e}"
+    error_id = secrets.token_hex(4)
+    _log.error("error %s%s: %s", error_id, f" ({what})" if what else "", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    last = _PATH.sub("<path>", lines[-1] if lines else type(e).__name__)[:300]
+    return client_message(f"{what + ': ' if what else ''}{last} (error id {error_id}; details in "
+                          "the server log)")
 
 
 def http_status(e: BaseException) -> int:
@@ -249,8 +273,13 @@ class Endpoint:
         async with self._loading:  # one at a time; the runtime serializes them anyway
             if name in self.runtime.models:
                 return
-            model = self._loadable(name)
-            await asyncio.to_thread(model.register, self.runtime)
+            try:
+                model = self._loadable(name)
+                await asyncio.to_thread(model.register, self.runtime)
+            except UnknownModel:
+                raise
+            except GpuLanesError as e:  # its text names the server's files: the log keeps it
+                raise type(e)(public_error(e, f"loading model {name!r}")) from None
             self.io[name] = model.io
             self._changed()
 

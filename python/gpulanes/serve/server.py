@@ -2,16 +2,20 @@
 one asyncio loop.
 
 Order of life: the front ends listen first (liveness answers, readiness says 503), the runtime
-starts (profiling, possibly seconds), readiness turns true. SIGTERM or SIGINT: readiness turns
-false, both front ends stop accepting and let in-flight requests finish (up to
-``drain_timeout_s``), then the runtime drains and shuts down; the exit status is 0.
+starts (profiling, possibly seconds), readiness turns true. SIGTERM or SIGINT (again or not):
+readiness turns false, both front ends stop accepting and let in-flight requests finish. At
+``drain_timeout_s`` what is still queued fails with :class:`RuntimeClosed` (503 / UNAVAILABLE,
+the protocol's own answer), running batches get ``STOP_GRACE_S`` more, and the process exits 0:
+a supervisor never needs its SIGKILL.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import contextlib
+import gc
+import os
+import resource
 import signal
 import socket
 import sys
@@ -20,6 +24,9 @@ from typing import Any, List, Optional
 from ..errors import InvalidInput
 from .config import ServeConfig
 from .protocol import Endpoint
+
+
+STOP_GRACE_S = 3.0  # after the drain deadline: failed requests answered, running batches end
 
 
 def _say(*parts: Any) -> None:
@@ -38,10 +45,64 @@ def _uvicorn_server(app, cfg: ServeConfig):
         def install_signal_handlers(self) -> None:  # uvicorn < 0.29
             pass
 
+    from .http_guard import guarded_protocol
+
+    protocol, guard = guarded_protocol(cfg.http)
     config = uvicorn.Config(app, log_level=cfg.log_level, lifespan="off", access_log=False,
                             proxy_headers=False,  # no proxy in front that we know of
-                            timeout_graceful_shutdown=int(max(1, cfg.drain_timeout_s)))
-    return Server(config)
+                            http="httptools", timeout_keep_alive=cfg.http.keepalive_timeout_s,
+                            # past the drain deadline (when the runtime has failed what it
+                            # queued), uvicorn cancels what is left: _answer_cancelled says 503
+                            timeout_graceful_shutdown=cfg.drain_timeout_s + 1.0)
+    server = Server(config)
+    server.guard = guard
+    return server
+
+
+def _answer_cancelled(app):
+    """``app``, answering 503 in the protocol's form (not uvicorn's 500 and a traceback) to a
+    request cancelled because the server stops before it could be served."""
+    from .http import _error_body
+
+    async def asgi(scope, receive, send) -> None:
+        started = False
+
+        async def tracked(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+        try:
+            await app(scope, receive, tracked)
+        except asyncio.CancelledError:
+            if scope["type"] != "http" or started:
+                return
+            status, headers, body = _error_body(503, "the server is shutting down")
+            with contextlib.suppress(Exception):
+                await send({"type": "http.response.start", "status": status, "headers": [
+                    (k.encode(), v.encode()) for k, v in
+                    {**headers, "content-length": str(len(body)), "connection": "close"}.items()]})
+                await send({"type": "http.response.body", "body": body})
+    return asgi
+
+
+def _open_files_for(cfg: ServeConfig) -> None:
+    """Raises the soft limit on open files to the hard one, and refuses a connection cap that
+    would leave too few for gRPC, the models and the runtime (an HTTP flood must never starve
+    them: the guard closes connections before the process runs out)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        want = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+    if cfg.http_port >= 0 and cfg.http.max_connections + _KEPT_FILES > soft:
+        raise InvalidInput(
+            f"config: server.max_connections {cfg.http.max_connections} leaves too few of this "
+            f"process's {soft} open files (RLIMIT_NOFILE) for gRPC and the models: lower it to "
+            f"{max(1, soft - _KEPT_FILES)} or raise the limit (ulimit -n)")
+
+
+_KEPT_FILES = 256  # open files kept out of HTTP's reach: gRPC, models, worker pipes, logs
 
 
 async def serve(cfg: ServeConfig, stop: Optional[asyncio.Event] = None,
@@ -52,6 +113,9 @@ async def serve(cfg: ServeConfig, stop: Optional[asyncio.Event] = None,
 
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
+    _open_files_for(cfg)
+    # A second (or later) SIGINT or SIGTERM during the drain only sets the same event: the drain
+    # keeps its deadline and the exit status stays 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)
@@ -75,8 +139,8 @@ async def serve(cfg: ServeConfig, stop: Optional[asyncio.Event] = None,
                 sock.close()
                 raise InvalidInput(f"HTTP could not listen on {host}:{cfg.http_port}: "
                                    f"{e.strerror or e}") from None
-            http = _uvicorn_server(app(rt, endpoint=endpoint, max_body_bytes=cfg.max_body_bytes,
-                                       token=cfg.token), cfg)
+            http = _uvicorn_server(_answer_cancelled(app(
+                rt, endpoint=endpoint, max_body_bytes=cfg.max_body_bytes, token=cfg.token)), cfg)
             http_task = asyncio.create_task(http.serve(sockets=[sock]))
             listening.append(f"http={host}:{sock.getsockname()[1]}")
         if cfg.grpc_port >= 0:
@@ -105,17 +169,39 @@ async def serve(cfg: ServeConfig, stop: Optional[asyncio.Event] = None,
             await starting  # start() cannot be interrupted; stop as soon as it returns
         _say("draining")
     finally:
-        endpoint.draining = True
-        waits = []
-        if grpc is not None:
-            waits.append(grpc.stop(cfg.drain_timeout_s))
-        if http is not None:
-            http.should_exit = True
-            waits.append(http_task)
-        await asyncio.gather(*waits, return_exceptions=True)
-        await asyncio.to_thread(rt.shutdown, True)
+        left = await _drain(cfg, endpoint, rt, grpc, http, http_task)
+    if left:
+        # A batch still running past the grace (a model slower than STOP_GRACE_S): its requests
+        # were answered with 503 already, and waiting on it would outlive the drain deadline.
+        _say(f"stopped at the drain deadline ({left})")
+        sys.stderr.flush()
+        os._exit(0)
     _say("stopped")
     return 0
+
+
+async def _drain(cfg: ServeConfig, endpoint: Endpoint, rt, grpc, http, http_task) -> str:
+    """Stops the front ends and the runtime within ``drain_timeout_s`` + STOP_GRACE_S; returns
+    what was still running at the end ("" when everything ended)."""
+    endpoint.draining = True
+    fronts = []
+    if grpc is not None:  # in-flight calls answered, or cancelled after the grace
+        fronts.append(asyncio.ensure_future(grpc.stop(cfg.drain_timeout_s + 1.0)))
+    if http is not None:
+        http.should_exit = True
+        fronts.append(http_task)
+    if fronts:
+        await asyncio.wait(fronts, timeout=cfg.drain_timeout_s)
+    # The deadline (or every front end done): what is queued fails with RuntimeClosed, so the
+    # handlers still waiting answer 503 / UNAVAILABLE at once; running batches finish.
+    closing = asyncio.ensure_future(asyncio.to_thread(rt.shutdown, False))
+    _, pending = await asyncio.wait([closing, *fronts], timeout=STOP_GRACE_S)
+    for task in fronts:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: a front end that failed to stop is not news now
+    if closing in pending:
+        return "running batches abandoned"
+    return "front ends abandoned" if pending else ""
 
 
 def _run(coro) -> int:
