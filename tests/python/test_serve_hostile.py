@@ -257,3 +257,75 @@ def test_the_drain_ends_at_its_deadline_and_answers_what_is_left_with_503(tmp_pa
         if code == 503:
             assert json.loads(body)["error"]
     assert "Traceback" not in log, log
+
+
+# -- compressed gRPC messages ----------------------------------------------------------------
+
+
+def grpc_frontends():
+    from gpulanes.serve.grpc_server import core_frontend_available
+    return ["python"] + (["core"] if core_frontend_available() else [])
+
+
+@pytest.fixture(scope="module", params=grpc_frontends())
+def token_server(tmp_path_factory, request):
+    cfg = write_config(tmp_path_factory.mktemp(f"bomb-{request.param}"), ["affine"],
+                       server=f'token = "s3cret"\nmax_body_bytes = 1048576\n'
+                              f'grpc_frontend = "{request.param}"')
+    srv = ServerProcess(cfg)
+    srv.frontend = request.param
+    yield srv
+    assert srv.terminate() == 0, "".join(srv.lines)
+
+
+def bomb(inflated: int) -> bytes:
+    """A ModelInferRequest whose raw contents are `inflated` zero bytes (gzip: about 0.1%)."""
+    from gpulanes.serve.grpc_server import messages
+    req = messages()["ModelInferRequest"](model_name="affine", raw_input_contents=[bytes(inflated)])
+    req.inputs.add(name="INPUT__0", datatype="FP32", shape=[inflated // 16, 4])
+    return req.SerializeToString()
+
+
+@pytest.mark.parametrize("authorized", [False, True])
+def test_a_gzip_bomb_is_refused_without_inflating_it(token_server, authorized):
+    grpc = pytest.importorskip("grpc")
+    payload = bomb(128 << 20)
+    metadata = [("authorization", "Bearer s3cret")] if authorized else []
+    rss0 = rss_kib(token_server.proc.pid)
+    codes = []
+
+    def one(_):
+        with grpc.insecure_channel(token_server.grpc, compression=grpc.Compression.Gzip) as ch:
+            call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            try:
+                call(payload, timeout=60, metadata=metadata)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as e:
+                codes.append(e.code())
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(one, range(4)))
+    grown_mib = (rss_kib(token_server.proc.pid) - rss0) / 1024
+    # grpcio: refused for its size (grpc's own check, inflating at most the limit). The core
+    # front end refuses compressed messages from the call's headers, before reading them.
+    wanted = ((grpc.StatusCode.RESOURCE_EXHAUSTED,) if token_server.frontend == "python"
+              else (grpc.StatusCode.UNIMPLEMENTED,))
+    assert set(codes) <= set(wanted) and len(codes) == 4, codes
+    # four 128 MiB messages, 1 MiB allowed: never inflated (a few MiB of buffers at most)
+    print(f"server RSS grew by {grown_mib:.1f} MiB")
+    assert grown_mib < 48, grown_mib
+    assert tg.InferenceServerClient(token_server.grpc).is_server_live()
+
+
+def test_compressed_calls_are_served_by_grpcio_and_refused_by_name_by_the_core(token_server):
+    grpc = pytest.importorskip("grpc")
+    payload = bomb(64)  # a valid request of 4 rows
+    with grpc.insecure_channel(token_server.grpc, compression=grpc.Compression.Gzip) as ch:
+        call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        meta = [("authorization", "Bearer s3cret")]
+        if token_server.frontend == "python":
+            assert call(payload, timeout=60, metadata=meta)
+        else:
+            with pytest.raises(grpc.RpcError) as e:
+                call(payload, timeout=60, metadata=meta)
+            assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert "gzip" in e.value.details()
