@@ -278,10 +278,10 @@ def token_server(tmp_path_factory, request):
     assert srv.terminate() == 0, "".join(srv.lines)
 
 
-def bomb(inflated: int) -> bytes:
+def bomb(inflated: int, model: str = "affine") -> bytes:
     """A ModelInferRequest whose raw contents are `inflated` zero bytes (gzip: about 0.1%)."""
     from gpulanes.serve.grpc_server import messages
-    req = messages()["ModelInferRequest"](model_name="affine", raw_input_contents=[bytes(inflated)])
+    req = messages()["ModelInferRequest"](model_name=model, raw_input_contents=[bytes(inflated)])
     req.inputs.add(name="INPUT__0", datatype="FP32", shape=[inflated // 16, 4])
     return req.SerializeToString()
 
@@ -329,3 +329,43 @@ def test_compressed_calls_are_served_by_grpcio_and_refused_by_name_by_the_core(t
                 call(payload, timeout=60, metadata=meta)
             assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
             assert "gzip" in e.value.details()
+
+
+# -- every gRPC call gets a real answer --------------------------------------------------------
+
+
+@pytest.mark.parametrize("frontend", grpc_frontends())
+@pytest.mark.parametrize("max_queue", [100_000, 64])
+def test_2000_concurrent_calls_are_each_served_or_refused_never_cancelled(tmp_path, frontend,
+                                                                          max_queue):
+    import asyncio
+    from collections import Counter
+    grpc = pytest.importorskip("grpc")
+    model = "slow" if max_queue < 1000 else "affine"
+    srv = ServerProcess(write_config(tmp_path, [model], server=f'grpc_frontend = "{frontend}"',
+                                     max_queue=max_queue))
+    try:
+        payload = bomb(16, model)
+
+        async def run():
+            codes = Counter()
+            async with grpc.aio.insecure_channel(srv.grpc) as ch:
+                call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+
+                async def one():
+                    try:
+                        await call(payload, timeout=120)
+                        codes["OK"] += 1
+                    except grpc.aio.AioRpcError as e:
+                        codes[e.code().name] += 1
+                await asyncio.gather(*(one() for _ in range(2000)))
+            return codes
+        codes = asyncio.run(run())
+    finally:
+        assert srv.terminate() == 0, "".join(srv.lines)
+    assert sum(codes.values()) == 2000
+    if max_queue > 1000:
+        assert codes == Counter(OK=2000), codes
+    else:  # a short queue: the rest are refused as such
+        assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED", "UNAVAILABLE"}, codes
+        assert codes["OK"] >= 64 and codes["RESOURCE_EXHAUSTED"] > 0, codes
