@@ -52,7 +52,8 @@ void init_grpc(py::module_& m) {
          "Finishes the call: code 0 with the serialized reply, else a gRPC status code.");
   py::class_<GrpcFrontend, std::unique_ptr<GrpcFrontend, DeleteWithoutGil>>(m, "GrpcFrontend")
       .def(py::init([](const py::object& runtime, std::string address, int max_message_bytes,
-                       std::optional<std::string> token, int max_rows, py::function forward) {
+                       std::optional<std::string> token, int max_rows, py::function forward,
+                       std::optional<std::pair<std::string, std::string>> tls) {
              auto fn = keep(std::move(forward));
              serve::ForwardFn hook = [fn](ForwardedCall call, std::shared_ptr<Reply> reply) {
                py::gil_scoped_acquire gil;
@@ -65,14 +66,14 @@ void init_grpc(py::module_& m) {
                }
              };
              serve::GrpcFrontendOptions o{std::move(address), max_message_bytes, std::move(token),
-                                          max_rows};
+                                          max_rows, std::move(tls)};
              auto core = runtime_core(runtime);
              py::gil_scoped_release nogil;
              return std::unique_ptr<GrpcFrontend, DeleteWithoutGil>(
                  new GrpcFrontend(std::move(core), std::move(o), std::move(hook)));
            }),
            py::arg("runtime"), py::arg("address"), py::arg("max_message_bytes"), py::arg("token"),
-           py::arg("max_rows"), py::arg("forward"))
+           py::arg("max_rows"), py::arg("forward"), py::arg("tls") = py::none())
       .def_property_readonly("port", &GrpcFrontend::port)
       .def("set_model", [](GrpcFrontend& f, const std::string& name,
                            std::vector<std::string> inputs, const std::vector<std::string>& datatypes,

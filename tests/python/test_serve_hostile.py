@@ -11,6 +11,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 
 th = pytest.importorskip("tritonclient.http")
@@ -369,3 +370,66 @@ def test_2000_concurrent_calls_are_each_served_or_refused_never_cancelled(tmp_pa
     else:  # a short queue: the rest are refused as such
         assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED", "UNAVAILABLE"}, codes
         assert codes["OK"] >= 64 and codes["RESOURCE_EXHAUSTED"] > 0, codes
+
+
+# -- TLS -----------------------------------------------------------------------------------------
+
+
+def self_signed(root) -> tuple:
+    import subprocess
+    cert, key = root / "cert.pem", root / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.mark.parametrize("frontend", grpc_frontends())
+def test_tls_on_both_front_ends_with_tritonclient(tmp_path, frontend):
+    cert, key = self_signed(tmp_path)
+    srv = ServerProcess(write_config(tmp_path, ["affine"], server=(
+        f'token = "s3cret"\ngrpc_frontend = "{frontend}"\n'
+        f'tls_cert_file = "cert.pem"\ntls_key_file = "key.pem"')))
+    try:
+        assert "(tls)" in srv._ready_line and "tls)" in srv._ready_line.split("grpc=")[1]
+        x = np.arange(4, dtype=np.float32).reshape(1, 4)
+        auth = {"authorization": "Bearer s3cret"}
+        hc = th.InferenceServerClient(srv.http.replace("127.0.0.1", "localhost"), ssl=True,
+                                      ssl_options={"ca_certs": str(cert)})
+        inp = th.InferInput("INPUT__0", [1, 4], "FP32")
+        inp.set_data_from_numpy(x)
+        out = hc.infer("affine", [inp], headers=dict(auth)).as_numpy("OUTPUT__0")
+        assert np.array_equal(out, x * 2 + 1)
+        gc = tg.InferenceServerClient(srv.grpc.replace("127.0.0.1", "localhost"), ssl=True,
+                                      root_certificates=str(cert))
+        inp = tg.InferInput("INPUT__0", [1, 4], "FP32")
+        inp.set_data_from_numpy(x)
+        out = gc.infer("affine", [inp], headers=dict(auth)).as_numpy("OUTPUT__0")
+        assert np.array_equal(out, x * 2 + 1)
+        # plain text to a TLS port is not served
+        with pytest.raises(Exception):
+            th.InferenceServerClient(srv.http, network_timeout=5).is_server_live()
+        with pytest.raises(Exception):
+            tg.InferenceServerClient(srv.grpc).is_server_live(client_timeout=5)
+    finally:
+        t0 = time.monotonic()
+        assert srv.terminate() == 0, "".join(srv.lines)
+        # nothing in flight: no wait for the TLS close of idle keep-alive clients (30 s drain)
+        assert time.monotonic() - t0 < 15
+
+
+@pytest.mark.parametrize("server_lines, says", [
+    ('tls_cert_file = "cert.pem"', "both"),
+    ('tls_cert_file = "cert.pem"\ntls_key_file = "nope.pem"', "do not load"),
+    ('tls_cert_file = "key.pem"\ntls_key_file = "key.pem"', "do not load"),
+])
+def test_tls_files_that_do_not_fit_are_refused_at_start(tmp_path, server_lines, says):
+    import subprocess
+    import sys
+    self_signed(tmp_path)
+    cfg = write_config(tmp_path, ["affine"], server=server_lines)
+    r = subprocess.run([sys.executable, "-m", "gpulanes", "serve", str(cfg)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and says in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

@@ -259,7 +259,14 @@ GrpcFrontend::GrpcFrontend(std::shared_ptr<Runtime> runtime, GrpcFrontendOptions
   };
   service_ = std::make_unique<Service>(this);
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options_.address, grpc::InsecureServerCredentials(), &port_);
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (options_.tls_key_and_cert) {
+    grpc::SslServerCredentialsOptions tls;
+    tls.pem_key_cert_pairs.push_back({options_.tls_key_and_cert->first,
+                                      options_.tls_key_and_cert->second});
+    credentials = grpc::SslServerCredentials(tls);
+  }
+  builder.AddListeningPort(options_.address, credentials, &port_);
   // No SO_REUSEPORT (grpc++ sets it by default): a second server on the same port must fail
   // to bind, not share the port's clients with this one.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);

@@ -23,6 +23,7 @@
 #include <optional>
 #include <shared_mutex>
 #include <string>
+#include <utility>
 
 #include "gpulanes/serve/kserve_infer.h"
 
@@ -69,6 +70,8 @@ struct GrpcFrontendOptions {
   int max_message_bytes = 64 << 20;        // larger requests are refused by grpc++
   std::optional<std::string> token;        // bearer token every call but health must carry
   int max_rows = 1024;                     // most samples one request may carry
+  // TLS: the server's private key and certificate chain (PEM); none: plain text
+  std::optional<std::pair<std::string, std::string>> tls_key_and_cert;
 };
 
 class GrpcFrontend {

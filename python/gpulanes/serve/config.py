@@ -18,6 +18,8 @@ shows every section.
     header_timeout_s = 10       # HTTP: a request's headers must arrive within this (else 408)
     body_timeout_s = 60         # HTTP: its body within this after the headers (else closed)
     keepalive_timeout_s = 5     # HTTP: an idle connection between requests is closed after this
+    tls_cert_file = "cert.pem"  # TLS on both front ends (PEM certificate chain and its key);
+    tls_key_file = "key.pem"    # without them both serve plain text (keep those to loopback)
     grpc_frontend = "auto"      # "core": C++ (grpc++), "python": grpcio; auto: core if built
     model_dir = "more"          # repository `load` may also bring in <model_dir>/NAME.toml
                                 # (a [models.NAME] table; its file inside model_dir)
@@ -43,7 +45,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -113,6 +115,14 @@ class ServeConfig:
     grpc_frontend: str = "auto"  # "core" (grpc++), "python" (grpcio), "auto": core if built
     model_dir: Optional[Path] = None  # where repository `load` may find more models
     http: HttpLimits = field(default_factory=HttpLimits)  # connections, header and body bounds
+    tls_cert_file: Optional[Path] = None  # PEM certificate chain: both front ends serve TLS
+    tls_key_file: Optional[Path] = None   # its PEM private key
+
+    def tls(self) -> Optional[Tuple[bytes, bytes]]:
+        """(private key, certificate chain) in PEM, or None without TLS."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        return _pem(self.tls_key_file, "tls_key_file"), _pem(self.tls_cert_file, "tls_cert_file")
     runtime: Dict[str, Any] = field(default_factory=dict)
     lanes: Optional[List[Dict[str, Any]]] = None
     models: List[ModelConfig] = field(default_factory=list)
@@ -278,7 +288,8 @@ def parse_config(doc: Dict[str, Any], base: Union[str, Path] = ".") -> ServeConf
                          "model_dir",
                          "token_env", "drain_timeout_s", "log_level", "grpc_frontend",
                          "max_connections", "max_header_bytes", "header_timeout_s",
-                         "body_timeout_s", "keepalive_timeout_s"}, "[server]")
+                         "body_timeout_s", "keepalive_timeout_s", "tls_cert_file",
+                         "tls_key_file"}, "[server]")
     cfg = ServeConfig()
     cfg.host = _str(server, "host", "server", cfg.host)
     cfg.http_port = _int(server, "http_port", "server", cfg.http_port, -1, 65535)
@@ -327,7 +338,40 @@ def parse_config(doc: Dict[str, Any], base: Union[str, Path] = ".") -> ServeConf
         if not cfg.model_dir.is_dir():
             raise InvalidInput(f"config: server.model_dir {str(cfg.model_dir)!r} is not a directory")
     cfg.models = [_model(name, table, base) for name, table in models.items()]
+    _tls(cfg, server, base)
     return cfg
+
+
+def _tls(cfg: ServeConfig, server: Dict[str, Any], base: Path) -> None:
+    """Both TLS files or neither; they must load as a certificate chain and its key."""
+    cert, key = (_str(server, k, "server", None) for k in ("tls_cert_file", "tls_key_file"))
+    if (cert is None) != (key is None):
+        raise InvalidInput("config: give both server.tls_cert_file and server.tls_key_file, or "
+                           "neither")
+    if cert is None:
+        return
+    cfg.tls_cert_file, cfg.tls_key_file = (Path(p) if Path(p).is_absolute() else base / p
+                                           for p in (cert, key))
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            cfg.tls_cert_file, cfg.tls_key_file)
+    except (OSError, ssl.SSLError, ValueError) as e:
+        raise InvalidInput(f"config: server.tls_cert_file and tls_key_file do not load as a "
+                           f"certificate and its private key: {getattr(e, 'strerror', None) or e}"
+                           ) from None
+
+
+def _pem(path: Path, key: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read((1 << 20) + 1)
+    except OSError as e:
+        raise InvalidInput(f"config: server.{key}: cannot read it: {e.strerror}") from None
+    if len(data) > 1 << 20:
+        raise InvalidInput(f"config: server.{key} is over 1 MiB: not a PEM file")
+    return data
 
 
 def load_config(path: Union[str, os.PathLike]) -> ServeConfig:

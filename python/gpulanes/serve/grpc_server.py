@@ -29,7 +29,7 @@ import math
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -293,7 +293,7 @@ class CoreGrpcServer:
     server's, on this server's asyncio loop. Made on that loop."""
 
     def __init__(self, endpoint: Endpoint, address: str, max_message_bytes: int,
-                 token: Optional[str]) -> None:
+                 token: Optional[str], tls: Optional[Tuple[bytes, bytes]] = None) -> None:
         from .. import _C
 
         self.ep = endpoint
@@ -315,7 +315,9 @@ class CoreGrpcServer:
             else:
                 server._forward(method, payload, remaining_s, reply)
         self._frontend = _C.GrpcFrontend(core, address, max_message_bytes, token,
-                                         endpoint.max_rows, forward)  # InvalidInput if taken
+                                         endpoint.max_rows, forward,  # InvalidInput if taken
+                                         tls=None if tls is None else (tls[0].decode(),
+                                                                       tls[1].decode()))
         self.port = self._frontend.port
         endpoint.listeners.append(self.sync)
         self.sync()
@@ -386,11 +388,13 @@ def core_frontend_available() -> bool:
 
 
 def grpc_server(endpoint: Endpoint, address: str, *, max_message_bytes: int = 64 << 20,
-                token: Optional[str] = None, frontend: str = "auto"):
+                token: Optional[str] = None, frontend: str = "auto",
+                tls: Optional[Tuple[bytes, bytes]] = None):
     """A gRPC server serving ``endpoint`` at ``address``: ``frontend="core"`` the core's
     (grpc++; serving once made), ``"python"`` grpcio's asyncio server (serving after ``await
-    server.start()``), ``"auto"`` the core's where this build has it. Call it on the asyncio
-    loop that is to answer calls. Returns (server, bound port); both kinds have ``start()`` and
+    server.start()``), ``"auto"`` the core's where this build has it. ``tls``: (private key,
+    certificate chain) in PEM, to serve TLS only. Call it on the asyncio loop that is to answer
+    calls. Returns (server, bound port); both kinds have ``start()`` and
     ``stop(grace)`` coroutines."""
     if frontend not in ("auto", "core", "python"):
         raise InvalidInput(f"frontend must be 'auto', 'core' or 'python', got {frontend!r}")
@@ -398,7 +402,7 @@ def grpc_server(endpoint: Endpoint, address: str, *, max_message_bytes: int = 64
         raise InvalidInput("frontend='core': this build of gpulanes has no C++ gRPC front end "
                            "(grpc++ was not found when it was built)")
     if frontend != "python" and core_frontend_available():
-        server = CoreGrpcServer(endpoint, address, max_message_bytes, token)
+        server = CoreGrpcServer(endpoint, address, max_message_bytes, token, tls)
         return server, server.port
     import grpc
 
@@ -418,7 +422,8 @@ def grpc_server(endpoint: Endpoint, address: str, *, max_message_bytes: int = 64
                                        _MAX_PENDING)])
     server.add_generic_rpc_handlers((InferenceService(endpoint, token).handler(),))
     try:
-        port = server.add_insecure_port(address)
+        port = (server.add_insecure_port(address) if tls is None else
+                server.add_secure_port(address, grpc.ssl_server_credentials([tls])))
     except RuntimeError:  # newer grpcio raises where older ones return 0
         port = 0
     if port == 0:

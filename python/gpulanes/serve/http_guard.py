@@ -132,6 +132,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self._wait()  # idle until the next request: uvicorn's keep-alive timer runs
 
+    def shutdown(self) -> None:
+        # The server stops. An idle TLS connection is dropped at once: closing it politely waits
+        # for the client's TLS close (up to 30 s, asyncio's bound), which a pooled keep-alive
+        # client never sends, and the drain would wait for it. Plain TCP closes at once anyway.
+        if (self.scheme == "https" and (self.cycle is None or self.cycle.response_complete)
+                and self.transport.get_write_buffer_size() == 0):
+            self.transport.abort()
+        else:
+            super().shutdown()
+
     # -- helpers -----------------------------------------------------------------------------
 
     def _wait(self) -> None:

@@ -48,9 +48,12 @@ def _uvicorn_server(app, cfg: ServeConfig):
     from .http_guard import guarded_protocol
 
     protocol, guard = guarded_protocol(cfg.http)
+    tls = {} if cfg.tls_cert_file is None else {"ssl_certfile": str(cfg.tls_cert_file),
+                                                "ssl_keyfile": str(cfg.tls_key_file)}
     config = uvicorn.Config(app, log_level=cfg.log_level, lifespan="off", access_log=False,
+                            **tls,
                             proxy_headers=False,  # no proxy in front that we know of
-                            http="httptools", timeout_keep_alive=cfg.http.keepalive_timeout_s,
+                            http=protocol, timeout_keep_alive=cfg.http.keepalive_timeout_s,
                             # past the drain deadline (when the runtime has failed what it
                             # queued), uvicorn cancels what is left: _answer_cancelled says 503
                             timeout_graceful_shutdown=cfg.drain_timeout_s + 1.0)
@@ -142,15 +145,16 @@ async def serve(cfg: ServeConfig, stop: Optional[asyncio.Event] = None,
             http = _uvicorn_server(_answer_cancelled(app(
                 rt, endpoint=endpoint, max_body_bytes=cfg.max_body_bytes, token=cfg.token)), cfg)
             http_task = asyncio.create_task(http.serve(sockets=[sock]))
-            listening.append(f"http={host}:{sock.getsockname()[1]}")
+            listening.append(f"http={host}:{sock.getsockname()[1]}"
+                             + (" (tls)" if cfg.tls_cert_file else ""))
         if cfg.grpc_port >= 0:
             grpc, port = grpc_server(endpoint, f"{host}:{cfg.grpc_port}",
                                      max_message_bytes=cfg.max_body_bytes, token=cfg.token,
-                                     frontend=cfg.grpc_frontend)
+                                     frontend=cfg.grpc_frontend, tls=cfg.tls())
             await grpc.start()
             # Which front end answers gRPC: the core's (grpc++) or grpcio's (the fallback).
             kind = "core" if type(grpc).__name__ == "CoreGrpcServer" else "grpcio"
-            listening.append(f"grpc={host}:{port} ({kind})")
+            listening.append(f"grpc={host}:{port} ({kind}{', tls' if cfg.tls_cert_file else ''})")
         _say("listening", *listening)
         starting = asyncio.create_task(asyncio.to_thread(cfg.start_runtime, rt))
         stopping = asyncio.create_task(stop.wait())
