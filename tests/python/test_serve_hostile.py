@@ -213,6 +213,24 @@ def test_requests_in_progress_are_never_evicted_by_idle_sockets_over_the_cap(ser
     assert all(json.loads(b)["outputs"][0]["data"] == [3, 5, 7, 9] for _, b in results)
 
 
+def test_a_served_clients_keep_alive_connection_outlives_a_flood_of_fresh_sockets(server):
+    import http.client
+    host, port = server.http.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", "/v2/health/live")
+    first = conn.getresponse()
+    first.read()
+    assert first.status == 200
+    flood = [connect(server.http) for _ in range(40)]  # 2.5 x the cap; each evicts a fresh one
+    try:
+        conn.request("GET", "/v2/health/live")  # the kept connection was not the one closed
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
+        for s in flood:
+            s.close()
+
+
 # -- the drain ---------------------------------------------------------------------------------
 
 
@@ -433,3 +451,22 @@ def test_tls_files_that_do_not_fit_are_refused_at_start(tmp_path, server_lines, 
                        text=True, timeout=120)
     assert r.returncode == 2 and says in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_short_soak_of_the_hostile_mix_answers_every_valid_request_once(tmp_path):
+    """benchmarks/serve_soak.py for 8 s: its claims, asserted."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import serve_soak
+
+    out = serve_soak.soak(serve_soak.parse_args(["--duration", "8", "--rate", "40", "--slow", "20",
+                                                 "--idle", "40", "--max-connections", "48",
+                                                 "--out", str(tmp_path)]))
+    assert out["answered_exactly_once"] and out["wrong_ids"] == 0, out
+    for proto, ok in (("http", "200"), ("grpc", "OK")):
+        assert out["valid"][proto]["statuses"] == {ok: out["valid"][proto]["sent"]}, out
+    assert out["malformed_5xx"] == 0 and out["malformed_statuses"], out
+    assert out["sockets_closed_by_server"].get("idle", 0) > 0  # the cap was reached, and held
+    assert out["server_fds"]["max"] <= out["server_fds"]["start"] + 48 + 16, out
+    assert out["exit_status"] == 0 and out["server_log_tracebacks"] == 0, out

@@ -11,10 +11,11 @@ those bounds added at the points where httptools reports a request's progress:
   connection's start) and within ``max_header_bytes``: else 408 / 431 and the connection closes;
 - its body must arrive within ``body_timeout_s`` of its headers: else the connection closes
   (the handler reading the body sees the client gone);
-- at most ``max_connections`` are open. A new connection over the cap closes the connection
-  that has waited longest without a request in progress (idle keep-alive, or still sending
-  headers), so that a flood of slow or idle sockets cannot lock out health checks and real
-  clients; when every connection has a request in progress, the new one gets 503.
+- at most ``max_connections`` are open. A new connection over the cap closes one without a
+  request in progress: the longest-waiting of those that never completed a request (idle or
+  dribbling sockets) first, else the longest-idle keep-alive connection of a client that has
+  been served, so that a flood of slow or idle sockets can lock out neither health checks nor
+  real clients; when every connection has a request in progress, the new one gets 503.
 
 Everything here runs on the server's event loop thread (uvicorn calls the protocol there).
 """
@@ -38,7 +39,9 @@ class ConnectionGuard:
     def __init__(self, limits: HttpLimits) -> None:
         self.limits = limits                           # what each client is allowed
         self.open = 0                                  # connections made and not yet lost
-        self.waiting: "OrderedDict[GuardedHttpProtocol, None]" = OrderedDict()  # no request running
+        # no request in progress, longest-waiting first: never served yet / served before
+        self.fresh: "OrderedDict[GuardedHttpProtocol, None]" = OrderedDict()
+        self.kept: "OrderedDict[GuardedHttpProtocol, None]" = OrderedDict()
         self.refused = 0                               # connections turned away at the cap
         self.evicted = 0                               # waiting connections closed for new ones
         self.timed_out = 0                             # closed for slow headers or body
@@ -47,10 +50,11 @@ class ConnectionGuard:
     def admit(self, conn: "GuardedHttpProtocol") -> bool:
         """Whether ``conn`` may stay; closes the longest-waiting connection to make room."""
         if self.open >= self.limits.max_connections:
-            if not self.waiting:
+            waiting = self.fresh or self.kept
+            if not waiting:
                 self.refused += 1
                 return False
-            victim, _ = self.waiting.popitem(last=False)
+            victim, _ = waiting.popitem(last=False)
             self.evicted += 1
             victim.close_quietly()
         self.open += 1
@@ -72,14 +76,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if not self._admitted:
             self._reply_and_close(503, "the server has too many connections; retry later")
             return
-        self._wait()
+        self._wait(self.guard.fresh)
         self._arm(self.guard.limits.header_timeout_s, 408, "request headers took too long")
 
     def connection_lost(self, exc) -> None:
         if getattr(self, "_admitted", False):
             self.guard.open -= 1
             self._admitted = False
-        self.guard.waiting.pop(self, None)
+        self._busy()
         self._disarm()
         super().connection_lost(exc)
 
@@ -114,7 +118,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if size > self.guard.limits.max_header_bytes:
             self._oversized()
             return
-        self.guard.waiting.pop(self, None)  # a request is in progress: never evicted
+        self._busy()  # a request is in progress: never evicted
         self._arm(self.guard.limits.body_timeout_s, None, "request body took too long")
         super().on_headers_complete()
 
@@ -130,7 +134,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing():
-            self._wait()  # idle until the next request: uvicorn's keep-alive timer runs
+            self._wait(self.guard.kept)  # idle until the next request (uvicorn's keep-alive timer)
 
     def shutdown(self) -> None:
         # The server stops. An idle TLS connection is dropped at once: closing it politely waits
@@ -144,9 +148,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _wait(self) -> None:
-        self.guard.waiting[self] = None
-        self.guard.waiting.move_to_end(self)
+    def _wait(self, where: "OrderedDict") -> None:
+        where[self] = None
+        where.move_to_end(self)
+
+    def _busy(self) -> None:
+        self.guard.fresh.pop(self, None)
+        self.guard.kept.pop(self, None)
 
     def _arm(self, seconds: float, status: Optional[int], why: str) -> None:
         self._disarm()
