@@ -21,7 +21,8 @@ options:
 """
 
 # What each command needs beyond the package's own dependencies: (modules, the extra).
-_EXTRAS = {"serve": (("starlette", "uvicorn", "grpc", "google.protobuf"), "server"),
+_EXTRAS = {"serve": (("starlette", "uvicorn", "httptools", "grpc", "google.protobuf"),
+                     "server"),
            "ray": (("ray", "starlette", "google.protobuf"), "ray")}
 
 
