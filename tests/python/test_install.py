@@ -75,3 +75,17 @@ def test_the_wheel_refuses_another_torch_in_one_line(env, tmp_path):
         f"ImportError: gpulanes was built against torch {torch.__version__}, but torch 2.4.0 is "
         "installed: rebuild gpulanes against this torch (from its source: pip install "
         "--no-build-isolation --no-deps --force-reinstall .)")
+
+
+def test_the_wheel_names_the_torch_it_was_built_against(wheel):
+    # A local version label and a pin, as packages built against torch carry: pip refuses to
+    # install the wheel next to another torch instead of leaving it to fail at import.
+    import re
+    import zipfile
+    public = torch.__version__.split("+")[0]
+    label = "torch" + re.sub(r"[^A-Za-z0-9.]", ".", torch.__version__.replace("+", "."))
+    assert f"+{label}-" in wheel.name, wheel.name
+    with zipfile.ZipFile(wheel) as z:
+        meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    assert f"Requires-Dist: torch=={public}\n" in meta, meta[:2000]
+    assert re.search(rf"^Version: \d+\.\d+\.\d+\+{re.escape(label)}$", meta, re.M), meta[:500]
