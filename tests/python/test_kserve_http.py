@@ -35,8 +35,13 @@ def body(data, shape=(1, 4), datatype="FP32", **extra):
 def test_server_and_model_endpoints(client):
     c, _ = client
     assert c.get("/v2").json()["name"] == "gpulanes"
-    assert c.get("/v2/health/live").status_code == 200
-    assert c.get("/v2/health/ready").status_code == 200
+    # health as the Open Inference Protocol has it: JSON bodies (KServe's client reads them)
+    assert c.get("/v2/health/live").json() == {"live": True}
+    r = c.get("/v2/health/ready")
+    assert r.status_code == 200 and r.json() == {"ready": True}
+    assert c.get("/v2/models/affine/ready").json() == {"name": "affine", "ready": True}
+    assert c.get("/v2/models/affine/infer").status_code == 405  # infer is POST only
+    assert "binary_tensor_data" in c.get("/v2").json()["extensions"]
     meta = c.get("/v2/models/affine").json()
     assert meta["inputs"] == [{"name": "INPUT__0", "datatype": "FP32", "shape": [-1, 4]}]
     assert c.get("/v2/models/affine/versions/1").json()["name"] == "affine"
@@ -93,7 +98,8 @@ def test_a_closed_runtime_answers_503_with_retry_after():
     rt = gl.Runtime(device="cpu", warmup_rounds=1, profile_reps=3, profile_cache=False)
     rt.register("affine", scripted(Affine()), slo_ms=1000, example_inputs=torch.zeros(2, 4))
     with TestClient(app(rt)) as c:
-        assert c.get("/v2/health/ready").status_code == 503  # not started yet
+        r = c.get("/v2/health/ready")
+        assert r.status_code == 400 and r.json() == {"ready": False}  # not started yet
         r = c.post("/v2/models/affine/infer", json=body([0.0] * 4))
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
 

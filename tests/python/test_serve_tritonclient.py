@@ -301,3 +301,29 @@ def test_sigterm_drains_every_in_flight_request(tmp_path):
     assert len(results) == 16 and all(np.array_equal(r, x + 1) for r in results)
     assert max(done) > sent  # some were still in flight when SIGTERM came, and were answered
     assert any("draining" in line for line in srv.lines)
+
+
+@pytest.mark.parametrize("protocol, mod", PROTOCOLS)
+@pytest.mark.parametrize("sequence", [dict(sequence_id=7), dict(sequence_id="s1"),
+                                      dict(sequence_id=7, sequence_start=True),
+                                      dict(sequence_id=7, sequence_end=True)])
+def test_a_request_of_a_sequence_is_refused_naming_the_parameter(server, protocol, mod, sequence):
+    # Stateful models are not served: a sequence's request is refused, never served as if alone.
+    x = np.zeros((1, 4), dtype=np.float32)
+    c = client(server, protocol)
+    with pytest.raises(InferenceServerException) as e:
+        c.infer("affine", [inp(mod, "INPUT__0", x)], **sequence)
+    assert "parameters.sequence_id" in str(e.value) and "not served" in str(e.value)
+    assert "400" in str(e.value.status()) or "INVALID_ARGUMENT" in str(e.value.status())
+    # sequence_id 0 (tritonclient's default: no sequence) is served as usual
+    r = c.infer("affine", [inp(mod, "INPUT__0", x)], sequence_id=0)
+    assert np.array_equal(r.as_numpy("OUTPUT__0"), x * 2 + 1)
+
+
+def test_health_answers_json_as_the_open_inference_protocol_has_it(server):
+    import json
+    import urllib.request
+    for path, body in (("/v2/health/live", {"live": True}), ("/v2/health/ready", {"ready": True}),
+                       ("/v2/models/affine/ready", {"name": "affine", "ready": True})):
+        with urllib.request.urlopen(f"http://{server.http}{path}", timeout=30) as r:
+            assert r.status == 200 and json.loads(r.read()) == body

@@ -81,6 +81,26 @@ bool numeric(const inference::InferParameter& p, double* value, std::string* sho
 
 void read_parameters(const inference::ModelInferRequest& request, DecodedInfer* out) {
   const auto& params = request.parameters();
+  // A request of a sequence (Triton's sequence batcher: state kept per sequence) is refused, not
+  // served as if it were stateless; as protocol.request_options in Python.
+  for (const char* key : {"sequence_id", "sequence_start", "sequence_end"}) {
+    auto it = params.find(key);
+    if (it == params.end()) continue;
+    const auto& p = it->second;
+    bool set = false;
+    switch (p.parameter_choice_case()) {
+      case inference::InferParameter::kInt64Param: set = p.int64_param() != 0; break;
+      case inference::InferParameter::kUint64Param: set = p.uint64_param() != 0; break;
+      case inference::InferParameter::kBoolParam: set = p.bool_param(); break;
+      case inference::InferParameter::kStringParam: set = !p.string_param().empty(); break;
+      case inference::InferParameter::kDoubleParam: set = p.double_param() != 0; break;
+      default: break;
+    }
+    if (set) {
+      invalid(std::string("parameters.") + key + ": sequences (stateful models, Triton's sequence "
+              "batcher) are not served by gpulanes: send requests without them");
+    }
+  }
   if (auto it = params.find("timeout"); it != params.end() &&
       it->second.parameter_choice_case() != inference::InferParameter::PARAMETER_CHOICE_NOT_SET) {
     double us = 0;

@@ -139,7 +139,7 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
     set, every endpoint but health needs ``Authorization: Bearer <token>``."""
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, PlainTextResponse, Response
+    from starlette.responses import JSONResponse, PlainTextResponse
     from starlette.routing import Route
 
     for key, value in (("max_body_bytes", max_body_bytes), ("max_rows", max_rows)):
@@ -166,13 +166,16 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
     async def server_metadata(request: Request):
         from .. import __version__
         return JSONResponse({"name": "gpulanes", "version": __version__,
-                             "extensions": ["binary_tensor_data"]})
+                             "extensions": EXTENSIONS})
 
+    # Health, as the Open Inference Protocol has it (KServe's own client reads the JSON body,
+    # tritonclient only the status): 200 when live / ready, 400 when not ready.
     async def live(request: Request):
-        return Response(status_code=200)
+        return JSONResponse({"live": True})
 
     async def ready(request: Request):
-        return Response(status_code=200 if ep.ready() else 503)
+        up = ep.ready()
+        return JSONResponse({"ready": up}, status_code=200 if up else 400)
 
     def model_of(request: Request) -> str:
         return ep.model(request.path_params["model"], request.path_params.get("version"))
@@ -215,8 +218,11 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
         return JSONResponse({})
 
     async def model_ready(request: Request):
-        model_of(request)
-        return Response(status_code=200 if ep.ready() else 503)
+        name, up = model_of(request), ep.ready()
+        return JSONResponse({"name": name, "ready": up}, status_code=200 if up else 400)
+
+    async def infer_by_starlette(request: Request):  # POST .../infer is served before Starlette
+        return _error(404, f"Not Found: {request.method} {request.url.path}")
 
     async def metrics(request: Request):
         return PlainTextResponse(runtime.metrics_text(), media_type="text/plain; version=0.0.4")
@@ -270,7 +276,9 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         routes += [Route(prefix, guarded(model_metadata)),
                    Route(prefix + "/ready", guarded(model_ready)),
-                   Route(prefix + "/config", guarded(model_config))]
+                   Route(prefix + "/config", guarded(model_config)),
+                   # so that GET (or any method but POST) on the infer path is 405, not 404
+                   Route(prefix + "/infer", infer_by_starlette, methods=["POST"])]
     async def http_error(request: Request, exc):  # unknown paths and methods, in the protocol's form
         return _error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
 
@@ -308,6 +316,10 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
 
     return asgi
 
+
+# What the server metadata says is supported (Triton's extension names).
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_repository(unload_dependents)",
+              "model_configuration", "parameters"]
 
 _INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
 

@@ -48,7 +48,8 @@ class ConnectionGuard:
         self.oversized = 0                             # closed for headers over the limit
 
     def admit(self, conn: "GuardedHttpProtocol") -> bool:
-        """Whether ``conn`` may stay; closes the longest-waiting connection to make room."""
+        """Whether ``conn`` may stay; at the cap, closes a waiting connection to make room (one
+        never served before one kept alive after a response; longest-waiting first)."""
         if self.open >= self.limits.max_connections:
             waiting = self.fresh or self.kept
             if not waiting:
@@ -195,6 +196,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
 
 def guarded_protocol(limits: HttpLimits):
-    """(protocol class for ``uvicorn.Config(http=...)``, its guard) for one server."""
-    guard = ConnectionGuard(limits)
-    return type("GuardedHttpProtocol", (GuardedHttpProtocol,), {"guard": guard}), guard
+    """The protocol class for ``uvicorn.Config(http=...)`` of one server, with a guard of its
+    own (``.guard``)."""
+    return type("GuardedHttpProtocol", (GuardedHttpProtocol,), {"guard": ConnectionGuard(limits)})

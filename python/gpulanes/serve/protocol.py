@@ -35,6 +35,11 @@ DATATYPES: Dict[str, torch.dtype] = {
 NAMES: Dict[torch.dtype, str] = {v: k for k, v in DATATYPES.items()}
 
 _log = logging.getLogger("gpulanes.serve")
+# Triton's sequence batcher keeps state per sequence; gpulanes serves stateless models, so a
+# request that belongs to a sequence is refused rather than served as if it did not.
+SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
+SEQUENCES_NOT_SERVED = ("sequences (stateful models, Triton's sequence batcher) are not served "
+                        "by gpulanes: send requests without them")
 _MAX_TIMEOUT_US = 30 * 86400 * 10**6  # the runtime's own bound on a deadline
 
 
@@ -324,6 +329,9 @@ class Endpoint:
             params = {}
         if not isinstance(params, dict):
             raise InvalidInput("parameters must be an object")
+        for key in SEQUENCE_PARAMETERS:  # tritonclient sends them only for a sequence
+            if params.get(key) not in (None, 0, False, ""):
+                raise InvalidInput(f"parameters.{key}: {SEQUENCES_NOT_SERVED}")
         deadline_ms = None
         if params.get("timeout") is not None:
             timeout = params["timeout"]

@@ -47,7 +47,7 @@ def _uvicorn_server(app, cfg: ServeConfig):
 
     from .http_guard import guarded_protocol
 
-    protocol, guard = guarded_protocol(cfg.http)
+    protocol = guarded_protocol(cfg.http)  # its counters: protocol.guard
     tls = {} if cfg.tls_cert_file is None else {"ssl_certfile": str(cfg.tls_cert_file),
                                                 "ssl_keyfile": str(cfg.tls_key_file)}
     config = uvicorn.Config(app, log_level=cfg.log_level, lifespan="off", access_log=False,
@@ -57,9 +57,7 @@ def _uvicorn_server(app, cfg: ServeConfig):
                             # past the drain deadline (when the runtime has failed what it
                             # queued), uvicorn cancels what is left: _answer_cancelled says 503
                             timeout_graceful_shutdown=cfg.drain_timeout_s + 1.0)
-    server = Server(config)
-    server.guard = guard
-    return server
+    return Server(config)
 
 
 def _answer_cancelled(app):
