@@ -40,6 +40,11 @@ py::dict stats_dict(const ModelStats& s) {
   py::dict sizes;
   for (const auto& [size, count] : s.batch_sizes) sizes[py::int_(size)] = count;
   d["batch_sizes"] = sizes;
+  py::dict exec_by_size;
+  for (const auto& [size, ns] : s.batch_exec_ns) exec_by_size[py::int_(size)] = ns / 1e6;
+  d["batch_exec_ms"] = exec_by_size;  // batch size -> forward time of those batches, summed
+  // the latest result's end, in the runtime clock's seconds (time.monotonic() in real time)
+  d["last_result_s"] = s.last_result > 0 ? py::object(py::float_(s.last_result / 1e9)) : py::none();
   d["mean_batch_size"] = s.mean_batch_size;
   py::dict pred;
   pred["batches"] = s.prediction.batches;

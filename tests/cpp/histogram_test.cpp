@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "gpulanes/metrics/histogram.h"
+#include "gpulanes/metrics/model_metrics.h"
 
 using namespace gpulanes;
 
@@ -40,4 +41,20 @@ TEST(LogHistogram, SmallValuesExactAndMergeAdds) {
   EXPECT_EQ(a.count(), 33u);
   EXPECT_EQ(a.max(), 1000);
   EXPECT_EQ(LogHistogram{}.percentile(0.5), 0.0);
+}
+
+TEST(ModelMetrics, ForwardTimePerBatchSizeAndTheLatestResult) {
+  // What the statistics extension reports per batch size, and its last_inference.
+  ModelMetrics m("m");
+  m.on_batch(4, 1000, 0, 1000);
+  m.on_batch(4, 3000, 0, 3000);
+  m.on_batch(1, 500, 0, 500);
+  m.on_result(/*arrival=*/10, /*started=*/20, /*end=*/900, /*deadline=*/1000);
+  m.on_result(/*arrival=*/10, /*started=*/20, /*end=*/700, /*deadline=*/1000);  // ended earlier
+  const ModelStats s = m.snapshot(/*now=*/1000, /*started_at=*/1);
+  EXPECT_EQ(s.batch_sizes.at(4), 2u);
+  EXPECT_DOUBLE_EQ(s.batch_exec_ns.at(4), 4000.0);
+  EXPECT_DOUBLE_EQ(s.batch_exec_ns.at(1), 500.0);
+  EXPECT_EQ(s.last_result, 900);
+  EXPECT_EQ(ModelMetrics("fresh").snapshot(1000, 1).last_result, 0);
 }

@@ -314,3 +314,19 @@ def test_nan_and_infinity_are_never_written_as_json(odd_models):
     n = int(r.headers["inference-header-content-length"])
     out = torch.frombuffer(bytearray(r.content[n:]), dtype=torch.float32)
     assert torch.isnan(out[0]) and out[1] == float("-inf") and out[2] == 0
+
+
+def test_the_statistics_extension_over_http(client):
+    c, _ = client
+    c.post("/v2/models/affine/infer", json=body([0.0] * 8, shape=(2, 4)))
+    every = c.get("/v2/models/stats").json()["model_stats"]
+    one = c.get("/v2/models/affine/stats").json()["model_stats"]
+    same = c.get("/v2/models/affine/versions/1/stats").json()["model_stats"]
+    assert [s["name"] for s in every] == ["affine"] and len(one) == len(same) == 1
+    s = one[0]
+    assert s["inference_count"] >= 2 and s["execution_count"] >= 1
+    assert s["inference_stats"]["success"]["count"] == s["inference_count"]
+    assert s["inference_stats"]["queue"]["count"] >= 2 and s["last_inference"] > 0
+    assert c.get("/v2/models/nope/stats").status_code == 404
+    assert c.get("/v2/models/affine/versions/7/stats").status_code == 404
+    assert "statistics" in c.get("/v2").json()["extensions"]

@@ -254,3 +254,20 @@ def test_a_model_that_raises_is_internal_with_an_error_id_and_no_traceback(serve
     # the whole text is in the server's log: Python's logger, or the core front end's stderr
     logged = [r.getMessage() for r in caplog.records] + [capfd.readouterr().err]
     assert any(error_id in text and "Traceback" in text for text in logged)
+
+
+def test_model_statistics_on_both_front_ends(server):
+    c = tg.InferenceServerClient(server.address)
+    x = tg.InferInput("INPUT__0", [2, 4], "FP32")
+    x.set_data_from_numpy(np.ones((2, 4), np.float32))
+    before = c.get_inference_statistics("affine").model_stats[0].inference_count
+    c.infer("affine", [x])
+    got = c.get_inference_statistics("affine").model_stats[0]
+    assert got.name == "affine" and got.version == "1"
+    assert got.inference_count == before + 2 and got.execution_count >= 1
+    assert got.inference_stats.success.count == got.inference_count
+    assert got.inference_stats.success.ns > 0 and got.last_inference > 0
+    assert {s.name for s in c.get_inference_statistics().model_stats} >= {"affine", "ids"}
+    with pytest.raises(InferenceServerException) as e:
+        c.get_inference_statistics("nope")
+    assert "NOT_FOUND" in str(e.value.status())

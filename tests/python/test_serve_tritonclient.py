@@ -327,3 +327,36 @@ def test_health_answers_json_as_the_open_inference_protocol_has_it(server):
                        ("/v2/models/affine/ready", {"name": "affine", "ready": True})):
         with urllib.request.urlopen(f"http://{server.http}{path}", timeout=30) as r:
             assert r.status == 200 and json.loads(r.read()) == body
+
+
+@pytest.mark.parametrize("protocol, mod", PROTOCOLS)
+def test_the_statistics_extension_counts_what_was_served(server, protocol, mod):
+    # Triton's examples call get_inference_statistics after inferring; its schema, from the
+    # runtime's own counters.
+    import time as _time
+
+    c = client(server, protocol)
+
+    def stats(name=""):
+        got = c.get_inference_statistics(name, as_json=True) if mod is tg else \
+            c.get_inference_statistics(name)
+        return {s["name"]: s for s in got["model_stats"]}
+    before = stats("half")["half"]
+    x = np.ones((3, 4), dtype=np.float16)
+    t0 = _time.time()
+    c.infer("half", [inp(mod, "INPUT__0", x)])
+    after = stats("half")["half"]
+    count = lambda s: int(s.get("inference_count", 0))  # noqa: E731 - gRPC JSON omits zeros
+    assert count(after) == count(before) + 3
+    assert int(after["execution_count"]) > int(before.get("execution_count", 0))
+    succ = after["inference_stats"]["success"]
+    assert int(succ["count"]) == count(after) and int(succ["ns"]) > 0
+    assert int(after["inference_stats"]["compute_infer"]["ns"]) > 0
+    assert int(after["last_inference"]) >= int(t0 * 1000) - 1000
+    sizes = {int(b["batch_size"]): b for b in after["batch_stats"]}
+    assert sum(int(b["compute_infer"]["count"]) * size for size, b in sizes.items()) == \
+        int(after["inference_stats"]["compute_infer"]["count"])
+    # every model at once, and an unknown one refused
+    assert {"affine", "pair", "half", "slow"} <= set(stats())
+    with pytest.raises(InferenceServerException):
+        stats("nope")

@@ -7,6 +7,7 @@ void ModelMetrics::on_result(TimeNs arrival, TimeNs started, TimeNs end, TimeNs 
   (end <= deadline ? met_ : missed_)++;
   latency_ns_.record(end - arrival);
   queue_ns_.record(started - arrival);
+  if (end > last_result_) last_result_ = end;
 }
 
 void ModelMetrics::on_failure(bool dropped) {
@@ -21,6 +22,7 @@ void ModelMetrics::on_batch(int size, DurationNs exec_ns, DurationNs predicted_n
   if (reruns == 0) prediction_.record(predicted_ns, actual_ns);  // re-runs are not its latency
   batches_++;
   batch_sizes_[size]++;
+  batch_exec_ns_[size] += exec_ns;
   exec_ns_.record(exec_ns);
 }
 
@@ -56,6 +58,8 @@ ModelStats ModelMetrics::snapshot(TimeNs now, TimeNs started_at) const {
   s.queue_ns = queue_ns_;
   s.exec_ns = exec_ns_;
   s.batch_sizes = batch_sizes_;
+  for (const auto& [size, ns] : batch_exec_ns_) s.batch_exec_ns[size] = static_cast<double>(ns);
+  s.last_result = last_result_;
   std::uint64_t in_batches = 0;
   for (const auto& [size, count] : batch_sizes_) in_batches += static_cast<std::uint64_t>(size) * count;
   s.mean_batch_size = batches_ ? static_cast<double>(in_batches) / batches_ : 0.0;

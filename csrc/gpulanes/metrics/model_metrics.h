@@ -36,6 +36,8 @@ struct ModelStats {
   LogHistogram queue_ns;        // arrival -> batch start, requests that ran
   LogHistogram exec_ns;         // forward time per batch
   std::map<int, std::uint64_t> batch_sizes;  // batch size -> batches
+  std::map<int, double> batch_exec_ns;       // batch size -> forward time of those batches, summed
+  TimeNs last_result = 0;                    // end of the latest result (0: none yet)
   double mean_batch_size = 0;                // requests per batch run
   PredictionErrorStats prediction;           // batch latency: policy's prediction vs measured
 };
@@ -70,6 +72,8 @@ class ModelMetrics {
   std::uint64_t met_ = 0, missed_ = 0, dropped_ = 0, failed_ = 0, batches_ = 0, reruns_ = 0;
   LogHistogram latency_ns_, queue_ns_, exec_ns_;
   std::map<int, std::uint64_t> batch_sizes_;
+  std::map<int, long double> batch_exec_ns_;  // batch size -> summed forward time
+  TimeNs last_result_ = 0;
   PredictionErrorWindow prediction_;
 };
 

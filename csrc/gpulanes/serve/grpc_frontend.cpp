@@ -20,6 +20,7 @@ constexpr std::string_view kService = "/inference.GRPCInferenceService/";
 // The service's calls the forward hook answers (ModelInfer too, for models not served here).
 const std::set<std::string, std::less<>> kForwarded = {
     "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig", "ModelInfer",
+    "ModelStatistics",
     "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"};
 
 grpc::StatusCode code_of(ErrorCode code) {

@@ -109,6 +109,7 @@ class InferenceService:
              "ModelMetadata": ("model_metadata", "ModelMetadataRequest", False),
              "ModelInfer": ("model_infer", "ModelInferRequest", False),
              "ModelConfig": ("model_config", "ModelConfigRequest", False),
+             "ModelStatistics": ("model_statistics", "ModelStatisticsRequest", False),
              "RepositoryIndex": ("repository_index", "RepositoryIndexRequest", False),
              "RepositoryModelLoad": ("repository_load", "RepositoryModelLoadRequest", False),
              "RepositoryModelUnload": ("repository_unload", "RepositoryModelUnloadRequest", False)}
@@ -200,6 +201,12 @@ class InferenceService:
         for t in config["output"]:
             c.output.add(name=t["name"], data_type=t["data_type"], dims=t["dims"])
         return reply
+
+    async def model_statistics(self, request, context):
+        from google.protobuf import json_format
+
+        doc = self.ep.statistics(request.name, request.version)
+        return json_format.ParseDict(doc, self.m["ModelStatisticsResponse"]())
 
     async def repository_index(self, request, context):
         reply = self.m["RepositoryIndexResponse"]()

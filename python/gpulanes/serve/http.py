@@ -186,6 +186,10 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
     async def model_config(request: Request):
         return JSONResponse(await ep.config(model_of(request)))
 
+    async def statistics(request: Request):
+        return JSONResponse(ep.statistics(request.path_params.get("model"),
+                                          request.path_params.get("version")))
+
     async def repository_index(request: Request):
         body = await _read_body(request.headers, request.receive, max_body_bytes)
         try:
@@ -268,6 +272,7 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
 
     routes = [Route("/v2", guarded(server_metadata)), Route("/v2/health/live", guarded(live, True)),
               Route("/v2/health/ready", guarded(ready, True)), Route("/metrics", guarded(metrics)),
+              Route("/v2/models/stats", guarded(statistics)),
               Route("/v2/repository/index", guarded(repository_index), methods=["POST"]),
               Route("/v2/repository/models/{model}/load", guarded(repository_load),
                     methods=["POST"]),
@@ -277,6 +282,7 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
         routes += [Route(prefix, guarded(model_metadata)),
                    Route(prefix + "/ready", guarded(model_ready)),
                    Route(prefix + "/config", guarded(model_config)),
+                   Route(prefix + "/stats", guarded(statistics)),
                    # so that GET (or any method but POST) on the infer path is 405, not 404
                    Route(prefix + "/infer", infer_by_starlette, methods=["POST"])]
     async def http_error(request: Request, exc):  # unknown paths and methods, in the protocol's form
@@ -319,7 +325,7 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
 
 # What the server metadata says is supported (Triton's extension names).
 EXTENSIONS = ["binary_tensor_data", "model_repository", "model_repository(unload_dependents)",
-              "model_configuration", "parameters"]
+              "model_configuration", "parameters", "statistics"]
 
 _INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
 

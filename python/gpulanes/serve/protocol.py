@@ -18,6 +18,7 @@ import logging
 import math
 import re
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -308,6 +309,47 @@ class Endpoint:
     def _changed(self) -> None:
         for listener in list(self.listeners):
             listener()
+
+    def statistics(self, name: Any = None, version: Any = None) -> Dict[str, Any]:
+        """Triton's statistics extension: ``{"model_stats": [...]}`` for one model (or all, when
+        ``name`` is empty), from the runtime's own counters. Per request: ``success`` (answered:
+        arrival to result), ``fail`` (count only), ``queue`` (arrival to batch start),
+        ``compute_infer`` (the forward time of its batch; input and output copies are inside
+        it, so ``compute_input`` and ``compute_output`` count with 0 ns); per batch size: the
+        batches and their forward time."""
+        models = [self.model(name, version)] if name else list(self.runtime.models)
+        stats = self.runtime.stats()
+        now_wall, now_mono = time.time(), time.monotonic()
+
+        def duration(count: float, ms: float) -> Dict[str, int]:
+            return {"count": int(count), "ns": int(round(ms * 1e6))}
+        out = []
+        for m in models:
+            s = stats[m]
+            ran = sum(size * n for size, n in s["batch_sizes"].items())
+            last = s.get("last_result_s")
+            last_ms = 0 if last is None else int((now_wall - (now_mono - last)) * 1000)
+            sizes = sorted(s["batch_sizes"])
+            out.append({
+                "name": m, "version": "1", "last_inference": max(last_ms, 0),
+                "inference_count": s["completed"], "execution_count": s["batches"],
+                "inference_stats": {
+                    "success": duration(s["completed"], s["latency_ms"]["mean"] * s["completed"]),
+                    "fail": duration(s["failed"] + s["dropped"], 0.0),
+                    "queue": duration(s["queue_ms"]["count"],
+                                      s["queue_ms"]["mean"] * s["queue_ms"]["count"]),
+                    "compute_input": duration(ran, 0.0),
+                    "compute_infer": duration(ran, sum(size * s["batch_exec_ms"].get(size, 0.0)
+                                                       for size in sizes)),
+                    "compute_output": duration(ran, 0.0),
+                    "cache_hit": duration(0, 0.0), "cache_miss": duration(0, 0.0)},
+                "batch_stats": [{"batch_size": size,
+                                 "compute_input": duration(s["batch_sizes"][size], 0.0),
+                                 "compute_infer": duration(s["batch_sizes"][size],
+                                                           s["batch_exec_ms"].get(size, 0.0)),
+                                 "compute_output": duration(s["batch_sizes"][size], 0.0)}
+                                for size in sizes]})
+        return {"model_stats": out}
 
     async def config(self, model: str) -> Dict[str, Any]:
         """Triton's model configuration (what perf_analyzer reads): the protocol's batch limit
