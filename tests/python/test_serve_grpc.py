@@ -271,3 +271,22 @@ def test_model_statistics_on_both_front_ends(server):
     with pytest.raises(InferenceServerException) as e:
         c.get_inference_statistics("nope")
     assert "NOT_FOUND" in str(e.value.status())
+
+
+@pytest.mark.parametrize("case", ["both", "classification", "sequence"])
+def test_grpc_refuses_what_http_refuses(server, case):
+    m = messages()
+    req = m["ModelInferRequest"](model_name="affine", raw_input_contents=[bytes(16)])
+    t = req.inputs.add(name="INPUT__0", datatype="FP32", shape=[1, 4])
+    if case == "both":  # typed contents and raw bytes for the same input
+        t.contents.fp32_contents.extend([1, 2, 3, 4])
+        says = "one way"
+    elif case == "classification":
+        req.outputs.add(name="OUTPUT__0").parameters["classification"].int64_param = 3
+        says = "classification"
+    else:
+        req.parameters["sequence_start"].bool_param = True
+        says = "sequence_start"
+    with pytest.raises(grpc.RpcError) as e:
+        raw_call(server, "ModelInfer", req.SerializeToString())
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and says in e.value.details()

@@ -262,6 +262,18 @@ DecodedInfer decode_infer(const std::string& model_name, const ServedModel& mode
     invalid("raw_input_contents has " + std::to_string(raw) + " entries for " +
             std::to_string(req.inputs_size()) + " inputs");
   }
+  // Refused as HTTP refuses them (protocol.py): data given twice, and an extension not served.
+  for (const auto& t : req.inputs()) {
+    if (raw != 0 && t.has_contents() && t.contents().ByteSizeLong() > 0) {
+      invalid("input " + py_repr(t.name()) +
+              " has typed contents and raw_input_contents: give its data one way");
+    }
+  }
+  for (const auto& o : req.outputs()) {
+    if (o.parameters().count("classification")) {
+      invalid("the classification extension is not supported (output " + py_repr(o.name()) + ")");
+    }
+  }
 
   std::vector<at::Tensor> batch;  // per model input, [rows, *sample]
   std::set<std::int64_t> row_counts;

@@ -240,6 +240,15 @@ class InferenceService:
         if raw and len(raw) != len(request.inputs):
             raise InvalidInput(f"raw_input_contents has {len(raw)} entries for "
                                f"{len(request.inputs)} inputs")
+        # Refused as HTTP refuses them: data given twice, and an extension not served.
+        for t in request.inputs:
+            if raw and t.HasField("contents") and t.contents.ByteSize():
+                raise InvalidInput(f"input {t.name!r} has typed contents and raw_input_contents: "
+                                   "give its data one way")
+        for o in request.outputs:
+            if "classification" in o.parameters:
+                raise InvalidInput(f"the classification extension is not supported (output "
+                                   f"{o.name!r})")
         tensors = {}
         for i, t in enumerate(request.inputs):
             sample, dtype = wanted[t.name]
@@ -251,8 +260,7 @@ class InferenceService:
             else:
                 tensors[t.name] = _from_contents(t, shape, dtype)
         params = {k: _param(v) for k, v in request.parameters.items()}
-        deadline_ms, priority = self.ep.request_options(
-            {k: v for k, v in params.items() if k in ("timeout", "priority")})
+        deadline_ms, priority = self.ep.request_options(params)
         remaining = context.time_remaining()  # no client deadline: None (or a huge number)
         if (remaining is not None and remaining < 86400
                 and (deadline_ms is None or remaining * 1e3 < deadline_ms)):
