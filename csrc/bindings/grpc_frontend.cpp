@@ -78,8 +78,9 @@ void init_grpc(py::module_& m) {
       .def("set_model", [](GrpcFrontend& f, const std::string& name,
                            std::vector<std::string> inputs, const std::vector<std::string>& datatypes,
                            std::vector<std::vector<std::int64_t>> samples,
-                           std::vector<std::string> outputs) {
-             serve::ServedModel model{std::move(inputs), {}, std::move(samples), std::move(outputs)};
+                           std::vector<std::string> outputs, int max_rows) {
+             serve::ServedModel model{std::move(inputs), {}, std::move(samples), std::move(outputs),
+                                      max_rows};
              for (const auto& d : datatypes) {
                auto dtype = serve::datatype_from(d);
                if (!dtype) throw Error(ErrorCode::kInvalidInput, "unknown datatype " + d);
@@ -87,7 +88,7 @@ void init_grpc(py::module_& m) {
              }
              f.set_model(name, std::move(model));
            }, py::arg("name"), py::arg("inputs"), py::arg("datatypes"), py::arg("samples"),
-           py::arg("outputs"))
+           py::arg("outputs"), py::arg("max_rows") = 1 << 30)
       .def("forget_model", &GrpcFrontend::forget_model, py::arg("name"))
       .def("stop", &GrpcFrontend::stop, py::arg("grace_s"), py::call_guard<py::gil_scoped_release>());
 }

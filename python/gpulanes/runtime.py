@@ -499,6 +499,13 @@ class Runtime(Planning, Profiling):
     def models(self) -> List[str]:
         return list(self._slo_ms)
 
+    def max_batch_size(self, model: str) -> int:
+        """The most samples one batch of a registered model may hold (``register``'s
+        ``max_batch_size``)."""
+        if model not in self._profile_keys:
+            raise UnknownModel(f"no model named {model!r} is registered")
+        return int(self._profile_keys[model]["max_batch_size"])
+
     def input_signature(self, model: str) -> List[Tuple[Tuple[int, ...], torch.dtype]]:
         """(shape of one sample, dtype) of each input of a registered model."""
         if model not in self._signatures:

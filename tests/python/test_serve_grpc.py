@@ -290,3 +290,16 @@ def test_grpc_refuses_what_http_refuses(server, case):
     with pytest.raises(grpc.RpcError) as e:
         raw_call(server, "ModelInfer", req.SerializeToString())
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and says in e.value.details()
+
+
+def test_the_servers_max_rows_bounds_a_model_whose_max_batch_is_larger(server):
+    # affine's max_batch_size is 32 (register's default), the endpoint's max_rows 16
+    m = messages()
+    req = m["ModelInferRequest"](model_name="affine", raw_input_contents=[bytes(17 * 16)])
+    req.inputs.add(name="INPUT__0", datatype="FP32", shape=[17, 4])
+    with pytest.raises(grpc.RpcError) as e:
+        raw_call(server, "ModelInfer", req.SerializeToString())
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 16" in e.value.details()
+    config = m["ModelConfigResponse"].FromString(raw_call(server, "ModelConfig", m[
+        "ModelConfigRequest"](name="affine").SerializeToString()))
+    assert config.config.max_batch_size == 16

@@ -228,8 +228,8 @@ def test_errors_map_to_status_codes(server, protocol, mod):
         (lambda: c.infer("affine", [inp(mod, "INPUT__0", np.zeros((1, 5), np.float32))]),
          "400", "INVALID_ARGUMENT", "shape"),
         (lambda: c.infer("affine", [inp(mod, "X", x)]), "400", "INVALID_ARGUMENT", "unknown input"),
-        (lambda: c.infer("affine", [inp(mod, "INPUT__0", np.zeros((65, 4), np.float32))]),
-         "400", "INVALID_ARGUMENT", "at most 64"),
+        (lambda: c.infer("affine", [inp(mod, "INPUT__0", np.zeros((9, 4), np.float32))]),
+         "400", "INVALID_ARGUMENT", "at most 8"),
         (lambda: c.infer("affine", [inp(mod, "INPUT__0", x)], outputs=[out(mod, "Y")]),
          "400", "INVALID_ARGUMENT", "unknown output"),
     ]
@@ -360,3 +360,18 @@ def test_the_statistics_extension_counts_what_was_served(server, protocol, mod):
     assert {"affine", "pair", "half", "slow"} <= set(stats())
     with pytest.raises(InferenceServerException):
         stats("nope")
+
+
+@pytest.mark.parametrize("protocol, mod", PROTOCOLS)
+def test_config_reports_the_models_own_max_batch_and_more_rows_are_refused(server, protocol, mod):
+    # The config gives every model max_batch_size 8 (and the server max_rows 64): /config says
+    # 8, as Triton's does, and perf_analyzer or a client sending 9 rows is refused.
+    c = client(server, protocol)
+    config = c.get_model_config("affine") if mod is th else \
+        c.get_model_config("affine", as_json=True)["config"]
+    assert int(config["max_batch_size"]) == 8
+    x = np.zeros((8, 4), dtype=np.float32)
+    assert c.infer("affine", [inp(mod, "INPUT__0", x)]).as_numpy("OUTPUT__0").shape == (8, 4)
+    with pytest.raises(InferenceServerException) as e:
+        c.infer("affine", [inp(mod, "INPUT__0", np.zeros((9, 4), dtype=np.float32))])
+    assert "at most 8" in str(e.value)

@@ -4,6 +4,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/impl/codegen/proto_utils.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -385,7 +386,7 @@ bool GrpcFrontend::infer(Reactor* call, std::string* forward_payload) {
   }
   DecodedInfer decoded;
   try {
-    decoded = decode_infer(name, *io, request, options_.max_rows);
+    decoded = decode_infer(name, *io, request, std::min(options_.max_rows, io->max_rows));
   } catch (const Error& e) {
     call->fail(code_of(e.code()), e.what());
     return true;

@@ -25,6 +25,7 @@ struct ServedModel {
   std::vector<at::ScalarType> input_dtypes;        // per input
   std::vector<std::vector<std::int64_t>> samples;  // per input: one sample's shape (no rows)
   std::vector<std::string> output_names;           // configured names; OUTPUT__i beyond them
+  int max_rows = 1 << 30;                          // its own limit (max_batch_size) on rows
 };
 
 // A decoded request: one gpulanes request per row.

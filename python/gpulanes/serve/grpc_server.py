@@ -253,7 +253,7 @@ class InferenceService:
         for i, t in enumerate(request.inputs):
             sample, dtype = wanted[t.name]
             shape = check_shape(t.name, t.datatype, list(t.shape), sample, dtype,
-                                self.ep.max_rows)
+                                self.ep.rows_limit(model))
             if raw:
                 tensors[t.name] = tensor_from_bytes(t.name, shape, dtype,
                                                     memoryview(bytearray(raw[i])))
@@ -345,7 +345,8 @@ class CoreGrpcServer:
             io = self.ep.io.get(model)
             self._frontend.set_model(model, self.ep.input_names(model),
                                      [NAMES[d] for _, d in sig], [list(s) for s, _ in sig],
-                                     list(io.outputs) if io and io.outputs else [])
+                                     list(io.outputs) if io and io.outputs else [],
+                                     self.ep.rows_limit(model))
         for model in self._told - served:
             self._frontend.forget_model(model)
         self._told = served

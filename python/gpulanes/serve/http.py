@@ -87,7 +87,7 @@ def _decode_inputs(endpoint: Endpoint, model: str, specs: Any, binary: memoryvie
     for name, spec in given.items():  # binary sections come in the order the JSON lists them
         sample, dtype = wanted[name]
         shape = check_shape(name, spec.get("datatype"), spec.get("shape"), sample, dtype,
-                            endpoint.max_rows)
+                            endpoint.rows_limit(model))
         params = spec.get("parameters") or {}
         if not isinstance(params, dict):
             raise InvalidInput(f"input {name!r}: parameters must be an object")

@@ -219,6 +219,12 @@ class Endpoint:
     def ready(self) -> bool:
         return bool(self.runtime.running) and not self.draining
 
+    def rows_limit(self, model: str) -> int:
+        """The most rows one request for ``model`` may carry: its own max_batch_size (what
+        /config reports, as Triton's), and never over the server's ``max_rows``."""
+        own = getattr(self.runtime, "max_batch_size", None)
+        return min(self.max_rows, own(model)) if callable(own) else self.max_rows
+
     def input_names(self, model: str) -> List[str]:
         n = len(self.runtime.input_signature(model))
         io = self.io.get(model)
@@ -360,7 +366,7 @@ class Endpoint:
             return [{"name": t["name"], "data_type": f"TYPE_{t['datatype'] or 'INVALID'}",
                      "dims": list(t["shape"][1:])} for t in items]
         return {"name": model, "platform": "pytorch_libtorch", "backend": "pytorch",
-                "max_batch_size": self.max_rows, "input": tensors(meta["inputs"]),
+                "max_batch_size": self.rows_limit(model), "input": tensors(meta["inputs"]),
                 "output": tensors(meta["outputs"])}
 
     # -- one inference -----------------------------------------------------------------------
