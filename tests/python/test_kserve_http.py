@@ -75,7 +75,7 @@ def test_a_batch_is_served_row_by_row_and_stacked(client):
     (json.dumps(body([1.0] * 4, parameters={"timeout": -5})).encode(), 400, "timeout"),
     (json.dumps({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32",
                              "data": [0, 0, 0, 0]}]}).encode(), 400, "unknown input"),
-    (b"[" + b"1.0," * 2000 + b"1.0]", 400, "limit"),
+    (b"[" + b"1.0," * 2000 + b"1.0]", 413, "limit"),
 ])
 def test_bad_requests_get_400_with_an_error_body(client, payload, status, says):
     c, rt = client
@@ -235,9 +235,9 @@ def test_what_an_attacker_sends_gets_a_4xx_and_the_server_keeps_serving(client):
     for path in ("/v2/models/affine/infer", "/v2/repository/index",
                  "/v2/repository/models/affine/load", "/v2/repository/models/affine/unload"):
         r = c.post(path, content=chunks())  # every route that reads a body bounds it
-        assert r.status_code == 400 and "limit" in r.json()["error"], (path, r.text)
+        assert r.status_code == 413 and "limit" in r.json()["error"], (path, r.text)
         r = c.post(path, content=b" " * 5000)  # over max_body_bytes (4096), declared
-        assert r.status_code == 400 and "limit" in r.json()["error"], (path, r.text)
+        assert r.status_code == 413 and "limit" in r.json()["error"], (path, r.text)
     r = c.post("/v2/models/affine/infer", json=body([1.0] * 4))
     assert r.status_code == 200 and rt.stats()["affine"]["in_flight"] == 0
 
@@ -330,3 +330,34 @@ def test_the_statistics_extension_over_http(client):
     assert c.get("/v2/models/nope/stats").status_code == 404
     assert c.get("/v2/models/affine/versions/7/stats").status_code == 404
     assert "statistics" in c.get("/v2").json()["extensions"]
+
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw-deflate"])
+def test_compressed_bodies_are_inflated_within_the_body_limit(client, encoding):
+    import zlib
+    c, _ = client
+
+    def packed(data: bytes, level: int = 6) -> bytes:
+        wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS,
+                 "raw-deflate": -zlib.MAX_WBITS}[encoding]
+        z = zlib.compressobj(level, zlib.DEFLATED, wbits)
+        return z.compress(data) + z.flush()
+    name = "deflate" if encoding == "raw-deflate" else encoding
+    headers = {"content-type": "application/json", "content-encoding": name}
+    ok = json.dumps(body([1.0, 2.0, 3.0, 4.0])).encode()
+    r = c.post("/v2/models/affine/infer", content=packed(ok), headers=headers)
+    assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [3, 5, 7, 9], r.text
+    # A bomb: 3 MiB of spaces in about 3 KB (deflate's ratio tops out near 1000:1), against
+    # max_body_bytes 4096: 413, inflated no further than the limit
+    bomb = packed(b" " * (3 << 20), 9)
+    assert len(bomb) < 4096
+    r = c.post("/v2/models/affine/infer", content=bomb, headers=headers)
+    assert r.status_code == 413 and "inflates" in r.json()["error"]
+    # Truncated, or not compressed at all: 400
+    r = c.post("/v2/models/affine/infer", content=packed(ok)[:-6], headers=headers)
+    assert r.status_code == 400, r.text
+    r = c.post("/v2/models/affine/infer", content=ok, headers=headers)
+    assert r.status_code == 400 and encoding.split("-")[-1] in r.json()["error"]
+    r = c.post("/v2/models/affine/infer", content=ok, headers={"content-encoding": "br"})
+    assert r.status_code == 400 and "br" in r.json()["error"]

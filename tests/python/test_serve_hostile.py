@@ -498,3 +498,30 @@ def test_a_corrupt_model_file_on_load_answers_an_error_id_and_no_path(tmp_path):
         assert srv.terminate() == 0
     log = "".join(srv.lines)
     assert error_id in log and str(more) in log  # the server's log has the whole of it
+
+
+def test_http_gzip_bombs_are_refused_with_413_and_flat_memory(tmp_path):
+    import http.client
+    import zlib
+    z = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = bytes(16 << 20)
+    bomb = b"".join(z.compress(zeros) for _ in range(32)) + z.flush()  # 512 MiB inflated
+    assert len(bomb) < 1 << 20
+    srv = ServerProcess(write_config(tmp_path, ["affine"], server="max_body_bytes = 1048576"))
+    try:
+        rss0 = rss_kib(srv.proc.pid)
+        host, port = srv.http.rsplit(":", 1)
+
+        def one(_):
+            conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            conn.request("POST", "/v2/models/affine/infer", bomb,
+                         {"Content-Type": "application/json", "Content-Encoding": "gzip"})
+            r = conn.getresponse()
+            return r.status, json.loads(r.read())["error"]
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(one, range(4)))
+        assert all(status == 413 and "inflates" in error for status, error in answers), answers
+        assert (rss_kib(srv.proc.pid) - rss0) / 1024 < 48
+        assert healthy(srv)
+    finally:
+        assert srv.terminate() == 0

@@ -9,7 +9,7 @@ shows every section.
     host = "127.0.0.1"          # loopback unless told otherwise
     http_port = 8000            # 0: any free port; -1: no HTTP
     grpc_port = 8001            # 0: any free port; -1: no gRPC
-    max_body_bytes = 67108864   # larger bodies / messages get 400 / INVALID_ARGUMENT
+    max_body_bytes = 67108864   # larger bodies (inflated too) / messages: 413 / RESOURCE_EXHAUSTED
     max_rows = 1024             # most samples one request may carry
     token_env = "GPULANES_TOKEN"  # bearer token from this variable (or token = "...")
     drain_timeout_s = 30        # SIGTERM: how long in-flight requests may take to finish

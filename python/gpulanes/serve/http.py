@@ -14,13 +14,15 @@ from __future__ import annotations
 import hmac
 import json
 import re
+import zlib
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
 from ..errors import GpuLanesError, InvalidInput
-from .protocol import (NAMES, Endpoint, ModelIO, check_shape, client_message, http_status,
-                       public_error, tensor_bytes, tensor_from_bytes, tensor_from_list)
+from .protocol import (NAMES, Endpoint, ModelIO, TooLarge, check_shape, client_message,
+                       http_status, public_error, tensor_bytes, tensor_from_bytes,
+                       tensor_from_list)
 
 _HEADER_LENGTH = "inference-header-content-length"
 
@@ -33,16 +35,19 @@ def _error(status: int, message: str):
 
 
 async def _read_body(headers: Mapping[str, str], receive, limit: int) -> bytes:
-    """The body, refused as soon as it passes ``limit`` (a lying Content-Length included). Every
-    route that reads a body reads it through this."""
+    """The body, refused (413) as soon as it passes ``limit`` (a lying Content-Length included).
+    A gzip or deflate body (``Content-Encoding``) is inflated, and refused as soon as what it
+    inflates to passes ``limit``: a decompression bomb costs at most ``limit`` bytes. Every route
+    that reads a body reads it through this."""
     declared = headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise InvalidInput(f"Content-Length {declared!r} is not a byte count")
         if int(declared) > limit:
-            raise InvalidInput(f"body of {declared} bytes is over the limit of {limit}")
-    if headers.get("content-encoding", "identity").lower() not in ("identity", ""):
-        raise InvalidInput("compressed bodies (Content-Encoding) are not accepted")
+            raise TooLarge(f"body of {declared} bytes is over the limit of {limit}")
+    encoding = headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "", "gzip", "deflate"):
+        raise InvalidInput(f"Content-Encoding {encoding!r} is not accepted (gzip, deflate or none)")
     chunks: List[bytes] = []
     size = 0
     while True:
@@ -52,10 +57,29 @@ async def _read_body(headers: Mapping[str, str], receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise InvalidInput(f"body of more than {limit} bytes is over the limit")
+            raise TooLarge(f"body of more than {limit} bytes is over the limit")
         chunks.append(chunk)
         if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return body if encoding in ("identity", "") else _inflate(body, encoding, limit)
+
+
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """``body`` inflated, at most ``limit`` bytes of it (more: 413); "deflate" is the zlib
+    format (RFC 9110), or raw deflate as some clients send it."""
+    formats = (16 + zlib.MAX_WBITS,) if encoding == "gzip" else (zlib.MAX_WBITS, -zlib.MAX_WBITS)
+    for wbits in formats:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(body, limit + 1)
+        except zlib.error:
+            continue
+        if len(out) > limit:
+            raise TooLarge(f"body inflates to more than {limit} bytes, over the limit")
+        if not inflater.eof or inflater.unused_data:
+            raise InvalidInput(f"the {encoding} body is truncated or has data after its end")
+        return out
+    raise InvalidInput(f"the body is not valid {encoding} data")
 
 
 def _split_body(body: bytes, header: Optional[str]):

@@ -74,11 +74,17 @@ def public_error(e: BaseException, what: str = "") -> str:
                           "the server log)")
 
 
+class TooLarge(InvalidInput):
+    """A body over its size limit, as sent or once inflated (HTTP 413)."""
+
+
 def http_status(e: BaseException) -> int:
-    """HTTP status of a gpulanes error: 400 bad input, 404 unknown model, 503 shed, full or
-    closed, 504 deadline, 500 model failure (and anything unexpected)."""
-    for kind, status in ((UnknownModel, 404), (QueueFull, 503), (RuntimeClosed, 503),
-                         (DeadlineExceeded, 504), (ModelError, 500), (InvalidInput, 400)):
+    """HTTP status of a gpulanes error: 400 bad input (413 over a size limit), 404 unknown
+    model, 503 shed, full or closed, 504 deadline, 500 model failure (and anything
+    unexpected)."""
+    for kind, status in ((TooLarge, 413), (UnknownModel, 404), (QueueFull, 503),
+                         (RuntimeClosed, 503), (DeadlineExceeded, 504), (ModelError, 500),
+                         (InvalidInput, 400)):
         if isinstance(e, kind):
             return status
     return 500
