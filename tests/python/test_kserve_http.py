@@ -250,6 +250,9 @@ def test_what_an_attacker_sends_gets_a_4xx_and_the_server_keeps_serving(client):
     ("FP32", [3.5, 1e38], True), ("FP32", [1e39], False), ("FP16", [65504.0], True),
     ("FP16", [70000.0], False), ("FP64", [1e300], True),
     ("BOOL", [True, False], True), ("BOOL", [2], False), ("BOOL", [1], False),
+    ("UINT16", [65535, 0], True), ("UINT16", [65536], False), ("UINT16", [-1], False),
+    ("UINT32", [2**32 - 1], True), ("UINT32", [2**32], False),
+    ("UINT64", [2**63 - 1, 0], True), ("UINT64", [-1], False), ("UINT64", [0.5], False),
 ])
 def test_json_values_the_datatype_cannot_hold_are_refused(datatype, data, fits):
     from gpulanes.serve.protocol import DATATYPES, tensor_from_list

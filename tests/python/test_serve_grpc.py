@@ -303,3 +303,46 @@ def test_the_servers_max_rows_bounds_a_model_whose_max_batch_is_larger(server):
     config = m["ModelConfigResponse"].FromString(raw_call(server, "ModelConfig", m[
         "ModelConfigRequest"](name="affine").SerializeToString()))
     assert config.config.max_batch_size == 16
+
+
+class Widen(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(torch.float64) * 2.0
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+@pytest.mark.parametrize("datatype", ["UINT16", "UINT32", "UINT64"])
+def test_unsigned_16_to_64_bit_inputs(frontend, datatype):
+    dtype = {"UINT16": torch.uint16, "UINT32": torch.uint32, "UINT64": torch.uint64}[datatype]
+    rt = gl.Runtime(device="cpu", warmup_rounds=1, profile_reps=3, profile_cache=False)
+    rt.register("widen", scripted(Widen()), slo_ms=60_000,
+                example_inputs=torch.zeros(2, 3, dtype=dtype))
+    rt.start()
+    s = InProcessServer(rt, frontend=frontend)
+    try:
+        m = messages()
+        top = {"UINT16": 65535, "UINT32": 2**32 - 1, "UINT64": 2**53}[datatype]
+        values = np.array([0, 1, top], dtype={"UINT16": np.uint16, "UINT32": np.uint32,
+                                              "UINT64": np.uint64}[datatype])
+        for raw in (True, False):
+            req = m["ModelInferRequest"](model_name="widen")
+            t = req.inputs.add(name="INPUT__0", datatype=datatype, shape=[1, 3])
+            if raw:
+                req.raw_input_contents.append(values.tobytes())
+            else:
+                field = "uint64_contents" if datatype == "UINT64" else "uint_contents"
+                getattr(t.contents, field).extend(int(v) for v in values)
+            reply = m["ModelInferResponse"].FromString(
+                raw_call(s, "ModelInfer", req.SerializeToString()))
+            out = np.frombuffer(reply.raw_output_contents[0], dtype=np.float64)
+            assert out.tolist() == [0.0, 2.0, 2.0 * top]
+        if datatype == "UINT16":  # a typed value over the datatype's range is refused
+            req = m["ModelInferRequest"](model_name="widen")
+            t = req.inputs.add(name="INPUT__0", datatype=datatype, shape=[1, 3])
+            t.contents.uint_contents.extend([1, 2, 70000])
+            with pytest.raises(grpc.RpcError) as e:
+                raw_call(s, "ModelInfer", req.SerializeToString())
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        s.close()
+        rt.shutdown()

@@ -23,6 +23,9 @@ constexpr Datatype kDatatypes[] = {
     {"BOOL", at::kBool},   {"UINT8", at::kByte},     {"INT8", at::kChar},  {"INT16", at::kShort},
     {"INT32", at::kInt},   {"INT64", at::kLong},     {"FP16", at::kHalf},  {"BF16", at::kBFloat16},
     {"FP32", at::kFloat},  {"FP64", at::kDouble},
+    // torch >= 2.3 has unsigned 16-64 bit tensors (few operators work on them: a model that
+    // takes them must not need more)
+    {"UINT16", at::kUInt16}, {"UINT32", at::kUInt32}, {"UINT64", at::kUInt64},
 };
 
 [[noreturn]] void invalid(const std::string& why) { throw Error(ErrorCode::kInvalidInput, why); }
@@ -152,7 +155,7 @@ template <typename T, typename Field>
 at::Tensor from_field(const Field& values, at::IntArrayRef shape, at::ScalarType dtype,
                       const std::string& name, const char* datatype) {
   at::Tensor out = at::empty(shape, at::TensorOptions().dtype(dtype));
-  T* dst = out.data_ptr<T>();
+  T* dst = static_cast<T*>(out.data_ptr());  // untyped: data_ptr<uint16_t> and kin may not exist
   for (int i = 0; i < values.size(); ++i) {
     const auto v = values.Get(i);
     if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
@@ -192,6 +195,12 @@ at::Tensor from_contents(const inference::ModelInferRequest_InferInputTensor& t,
       return from_field<std::int64_t>(c.int64_contents(), shape, dtype, name, dt);
     case at::kByte: count(c.uint_contents_size(), "uint_contents");
       return from_field<std::uint8_t>(c.uint_contents(), shape, dtype, name, dt);
+    case at::kUInt16: count(c.uint_contents_size(), "uint_contents");
+      return from_field<std::uint16_t>(c.uint_contents(), shape, dtype, name, dt);
+    case at::kUInt32: count(c.uint_contents_size(), "uint_contents");
+      return from_field<std::uint32_t>(c.uint_contents(), shape, dtype, name, dt);
+    case at::kUInt64: count(c.uint64_contents_size(), "uint64_contents");
+      return from_field<std::uint64_t>(c.uint64_contents(), shape, dtype, name, dt);
     case at::kFloat: count(c.fp32_contents_size(), "fp32_contents");
       return from_field<float>(c.fp32_contents(), shape, dtype, name, dt);
     case at::kDouble: count(c.fp64_contents_size(), "fp64_contents");

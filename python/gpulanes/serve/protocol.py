@@ -33,6 +33,10 @@ DATATYPES: Dict[str, torch.dtype] = {
     "INT32": torch.int32, "INT64": torch.int64, "FP16": torch.float16, "BF16": torch.bfloat16,
     "FP32": torch.float32, "FP64": torch.float64,
 }
+# torch >= 2.3 has unsigned 16-64 bit tensors (few operators work on them).
+DATATYPES.update({name: getattr(torch, attr) for name, attr in
+                  (("UINT16", "uint16"), ("UINT32", "uint32"), ("UINT64", "uint64"))
+                  if hasattr(torch, attr)})
 NAMES: Dict[torch.dtype, str] = {v: k for k, v in DATATYPES.items()}
 
 _log = logging.getLogger("gpulanes.serve")
@@ -170,7 +174,9 @@ def _checked(name: str, src: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
             if not whole:
                 refuse("values must be integers")
         info = torch.iinfo(dtype)
-        if bool((src < info.min).any()) or bool((src > info.max).any()):
+        # int64 values compared with UINT64's top would overflow the comparison: none is above it
+        hi = min(info.max, torch.iinfo(torch.int64).max) if src.dtype == torch.int64 else info.max
+        if bool((src < info.min).any()) or bool((src > hi).any()):
             refuse(f"a value is outside [{info.min}, {info.max}]")
     return src.to(dtype)
 
