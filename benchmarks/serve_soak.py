@@ -166,8 +166,9 @@ class Soak:
         rng = random.Random(3)
         cases = [
             ("/v2/models/affine/infer", b"{not json"),
-            ("/v2/models/affine/infer", json.dumps({"inputs": [{"name": "INPUT__0", "datatype":
-                                                               "FP32", "shape": [1, 5], "data": [0] * 5}]}).encode()),
+            ("/v2/models/affine/infer", json.dumps({"inputs": [{  # wrong shape
+                "name": "INPUT__0", "datatype": "FP32", "shape": [1, 5], "data": [0] * 5}]
+            }).encode()),
             ("/v2/models/nope/infer", b'{"inputs": []}'),
             ("/v2/models/affine/infer", b"x" * (self.args.max_body + 1)),
         ]
@@ -227,8 +228,10 @@ class Soak:
             self.stop.wait(1.0)
 
     def run(self) -> Dict[str, Any]:
-        workers = [threading.Thread(target=self.sample), threading.Thread(target=self.http_valid),
-                   threading.Thread(target=self.grpc_valid), threading.Thread(target=self.malformed),
+        workers = [threading.Thread(target=self.sample),
+                   threading.Thread(target=self.http_valid),
+                   threading.Thread(target=self.grpc_valid),
+                   threading.Thread(target=self.malformed),
                    threading.Thread(target=self.held, args=("slow_headers", self.args.slow)),
                    threading.Thread(target=self.held, args=("slow_body", self.args.slow)),
                    threading.Thread(target=self.held, args=("idle", self.args.idle))]

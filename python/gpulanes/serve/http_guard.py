@@ -102,7 +102,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _oversized(self) -> None:
         self.guard.oversized += 1
-        self._reply_and_close(431, f"request headers over {self.guard.limits.max_header_bytes} bytes")
+        limit = self.guard.limits.max_header_bytes
+        self._reply_and_close(431, f"request headers over {limit} bytes")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
