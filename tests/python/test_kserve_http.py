@@ -364,3 +364,17 @@ def test_compressed_bodies_are_inflated_within_the_body_limit(client, encoding):
     assert r.status_code == 400 and encoding.split("-")[-1] in r.json()["error"]
     r = c.post("/v2/models/affine/infer", content=ok, headers={"content-encoding": "br"})
     assert r.status_code == 400 and "br" in r.json()["error"]
+
+
+def test_a_runtime_without_statistics_does_not_claim_the_extension():
+    class Replicas:  # what the Ray ingress serves over: no stats() of its own
+        models = ["m"]
+        running = True
+
+        def input_signature(self, model):
+            return [((4,), torch.float32)]
+
+    with TestClient(app(Replicas())) as c:
+        assert "statistics" not in c.get("/v2").json()["extensions"]
+        r = c.get("/v2/models/stats")
+        assert r.status_code == 400 and "statistics are not served here" in r.json()["error"]

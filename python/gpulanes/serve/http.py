@@ -172,6 +172,9 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
     if token is not None and (not isinstance(token, str) or not token):
         raise InvalidInput("token must be a non-empty string or None")
     ep = endpoint or Endpoint(runtime, io, max_rows)
+    # statistics only where the runtime keeps them (not the Ray ingress over replicas)
+    extensions = [e for e in EXTENSIONS
+                  if e != "statistics" or callable(getattr(ep.runtime, "stats", None))]
 
     def guarded(handler, open_: bool = False):
         async def call(request: Request):
@@ -190,7 +193,7 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
     async def server_metadata(request: Request):
         from .. import __version__
         return JSONResponse({"name": "gpulanes", "version": __version__,
-                             "extensions": EXTENSIONS})
+                             "extensions": extensions})
 
     # Health, as the Open Inference Protocol has it (KServe's own client reads the JSON body,
     # tritonclient only the status): 200 when live / ready, 400 when not ready.

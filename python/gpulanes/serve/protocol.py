@@ -335,6 +335,9 @@ class Endpoint:
         ``compute_infer`` (the forward time of its batch; input and output copies are inside
         it, so ``compute_input`` and ``compute_output`` count with 0 ns); per batch size: the
         batches and their forward time."""
+        if not callable(getattr(self.runtime, "stats", None)):  # e.g. the Ray ingress
+            raise InvalidInput("statistics are not served here: this endpoint's runtime keeps "
+                               "none (ask each replica's own server)")
         models = [self.model(name, version)] if name else list(self.runtime.models)
         stats = self.runtime.stats()
         now_wall, now_mono = time.time(), time.monotonic()
