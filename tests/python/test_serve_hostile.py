@@ -189,26 +189,48 @@ def infer_json(address: str, model: str, data, timeout_s: float = 120):
         return None, repr(e).encode()
 
 
-def test_requests_in_progress_are_never_evicted_by_idle_sockets_over_the_cap(server):
-    # 64 requests on 8 threads while 30 idle sockets (twice the cap of 16) keep coming: the
-    # idle ones are closed to make room, every request is answered.
+def test_served_clients_keep_their_connections_while_idle_sockets_churn_over_the_cap(server):
+    # 8 clients on kept-alive connections send 64 requests while idle sockets keep coming, 10
+    # every 50 ms (over the cap of 16): the churn is refused (503) or closes its own kind, never
+    # a request in progress or a served client's connection, and every request is answered.
+    import http.client
+    host, port = server.http.rsplit(":", 1)
     stop = threading.Event()
 
     def idle_sockets():
         while not stop.is_set():
-            socks = [connect(server.http) for _ in range(30)]
+            socks = []
+            for _ in range(10):
+                try:
+                    socks.append(connect(server.http))
+                except OSError:
+                    pass
             time.sleep(0.05)
             for s in socks:
                 s.close()
+
+    def client(n):
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        out = []
+        for i in range(n):
+            body = json.dumps({"inputs": [{"name": "INPUT__0", "datatype": "FP32",
+                                           "shape": [1, 4], "data": [1, 2, 3, 4]}]})
+            conn.request("POST", "/v2/models/affine/infer", body,
+                         {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            out.append((r.status, r.read()))
+        conn.close()
+        return out
     churn = threading.Thread(target=idle_sockets)
-    churn.start()
-    try:
-        with ThreadPoolExecutor(8) as pool:
-            results = list(pool.map(lambda _: infer_json(server.http, "affine", [1, 2, 3, 4]),
-                                    range(64)))
-    finally:
-        stop.set()
-        churn.join(30)
+    with ThreadPoolExecutor(8) as pool:
+        # connections made before the churn starts (a served client's connection pre-exists)
+        started = [pool.submit(client, 8) for _ in range(8)]
+        churn.start()
+        try:
+            results = [r for f in started for r in f.result(120)]
+        finally:
+            stop.set()
+            churn.join(30)
     assert [code for code, _ in results] == [200] * 64, results[:3]
     assert all(json.loads(b)["outputs"][0]["data"] == [3, 5, 7, 9] for _, b in results)
 

@@ -13,9 +13,12 @@ those bounds added at the points where httptools reports a request's progress:
   (the handler reading the body sees the client gone);
 - at most ``max_connections`` are open. A new connection over the cap closes one without a
   request in progress: the longest-waiting of those that never completed a request (idle or
-  dribbling sockets) first, else the longest-idle keep-alive connection of a client that has
-  been served, so that a flood of slow or idle sockets can lock out neither health checks nor
-  real clients; when every connection has a request in progress, the new one gets 503.
+  dribbling sockets), or when there is none of those, the longest-idle keep-alive connection of
+  a client that has been served, so that a flood of slow or idle sockets can lock out neither
+  health checks nor real clients; when every connection has a request in progress, the new
+  one gets 503. (A new client's connection is itself "never served" until its headers are
+  read: a flood that opens more than ``max_connections`` sockets in that moment can close it.
+  Closing only older sockets instead refused real clients more often in the soak.)
 
 Everything here runs on the server's event loop thread (uvicorn calls the protocol there).
 """
@@ -51,6 +54,8 @@ class ConnectionGuard:
         """Whether ``conn`` may stay; at the cap, closes a waiting connection to make room (one
         never served before one kept alive after a response; longest-waiting first)."""
         if self.open >= self.limits.max_connections:
+            # A served client's connection goes only when no other kind waits; each dict is in
+            # the order the waits began.
             waiting = self.fresh or self.kept
             if not waiting:
                 self.refused += 1
@@ -152,7 +157,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _wait(self, where: "OrderedDict") -> None:
         where[self] = None
-        where.move_to_end(self)
+        where.move_to_end(self)  # the order stays that of the waits' starts
 
     def _busy(self) -> None:
         self.guard.fresh.pop(self, None)
