@@ -132,3 +132,14 @@ def wait_until(predicate, timeout_s: float = 30, poll_s: float = 0.01) -> bool:
             return True
         time.sleep(poll_s)
     return False
+
+
+def open_fds(pid: int) -> int:
+    """Files process ``pid`` has open (Linux)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of process ``pid``, KiB (Linux)."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
