@@ -65,6 +65,7 @@ def test_the_example_config_builds_a_runtime_that_serves_both_models(tmp_path):
     ({"models": {"a b": MODEL}}, "model name 'a b' is not a plain name"),
     ({"models": {"a\nb": MODEL}}, "is not a plain name"),
     ({"models": {"..": MODEL}}, "is not a plain name"),
+    ({"models": {"stats": MODEL}}, "taken by the statistics route"),
 ])
 def test_mistakes_are_refused_naming_the_key(doc, says):
     with pytest.raises(gl.InvalidInput) as e:

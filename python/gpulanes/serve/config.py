@@ -154,8 +154,10 @@ class ServeConfig:
                 return m
         if self.model_dir is None:
             raise UnknownModel(f"no model named {name!r} is declared in the config")
-        if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name) or ".." in name:
-            raise InvalidInput(f"model name {name!r} is not a plain name ([A-Za-z0-9_.-], no '..')")
+        if (not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name) or ".." in name
+                or name == "stats"):
+            raise InvalidInput(f"model name {name!r} is not a plain name ([A-Za-z0-9_.-], no '..', "
+                               "not 'stats')")
         root = self.model_dir.resolve()
         path = _inside(root, root / f"{name}.toml", name)
         if not path.is_file():
@@ -255,6 +257,9 @@ def _model(name: str, table: Any, base: Path) -> ModelConfig:
         # The HTTP API addresses a model by a path segment: no slashes, spaces or controls.
         raise InvalidInput(f"config: model name {name[:80]!r} is not a plain name "
                            "([A-Za-z0-9_.-], at most 128, starting with a letter or digit)")
+    if name == "stats":  # GET /v2/models/stats is Triton's statistics of every model
+        raise InvalidInput("config: model name 'stats' is taken by the statistics route "
+                           "(/v2/models/stats): its metadata could not be addressed")
     table = _table(table, where)
     _check_keys(table, {"file", "slo_ms", "max_batch_size", "max_queue", "inputs", "outputs",
                         "load"}, where)
