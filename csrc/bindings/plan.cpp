@@ -192,9 +192,7 @@ Plan plan_from(const py::dict& d, const std::vector<std::string>& names) {
 
 RuntimePlanning::RuntimePlanning(Runtime& core) : core_(core) {
   // By model index; "" for an unregistered model, which Python neither sees nor names.
-  for (int m = 0; m < core_.model_count(); ++m) {
-    names_.push_back(core_.model_retired(m) ? std::string() : core_.model_name(m));
-  }
+  names_ = core_.model_names(/*unregistered=*/false);
 }
 
 py::dict RuntimePlanning::measured_rates() const {

@@ -217,7 +217,7 @@ class PyRuntime {
     py::list out;
     for (const auto& [key, points] : core_->partition_profiles()) {
       py::dict d;
-      d["model"] = core_->model_name(key.first);
+      d["model"] = key.first;
       d["sms"] = key.second;
       d["points"] = points_list(points);
       out.append(d);
@@ -251,13 +251,12 @@ class PyRuntime {
     check_process("submit()");
     std::vector<at::Tensor> tensors = request_tensors(model, inputs);
     auto pending = std::make_shared<PendingSink>();
-    const int m = core_->model_index(model);
     std::string why;
     // With the GIL held: submitting never waits for a thread that needs the GIL (a round it runs
     // inline may deliver, which takes the GIL again on this thread), and dropping the GIL here
     // would make every submit, refusals included, queue for it behind the delivery threads.
     const ErrorCode code = core_->try_submit(
-        m, std::move(tensors), deadline_ns, priority,
+        model, std::move(tensors), deadline_ns, priority,
         [pending](Outcome&& o) { pending->complete(std::move(o)); },  // in the delivery hook
         /*native=*/false, &why);
     if (code != ErrorCode::kOk) return refusal(code, model, why);
@@ -283,7 +282,7 @@ class PyRuntime {
     std::vector<at::Tensor> tensors = request_tensors(model, inputs);
     std::string why;
     const ErrorCode code = core_->try_submit(
-        core_->model_index(model), std::move(tensors), deadline_ns, priority,
+        model, std::move(tensors), deadline_ns, priority,
         [queue = std::move(queue), token](Outcome&& o) { queue->push(token, std::move(o)); },
         /*native=*/true, &why);
     return code == ErrorCode::kOk ? py::none() : refusal(code, model, why);
@@ -364,14 +363,17 @@ class PyRuntime {
     return out;
   }
 
-  // Column lists (not row objects): cheap to turn into a DataFrame.
+  // Column lists (not row objects): cheap to turn into a DataFrame; "names" maps each model
+  // index the records use to its name.
   py::dict trace() const {
-    std::vector<TraceRecord> rs;
+    std::pair<std::vector<TraceRecord>, std::map<int, std::string>> t;
     {
       py::gil_scoped_release nogil;
-      rs = core_->trace();
+      t = core_->named_trace();
     }
-    return trace_columns(rs);
+    py::dict d = trace_columns(t.first);
+    d["names"] = t.second;
+    return d;
   }
 
   std::string metrics_text() const {
@@ -431,14 +433,10 @@ class PyRuntime {
     core_->unregister_model(name, drain);
   }
 
-  // Every model index's name; an unregistered one's only with `unregistered` (traces name
-  // them), else "" (rates by index leave it out).
+  // Every model index's name; an unregistered one's only with `unregistered`, else "" (rates
+  // by index leave it out).
   std::vector<std::string> model_names(bool unregistered) const {
-    std::vector<std::string> out;
-    for (int m = 0; m < core_->model_count(); ++m) {
-      out.push_back(unregistered || !core_->model_retired(m) ? core_->model_name(m) : "");
-    }
-    return out;
+    return core_->model_names(unregistered);
   }
 
   std::uintptr_t lane_stream(int index) const {

@@ -220,8 +220,9 @@ def _model_stats(rows: List[Dict[str, Any]], slo_ms: Dict[str, float]) -> Dict[s
     return out
 
 
-def _trace_frame(cols: Dict[str, Any], names: List[str], origin_ns: int = 0):
-    """The core's trace columns as a DataFrame; times in seconds since `origin_ns`."""
+def _trace_frame(cols: Dict[str, Any], names, origin_ns: int = 0):
+    """The core's trace columns as a DataFrame; times in seconds since `origin_ns`. `names`
+    maps (a list or a dict) each model index the records use to its name."""
     import pandas as pd
 
     df = pd.DataFrame(cols)

@@ -447,7 +447,8 @@ class Runtime(Planning, Profiling):
         ``time.monotonic()`` seconds; start_s is NaN for requests that never ran), latency_ms,
         batch_id and lane (-1 if never run), batch_size, outcome (met, missed, dropped,
         rejected, failed)."""
-        return _trace_frame(self._core.trace(), self._core.model_names(True))
+        cols = self._core.trace()
+        return _trace_frame(cols, cols.pop("names"))
 
     def lanes(self) -> List[Dict[str, Any]]:
         """The lanes serving now: index, kind, device, sms (SMs owned; 0 on the CPU) and the

@@ -291,13 +291,74 @@ TEST(Runtime, AnUnregisteredModelDrainsLeavesItsLanesAndItsNameIsFreeAgain) {
   EXPECT_EQ(rt.stats()[0].name, "a");
   for (const LaneInfo& lane : rt.lanes()) EXPECT_EQ(lane.models, std::vector<std::string>{"a"});
   EXPECT_THROW(rt.unregister_model("slow", true), Error);
-  EXPECT_EQ(rt.register_model(spec("slow"), affine_module(0), {sample(0)}), 2);  // a new index
+  // Its slot is free again: the new model takes it, with nothing of the old one (which took
+  // batches of at most 1: the new profile goes up to 8).
+  EXPECT_EQ(rt.register_model(spec("slow"), affine_module(0), {sample(0)}), 1);
+  EXPECT_EQ(rt.profile("slow").back().batch_size, 8);
   Collector after;
   rt.submit("slow", {sample(3)}, std::nullopt, 0, after.fn(0));
   rt.submit("a", {sample(4)}, std::nullopt, 0, after.fn(1));
   after.wait_for(2);
   EXPECT_TRUE(torch::equal(after.outcomes[0].output.toTensor(), sample(7)));
   EXPECT_TRUE(torch::equal(after.outcomes[1].output.toTensor(), sample(9)));
+  EXPECT_EQ(rt.stats().at(1).submitted, 1u);
   rt.shutdown(true);
   EXPECT_THROW(rt.unregister_model("a", true), Error);
+}
+
+TEST(Runtime, RegistrationsHaveNoLimitButTheModelsAtOnce) {
+  // Before start() a cycle is cheap: many more than the registry's slots.
+  Runtime rt(RuntimeOptions{.device = "cpu", .warmup_rounds = 1});
+  for (int i = 0; i < 3 * ModelRegistry::kMaxModels; ++i) {
+    const std::string name = "m" + std::to_string(i);
+    ASSERT_EQ(rt.register_model(spec(name), affine_module(0), {sample(0)}), 0);
+    rt.unregister_model(name, true);
+  }
+  for (int i = 0; i < ModelRegistry::kMaxModels; ++i) {
+    rt.register_model(spec("k" + std::to_string(i)), affine_module(0), {sample(0)});
+  }
+  try {
+    rt.register_model(spec("one-too-many"), affine_module(0), {sample(0)});
+    FAIL() << "a full registry must refuse";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidInput);
+    EXPECT_NE(std::string(e.what()).find("at once"), std::string::npos) << e.what();
+  }
+  rt.unregister_model("k7", true);
+  EXPECT_EQ(rt.register_model(spec("late"), affine_module(0), {sample(0)}), 7);
+  EXPECT_EQ(rt.model_names(false).size(), static_cast<std::size_t>(ModelRegistry::kMaxModels));
+}
+
+TEST(Runtime, AReusedSlotStartsOverAndTheTraceKeepsTheOldName) {
+  Runtime rt(RuntimeOptions{.device = "cpu", .warmup_rounds = 1, .trace = true});
+  rt.register_model(spec("a"), affine_module(0), {sample(0)});
+  rt.register_model(spec("x", 1), affine_module(0), {sample(0)});
+  rt.start();
+  Collector c;
+  for (int i = 0; i < 3; ++i) rt.submit("x", {sample(1)}, std::nullopt, 0, c.fn(i));
+  c.wait_for(3);
+  rt.unregister_model("x", true);
+  // A registration that fails its warm-up in the released slot gives the slot back.
+  torch::jit::Module broken("Broken");
+  broken.define(R"JIT(
+    def forward(self, x):
+        return x.view(3)
+  )JIT");
+  EXPECT_THROW(rt.register_model(spec("bad"), broken, {sample(0)}), Error);
+  EXPECT_EQ(rt.model_index("bad"), -1);
+  ASSERT_EQ(rt.register_model(spec("y"), affine_module(0), {sample(0)}), 1);
+  rt.submit("y", {sample(2)}, std::nullopt, 0, c.fn(10));
+  c.wait_for(4);
+  EXPECT_TRUE(torch::equal(c.outcomes[10].output.toTensor(), sample(5)));
+  const ModelStats y = rt.stats().at(1);
+  EXPECT_EQ(y.name, "y");
+  EXPECT_EQ(y.submitted, 1u);
+  EXPECT_EQ(rt.profile("y").back().batch_size, 8);
+  const auto [records, names] = rt.named_trace();
+  std::map<std::string, int> by_name;
+  for (const TraceRecord& r : records) by_name[names.at(r.model)]++;
+  EXPECT_EQ(by_name["x"], 3);
+  EXPECT_EQ(by_name["y"], 1);
+  EXPECT_EQ(rt.model_names(true), (std::vector<std::string>{"a", "y"}));
+  rt.shutdown(true);
 }

@@ -253,6 +253,17 @@ def queued_server(tmp_path, drain_s: float):
     return ServerProcess(cfg)
 
 
+def submitted(srv, model: str) -> int:
+    """Requests of `model` the server has taken in so far (its /metrics counter)."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://{srv.http}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith(f'gpulanes_requests_submitted_total{{model="{model}"}}'):
+            return int(float(line.split()[-1]))
+    return 0
+
+
 def flood(srv, n: int):
     """n requests in flight on their own threads; returns (threads, answers: (status, body))."""
     answers = []
@@ -268,7 +279,9 @@ def flood(srv, n: int):
 def test_the_drain_ends_at_its_deadline_and_answers_what_is_left_with_503(tmp_path, signals):
     srv = queued_server(tmp_path, 2.0)
     threads, answers = flood(srv, 120)
-    assert wait_until(lambda: len(answers) >= 1, 120)  # serving, with a long queue behind
+    # Every request read and submitted (serving, with a long queue behind): one still in the
+    # listen backlog when HTTP stops listening is refused by the kernel, which no server answers.
+    assert wait_until(lambda: submitted(srv, "slower") >= 120, 120)
     t0 = time.monotonic()
     for sig in signals:
         srv.proc.send_signal(sig)
@@ -333,6 +346,32 @@ def test_a_corrupt_model_file_on_load_answers_an_error_id_and_no_path(tmp_path):
         assert srv.terminate() == 0
     log = "".join(srv.lines)
     assert error_id in log and str(more) in log  # the server's log has the whole of it
+
+
+def test_load_and_unload_go_on_past_the_registry_size_with_flat_memory(tmp_path):
+    # Each load registers the model anew and each unload retires it: 1,030 cycles pass the
+    # 1,024 models a runtime holds at once, which used to disable load for good, keeping
+    # about 100 KB each.
+    import numpy as np
+    import tritonclient.http as th
+
+    srv = ServerProcess(write_config(tmp_path, ["affine"], later={"extra": "affine"}))
+    try:
+        c = th.InferenceServerClient(srv.http)
+        for i in range(1030):
+            c.load_model("extra")
+            c.unload_model("extra")
+            if i == 29:
+                rss0 = rss_kib(srv.proc.pid)
+        grown_mib = (rss_kib(srv.proc.pid) - rss0) / 1024
+        c.load_model("extra")
+        x = th.InferInput("INPUT__0", [1, 4], "FP32")
+        x.set_data_from_numpy(np.ones((1, 4), np.float32))
+        out = c.infer("extra", [x]).as_numpy("OUTPUT__0")
+        assert np.array_equal(out, np.full((1, 4), 3.0, np.float32))
+        assert grown_mib < 30, f"{grown_mib:.1f} MiB more after 1,000 cycles"
+    finally:
+        assert srv.terminate() == 0, "".join(srv.lines)
 
 
 def test_http_gzip_bombs_are_refused_with_413_and_flat_memory(tmp_path):

@@ -3,7 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "gpulanes/core/error.h"
@@ -51,10 +53,38 @@ class TraceRecorder {
     std::lock_guard<std::mutex> lock(mu_);
     return records_;
   }
+  // Before model slot `slot` is reused: its records so far move to a new alias index (from
+  // kFirstAlias on) that keeps the name `name` they were recorded under. Returns the alias, or
+  // -1 when no record named the slot.
+  int alias(int slot, const std::string& name) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const int to = kFirstAlias + static_cast<int>(aliases_.size());
+    bool any = false;
+    for (TraceRecord& r : records_) {
+      if (r.model == slot) {
+        r.model = to;
+        any = true;
+      }
+    }
+    if (!any) return -1;
+    aliases_.push_back(name);
+    return to;
+  }
+  // snapshot() and the names of its aliases (by alias index), taken together.
+  std::vector<TraceRecord> snapshot(std::map<int, std::string>& aliases) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (std::size_t k = 0; k < aliases_.size(); ++k) {
+      aliases[kFirstAlias + static_cast<int>(k)] = aliases_[k];
+    }
+    return records_;
+  }
+
+  static constexpr int kFirstAlias = 1 << 20;  // above every model slot
 
  private:
-  mutable std::mutex mu_;               // guards records_
+  mutable std::mutex mu_;               // guards records_ and aliases_
   std::vector<TraceRecord> records_;    // in recording order
+  std::vector<std::string> aliases_;    // names of the aliases, from kFirstAlias
 };
 
 }  // namespace gpulanes

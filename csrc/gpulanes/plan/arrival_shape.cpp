@@ -26,6 +26,16 @@ void ArrivalShape::add_model(DurationNs window_ns) {
   count_.store(static_cast<int>(models_.size()), std::memory_order_release);
 }
 
+void ArrivalShape::reset_model(int model, DurationNs window_ns) {
+  Model& m = *models_.at(static_cast<std::size_t>(model));
+  std::lock_guard<std::mutex> lock(m.mu);
+  m.window = std::clamp<DurationNs>(window_ns, from_ms(1), from_ms(10'000));
+  m.current = -1;
+  m.count = 0;
+  std::fill(m.ring.begin(), m.ring.end(), 0);
+  m.completed = 0;
+}
+
 void ArrivalShape::Model::roll_to(std::int64_t index) {
   if (current < 0) {
     current = index;

@@ -39,6 +39,9 @@ class ArrivalShape {
   explicit ArrivalShape(const std::vector<DurationNs>& windows_ns, int capacity = 0);
   // The control thread: one more model (index: the count so far). Throws past capacity.
   void add_model(DurationNs window_ns);
+  // The control thread: model `model`'s slot starts over for another model (no arrival of it
+  // meanwhile; snapshot() may run).
+  void reset_model(int model, DurationNs window_ns);
 
   void on_arrival(int model, TimeNs now);
   // Per model, from the windows completed by `now` (an idle stretch counts as empty windows).

@@ -49,6 +49,11 @@ void Replanner::add_model() {
   rate_.push_back(-1.0);
 }
 
+void Replanner::reset_model(int model) {
+  window_[model].store(0.0, std::memory_order_relaxed);
+  rate_.at(static_cast<std::size_t>(model)) = -1.0;
+}
+
 bool Replanner::due(TimeNs now, ReplanEvent* event) {
   if (every_ <= 0) return false;
   const double span = std::max(1e-9, (now - window_start_) / 1e9);

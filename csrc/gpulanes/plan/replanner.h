@@ -64,6 +64,8 @@ class Replanner {
   // One more model, rate unknown so far. Called where due() and planning_rates() are (the
   // runtime's plan_mu_); arrivals of the new model come only after it.
   void add_model();
+  // Model `model`'s slot starts over for another model, rate unknown; as add_model().
+  void reset_model(int model);
 
   const ReplanOptions& options() const { return opt_; }
   bool enabled() const { return every_ > 0; }

@@ -136,17 +136,16 @@ std::vector<std::unique_ptr<Lane>> Runtime::make_lanes(const std::vector<LaneSpe
     if (spec.models.empty()) {
       // Every model: listed once one was unregistered, which the list leaves out.
       bool any_retired = false;
-      for (int m = 0; m < models_.staged_size(); ++m) any_retired = any_retired || models_.retired(m);
+      for (int m = 0; m < models_.staged_size(); ++m) any_retired = any_retired || !models_.in_use(m);
       for (int m = 0; any_retired && m < models_.staged_size(); ++m) {
-        where.serves.push_back(!models_.retired(m));
+        where.serves.push_back(models_.in_use(m));
       }
     } else {
       where.serves.assign(models_.staged_size(), 0);
       for (const std::string& name : spec.models) {
         int m = models_.find(name);
-        if (m < 0 && models_.staged_size() > models_.size() &&
-            models_.at(models_.staged_size() - 1).spec.name == name) {
-          m = models_.staged_size() - 1;  // the model register_live() is adding
+        if (m < 0 && models_.staged() >= 0 && models_.at(models_.staged()).spec.name == name) {
+          m = models_.staged();  // the model register_live() is adding
         }
         if (m < 0) throw Error(ErrorCode::kUnknownModel, "lane layout names unknown model '" + name + "'");
         where.serves[m] = 1;

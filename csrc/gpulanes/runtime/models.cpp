@@ -13,10 +13,59 @@
 
 namespace gpulanes {
 
-void Runtime::add_model_state(const ModelSpec& spec) {
-  queues_.push_back(std::make_unique<RequestQueue>(spec.max_queue, policy_->queue_order()));
-  metrics_.push_back(std::make_unique<ModelMetrics>(spec.name));
-  rates_.push_back(std::make_unique<ArrivalRate>());
+void Runtime::add_model_state(int m, const ModelSpec& spec) {
+  auto queue = std::make_unique<RequestQueue>(spec.max_queue, policy_->queue_order());
+  auto metrics = std::make_unique<ModelMetrics>(spec.name);
+  auto rate = std::make_unique<ArrivalRate>();
+  if (m == static_cast<int>(queues_.size())) {
+    queues_.push_back(std::move(queue));
+    metrics_.push_back(std::move(metrics));
+    rates_.push_back(std::move(rate));
+    if (shape_) shape_->add_model(spec.slo);
+    if (replanner_) replanner_->add_model();
+    return;
+  }
+  // A reused slot: nothing of the model that had it may carry over.
+  queues_[m] = std::move(queue);
+  metrics_[m] = std::move(metrics);
+  rates_[m] = std::move(rate);
+  if (shape_) shape_->reset_model(m, spec.slo);
+  if (replanner_) replanner_->reset_model(m);
+  if (admission_) admission_->forget(m);
+  policy_->forget(m);
+}
+
+int Runtime::stage_model(const std::function<int()>& stage) {
+  const int slot = models_.next_slot();
+  if (slot >= models_.staged_size()) {
+    const int m = stage();
+    // The new lanes measure its profile into these; only this thread reads their size.
+    // (Reserved: appending moves no profile another thread is reading.)
+    profiles_.emplace_back();
+    profile_origins_.emplace_back();
+    return m;
+  }
+  // A released slot: the planner thread and other callers read retired slots' specs and
+  // profiles under these locks (order: control_mu_, plan_mu_, submit_mu_).
+  std::lock_guard<std::mutex> planning(plan_mu_);
+  std::unique_lock<std::shared_mutex> writing(submit_mu_);
+  if (options_.trace) trace_.alias(slot, models_.at(slot).spec.name);
+  const int m = stage();
+  std::lock_guard<std::mutex> measured(partition_mu_);
+  profiles_[m] = LatencyProfile();
+  profile_origins_[m] = ProfileOrigin{};
+  std::erase_if(partition_profiles_, [m](const auto& kv) { return kv.first.first == m; });
+  if (m < static_cast<int>(plan_profiles_.size())) plan_profiles_[m].reset();
+  return m;
+}
+
+void Runtime::unstage_model(int m) {
+  if (models_.staged() != m) return;  // committed
+  if (m == models_.staged_size() - 1 && m >= models_.size()) {
+    profile_origins_.pop_back();
+    profiles_.pop_back();
+  }
+  models_.drop_staged();
 }
 
 int Runtime::register_model(ModelSpec spec, torch::jit::Module module,
@@ -35,11 +84,12 @@ int Runtime::register_model(ModelSpec spec, std::shared_ptr<const ModelProgram> 
     fail_orphans(std::move(orphans));  // none expected: every model stays served
     return m;
   }
+  const int idx = stage_model([&] {
+    return models_.stage(std::move(spec), std::move(program), std::move(example));
+  });
   std::unique_lock<std::shared_mutex> registering(submit_mu_);
-  const int idx = models_.add(std::move(spec), std::move(program), std::move(example));
-  add_model_state(models_.at(idx).spec);
-  profiles_.emplace_back();
-  profile_origins_.emplace_back();
+  add_model_state(idx, models_.at(idx).spec);
+  models_.commit_staged();
   return idx;
 }
 
@@ -51,11 +101,10 @@ int Runtime::register_virtual_model(ModelSpec spec) {
   if (options_.device != "virtual") {
     throw Error(ErrorCode::kInvalidInput, "models without weights need device 'virtual'");
   }
+  const int idx = stage_model([&] { return models_.stage_virtual(std::move(spec)); });
   std::unique_lock<std::shared_mutex> registering(submit_mu_);
-  const int idx = models_.add_virtual(std::move(spec));
-  add_model_state(models_.at(idx).spec);
-  profiles_.emplace_back();
-  profile_origins_.emplace_back();
+  add_model_state(idx, models_.at(idx).spec);
+  models_.commit_staged();
   return idx;
 }
 
@@ -65,12 +114,10 @@ int Runtime::register_live(ModelSpec spec, std::shared_ptr<const ModelProgram> p
   if (options_.device == "virtual") {
     throw Error(ErrorCode::kInvalidInput, "on virtual time, register models before start()");
   }
-  const int m = models_.stage(std::move(spec), std::move(program), std::move(example));
+  const int m = stage_model([&] {
+    return models_.stage(std::move(spec), std::move(program), std::move(example));
+  });
   const ModelSpec& s = models_.at(m).spec;
-  // The new lanes measure its profile into these; only this thread reads their size. (Reserved:
-  // appending moves no profile another thread is reading.)
-  profiles_.emplace_back();
-  profile_origins_.emplace_back();
   std::vector<LaneSpec> layout = layout_.empty() ? default_layout() : layout_;
   for (LaneSpec& lane : layout) {
     if (!lane.models.empty()) lane.models.push_back(s.name);  // empty: every model already
@@ -86,17 +133,11 @@ int Runtime::register_live(ModelSpec spec, std::shared_ptr<const ModelProgram> p
     old = install_lanes(std::move(fresh), orphans, [&] {
       // Under the loop's lock and submit_mu_, lanes idle: the loop and the policies walk the
       // queues by the vector's size, submitters index metrics and rates.
-      add_model_state(s);
-      shape_->add_model(s.slo);
-      if (replanner_) replanner_->add_model();
+      add_model_state(m, s);
       models_.commit_staged();
     });
   } catch (...) {
-    if (models_.staged_size() > models_.size()) {  // not committed: as if never added
-      profile_origins_.pop_back();
-      profiles_.pop_back();
-      models_.drop_staged();
-    }
+    unstage_model(m);  // not committed: as if never added
     throw;
   }
   if (!layout_.empty()) layout_ = std::move(layout);
@@ -112,10 +153,11 @@ void Runtime::unregister_model(const std::string& name, bool drain) {
   }
   Orphans orphans;
   std::vector<RequestPtr> dropped;
+  int m = -1;
   {
     std::lock_guard<std::mutex> lock(control_mu_);
     if (shut_down_) throw Error(ErrorCode::kRuntimeClosed, "runtime was shut down");
-    const int m = models_.find(name);
+    m = models_.find(name);
     if (m < 0) throw Error(ErrorCode::kUnknownModel, "no model named '" + name + "' is registered");
     if (started_ && options_.device == "virtual") {
       throw Error(ErrorCode::kInvalidInput, "on virtual time, models stay until shutdown");
@@ -126,6 +168,7 @@ void Runtime::unregister_model(const std::string& name, bool drain) {
       models_.retire(m);
       if (!started_) {  // nothing queued or loaded yet; start() builds no lane for it
         layout_ = layout_without(name);
+        models_.release(m);
         return;
       }
       if (!drain) dropped = queues_[m]->pop_up_to(queues_[m]->size());
@@ -151,6 +194,9 @@ void Runtime::unregister_model(const std::string& name, bool drain) {
   // Completions of its requests have run: lanes call them before going idle, the delivery
   // thread once it flushed.
   if (deliverer_) deliverer_->flush();
+  // Nothing refers to its index any more: a later registration may take the slot.
+  std::lock_guard<std::mutex> lock(control_mu_);
+  models_.release(m);
 }
 
 std::vector<LaneSpec> Runtime::layout_without(const std::string& name) const {

@@ -109,9 +109,10 @@ std::vector<PlannerModel> Runtime::planner_models(const std::vector<double>& rat
       profile = &*plan_profiles_[m];
     } else {
       SharePoints whole;
-      whole.points = profiles_[m].points();
       {
+        // Lane threads measure a model being registered, which may be in a reused slot.
         std::lock_guard<std::mutex> lock(partition_mu_);
+        whole.points = profiles_[m].points();
         whole.share = profile_origins_[m].sm_share;
       }
       for (const LatencyPoint& p : whole.points) {

@@ -181,8 +181,8 @@ void Runtime::submit(const std::string& model, std::vector<at::Tensor> inputs,
                      std::optional<TimeNs> deadline, int priority, CompletionFn done,
                      bool native) {
   std::string why;
-  const ErrorCode code = try_submit(models_.find(model), std::move(inputs), deadline, priority,
-                                    std::move(done), native, &why);
+  const ErrorCode code = try_submit(model, std::move(inputs), deadline, priority, std::move(done),
+                                    native, &why);
   if (code != ErrorCode::kOk) {
     throw Error(code, code == ErrorCode::kUnknownModel
                           ? "no model named '" + model + "' is registered" : why);
@@ -195,6 +195,23 @@ ErrorCode Runtime::try_submit(int m, std::vector<at::Tensor> inputs,
   // Shared with other submitters; exclusive only while registering or closing, so nothing is
   // pushed after the loop's final drain and no lookup races a registration.
   std::shared_lock<std::shared_mutex> lock(submit_mu_);
+  return submit_locked(lock, m, std::move(inputs), deadline, priority, std::move(done), native,
+                       why);
+}
+
+ErrorCode Runtime::try_submit(const std::string& model, std::vector<at::Tensor> inputs,
+                              std::optional<TimeNs> deadline, int priority, CompletionFn done,
+                              bool native, std::string* why) {
+  // Looked up under the lock: a slot unregistered and reused in between would take the request
+  // for another model.
+  std::shared_lock<std::shared_mutex> lock(submit_mu_);
+  return submit_locked(lock, models_.find(model), std::move(inputs), deadline, priority,
+                       std::move(done), native, why);
+}
+
+ErrorCode Runtime::submit_locked(std::shared_lock<std::shared_mutex>& lock, int m,
+                                 std::vector<at::Tensor> inputs, std::optional<TimeNs> deadline,
+                                 int priority, CompletionFn done, bool native, std::string* why) {
   if (m < 0 || m >= models_.size() || models_.retired(m)) {
     if (why) *why = "no model with index " + std::to_string(m) + " is registered";
     return ErrorCode::kUnknownModel;
@@ -428,6 +445,23 @@ std::vector<ModelStats> Runtime::stats() const {
   return out;
 }
 
+std::vector<std::string> Runtime::model_names(bool unregistered) const {
+  std::shared_lock<std::shared_mutex> lock(submit_mu_);  // a reused slot is staged under it
+  std::vector<std::string> out;
+  for (int m = 0; m < models_.size(); ++m) {
+    out.push_back(unregistered || !models_.retired(m) ? models_.at(m).spec.name : "");
+  }
+  return out;
+}
+
+std::pair<std::vector<TraceRecord>, std::map<int, std::string>> Runtime::named_trace() const {
+  std::shared_lock<std::shared_mutex> lock(submit_mu_);  // no slot changes name meanwhile
+  std::map<int, std::string> names;
+  std::vector<TraceRecord> records = trace_.snapshot(names);
+  for (int m = 0; m < models_.size(); ++m) names[m] = models_.at(m).spec.name;
+  return {std::move(records), std::move(names)};
+}
+
 std::vector<LaneStats> Runtime::lane_stats() const {
   std::shared_lock<std::shared_mutex> lock(submit_mu_);
   const TimeNs now = clock_->now();
@@ -450,10 +484,14 @@ ProfileOrigin Runtime::profile_origin(const std::string& model) const {
   return profile_origins_[m];
 }
 
-std::map<std::pair<int, int>, std::vector<LatencyPoint>> Runtime::partition_profiles() const {
+std::map<std::pair<std::string, int>, std::vector<LatencyPoint>> Runtime::partition_profiles()
+    const {
+  std::shared_lock<std::shared_mutex> names(submit_mu_);  // a reused slot is staged under it
   std::lock_guard<std::mutex> lock(partition_mu_);
-  std::map<std::pair<int, int>, std::vector<LatencyPoint>> out;
-  for (const auto& [key, profile] : partition_profiles_) out[key] = profile.points();
+  std::map<std::pair<std::string, int>, std::vector<LatencyPoint>> out;
+  for (const auto& [key, profile] : partition_profiles_) {
+    out[{models_.at(key.first).spec.name, key.second}] = profile.points();
+  }
   return out;
 }
 

@@ -161,17 +161,24 @@ class Runtime final : private LaneListener, private LoopSink {
   void submit(const std::string& model, std::vector<at::Tensor> inputs,
               std::optional<TimeNs> deadline, int priority, CompletionFn done,
               bool native = false);
-  // submit() by model index, refusing with a code instead of throwing (kOk: accepted; else
-  // `*why`, if given, says why). For drivers that submit millions of requests.
+  // submit() refusing with a code instead of throwing (kOk: accepted; else `*why`, if given,
+  // says why). For drivers that submit millions of requests.
+  ErrorCode try_submit(const std::string& model, std::vector<at::Tensor> inputs,
+                       std::optional<TimeNs> deadline, int priority, CompletionFn done,
+                       bool native = false, std::string* why = nullptr);
+  // By model index: only for a driver that registers nothing while submitting (the simulator),
+  // since an unregistered model's index is reused by a later registration.
   ErrorCode try_submit(int model, std::vector<at::Tensor> inputs, std::optional<TimeNs> deadline,
                        int priority, CompletionFn done, bool native = false,
                        std::string* why = nullptr);
   // Index of `model`, or -1.
   int model_index(const std::string& model) const { return models_.find(model); }
-  const std::string& model_name(int index) const { return models_.at(index).spec.name; }
-  // Model indices in use so far (retired ones included); whether `index` was unregistered.
-  int model_count() const { return models_.size(); }
-  bool model_retired(int index) const { return models_.retired(index); }
+  // By model index (slot): the live model's name; an unregistered one's only with
+  // `unregistered`, else "" (so that rates by index leave it out).
+  std::vector<std::string> model_names(bool unregistered) const;
+  // The trace (trace()) with the names of the models its records name by index: slots, and
+  // for records of a model whose slot was reused since, the aliases they were moved to.
+  std::pair<std::vector<TraceRecord>, std::map<int, std::string>> named_trace() const;
 
   // Counts a submission the caller refused before it could reach submit() (e.g. an input that
   // is not a tensor) as submitted + rejected, then throws Error(code, why).
@@ -200,8 +207,8 @@ class Runtime final : private LaneListener, private LoopSink {
   std::vector<LatencyPoint> profile(const std::string& model) const;
   // Where profile(model) was measured (lane_kind "" when it was given or not measured yet).
   ProfileOrigin profile_origin(const std::string& model) const;
-  // The profiles of GPU partition lanes so far, by (model index, SMs).
-  std::map<std::pair<int, int>, std::vector<LatencyPoint>> partition_profiles() const;
+  // The profiles of GPU partition lanes so far, by (model name, SMs).
+  std::map<std::pair<std::string, int>, std::vector<LatencyPoint>> partition_profiles() const;
   std::string policy_name() const { return policy_->name(); }
   // The latency predictor (null before start()).
   const LatencyPredictor* predictor() const { return predictor_.get(); }
@@ -266,9 +273,15 @@ class Runtime final : private LaneListener, private LoopSink {
   void create_lanes();
   // The lanes start() makes without set_lanes(): cpu_lanes CPU lanes, or one per GPU.
   std::vector<LaneSpec> default_layout() const;
-  // A new model's queue, metrics and arrival rate; control_mu_ and submit_mu_ (or the loop's
-  // pause) held.
-  void add_model_state(const ModelSpec& spec);
+  // Model `m`'s queue, metrics, arrival rate and traffic shape, new or (a reused slot) fresh,
+  // and what the policy, admission and re-planner knew of the slot forgotten; control_mu_ and
+  // submit_mu_ (and the loop's pause, once started) held.
+  void add_model_state(int m, const ModelSpec& spec);
+  // Runs `stage` (a registry stage() call) and gives the staged model empty profiles; for a
+  // released slot also moves its old model's trace records to an alias first. control_mu_ held.
+  int stage_model(const std::function<int()>& stage);
+  // Undoes stage_model() for a model not committed.
+  void unstage_model(int m);
   // layout_ without `name`: dropped from each lane's list, lanes left with none dropped.
   std::vector<LaneSpec> layout_without(const std::string& name) const;
   // register_model() while serving; control_mu_ held. Fills `orphans` as install_lanes() does.
@@ -301,6 +314,10 @@ class Runtime final : private LaneListener, private LoopSink {
   void prepare_lane(Lane& lane, const std::vector<char>& measure, const ProgressFn& progress);
   LatencyPoint measure_batch(Lane& lane, int model, int batch_size);
   SchedulingState scheduling_state();
+  // try_submit() with submit_mu_ held shared (released before waking the loop).
+  ErrorCode submit_locked(std::shared_lock<std::shared_mutex>& lock, int m,
+                          std::vector<at::Tensor> inputs, std::optional<TimeNs> deadline,
+                          int priority, CompletionFn done, bool native, std::string* why);
   // With tracing on: one "rejected" record for a refused submission of model `m`.
   void trace_rejection(int m, std::optional<TimeNs> deadline);
   // The planner's view of the models at `rates` (profiles by share: plan_profiles_, else the

@@ -35,6 +35,13 @@ class Admission {
     }
   }
 
+  // Model slot `m` starts over for another model: no limit until the next set_limits().
+  void forget(int m) {
+    std::lock_guard<std::mutex> lock(mu_);
+    limit_[m].store(-1.0, std::memory_order_release);
+    buckets_[m] = {};
+  }
+
   double limit(int m) const { return limit_[m].load(std::memory_order_acquire); }
 
   // Takes a token for one request of `m` at `now`, if the model's limit leaves one.

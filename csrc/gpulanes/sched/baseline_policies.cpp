@@ -126,6 +126,11 @@ class AimdPolicy final : public BatchPolicy {
     return take(s, lane.index, m, cap);
   }
 
+  void forget(int model) override {
+    caps_.erase(model);
+    max_batch_.erase(model);
+  }
+
   void observe(const BatchObservation& obs) override {
     auto it = caps_.find(obs.model);
     if (it == caps_.end()) return;

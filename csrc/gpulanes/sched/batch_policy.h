@@ -80,6 +80,9 @@ class BatchPolicy {
   virtual Batch next_batch(const LaneView& lane, SchedulingState& state, TimeNs now,
                            TimeNs* wake_at) = 0;
   virtual void observe(const BatchObservation&) {}
+  // Model slot `model` starts over for another model: what was learned of it goes. Called with
+  // the loop paused.
+  virtual void forget(int /*model*/) {}
   // Admission control at submit, on the submitting thread: false refuses the request with
   // DeadlineExceeded. May read only what does not change while serving (profiles, specs).
   virtual bool admits(const SchedulingState&, int /*model*/, TimeNs /*now*/,

@@ -181,6 +181,16 @@ class DeadlinePolicy final : public BatchPolicy {
     return {};
   }
 
+  void forget(int model) override {
+    errors_.erase(model);
+    for (std::vector<double>& u : usage_) {
+      if (model < static_cast<int>(u.size())) u[model] = 0.0;
+    }
+    std::lock_guard<std::mutex> lock(seen_mu_);
+    if (model < static_cast<int>(seen_.size())) seen_[model] = {1.0, cfg_.min_margin_ns};
+    if (model < static_cast<int>(jumped_at_.size())) jumped_at_[model] = kNever;
+  }
+
   void observe(const BatchObservation& obs) override {
     if (cfg_.fair_share && obs.lane >= 0 && obs.model >= 0) {
       if (static_cast<int>(usage_.size()) <= obs.lane) usage_.resize(obs.lane + 1);
