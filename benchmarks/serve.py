@@ -20,9 +20,8 @@ same max batch sizes) runs the same TorchScript files with torch in its inferenc
 Targets (issue 15, this 2-core machine): the front end adds <= 300 us at p50 to the tiny model
 over HTTP binary and over gRPC; >= 3,000 tiny requests/s at concurrency 16.
 
-perf_analyzer is not installable by name: the script takes it from the tritonclient 2.41.0
-manylinux wheel (into ~/.cache/gpulanes/perf_analyzer), with libcudart.so.12 from the
-nvidia-cuda-runtime-cu12 wheel and Debian's libb64-0d (apt-get when root). PyTriton goes
+perf_analyzer is not installable by name: benchmarks/perf_analyzer.py takes it from the
+tritonclient 2.41.0 manylinux wheel (scripts/bootstrap.sh does it once). PyTriton goes
 into a virtual environment of its own (~/.cache/gpulanes/pytriton-venv): it pins numpy < 2,
 and its Python backend stub links the system's libpython, so the environment is made from the
 system's Python (/usr/bin/python3, same minor version as this one, whose torch it borrows).
@@ -36,7 +35,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import signal
 import site
 import socket
@@ -46,7 +44,6 @@ import tempfile
 import threading
 import time
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -56,37 +53,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "python"))
 from _common import RESULTS, environment, write_result  # noqa: E402
+from perf_analyzer import PA_DIR, perf_analyzer  # noqa: E402
+from perf_analyzer import environment as pa_environment  # noqa: E402
 
 warnings.filterwarnings("ignore", category=FutureWarning)
-PA_DIR = Path(os.environ.get("GPULANES_CACHE_DIR", Path.home() / ".cache" / "gpulanes")) / "perf_analyzer"
 CONCURRENCY = (1, 4, 16, 64)
 
 
 # -- perf_analyzer -------------------------------------------------------------------------
-
-def perf_analyzer() -> Path:
-    """The perf_analyzer binary, fetched once; its libraries are in the same directory."""
-    binary = PA_DIR / "perf_analyzer"
-    if binary.exists() and (PA_DIR / "libcudart.so.12").exists():
-        return binary
-    PA_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-               "-d", tmp]
-        subprocess.run(pip + ["--platform", "manylinux1_x86_64", "tritonclient==2.41.0"],
-                       check=True)
-        subprocess.run(pip + ["nvidia-cuda-runtime-cu12"], check=True)
-        for wheel in Path(tmp).glob("*.whl"):
-            with zipfile.ZipFile(wheel) as z:
-                for name in z.namelist():
-                    if name.endswith("bin/perf_analyzer") or name.endswith("libcudart.so.12"):
-                        (PA_DIR / Path(name).name).write_bytes(z.read(name))
-    binary.chmod(0o755)
-    if not Path("/usr/lib/x86_64-linux-gnu/libb64.so.0d").exists() and os.geteuid() == 0:
-        subprocess.run(["apt-get", "install", "-y", "-qq", "libb64-0d"], check=False,
-                       stdout=subprocess.DEVNULL)
-    return binary
-
 
 def run_pa(model: str, url: str, protocol: str, load: List[str], interval_ms: int,
            shape: str) -> Dict[str, Any]:
@@ -108,8 +82,7 @@ def _run_pa(model: str, url: str, protocol: str, load: List[str], interval_ms: i
     cmd = [str(perf_analyzer()), "-m", model, "-u", url, "-i", protocol, "--shape", shape,
            "--measurement-interval", str(interval_ms), "--max-trials", "8",
            "--stability-percentage", stability, "-f", str(out), *load]
-    env = {**os.environ, "LD_LIBRARY_PATH": f"{PA_DIR}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=pa_environment(), timeout=600)
     if r.returncode != 0 and not out.stat().st_size:
         return {"error": (r.stdout + r.stderr)[-600:]}
     rows = list(csv.DictReader(io.StringIO(out.read_text())))

@@ -3,7 +3,8 @@
 # built, current state, doing only the steps whose inputs changed since the last run.
 #   1. Debian packages (GoogleTest sources, Eigen, ccache, grpc++) via apt-get, when root and
 #      missing.
-#   2. .venv with requirements-dev.txt (re-run only when that file changes).
+#   2. .venv with requirements-dev.txt (re-run only when that file changes), and perf_analyzer
+#      (fetched once).
 #   3. The C++ core, the _C extension and the GoogleTest binary, built incrementally by ninja in
 #      build/ through an editable pip install (re-run only when csrc/, tests/cpp/, CMake or pyproject change).
 set -euo pipefail
@@ -23,6 +24,8 @@ command -v ccache >/dev/null 2>&1 || need_apt+=(ccache)
 # libgrpc++-dev only recommends protobuf's headers; grpc++'s CMake config needs them.
 [ -f /usr/include/google/protobuf/message.h ] || need_apt+=(libprotobuf-dev)
 [ -x /usr/bin/grpc_cpp_plugin ] || need_apt+=(protobuf-compiler-grpc)
+# perf_analyzer (Triton's load generator, which tests drive the server with) links libb64.
+[ -f /usr/lib/x86_64-linux-gnu/libb64.so.0d ] || need_apt+=(libb64-0d)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     log "apt-get install ${need_apt[*]}"
@@ -48,6 +51,9 @@ if [ "$(cat .venv/.deps-stamp 2>/dev/null)" != "$deps_hash" ]; then
   "$VPY" -m pip install -q -r requirements-dev.txt
   echo "$deps_hash" > .venv/.deps-stamp
 fi
+# perf_analyzer, taken once from the tritonclient wheel into ~/.cache/gpulanes
+# (benchmarks/perf_analyzer.py says why): the serving tests run it against gpulanes serve.
+"$VPY" benchmarks/perf_analyzer.py >/dev/null
 
 # --- 3. build --------------------------------------------------------------------------------
 src_hash=$( (find csrc cmake tests/cpp tests/ops -type f 2>/dev/null; echo CMakeLists.txt; echo pyproject.toml; echo python/gpulanes/serve/kserve_v2.proto) \

@@ -143,3 +143,31 @@ def rss_kib(pid: int) -> int:
     """Resident memory of process ``pid``, KiB (Linux)."""
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+
+
+class InProcessServer:
+    """A grpc.aio server on its own event loop thread."""
+
+    def __init__(self, runtime, token=None, frontend="auto"):
+        import asyncio
+
+        from gpulanes.serve import Endpoint, grpc_server
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+        async def start():
+            server, port = grpc_server(Endpoint(runtime, max_rows=16), "127.0.0.1:0", token=token,
+                                       frontend=frontend)
+            await server.start()
+            return server, port
+        self.server, port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(30)
+        self.address = f"127.0.0.1:{port}"
+
+    def close(self):
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.server.stop(1), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)

@@ -3,7 +3,6 @@ are the wire protocol), typed `contents` as well as raw bytes, malformed message
 bearer token."""
 
 import asyncio
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,8 @@ tg = pytest.importorskip("tritonclient.grpc")
 from tritonclient.grpc import service_pb2 as triton_pb  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from gpulanes.serve import Endpoint, grpc_server  # noqa: E402
 from gpulanes.serve.grpc_server import core_frontend_available, messages  # noqa: E402
+from serve_helpers import InProcessServer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -32,28 +31,6 @@ def runtime():
     rt.start()
     yield rt
     rt.shutdown()
-
-
-class InProcessServer:
-    """A grpc.aio server on its own event loop thread."""
-
-    def __init__(self, runtime, token=None, frontend="auto"):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-        async def start():
-            server, port = grpc_server(Endpoint(runtime, max_rows=16), "127.0.0.1:0", token=token,
-                                       frontend=frontend)
-            await server.start()
-            return server, port
-        self.server, port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(30)
-        self.address = f"127.0.0.1:{port}"
-
-    def close(self):
-        asyncio.run_coroutine_threadsafe(self.server.stop(1), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 FRONTENDS = ["python"] + (["core"] if core_frontend_available() else [])

@@ -13,6 +13,7 @@
 #include <set>
 
 #include "gpulanes/runtime/runtime.h"
+#include "gpulanes/serve/grpc_calls.h"
 
 namespace gpulanes::serve {
 namespace {
@@ -46,28 +47,26 @@ bool same_secret(std::string_view a, std::string_view b) {
 
 }  // namespace
 
-// Who answers a call first: the reply (runtime, forward hook) or grpc++ cancelling it.
-class CallSlot {
+// A unary call's slot: its answer finishes the call.
+class UnarySlot final : public CallSlot {
  public:
-  explicit CallSlot(GrpcFrontend::Reactor* reactor) : reactor_(reactor) {}
-  // True exactly once: the caller now owns finishing the call (and may use reactor()).
-  bool claim() { return !claimed_.exchange(true, std::memory_order_acq_rel); }
-  GrpcFrontend::Reactor* reactor() const { return reactor_; }
+  explicit UnarySlot(GrpcFrontend::Reactor* reactor) : reactor_(reactor) {}
+  void finish_ok(grpc::ByteBuffer reply) override;
+  void finish_status(grpc::StatusCode code, const std::string& message) override;
 
  private:
   GrpcFrontend::Reactor* const reactor_;  // alive until its call is finished (claim first)
-  std::atomic<bool> claimed_{false};      // set by the first claim()
 };
 
 // One call: reads its single request message, then waits for someone to claim and answer it.
 class GrpcFrontend::Reactor final : public grpc::ServerGenericBidiReactor {
  public:
   Reactor(GrpcFrontend* server, grpc::GenericCallbackServerContext* ctx)
-      : server_(server), ctx_(ctx), slot_(std::make_shared<CallSlot>(this)) {
+      : server_(server), ctx_(ctx), slot_(std::make_shared<UnarySlot>(this)) {
     // The method and the token come with the call's headers: a call refused for either is
     // answered before its message is read, so that no unauthenticated message is ever taken
     // in (or inflated, when it comes compressed).
-    if (server_->refused_before_reading(this)) return;
+    if (server_->refused_before_reading(ctx_, slot_)) return;
     StartRead(&in_);
   }
 
@@ -89,9 +88,7 @@ class GrpcFrontend::Reactor final : public grpc::ServerGenericBidiReactor {
     StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
   }
   void finish_status(grpc::StatusCode code, const std::string& message) {
-    // At most 512 characters, as the Python front ends (protocol.client_message): an error
-    // may echo the client's own input (a 10 KB model name, thousands of input names).
-    Finish(grpc::Status(code, message.size() <= 512 ? message : message.substr(0, 508) + " ..."));
+    Finish(grpc::Status(code, client_message(message)));
   }
   // Claims and fails the call, unless someone else answers it.
   void fail(grpc::StatusCode code, const std::string& message) {
@@ -99,29 +96,39 @@ class GrpcFrontend::Reactor final : public grpc::ServerGenericBidiReactor {
   }
 
   grpc::GenericCallbackServerContext* context() const { return ctx_; }
-  const std::shared_ptr<CallSlot>& slot() const { return slot_; }
+  std::shared_ptr<CallSlot> slot() const { return slot_; }
   grpc::ByteBuffer& request() { return in_; }
-  std::string method() const {
-    const std::string& m = ctx_->method();
-    return m.compare(0, kService.size(), kService) == 0 ? m.substr(kService.size()) : "";
-  }
-  // Seconds until the client's deadline; < 0 when it set none (grpc++ reports "infinite" as a
-  // far future).
-  double remaining_s() const {
-    const double s = std::chrono::duration<double>(ctx_->deadline() -
-                                                   std::chrono::system_clock::now()).count();
-    return s < 86400.0 * 365 ? std::max(s, 0.0) : -1.0;
-  }
 
  private:
   GrpcFrontend* const server_;                         // outlives every call (stop() waits)
   grpc::GenericCallbackServerContext* const ctx_;      // grpc++'s, valid until OnDone
-  const std::shared_ptr<CallSlot> slot_;               // shared with whoever answers
+  const std::shared_ptr<UnarySlot> slot_;              // shared with whoever answers
   grpc::ByteBuffer in_;                                // the request message
   grpc::ByteBuffer out_;                               // the reply, while it is written
 };
 
+void UnarySlot::finish_ok(grpc::ByteBuffer reply) { reactor_->finish_ok(std::move(reply)); }
+
+void UnarySlot::finish_status(grpc::StatusCode code, const std::string& message) {
+  reactor_->finish_status(code, message);
+}
+
+std::string call_method(const grpc::GenericCallbackServerContext* ctx) {
+  const std::string& m = ctx->method();
+  return m.compare(0, kService.size(), kService) == 0 ? m.substr(kService.size()) : "";
+}
+
+double remaining_s(const grpc::GenericCallbackServerContext* ctx) {
+  const double s = std::chrono::duration<double>(ctx->deadline() -
+                                                 std::chrono::system_clock::now()).count();
+  return s < 86400.0 * 365 ? std::max(s, 0.0) : -1.0;
+}
+
 namespace {
+
+void fail(const std::shared_ptr<CallSlot>& slot, grpc::StatusCode code, const std::string& why) {
+  if (slot->claim()) slot->finish_status(code, why);
+}
 
 void answer_ok(const std::shared_ptr<CallSlot>& slot, const google::protobuf::Message& reply) {
   if (!slot->claim()) return;
@@ -129,10 +136,10 @@ void answer_ok(const std::shared_ptr<CallSlot>& slot, const google::protobuf::Me
   bool own = false;
   grpc::Status s = grpc::SerializationTraits<google::protobuf::Message>::Serialize(reply, &buf, &own);
   if (!s.ok()) {
-    slot->reactor()->finish_status(grpc::StatusCode::INTERNAL, s.error_message());
+    slot->finish_status(grpc::StatusCode::INTERNAL, s.error_message());
     return;
   }
-  slot->reactor()->finish_ok(std::move(buf));
+  slot->finish_ok(std::move(buf));
 }
 
 // What a client is told of a model's failure (or an internal error): its last line with file
@@ -155,7 +162,7 @@ std::string public_model_error(const std::string& why) {
 void answer_error(const std::shared_ptr<CallSlot>& slot, ErrorCode code, const std::string& why) {
   if (!slot->claim()) return;
   const bool internal = code == ErrorCode::kModelError || code == ErrorCode::kInternal;
-  slot->reactor()->finish_status(code_of(code), internal ? public_model_error(why) : why);
+  slot->finish_status(code_of(code), internal ? public_model_error(why) : why);
 }
 
 // One ModelInfer served here: its rows are separate gpulanes requests (batched by the runtime
@@ -232,18 +239,18 @@ class InferJob {
 
 Reply::~Reply() {
   if (slot_->claim()) {
-    slot_->reactor()->finish_status(grpc::StatusCode::INTERNAL, "the server dropped this call");
+    slot_->finish_status(grpc::StatusCode::INTERNAL, "the server dropped this call");
   }
 }
 
 void Reply::operator()(int code, const std::string& message, const std::string& payload) {
   if (!slot_->claim()) return;
   if (code != 0) {
-    slot_->reactor()->finish_status(static_cast<grpc::StatusCode>(code), message);
+    slot_->finish_status(static_cast<grpc::StatusCode>(code), message);
     return;
   }
   grpc::Slice s(payload);
-  slot_->reactor()->finish_ok(grpc::ByteBuffer(&s, 1));
+  slot_->finish_ok(grpc::ByteBuffer(&s, 1));
 }
 
 GrpcFrontend::GrpcFrontend(std::shared_ptr<Runtime> runtime, GrpcFrontendOptions options,
@@ -255,6 +262,7 @@ GrpcFrontend::GrpcFrontend(std::shared_ptr<Runtime> runtime, GrpcFrontendOptions
   struct Service final : grpc::CallbackGenericService {
     explicit Service(GrpcFrontend* s) : server(s) {}
     grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* ctx) override {
+      if (call_method(ctx) == "ModelStreamInfer") return make_stream_reactor(server, ctx);
       return new Reactor(server, ctx);
     }
     GrpcFrontend* server;
@@ -315,31 +323,32 @@ void GrpcFrontend::stop(double grace_s) {
   server_.reset();
 }
 
-bool GrpcFrontend::authorized(const Reactor* call) const {
+bool GrpcFrontend::authorized(const grpc::GenericCallbackServerContext* ctx) const {
   if (!options_.token) return true;
-  const auto& md = call->context()->client_metadata();
+  const auto& md = ctx->client_metadata();
   auto it = md.find("authorization");
   if (it == md.end()) return false;
   return same_secret(std::string_view(it->second.data(), it->second.size()),
                      "Bearer " + *options_.token);
 }
 
-bool GrpcFrontend::refused_before_reading(Reactor* call) const {
-  const std::string method = call->method();
+bool GrpcFrontend::refused_before_reading(const grpc::GenericCallbackServerContext* ctx,
+                                          const std::shared_ptr<CallSlot>& slot) const {
+  const std::string method = call_method(ctx);
   const bool open = method == "ServerLive" || method == "ServerReady";
-  if (!open && !kForwarded.count(method)) {
-    call->fail(grpc::StatusCode::UNIMPLEMENTED, "no method " + call->context()->method());
+  if (!open && !kForwarded.count(method) && method != "ModelStreamInfer") {
+    fail(slot, grpc::StatusCode::UNIMPLEMENTED, "no method " + ctx->method());
     return true;
   }
-  if (!open && !authorized(call)) {
-    call->fail(grpc::StatusCode::UNAUTHENTICATED, "missing or wrong bearer token");
+  if (!open && !authorized(ctx)) {
+    fail(slot, grpc::StatusCode::UNAUTHENTICATED, "missing or wrong bearer token");
     return true;
   }
   return false;
 }
 
 void GrpcFrontend::dispatch(Reactor* call) {
-  const std::string method = call->method();
+  const std::string method = call_method(call->context());
   if (method == "ServerLive") {
     inference::ServerLiveResponse live;
     live.set_live(true);
@@ -348,7 +357,8 @@ void GrpcFrontend::dispatch(Reactor* call) {
   }
   std::string payload;
   if (method == "ModelInfer") {
-    if (infer(call, &payload)) return;  // the hot path: nothing below runs for it
+    infer(call->request(), call->slot(), remaining_s(call->context()));  // the hot path
+    return;
   } else {
     std::vector<grpc::Slice> slices;
     if (call->request().Dump(&slices).ok()) {
@@ -357,17 +367,18 @@ void GrpcFrontend::dispatch(Reactor* call) {
       }
     }
   }
-  forward_(ForwardedCall{method, std::move(payload), call->remaining_s()},
+  forward_(ForwardedCall{method, std::move(payload), remaining_s(call->context())},
            std::make_shared<Reply>(call->slot()));
 }
 
-bool GrpcFrontend::infer(Reactor* call, std::string* forward_payload) {
+void GrpcFrontend::infer(grpc::ByteBuffer& message, const std::shared_ptr<CallSlot>& slot,
+                         double remaining) {
   auto request = std::make_shared<inference::ModelInferRequest>();
-  grpc::Status parsed = grpc::SerializationTraits<inference::ModelInferRequest>::Deserialize(
-      &call->request(), request.get());
+  grpc::Status parsed =
+      grpc::SerializationTraits<inference::ModelInferRequest>::Deserialize(&message, request.get());
   if (!parsed.ok()) {
-    call->fail(grpc::StatusCode::INVALID_ARGUMENT, "malformed request: " + parsed.error_message());
-    return true;
+    fail(slot, grpc::StatusCode::INVALID_ARGUMENT, "malformed request: " + parsed.error_message());
+    return;
   }
   const std::string& name = request->model_name();
   std::shared_ptr<const ServedModel> io;
@@ -376,30 +387,31 @@ bool GrpcFrontend::infer(Reactor* call, std::string* forward_payload) {
     if (auto it = models_.find(name); it != models_.end()) io = it->second;
   }
   if (!io) {  // the forward hook knows whether it exists at all
-    *forward_payload = request->SerializeAsString();
-    return false;
+    forward_(ForwardedCall{"ModelInfer", request->SerializeAsString(), remaining},
+             std::make_shared<Reply>(slot));
+    return;
   }
   if (!request->model_version().empty() && request->model_version() != "1") {
-    call->fail(grpc::StatusCode::NOT_FOUND, "model " + py_repr(name) + " has only version 1, not " +
+    fail(slot, grpc::StatusCode::NOT_FOUND, "model " + py_repr(name) + " has only version 1, not " +
                                                 py_repr(request->model_version()));
-    return true;
+    return;
   }
   DecodedInfer decoded;
   try {
     decoded = decode_infer(name, *io, request, std::min(options_.max_rows, io->max_rows));
   } catch (const Error& e) {
-    call->fail(code_of(e.code()), e.what());
-    return true;
+    fail(slot, code_of(e.code()), e.what());
+    return;
   }
   // A gRPC deadline, when the client set one, caps the request's own.
   std::optional<double> timeout_ms = decoded.timeout_ms;
-  if (const double remaining = call->remaining_s(); remaining >= 0) {
+  if (remaining >= 0) {
     if (!timeout_ms || remaining * 1e3 < *timeout_ms) timeout_ms = std::max(remaining * 1e3, 1e-3);
   }
   std::optional<TimeNs> deadline;
   if (timeout_ms) deadline = runtime_->clock().now() + from_ms(*timeout_ms);
   const std::size_t rows = decoded.rows.size();
-  auto job = std::make_shared<InferJob>(call->slot(), name, io, std::move(decoded.requested),
+  auto job = std::make_shared<InferJob>(slot, name, io, std::move(decoded.requested),
                                         request->id(), rows);
   for (std::size_t r = 0; r < rows; ++r) {
     try {
@@ -410,7 +422,6 @@ bool GrpcFrontend::infer(Reactor* call, std::string* forward_payload) {
       job->row_done(r, Outcome::failure(e.code(), e.what()));
     }
   }
-  return true;
 }
 
 }  // namespace gpulanes::serve

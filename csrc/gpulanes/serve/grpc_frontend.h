@@ -28,8 +28,10 @@
 #include "gpulanes/serve/kserve_infer.h"
 
 namespace grpc {
+class ByteBuffer;
 class Server;
 class CallbackGenericService;
+class GenericCallbackServerContext;
 }  // namespace grpc
 
 namespace gpulanes {
@@ -91,16 +93,19 @@ class GrpcFrontend {
   // hook's answers need, e.g. Python's GIL).
   void stop(double grace_s);
 
-  class Reactor;  // one call (grpc_frontend.cpp)
+  class Reactor;  // one unary call (grpc_frontend.cpp)
 
  private:
   friend class Reactor;
+  friend class StreamReactor;  // one ModelStreamInfer call (grpc_stream.cpp)
   void dispatch(Reactor* call);
-  // False: not a model served here; `forward_payload` is then its request, to forward.
-  bool infer(Reactor* call, std::string* forward_payload);
-  bool authorized(const Reactor* call) const;
+  // One ModelInferRequest (`message`), answered through `slot`: served here, or forwarded when
+  // its model is not. `remaining`: seconds to the call's deadline (< 0: none).
+  void infer(grpc::ByteBuffer& message, const std::shared_ptr<CallSlot>& slot, double remaining);
+  bool authorized(const grpc::GenericCallbackServerContext* ctx) const;
   // Fails a call for an unknown method or a missing token, from its headers alone (true then).
-  bool refused_before_reading(Reactor* call) const;
+  bool refused_before_reading(const grpc::GenericCallbackServerContext* ctx,
+                              const std::shared_ptr<CallSlot>& slot) const;
 
   std::shared_ptr<Runtime> runtime_;                  // what ModelInfer submits to
   const GrpcFrontendOptions options_;

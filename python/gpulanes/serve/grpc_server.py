@@ -39,6 +39,7 @@ from .protocol import (NAMES, Endpoint, check_shape, client_message, grpc_code, 
                        tensor_bytes, tensor_from_bytes)
 
 SERVICE = "inference.GRPCInferenceService"
+STREAM_PENDING = 256  # ModelStreamInfer: requests read ahead of their answers, per stream
 
 # Which InferTensorContents field carries each datatype.
 _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
@@ -139,18 +140,27 @@ class InferenceService:
                         self._wrap(name, open_),
                         response_serializer=lambda msg: msg.SerializeToString())
                     for name, (_, _, open_) in self._RPCS.items()}
+        handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+            self._stream, response_serializer=lambda msg: msg.SerializeToString())
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+    async def _authorize(self, context) -> None:
+        import hmac
+
+        import grpc
+
+        if self.token is None:
+            return
+        given = dict(context.invocation_metadata()).get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
     def _wrap(self, method: str, open_: bool):
         import grpc
 
         async def call(raw: bytes, context):
-            if self.token is not None and not open_:
-                given = dict(context.invocation_metadata()).get("authorization", "")
-                import hmac
-                if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
-                    await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                        "missing or wrong bearer token")
+            if not open_:
+                await self._authorize(context)
             try:
                 return await self.answer(method, raw, context)
             except Refused as e:
@@ -162,6 +172,58 @@ class InferenceService:
             except Exception as e:  # noqa: BLE001 - INTERNAL with an error id, never a traceback
                 await context.abort(grpc.StatusCode.INTERNAL, public_error(e))
         return call
+
+    async def _stream(self, requests, context):
+        """ModelStreamInfer: every request on the stream answered as ModelInfer would be, in the
+        order the answers come, an error as the answer's error_message. At most STREAM_PENDING
+        requests are read ahead of their answers (as the core's front end), so a client that
+        sends without reading holds bounded memory."""
+        await self._authorize(context)
+        answers: asyncio.Queue = asyncio.Queue()
+        room = asyncio.Semaphore(STREAM_PENDING)
+        tasks = set()
+        state = {"pending": 0, "read_all": False}
+
+        async def one(raw: bytes) -> None:
+            reply = self.m["ModelStreamInferResponse"]()
+            try:
+                reply.infer_response.CopyFrom(await self.answer("ModelInfer", raw, context))
+            except Refused as e:
+                reply.error_message = client_message(e.details)
+            except GpuLanesError as e:
+                reply.error_message = client_message(public_error(e))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - in-band, with an error id
+                reply.error_message = public_error(e)
+            answers.put_nowait(reply)
+
+        async def read() -> None:
+            try:
+                async for raw in requests:
+                    await room.acquire()
+                    state["pending"] += 1
+                    task = asyncio.ensure_future(one(raw))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            finally:
+                state["read_all"] = True
+                answers.put_nowait(None)  # wakes the writer to check whether it is done
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while not (state["read_all"] and state["pending"] == 0):
+                reply = await answers.get()
+                if reply is None:
+                    continue
+                state["pending"] -= 1
+                room.release()
+                yield reply
+            await reader  # raises what broke the read side (the client's stream)
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
 
     # -- health and metadata -----------------------------------------------------------------
 
@@ -180,7 +242,7 @@ class InferenceService:
 
     async def server_metadata(self, request, context):
         return self.m["ServerMetadataResponse"](name="gpulanes", version=__version__,
-                                                extensions=["binary_tensor_data"])
+                                                extensions=self.ep.extensions())
 
     async def model_metadata(self, request, context):
         meta = await self.ep.metadata(self.ep.model(request.name, request.version))

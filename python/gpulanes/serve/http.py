@@ -173,8 +173,7 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
         raise InvalidInput("token must be a non-empty string or None")
     ep = endpoint or Endpoint(runtime, io, max_rows)
     # statistics only where the runtime keeps them (not the Ray ingress over replicas)
-    extensions = [e for e in EXTENSIONS
-                  if e != "statistics" or callable(getattr(ep.runtime, "stats", None))]
+    extensions = ep.extensions()
 
     def guarded(handler, open_: bool = False):
         async def call(request: Request):
@@ -349,10 +348,6 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
 
     return asgi
 
-
-# What the server metadata says is supported (Triton's extension names).
-EXTENSIONS = ["binary_tensor_data", "model_repository", "model_repository(unload_dependents)",
-              "model_configuration", "parameters", "statistics"]
 
 _INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
 

@@ -328,6 +328,14 @@ class Endpoint:
         for listener in list(self.listeners):
             listener()
 
+    def extensions(self) -> List[str]:
+        """What the server metadata says is supported (Triton's extension names); statistics
+        only where the runtime keeps them (not the Ray ingress over replicas)."""
+        names = ["binary_tensor_data", "model_repository", "model_repository(unload_dependents)",
+                 "model_configuration", "parameters", "statistics"]
+        return [e for e in names
+                if e != "statistics" or callable(getattr(self.runtime, "stats", None))]
+
     def statistics(self, name: Any = None, version: Any = None) -> Dict[str, Any]:
         """Triton's statistics extension: ``{"model_stats": [...]}`` for one model (or all, when
         ``name`` is empty), from the runtime's own counters. Per request: ``success`` (answered:
