@@ -23,7 +23,24 @@ constexpr std::string_view kService = "/inference.GRPCInferenceService/";
 const std::set<std::string, std::less<>> kForwarded = {
     "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig", "ModelInfer",
     "ModelStatistics",
-    "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"};
+    "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
+    "SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister"};
+
+// Whether a request names a shared-memory region for an input or an output: the regions are
+// the Python side's (python/gpulanes/serve/shared_memory.py), so such a request is forwarded.
+bool uses_shared_memory(const inference::ModelInferRequest& r) {
+  auto names_one = [](const auto& params) {
+    return params.count("shared_memory_region") || params.count("shared_memory_offset") ||
+           params.count("shared_memory_byte_size");
+  };
+  for (const auto& t : r.inputs()) {
+    if (names_one(t.parameters())) return true;
+  }
+  for (const auto& t : r.outputs()) {
+    if (names_one(t.parameters())) return true;
+  }
+  return false;
+}
 
 grpc::StatusCode code_of(ErrorCode code) {
   switch (code) {
@@ -386,7 +403,7 @@ void GrpcFrontend::infer(grpc::ByteBuffer& message, const std::shared_ptr<CallSl
     std::shared_lock lock(models_mu_);
     if (auto it = models_.find(name); it != models_.end()) io = it->second;
   }
-  if (!io) {  // the forward hook knows whether it exists at all
+  if (!io || uses_shared_memory(*request)) {  // the forward hook knows whether it exists
     forward_(ForwardedCall{"ModelInfer", request->SerializeAsString(), remaining},
              std::make_shared<Reply>(slot));
     return;

@@ -37,6 +37,7 @@ from .. import __version__
 from ..errors import GpuLanesError, InvalidInput, UnknownModel
 from .protocol import (NAMES, Endpoint, check_shape, client_message, grpc_code, public_error,
                        tensor_bytes, tensor_from_bytes)
+from .shared_memory import uses_shared_memory
 
 SERVICE = "inference.GRPCInferenceService"
 STREAM_PENDING = 256  # ModelStreamInfer: requests read ahead of their answers, per stream
@@ -114,7 +115,12 @@ class InferenceService:
              "ModelStatistics": ("model_statistics", "ModelStatisticsRequest", False),
              "RepositoryIndex": ("repository_index", "RepositoryIndexRequest", False),
              "RepositoryModelLoad": ("repository_load", "RepositoryModelLoadRequest", False),
-             "RepositoryModelUnload": ("repository_unload", "RepositoryModelUnloadRequest", False)}
+             "RepositoryModelUnload": ("repository_unload", "RepositoryModelUnloadRequest", False),
+             "SystemSharedMemoryStatus": ("shm_status", "SystemSharedMemoryStatusRequest", False),
+             "SystemSharedMemoryRegister": ("shm_register", "SystemSharedMemoryRegisterRequest",
+                                            False),
+             "SystemSharedMemoryUnregister": ("shm_unregister",
+                                              "SystemSharedMemoryUnregisterRequest", False)}
 
     async def answer(self, method: str, raw: bytes, context) -> Any:
         """The reply message to one call (the token already checked), or raises
@@ -289,6 +295,24 @@ class InferenceService:
         await self.ep.unload(request.model_name, params)
         return self.m["RepositoryModelUnloadResponse"]()
 
+    # -- system shared memory ----------------------------------------------------------------
+
+    async def shm_status(self, request, context):
+        reply = self.m["SystemSharedMemoryStatusResponse"]()
+        for r in self.ep.shm.status(request.name):
+            reply.regions[r["name"]].CopyFrom(
+                reply.RegionStatus(name=r["name"], key=r["key"], offset=r["offset"],
+                                   byte_size=r["byte_size"]))
+        return reply
+
+    async def shm_register(self, request, context):
+        self.ep.shm.register(request.name, request.key, request.offset, request.byte_size)
+        return self.m["SystemSharedMemoryRegisterResponse"]()
+
+    async def shm_unregister(self, request, context):
+        self.ep.shm.unregister(request.name)
+        return self.m["SystemSharedMemoryUnregisterResponse"]()
+
     # -- inference ---------------------------------------------------------------------------
 
     async def model_infer(self, request, context):
@@ -299,27 +323,35 @@ class InferenceService:
                 raise InvalidInput(f"input {t.name!r} is given twice")
             given[t.name] = t
         wanted = {n: (s, d) for n, s, d in self.ep.order_inputs(model, given)}
+        # raw_input_contents: one per input not in shared memory, in order (as tritonclient)
+        shared = {t.name: {k: _param(v) for k, v in t.parameters.items()}
+                  for t in request.inputs if uses_shared_memory(t.parameters)}
         raw = list(request.raw_input_contents)
-        if raw and len(raw) != len(request.inputs):
+        if raw and len(raw) != len(request.inputs) - len(shared):
             raise InvalidInput(f"raw_input_contents has {len(raw)} entries for "
-                               f"{len(request.inputs)} inputs")
+                               f"{len(request.inputs) - len(shared)} inputs not in shared memory")
         # Refused as HTTP refuses them: data given twice, and an extension not served.
         for t in request.inputs:
-            if raw and t.HasField("contents") and t.contents.ByteSize():
-                raise InvalidInput(f"input {t.name!r} has typed contents and raw_input_contents: "
-                                   "give its data one way")
+            if (raw or t.name in shared) and t.HasField("contents") and t.contents.ByteSize():
+                raise InvalidInput(f"input {t.name!r} has typed contents and "
+                                   f"{'a shared-memory region' if t.name in shared else 'raw_input_contents'}"
+                                   ": give its data one way")
         for o in request.outputs:
             if "classification" in o.parameters:
                 raise InvalidInput(f"the classification extension is not supported (output "
                                    f"{o.name!r})")
         tensors = {}
-        for i, t in enumerate(request.inputs):
+        contents = iter(raw)
+        for t in request.inputs:
             sample, dtype = wanted[t.name]
             shape = check_shape(t.name, t.datatype, list(t.shape), sample, dtype,
                                 self.ep.rows_limit(model))
-            if raw:
+            if t.name in shared:
+                tensors[t.name] = tensor_from_bytes(
+                    t.name, shape, dtype, self.ep.shm.read(f"input {t.name!r}", shared[t.name]))
+            elif raw:
                 tensors[t.name] = tensor_from_bytes(t.name, shape, dtype,
-                                                    memoryview(bytearray(raw[i])))
+                                                    memoryview(bytearray(next(contents))))
             else:
                 tensors[t.name] = _from_contents(t, shape, dtype)
         params = {k: _param(v) for k, v in request.parameters.items()}
@@ -332,9 +364,20 @@ class InferenceService:
                                     deadline_ms, priority)
         reply = self.m["ModelInferResponse"](model_name=model, model_version="1", id=request.id)
         requested = [o.name for o in request.outputs] or None
+        shared_out = {o.name: {k: _param(v) for k, v in o.parameters.items()}
+                      for o in request.outputs if uses_shared_memory(o.parameters)}
         for name, t in self.ep.select_outputs(model, outputs, requested):
-            reply.outputs.add(name=name, datatype=NAMES[t.dtype], shape=list(t.shape))
-            reply.raw_output_contents.append(tensor_bytes(t))
+            out = reply.outputs.add(name=name, datatype=NAMES[t.dtype], shape=list(t.shape))
+            if name in shared_out:
+                # written into the region; an empty entry keeps raw_output_contents aligned
+                # with outputs (tritonclient indexes them together)
+                written = self.ep.shm.write(f"output {name!r}", shared_out[name], tensor_bytes(t))
+                out.parameters["shared_memory_region"].string_param = \
+                    shared_out[name]["shared_memory_region"]
+                out.parameters["shared_memory_byte_size"].int64_param = written
+                reply.raw_output_contents.append(b"")
+            else:
+                reply.raw_output_contents.append(tensor_bytes(t))
         return reply
 
 

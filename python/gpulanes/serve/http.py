@@ -23,6 +23,7 @@ from ..errors import GpuLanesError, InvalidInput
 from .protocol import (NAMES, Endpoint, ModelIO, TooLarge, check_shape, client_message,
                        http_status, public_error, tensor_bytes, tensor_from_bytes,
                        tensor_from_list)
+from .shared_memory import uses_shared_memory
 
 _HEADER_LENGTH = "inference-header-content-length"
 
@@ -116,6 +117,13 @@ def _decode_inputs(endpoint: Endpoint, model: str, specs: Any, binary: memoryvie
         if not isinstance(params, dict):
             raise InvalidInput(f"input {name!r}: parameters must be an object")
         size = params.get("binary_data_size")
+        if uses_shared_memory(params):
+            if size is not None or "data" in spec:
+                raise InvalidInput(f"input {name!r} names a shared-memory region and carries "
+                                   "data: give its data one way")
+            tensors[name] = tensor_from_bytes(name, shape, dtype,
+                                              endpoint.shm.read(f"input {name!r}", params))
+            continue
         if size is None:
             tensors[name] = tensor_from_list(name, shape, dtype, spec.get("data"))
             continue
@@ -133,25 +141,29 @@ def _decode_inputs(endpoint: Endpoint, model: str, specs: Any, binary: memoryvie
 
 
 def _requested_outputs(doc: Dict[str, Any]):
-    """(names asked for or None, names to send binary, binary for the rest)."""
+    """(names asked for or None, names to send binary, binary for the rest, shared-memory
+    parameters by output name)."""
     params = doc.get("parameters") or {}
     binary_all = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
     specs = doc.get("outputs")
     if specs is None:
-        return None, set(), binary_all
+        return None, set(), binary_all, {}
     if not isinstance(specs, list) or not all(
             isinstance(s, dict) and isinstance(s.get("name"), str) for s in specs):
         raise InvalidInput("outputs must be a list of objects with a name")
     binary = set()
+    shared = {}
     for s in specs:
         p = s.get("parameters") or {}
         if not isinstance(p, dict):
             raise InvalidInput(f"output {s['name']!r}: parameters must be an object")
         if p.get("classification"):
             raise InvalidInput("the classification extension is not supported")
-        if p.get("binary_data", binary_all):
+        if uses_shared_memory(p):
+            shared[s["name"]] = p
+        elif p.get("binary_data", binary_all):
             binary.add(s["name"])
-    return [s["name"] for s in specs], binary, False
+    return [s["name"] for s in specs], binary, False, shared
 
 
 def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
@@ -216,12 +228,16 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
         return JSONResponse(ep.statistics(request.path_params.get("model"),
                                           request.path_params.get("version")))
 
-    async def repository_index(request: Request):
+    async def json_object(request: Request) -> Any:
+        """The body as JSON ({} when empty); bounded like every body."""
         body = await _read_body(request.headers, request.receive, max_body_bytes)
         try:
-            doc = json.loads(body, parse_constant=_no_constant) if body.strip() else {}
+            return json.loads(body, parse_constant=_no_constant) if body.strip() else {}
         except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise InvalidInput(f"body is not JSON: {e}") from None
+
+    async def repository_index(request: Request):
+        doc = await json_object(request)
         if not isinstance(doc, dict) or not isinstance(doc.get("ready", False), bool):
             raise InvalidInput('the body must be an object, with "ready" a boolean if given')
         return JSONResponse(ep.index(doc.get("ready", False)))
@@ -237,15 +253,32 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
         return JSONResponse({})
 
     async def repository_unload(request: Request):
-        body = await _read_body(request.headers, request.receive, max_body_bytes)
-        try:
-            doc = json.loads(body, parse_constant=_no_constant) if body.strip() else {}
-        except (ValueError, UnicodeDecodeError, RecursionError) as e:
-            raise InvalidInput(f"body is not JSON: {e}") from None
+        doc = await json_object(request)
         if not isinstance(doc, dict) or set(doc) - {"parameters"}:
             raise InvalidInput('the body must be an object with at most "parameters"')
         await ep.unload(request.path_params["model"], doc.get("parameters") or {})
         return JSONResponse({})
+
+    async def shm_status(request: Request):
+        return JSONResponse(ep.shm.status(request.path_params.get("region")))
+
+    async def shm_register(request: Request):
+        doc = await json_object(request)
+        if not isinstance(doc, dict) or set(doc) - {"key", "offset", "byte_size"}:
+            raise InvalidInput('the body must be an object with "key", "byte_size" and '
+                               'optionally "offset"')
+        ep.shm.register(request.path_params["region"], doc.get("key"), doc.get("offset", 0),
+                        doc.get("byte_size"))
+        return JSONResponse({})
+
+    async def shm_unregister(request: Request):
+        await json_object(request)  # read (and bounded), nothing in it is used
+        ep.shm.unregister(request.path_params.get("region"))
+        return JSONResponse({})
+
+    async def cuda_shm(request: Request):
+        raise InvalidInput("CUDA shared memory is not supported by this server (system shared "
+                           "memory is)")
 
     async def model_ready(request: Request):
         name, up = model_of(request), ep.ready()
@@ -268,7 +301,7 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
         if not isinstance(doc, dict):
             raise InvalidInput("body must be an object with an 'inputs' list")
         batch = _decode_inputs(ep, model, doc.get("inputs"), binary)
-        requested, binary_names, binary_all = _requested_outputs(doc)
+        requested, binary_names, binary_all, shared = _requested_outputs(doc)
         deadline_ms, priority = ep.request_options(doc.get("parameters"))
         outputs = await ep.run(model, batch, deadline_ms, priority)
         reply: Dict[str, Any] = {"model_name": model, "model_version": "1", "outputs": []}
@@ -278,7 +311,11 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
         for name, t in ep.select_outputs(model, outputs, requested):
             entry: Dict[str, Any] = {"name": name, "datatype": NAMES[t.dtype],
                                      "shape": list(t.shape)}
-            if binary_all or name in binary_names:
+            if name in shared:
+                # No data and no parameters, as Triton answers: Triton's C++ HTTP client (and
+                # perf_analyzer) reads every output's parameters as binary_data_size.
+                ep.shm.write(f"output {name!r}", shared[name], tensor_bytes(t))
+            elif binary_all or name in binary_names:
                 data = tensor_bytes(t)
                 entry["parameters"] = {"binary_data_size": len(data)}
                 raw.append(data)
@@ -303,7 +340,17 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
               Route("/v2/repository/models/{model}/load", guarded(repository_load),
                     methods=["POST"]),
               Route("/v2/repository/models/{model}/unload", guarded(repository_unload),
-                    methods=["POST"])]
+                    methods=["POST"]),
+              Route("/v2/systemsharedmemory/status", guarded(shm_status)),
+              Route("/v2/systemsharedmemory/region/{region}/status", guarded(shm_status)),
+              Route("/v2/systemsharedmemory/region/{region}/register", guarded(shm_register),
+                    methods=["POST"]),
+              Route("/v2/systemsharedmemory/region/{region}/unregister",
+                    guarded(shm_unregister), methods=["POST"]),
+              Route("/v2/systemsharedmemory/unregister", guarded(shm_unregister),
+                    methods=["POST"]),
+              Route("/v2/cudasharedmemory/{rest:path}", guarded(cuda_shm),
+                    methods=["GET", "POST"])]
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         routes += [Route(prefix, guarded(model_metadata)),
                    Route(prefix + "/ready", guarded(model_ready)),

@@ -26,6 +26,7 @@ import torch
 
 from ..errors import (DeadlineExceeded, GpuLanesError, InvalidInput, ModelError, Overloaded,
                       QueueFull, RuntimeClosed, UnknownModel)
+from .shared_memory import SystemSharedMemory
 
 # KServe v2 datatypes and the torch dtypes they carry (BYTES has no tensor equivalent).
 DATATYPES: Dict[str, torch.dtype] = {
@@ -218,6 +219,7 @@ class Endpoint:
         self._loading: Optional[asyncio.Lock] = None
         # called after a model is loaded or unloaded (the core's gRPC front end follows them)
         self.listeners: List[Any] = []
+        self.shm = SystemSharedMemory()  # regions registered by same-host clients
 
     # -- names and metadata ------------------------------------------------------------------
 
@@ -332,7 +334,7 @@ class Endpoint:
         """What the server metadata says is supported (Triton's extension names); statistics
         only where the runtime keeps them (not the Ray ingress over replicas)."""
         names = ["binary_tensor_data", "model_repository", "model_repository(unload_dependents)",
-                 "model_configuration", "parameters", "statistics"]
+                 "model_configuration", "parameters", "statistics", "system_shared_memory"]
         return [e for e in names
                 if e != "statistics" or callable(getattr(self.runtime, "stats", None))]
 
