@@ -141,11 +141,18 @@ class PyRuntime {
     ModelSpec spec;
     spec.name = name;
     spec.slo = slo_ns;
-    spec.max_batch_size = max_batch_size;
+    // 0: no batch dimension (Triton's max_batch_size 0): the examples are whole inputs
+    spec.batched = max_batch_size != 0;
+    spec.max_batch_size = spec.batched ? max_batch_size : 1;
     spec.max_queue = max_queue > 0 ? static_cast<std::size_t>(max_queue) : 0;
     std::vector<at::Tensor> samples;
     for (std::size_t i = 0; i < examples.size(); ++i) {
       const at::Tensor& t = examples[i];
+      if (!spec.batched) {
+        spec.inputs.push_back({t.sizes().vec(), t.scalar_type()});
+        samples.push_back(t.detach().to(c10::kCPU).clone());
+        continue;
+      }
       if (t.dim() < 1 || t.size(0) < 1) {
         throw Error(ErrorCode::kInvalidInput,
                     "example input " + std::to_string(i) + " of model '" + name +

@@ -190,10 +190,12 @@ int main(int argc, char** argv) {
     try {
       pinned.follow(m->arena_size);
       if (m->op == w::Op::kLoad) {
+        const std::uint32_t format = m->flags & ~w::kUnbatched;
         std::shared_ptr<const gl::ModelProgram> program =
-            m->flags == w::kAoti ? gl::load_aoti_package(m->text)
-                                 : gl::torchscript_program(gl::load_torchscript_bytes(
-                                       std::string(arena.data(), m->blob)));
+            format == w::kAoti ? gl::load_aoti_package(m->text)
+                               : gl::torchscript_program(gl::load_torchscript_bytes(
+                                     std::string(arena.data(), m->blob)));
+        if (m->flags & w::kUnbatched) program = gl::unbatched_program(std::move(program));
         models[m->model] = program->instantiate(where);
       } else if (m->op == w::Op::kRun) {
         auto it = models.find(m->model);

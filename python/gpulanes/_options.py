@@ -163,13 +163,15 @@ def _register_args(name: Any, example_inputs: Any, slo_ms: Any, max_batch_size: 
         raise InvalidInput(f"slo_ms must be > 0 and at most 30 days, got {slo_ms}")
     max_batch_size = _number("max_batch_size", max_batch_size, integer=True)
     max_queue = _number("max_queue", max_queue, integer=True)
-    if not 1 <= max_batch_size <= _MAX_BATCH:
-        raise InvalidInput(f"max_batch_size must be in [1, {_MAX_BATCH}], got {max_batch_size}")
+    if not 0 <= max_batch_size <= _MAX_BATCH:
+        raise InvalidInput(f"max_batch_size must be in [0, {_MAX_BATCH}] (0: the model has no "
+                           f"batch dimension), got {max_batch_size}")
     # Warm-up and profiling stack max_batch_size copies of the example: refuse what would
     # take more memory than a batch can sensibly use.
-    batch_bytes = max_batch_size * sum(
-        (t.numel() // t.shape[0] if t.dim() and t.shape[0] else t.numel()) * t.element_size()
-        for t in example_inputs)
+    batch_bytes = sum(t.numel() * t.element_size() for t in example_inputs) \
+        if max_batch_size == 0 else max_batch_size * sum(
+            (t.numel() // t.shape[0] if t.dim() and t.shape[0] else t.numel()) * t.element_size()
+            for t in example_inputs)
     if batch_bytes > _MAX_BATCH_BYTES:
         raise InvalidInput(f"max_batch_size={max_batch_size} makes a batch of {name!r} "
                            f"{batch_bytes / 2**30:.1f} GiB of inputs (more than "

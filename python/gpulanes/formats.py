@@ -145,10 +145,13 @@ def resolve(model: Any, *, name: str, example_inputs: Tuple[torch.Tensor, ...],
 def _check_script_module(model: torch.jit.ScriptModule, examples: Tuple[torch.Tensor, ...],
                          max_batch_size: int, name: str) -> None:
     """check_examples_fit for a TorchScript module, on the device its weights are on."""
-    if any(t.dim() == 0 or t.shape[0] == 0 for t in examples):
-        return  # no batch to take a sample from: the core's check says what is wrong
     weights = [*model.parameters(), *model.buffers()]
     where = weights[0].device if weights else torch.device("cpu")
+    if max_batch_size == 0:  # no batch dimension: the examples are whole inputs
+        check_examples_fit(model, tuple(t.to(where) for t in examples), name)
+        return
+    if any(t.dim() == 0 or t.shape[0] == 0 for t in examples):
+        return  # no batch to take a sample from: the core's check says what is wrong
     batch = 2 if max_batch_size >= 2 else 1
     sample = tuple(t[:1].expand(batch, *t.shape[1:]).contiguous().to(where) for t in examples)
     check_examples_fit(model, sample, name)
@@ -205,17 +208,19 @@ def _export_batched(model: Any, examples: Tuple[torch.Tensor, ...], max_batch_si
     from torch.export import Dim
 
     if isinstance(model, torch.export.ExportedProgram):
-        if _batch_is_dynamic(model) or max_batch_size == 1:
+        if _batch_is_dynamic(model) or max_batch_size <= 1:  # 0: it has no batch dimension
             return model
         module = model.module(check_guards=False)  # static batch: export its module again with a dynamic one
         training = False  # its train()/eval() raise; the program is already in its mode
     else:
         module = model
         training = model.training  # exported in eval mode, handed back as it came
-    # Export traces on a batch of 2 (it specializes sizes 0 and 1), one example row repeated.
+    # Export traces on a batch of 2 (it specializes sizes 0 and 1), one example row repeated;
+    # a model without a batch dimension (max_batch_size 0) on the examples as they are.
     batch = 2 if max_batch_size >= 2 else 1
     target = torch.device(device)
-    sample = tuple(t[:1].expand(batch, *t.shape[1:]).contiguous().to(target) for t in examples)
+    sample = tuple(t.to(target) for t in examples) if max_batch_size == 0 else \
+        tuple(t[:1].expand(batch, *t.shape[1:]).contiguous().to(target) for t in examples)
     params = [p for p in module.parameters()] + [b for b in module.buffers()]
     if any(p.device.type != target.type for p in params):
         module = copy.deepcopy(module).to(target)  # never move the caller's own weights
@@ -230,8 +235,9 @@ def _export_batched(model: Any, examples: Tuple[torch.Tensor, ...], max_batch_si
     except InvalidInput:
         raise
     except Exception as e:  # noqa: BLE001 - export's many error types all mean "cannot export"
-        raise ModelError(f"cannot export {name!r} with a dynamic batch dimension (1 to "
-                         f"{max_batch_size}): {type(e).__name__}: {e}"[:4000]) from e
+        how = "without a batch dimension" if max_batch_size == 0 else \
+            f"with a dynamic batch dimension (1 to {max_batch_size})"
+        raise ModelError(f"cannot export {name!r} {how}: {type(e).__name__}: {e}"[:4000]) from e
     finally:
         if training:
             module.train()

@@ -225,6 +225,8 @@ class Runtime(Planning, Profiling):
         later changes to it do not reach the runtime.
         ``example_inputs`` are batched tensors (leading batch dimension); a request is one sample
         of each, i.e. the same shapes without the batch dimension and the same dtypes.
+        ``max_batch_size=0`` (Triton's meaning) is a model without a batch dimension: the
+        examples are whole inputs, a request has exactly their shapes and runs alone.
         Raises :class:`ModelError` for a missing or corrupt model, one that cannot be exported
         or compiled (with export's or the compiler's reason) or a package made for another
         device or torch version; :class:`InvalidInput` for bad arguments or a duplicate name.
@@ -238,10 +240,11 @@ class Runtime(Planning, Profiling):
                                   int(slo_ms * 1e6), max_batch_size, max_queue)
         self._formats[name] = file.format
         self._slo_ms[name] = slo_ms
-        self._signatures[name] = [(tuple(t.shape[1:]), t.dtype) for t in example_inputs]
+        first = 0 if max_batch_size == 0 else 1  # where a sample's shape starts
+        self._signatures[name] = [(tuple(t.shape[first:]), t.dtype) for t in example_inputs]
         self._profile_keys[name] = {
             "model": name, "model_hash": file.digest, "max_batch_size": max_batch_size,
-            "inputs": [[list(t.shape[1:]), str(t.dtype).replace("torch.", "")]
+            "inputs": [[list(t.shape[first:]), str(t.dtype).replace("torch.", "")]
                        for t in example_inputs]}
         if self._core.running:  # registered live: its profile was measured just now
             self._profile_source[name] = "measured"
@@ -502,7 +505,7 @@ class Runtime(Planning, Profiling):
 
     def max_batch_size(self, model: str) -> int:
         """The most samples one batch of a registered model may hold (``register``'s
-        ``max_batch_size``)."""
+        ``max_batch_size``; 0 for a model without a batch dimension, which runs alone)."""
         if model not in self._profile_keys:
             raise UnknownModel(f"no model named {model!r} is registered")
         return int(self._profile_keys[model]["max_batch_size"])

@@ -46,6 +46,15 @@ class Slow(nn.Module):
         return x + 1.0 + a.sum() * 0.0
 
 
+class RowSum(nn.Module):
+    """A model without a batch dimension: sums a [3, 4] input over its rows (twice)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2:
+            raise ValueError(f"takes a [3, 4] matrix, got {list(x.shape)}")
+        return x.sum(0) * 2.0
+
+
 MODELS = {
     "affine": (Affine(), '[{ name = "INPUT__0", datatype = "FP32", shape = [4] }]', ""),
     "pair": (Pair(), '[{ name = "a", datatype = "FP32", shape = [3] }, '
@@ -53,6 +62,7 @@ MODELS = {
     "half": (Half(), '[{ name = "INPUT__0", datatype = "FP16", shape = [4] }]', ""),
     "slow": (Slow(40), '[{ name = "INPUT__0", datatype = "FP32", shape = [4] }]', ""),
     "slower": (Slow(400), '[{ name = "INPUT__0", datatype = "FP32", shape = [4] }]', ""),
+    "rowsum": (RowSum(), '[{ name = "INPUT__0", datatype = "FP32", shape = [3, 4] }]', ""),
 }
 
 

@@ -271,7 +271,7 @@ def test_bad_request_arguments_get_typed_errors_naming_them(affine_rt, call, mat
     ({"slo_ms": float("inf")}, "slo_ms must be finite"),
     ({"slo_ms": -1}, "slo_ms must be > 0"),
     ({"slo_ms": "100"}, "slo_ms must be a number"),
-    ({"max_batch_size": 0}, "max_batch_size must be in"),
+    ({"max_batch_size": -1}, "max_batch_size must be in"),
     ({"max_batch_size": 10**6}, "max_batch_size must be in"),
     ({"max_batch_size": 2.5}, "max_batch_size must be an integer"),
     ({"max_queue": 0}, "max_queue must be in"),

@@ -50,7 +50,7 @@ def test_the_example_config_builds_a_runtime_that_serves_both_models(tmp_path):
     ({"runtime": {"devise": "cpu"}, "models": {"m": MODEL}}, "['devise']"),
     ({"runtime": {"lanes": "cpu"}, "models": {"m": MODEL}}, "runtime.lanes"),
     ({"models": {"m": {**MODEL, "slo_ms": -1}}}, "models.m.slo_ms"),
-    ({"models": {"m": {**MODEL, "max_batch_size": 0}}}, "models.m.max_batch_size"),
+    ({"models": {"m": {**MODEL, "max_batch_size": -1}}}, "models.m.max_batch_size"),
     ({"models": {"m": {**MODEL, "file": ""}}}, "models.m.file"),
     ({"models": {"m": {**MODEL, "inputs": []}}}, "models.m.inputs must be a non-empty list"),
     ({"models": {"m": {**MODEL, "inputs": [{"name": "x", "datatype": "STRING", "shape": [1]}]}}},

@@ -310,6 +310,7 @@ class ProcessExecutor final : public Executor {
       std::memcpy(arena_.data(), src.bytes.data(), src.bytes.size());
       m.blob = src.bytes.size();
     }
+    if (src.unbatched) m.flags |= worker::kUnbatched;
     m.arena_size = arena_.size();
     const Message reply = exchange(m, "loading model " + std::to_string(index));
     if (reply.op != Op::kOk) throw Error(ErrorCode::kModelError, reply.text);

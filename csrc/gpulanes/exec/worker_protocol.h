@@ -30,6 +30,8 @@ enum class Op : std::uint32_t {
 };
 
 enum Format : std::uint32_t { kTorchScript = 0, kAoti = 1 };
+// Or'ed into kLoad's flags: the model has no batch dimension (unbatched_program).
+inline constexpr std::uint32_t kUnbatched = 1u << 8;
 enum OutputKind : std::uint32_t { kTensor = 0, kTuple = 1, kList = 2 };
 
 inline constexpr int kMaxDims = 8;          // tensors of higher rank are refused

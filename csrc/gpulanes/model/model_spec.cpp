@@ -63,6 +63,9 @@ void validate_spec(const ModelSpec& spec, bool needs_inputs) {
   if (needs_inputs && spec.inputs.empty()) bad("example_inputs is empty");
   if (spec.slo <= 0) bad("slo must be > 0");
   if (spec.max_batch_size < 1) bad("max_batch_size must be >= 1");
+  if (!spec.batched && spec.max_batch_size != 1) {
+    bad("a model without a batch dimension runs one request at a time (max_batch_size 1)");
+  }
   if (spec.max_queue < 1) bad("max_queue must be >= 1");
 }
 

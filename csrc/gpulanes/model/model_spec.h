@@ -26,6 +26,9 @@ struct ModelSpec {
   DurationNs slo = from_ms(100);    // default relative deadline
   int max_batch_size = 32;          // largest batch a lane may run
   std::size_t max_queue = 10000;    // bound of the model's EDF queue
+  bool batched = true;              // false: the model has no batch dimension (Triton's
+                                    // max_batch_size 0); it runs one request at a time
+                                    // (max_batch_size 1) on its inputs as they are
 };
 
 // Throws Error(kInvalidInput) naming the model, the argument and what differs.

@@ -5,6 +5,8 @@
 #include <sstream>
 #include <utility>
 
+#include "gpulanes/core/error.h"
+
 namespace gpulanes {
 namespace {
 
@@ -45,10 +47,67 @@ class TorchScriptProgram final : public ModelProgram {
   const torch::jit::Module module_;  // as loaded, on the CPU
 };
 
+c10::IValue with_rows(const c10::IValue& v) {
+  if (v.isTensor()) return v.toTensor().unsqueeze(0);
+  if (v.isTuple()) {
+    std::vector<c10::IValue> out;
+    for (const auto& x : v.toTupleRef().elements()) out.push_back(with_rows(x));
+    return c10::ivalue::Tuple::create(std::move(out));
+  }
+  if (v.isList()) {
+    c10::impl::GenericList out(c10::AnyType::get());
+    for (const auto& x : v.toListRef()) out.push_back(with_rows(x));
+    return out;
+  }
+  return v;  // not a tensor: splitting the batch says what is wrong
+}
+
+class UnbatchedInstance final : public ModelInstance {
+ public:
+  explicit UnbatchedInstance(std::unique_ptr<ModelInstance> inner) : inner_(std::move(inner)) {}
+
+  c10::IValue forward(std::vector<c10::IValue> inputs, void* stream) override {
+    for (c10::IValue& v : inputs) {
+      if (!v.isTensor()) continue;
+      const at::Tensor& t = v.toTensor();
+      if (t.dim() == 0 || t.size(0) != 1) {
+        throw Error(ErrorCode::kModelError,
+                    "a model without a batch dimension runs one request at a time");
+      }
+      v = t.select(0, 0);
+    }
+    return with_rows(inner_->forward(std::move(inputs), stream));
+  }
+
+ private:
+  std::unique_ptr<ModelInstance> inner_;  // the model as it is, without a batch dimension
+};
+
+class UnbatchedProgram final : public ModelProgram {
+ public:
+  explicit UnbatchedProgram(std::shared_ptr<const ModelProgram> inner) : inner_(std::move(inner)) {}
+  std::string format() const override { return inner_->format(); }
+  std::unique_ptr<ModelInstance> instantiate(const c10::Device& device) const override {
+    return std::make_unique<UnbatchedInstance>(inner_->instantiate(device));
+  }
+  ProgramSource source() const override {
+    ProgramSource s = inner_->source();
+    s.unbatched = true;
+    return s;
+  }
+
+ private:
+  const std::shared_ptr<const ModelProgram> inner_;
+};
+
 }  // namespace
 
 std::shared_ptr<const ModelProgram> torchscript_program(torch::jit::Module module) {
   return std::make_shared<TorchScriptProgram>(std::move(module));
+}
+
+std::shared_ptr<const ModelProgram> unbatched_program(std::shared_ptr<const ModelProgram> inner) {
+  return std::make_shared<UnbatchedProgram>(std::move(inner));
 }
 
 }  // namespace gpulanes

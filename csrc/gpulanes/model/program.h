@@ -31,9 +31,10 @@ class ModelInstance {
 
 // What another process loads a program from (a process lane's worker).
 struct ProgramSource {
-  std::string format;  // "torchscript" or "aoti"
-  std::string path;    // the package file (aoti)
-  std::string bytes;   // the serialized module (torchscript)
+  std::string format;      // "torchscript" or "aoti"
+  std::string path;        // the package file (aoti)
+  std::string bytes;       // the serialized module (torchscript)
+  bool unbatched = false;  // wrapped by unbatched_program()
 };
 
 class ModelProgram {
@@ -51,5 +52,11 @@ class ModelProgram {
 // A TorchScript module (on the CPU) as a program: CPU lanes share it (TorchScript's forward may
 // be called from several threads), each GPU lane runs its own copy on its device.
 std::shared_ptr<const ModelProgram> torchscript_program(torch::jit::Module module);
+
+// A model without a batch dimension (ModelSpec::batched false) as a program of batches of one:
+// forward() gets each tensor input's only row and hands its tensors back with a leading
+// dimension of 1, so stacking, splitting and the lanes treat it like any other model. A batch
+// of more than one row is a kModelError.
+std::shared_ptr<const ModelProgram> unbatched_program(std::shared_ptr<const ModelProgram> inner);
 
 }  // namespace gpulanes

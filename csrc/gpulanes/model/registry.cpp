@@ -54,6 +54,7 @@ int ModelRegistry::stage(ModelSpec spec, std::shared_ptr<const ModelProgram> pro
   validate_spec(spec);
   validate_inputs(spec, example);
   if (!program) throw Error(ErrorCode::kInvalidInput, "model '" + spec.name + "' has no program");
+  if (!spec.batched) program = unbatched_program(std::move(program));
   return place(RegisteredModel{std::move(spec), std::move(program), std::move(example)});
 }
 

@@ -31,7 +31,8 @@ shows every section.
     [models.doubler]
     file = "doubler.pt"         # relative to this file
     slo_ms = 20
-    max_batch_size = 16
+    max_batch_size = 16         # 0: the model has no batch dimension (a request is its whole
+                                # input, run alone), as Triton's max_batch_size 0
     max_queue = 1000
     inputs = [{ name = "INPUT__0", datatype = "FP32", shape = [4] }]
     outputs = [{ name = "OUTPUT__0", datatype = "FP32", shape = [4] }]  # or just names
@@ -97,8 +98,11 @@ class ModelConfig:
             raise type(e)(f"[models.{self.name}]: {message}") from None
 
     def example_inputs(self) -> List[torch.Tensor]:
-        """A batch of two zero samples of every input (zeros are valid indices, too)."""
-        return [torch.zeros((2, *t["shape"]), dtype=DATATYPES[t["datatype"]]) for t in self.inputs]
+        """A batch of two zero samples of every input (zeros are valid indices, too); for a
+        model without a batch dimension (max_batch_size 0), one whole input of zeros."""
+        rows = () if self.max_batch_size == 0 else (2,)
+        return [torch.zeros((*rows, *t["shape"]), dtype=DATATYPES[t["datatype"]])
+                for t in self.inputs]
 
 
 @dataclass
@@ -273,13 +277,15 @@ def _model(name: str, table: Any, base: Path) -> ModelConfig:
     inputs = _tensors(table.get("inputs"), f"{where}.inputs", names_only=False)
     outputs = (_tensors(table["outputs"], f"{where}.outputs", names_only=True)
                if "outputs" in table else [])
-    meta = ([{"name": o["name"], "datatype": o["datatype"], "shape": [-1, *o["shape"]]}
+    max_batch_size = _int(table, "max_batch_size", where, 32, 0, 65536)  # 0: no batch dimension
+    rows = [] if max_batch_size == 0 else [-1]
+    meta = ([{"name": o["name"], "datatype": o["datatype"], "shape": [*rows, *o["shape"]]}
              for o in outputs] if outputs and all("datatype" in o and "shape" in o for o in outputs)
             else [])
     io = ModelIO(inputs=[t["name"] for t in inputs],
                  outputs=[o["name"] for o in outputs] or None, output_meta=meta)
     return ModelConfig(name=name, file=path, slo_ms=_positive(table, "slo_ms", where, None),
-                       max_batch_size=_int(table, "max_batch_size", where, 32, 1, 65536),
+                       max_batch_size=max_batch_size,
                        max_queue=_int(table, "max_queue", where, 10_000, 1, 10**9),
                        inputs=inputs, io=io, load=load)
 

@@ -445,7 +445,9 @@ class CoreGrpcServer:
 
     def sync(self) -> None:
         """Tells the core every model the runtime serves, with the endpoint's tensor names."""
-        rt, served = self.ep.runtime, set(self.ep.runtime.models)
+        rt = self.ep.runtime
+        # A model without a batch dimension is served through the forward hook (Python).
+        served = {m for m in rt.models if self.ep.rows_limit(m) > 0}
         for model in served:
             sig = rt.input_signature(model)
             io = self.ep.io.get(model)

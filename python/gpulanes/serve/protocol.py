@@ -122,10 +122,17 @@ class ModelIO:
 
 def check_shape(name: str, datatype: Any, shape: Any, sample: Tuple[int, ...],
                 dtype: torch.dtype, max_rows: int) -> Tuple[int, ...]:
-    """Checks a protocol tensor's datatype and shape ([rows, *sample]) against the model."""
+    """Checks a protocol tensor's datatype and shape ([rows, *sample]; ``sample`` itself when
+    ``max_rows`` is 0: a model without a batch dimension) against the model."""
     if datatype != NAMES.get(dtype):
         raise InvalidInput(f"input {name!r} has datatype {datatype!r}; the model takes "
                            f"{NAMES.get(dtype, str(dtype))}")
+    if max_rows == 0:
+        if (not isinstance(shape, (list, tuple)) or len(shape) != len(sample)
+                or any(isinstance(d, bool) or d != s for d, s in zip(shape, sample))):
+            raise InvalidInput(f"input {name!r} has shape {shape!r}; the model (no batch "
+                               f"dimension) takes {list(sample)}")
+        return tuple(sample)
     if (not isinstance(shape, (list, tuple)) or not shape
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
         raise InvalidInput(f"input {name!r}: shape must be a non-empty list of sizes, got {shape!r}")
@@ -235,7 +242,8 @@ class Endpoint:
 
     def rows_limit(self, model: str) -> int:
         """The most rows one request for ``model`` may carry: its own max_batch_size (what
-        /config reports, as Triton's), and never over the server's ``max_rows``."""
+        /config reports, as Triton's), and never over the server's ``max_rows``; 0 for a model
+        without a batch dimension (a request is its whole input)."""
         own = getattr(self.runtime, "max_batch_size", None)
         return min(self.max_rows, own(model)) if callable(own) else self.max_rows
 
@@ -249,10 +257,16 @@ class Endpoint:
         names = list(io.outputs) if io and io.outputs else []
         return names + [f"OUTPUT__{i}" for i in range(len(names), count)]
 
+    def _rows(self, model: str) -> List[int]:
+        """What a tensor's shape starts with in metadata: [-1] (any rows), or nothing for a
+        model without a batch dimension."""
+        return [] if self.rows_limit(model) == 0 else [-1]
+
     async def metadata(self, model: str) -> Dict[str, Any]:
         sig = self.runtime.input_signature(model)
+        rows = self._rows(model)
         return {"name": model, "versions": ["1"], "platform": "pytorch_torchscript",
-                "inputs": [{"name": n, "datatype": NAMES.get(d, str(d)), "shape": [-1, *s]}
+                "inputs": [{"name": n, "datatype": NAMES.get(d, str(d)), "shape": [*rows, *s]}
                            for n, (s, d) in zip(self.input_names(model), sig)],
                 "outputs": await self._output_meta(model)}
 
@@ -268,7 +282,8 @@ class Endpoint:
                     model, *(torch.zeros(s, dtype=d) for s, d in sig))
                 outs = list(out) if isinstance(out, (tuple, list)) else [out]
                 self._probed[model] = [
-                    {"name": n, "datatype": NAMES.get(t.dtype, ""), "shape": [-1, *t.shape]}
+                    {"name": n, "datatype": NAMES.get(t.dtype, ""),
+                     "shape": [*self._rows(model), *t.shape]}
                     for n, t in zip(self.output_names(model, len(outs)), outs)]
             except Exception:  # noqa: BLE001 - metadata must not fail because a probe did
                 return [{"name": n, "datatype": "", "shape": []} for n in self.output_names(model)]
@@ -386,10 +401,11 @@ class Endpoint:
         """Triton's model configuration (what perf_analyzer reads): the protocol's batch limit
         (``max_rows``) and one sample's tensors."""
         meta = await self.metadata(model)
+        skip = len(self._rows(model))
 
         def tensors(items):
             return [{"name": t["name"], "data_type": f"TYPE_{t['datatype'] or 'INVALID'}",
-                     "dims": list(t["shape"][1:])} for t in items]
+                     "dims": list(t["shape"][skip:])} for t in items]
         return {"name": model, "platform": "pytorch_libtorch", "backend": "pytorch",
                 "max_batch_size": self.rows_limit(model), "input": tensors(meta["inputs"]),
                 "output": tensors(meta["outputs"])}
@@ -432,8 +448,13 @@ class Endpoint:
 
     async def run(self, model: str, batch: Sequence[torch.Tensor], deadline_ms: Optional[float],
                   priority: int) -> List[torch.Tensor]:
-        """Serves ``batch`` (one tensor per input, rows first) and returns its outputs stacked.
-        Fails with the first error any row got; every row's request resolves either way."""
+        """Serves ``batch`` (one tensor per input, rows first; for a model without a batch
+        dimension, its whole inputs) and returns its outputs stacked (as they are). Fails with
+        the first error any row got; every row's request resolves either way."""
+        if self.rows_limit(model) == 0:
+            out = await self.runtime.infer_async(model, *batch, deadline_ms=deadline_ms,
+                                                 priority=priority)
+            return list(out) if isinstance(out, (tuple, list)) else [out]
         rows = {t.shape[0] for t in batch}
         if len(rows) != 1:
             raise InvalidInput(f"inputs disagree on the batch size: {sorted(rows)}")
