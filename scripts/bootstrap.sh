@@ -3,8 +3,8 @@
 # built, current state, doing only the steps whose inputs changed since the last run.
 #   1. Debian packages (GoogleTest sources, Eigen, ccache, grpc++) via apt-get, when root and
 #      missing.
-#   2. .venv with requirements-dev.txt (re-run only when that file changes), and perf_analyzer
-#      (fetched once).
+#   2. .venv with requirements-dev.txt (re-run only when that file changes); perf_analyzer and
+#      KServe's client in ~/.cache/gpulanes (once).
 #   3. The C++ core, the _C extension and the GoogleTest binary, built incrementally by ninja in
 #      build/ through an editable pip install (re-run only when csrc/, tests/cpp/, CMake or pyproject change).
 set -euo pipefail
@@ -54,6 +54,14 @@ fi
 # perf_analyzer, taken once from the tritonclient wheel into ~/.cache/gpulanes
 # (benchmarks/perf_analyzer.py says why): the serving tests run it against gpulanes serve.
 "$VPY" benchmarks/perf_analyzer.py >/dev/null
+# KServe's own Python client, in a venv of its own (the kserve package pins pandas < 3 and
+# psutil < 6): tests/python/test_kserve_client.py drives gpulanes serve with it.
+KSERVE_VENV="$HOME/.cache/gpulanes/kserve-venv"
+if ! "$KSERVE_VENV/bin/python" -c "import kserve" >/dev/null 2>&1; then
+  log "installing KServe's client (kserve==0.21.0) into $KSERVE_VENV"
+  "$PY" -m venv --clear "$KSERVE_VENV"
+  "$KSERVE_VENV/bin/python" -m pip install -q "kserve==0.21.0"
+fi
 
 # --- 3. build --------------------------------------------------------------------------------
 src_hash=$( (find csrc cmake tests/cpp tests/ops -type f 2>/dev/null; echo CMakeLists.txt; echo pyproject.toml; echo python/gpulanes/serve/kserve_v2.proto) \
