@@ -17,6 +17,9 @@ Triton: nvidia-pytriton 0.7.0 (its tritonserver, Python backend and dynamic batc
 same max batch sizes) runs the same TorchScript files with torch in its inference callables
 (benchmarks/pytriton_server.py); perf_analyzer drives it with the same commands.
 
+Also gRPC streaming and system shared memory (perf_analyzer --streaming, --shared-memory
+system) at concurrency 1 and 16, against gpulanes only.
+
 Targets (issue 15, this 2-core machine): the front end adds <= 300 us at p50 to the tiny model
 over HTTP binary and over gRPC; >= 3,000 tiny requests/s at concurrency 16.
 
@@ -245,6 +248,30 @@ def in_process(cfg_path: Path, model: str, concurrency: int, seconds: float) -> 
             "p50_us": float(np.percentile(lat, 50)), "p99_us": float(np.percentile(lat, 99))}
 
 
+# Triton's extensions that change how tensors travel, measured at concurrency 1 and 16 beside
+# plain binary tensors: gRPC streaming, and system shared memory for inputs and outputs.
+EXTENSIONS = {"grpc streaming": ("grpc", ["--streaming"]),
+              "http shared memory": ("http", ["--shared-memory", "system",
+                                              "--output-shared-memory-size", "65536"]),
+              "grpc shared memory": ("grpc", ["--shared-memory", "system",
+                                              "--output-shared-memory-size", "65536"])}
+
+
+def extension_points(server: str, http: str, grpc: str, models: Dict[str, str], concurrency,
+                     interval_ms: int) -> List[Dict[str, Any]]:
+    """perf_analyzer's closed-loop points with each of EXTENSIONS."""
+    points = []
+    for model, shape in models.items():
+        for variant, (protocol, extra) in EXTENSIONS.items():
+            for c in concurrency:
+                r = run_pa(model, http if protocol == "http" else grpc, protocol,
+                           ["--concurrency-range", str(c), *extra], interval_ms, shape)
+                points.append({"model": model, "front_end": f"{server} {variant}",
+                               "load": f"concurrency {c}", **r})
+                print(points[-1], flush=True)
+    return points
+
+
 def perf_points(server: str, http: str, grpc: str, models: Dict[str, str],
                 concurrency, interval_ms: int) -> List[Dict[str, Any]]:
     """perf_analyzer's closed-loop points, then a Poisson rate at half of concurrency 16's."""
@@ -377,6 +404,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         try:
             results["points"] += perf_points("gpulanes", srv.http, srv.grpc, models, concurrency,
                                              args.interval_ms)
+            results["points"] += extension_points("gpulanes", srv.http, srv.grpc, models,
+                                                  (1, 16), args.interval_ms)
         finally:
             srv.terminate()
         if not args.no_triton:

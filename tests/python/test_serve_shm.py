@@ -147,7 +147,7 @@ def test_what_a_hostile_client_names_is_refused(server, regions, kind, tmp_path)
         c.register_system_shared_memory("small", key, 16)
         cases = [("nowhere", 16, 0, "no shared-memory region"),
                  ("small", 16, 8, "run past"),
-                 ("small", 12, 0, "needs 16")]
+                 ("small", 12, 0, "take 16 bytes")]
         for region, size, offset, why in cases:
             inp = lib(kind).InferInput("INPUT__0", [1, 4], "FP32")
             inp.set_shared_memory(region, size, offset=offset)
@@ -200,8 +200,10 @@ def test_a_region_unregistered_while_a_request_holds_it(regions):
     regions_.register("r", key, 0, 32)
     params = {"shared_memory_region": "r", "shared_memory_byte_size": 16}
     held = regions_._span("output", params)  # a request took the region
-    data = regions_.read("input", params)
+    data = regions_.read("input", params, 16)
     assert len(data) == 16
+    with pytest.raises(InvalidInput, match="take 8 bytes"):  # checked before copying
+        regions_.read("input", params, 8)
     regions_.unregister("r")
     with pytest.raises(InvalidInput, match="no shared-memory region"):
         regions_.write("output", params, b"\0" * 16)

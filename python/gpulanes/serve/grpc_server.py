@@ -348,7 +348,8 @@ class InferenceService:
                                 self.ep.rows_limit(model))
             if t.name in shared:
                 tensors[t.name] = tensor_from_bytes(
-                    t.name, shape, dtype, self.ep.shm.read(f"input {t.name!r}", shared[t.name]))
+                    t.name, shape, dtype, self.ep.shm.read(f"input {t.name!r}", shared[t.name],
+                                                           math.prod(shape) * dtype.itemsize))
             elif raw:
                 tensors[t.name] = tensor_from_bytes(t.name, shape, dtype,
                                                     memoryview(bytearray(next(contents))))

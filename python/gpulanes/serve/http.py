@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import re
 import zlib
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -121,8 +122,9 @@ def _decode_inputs(endpoint: Endpoint, model: str, specs: Any, binary: memoryvie
             if size is not None or "data" in spec:
                 raise InvalidInput(f"input {name!r} names a shared-memory region and carries "
                                    "data: give its data one way")
-            tensors[name] = tensor_from_bytes(name, shape, dtype,
-                                              endpoint.shm.read(f"input {name!r}", params))
+            tensors[name] = tensor_from_bytes(
+                name, shape, dtype,
+                endpoint.shm.read(f"input {name!r}", params, math.prod(shape) * dtype.itemsize))
             continue
         if size is None:
             tensors[name] = tensor_from_list(name, shape, dtype, spec.get("data"))

@@ -140,9 +140,13 @@ class SystemSharedMemory:
                                f"{region.byte_size} bytes of region {name!r}")
         return region, region.offset + offset, size
 
-    def read(self, what: str, params: Mapping[str, Any]) -> bytearray:
-        """The bytes of an input that ``params`` place in a region (a copy, writable)."""
+    def read(self, what: str, params: Mapping[str, Any], expected: int) -> bytearray:
+        """The bytes of an input that ``params`` place in a region (a copy, writable); its size
+        is checked against the ``expected`` bytes before anything is copied."""
         region, start, size = self._span(what, params)
+        if size != expected:
+            raise InvalidInput(f"{what}: shared_memory_byte_size is {size}; its shape and "
+                               f"datatype take {expected} bytes")
         try:
             return bytearray(region.view[start:start + size])
         except ValueError:  # unregistered (closed) meanwhile
