@@ -4,6 +4,7 @@ shared_memory utilities, HTTP and gRPC on both gRPC front ends) and by perf_anal
 outside /dev/shm, symbolic links, spans past the end, sizes that lie, data given twice,
 regions unregistered while a request holds them."""
 
+import base64
 import subprocess
 import sys
 import uuid
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 th = pytest.importorskip("tritonclient.http")
 tg = pytest.importorskip("tritonclient.grpc")
@@ -187,10 +189,16 @@ def test_http_data_given_twice_is_refused(server, regions):
         c.unregister_system_shared_memory()
 
 
-def test_cuda_shared_memory_is_refused_by_name(server):
-    c = th.InferenceServerClient(server.http)
-    with pytest.raises(InferenceServerException, match="CUDA shared memory is not supported"):
-        c.get_cuda_shared_memory_status()
+@pytest.mark.parametrize("kind", ["http", "grpc"])
+def test_cuda_shared_memory_without_a_gpu_says_why(server, kind):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: test_cuda_shared_memory_* in the gpu run cover it")
+    c = client(server, kind)
+    status = c.get_cuda_shared_memory_status(**({} if kind == "http" else {"as_json": True}))
+    assert not (status if kind == "http" else status.get("regions"))
+    handle = base64.b64encode(b"\0" * 64)
+    with pytest.raises(InferenceServerException, match="needs a CUDA GPU"):
+        c.register_cuda_shared_memory("gpu", handle, 0, 64)
 
 
 def test_a_region_unregistered_while_a_request_holds_it(regions):

@@ -37,13 +37,6 @@ void ModelRegistry::publish(int index) {
   staged_ = -1;
 }
 
-int ModelRegistry::add(ModelSpec spec, std::shared_ptr<const ModelProgram> program,
-                       std::vector<at::Tensor> example) {
-  const int idx = stage(std::move(spec), std::move(program), std::move(example));
-  publish(idx);
-  return idx;
-}
-
 int ModelRegistry::stage_virtual(ModelSpec spec) {
   validate_spec(spec, /*needs_inputs=*/false);
   return place(RegisteredModel{std::move(spec), nullptr, {}});

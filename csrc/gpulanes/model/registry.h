@@ -43,15 +43,13 @@ class ModelRegistry {
 
   ModelRegistry() { models_.reserve(kMaxModels); }
 
-  // Returns the new model's index. Throws Error(kInvalidInput) for a duplicate name, a bad spec
-  // or a full registry.
-  int add(ModelSpec spec, std::shared_ptr<const ModelProgram> program,
-          std::vector<at::Tensor> example);
   // stage() of a model without weights (module null, no example), for lanes that run nothing
   // (simulated).
   int stage_virtual(ModelSpec spec);
-  // add() without making it live yet (at most one staged model at a time), in the lowest
-  // released slot, else a new one. Returns its index, staged() until commit or drop.
+  // A new model, not live yet (at most one staged model at a time), in the lowest released
+  // slot, else a new one. Returns its index, staged() until commit_staged() makes it live or
+  // drop_staged() forgets it. Throws Error(kInvalidInput) for a duplicate name, a bad spec or
+  // a full registry.
   int stage(ModelSpec spec, std::shared_ptr<const ModelProgram> program,
             std::vector<at::Tensor> example);
   void commit_staged();

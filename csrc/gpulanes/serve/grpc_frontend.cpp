@@ -24,7 +24,8 @@ const std::set<std::string, std::less<>> kForwarded = {
     "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig", "ModelInfer",
     "ModelStatistics",
     "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
-    "SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister"};
+    "SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister",
+    "CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister"};
 
 // Whether a request names a shared-memory region for an input or an output: the regions are
 // the Python side's (python/gpulanes/serve/shared_memory.py), so such a request is forwarded.

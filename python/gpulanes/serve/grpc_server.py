@@ -120,7 +120,12 @@ class InferenceService:
              "SystemSharedMemoryRegister": ("shm_register", "SystemSharedMemoryRegisterRequest",
                                             False),
              "SystemSharedMemoryUnregister": ("shm_unregister",
-                                              "SystemSharedMemoryUnregisterRequest", False)}
+                                              "SystemSharedMemoryUnregisterRequest", False),
+             "CudaSharedMemoryStatus": ("cuda_status", "CudaSharedMemoryStatusRequest", False),
+             "CudaSharedMemoryRegister": ("cuda_register", "CudaSharedMemoryRegisterRequest",
+                                          False),
+             "CudaSharedMemoryUnregister": ("cuda_unregister",
+                                            "CudaSharedMemoryUnregisterRequest", False)}
 
     async def answer(self, method: str, raw: bytes, context) -> Any:
         """The reply message to one call (the token already checked), or raises
@@ -312,6 +317,23 @@ class InferenceService:
     async def shm_unregister(self, request, context):
         self.ep.shm.unregister(request.name)
         return self.m["SystemSharedMemoryUnregisterResponse"]()
+
+    async def cuda_status(self, request, context):
+        reply = self.m["CudaSharedMemoryStatusResponse"]()
+        for r in self.ep.shm.status(request.name, cuda=True):
+            reply.regions[r["name"]].CopyFrom(reply.RegionStatus(**r))
+        return reply
+
+    async def cuda_register(self, request, context):
+        from .cuda_shared_memory import decode_handle
+
+        self.ep.shm.register_cuda(request.name, decode_handle(request.raw_handle, False),
+                                  request.device_id, request.byte_size)
+        return self.m["CudaSharedMemoryRegisterResponse"]()
+
+    async def cuda_unregister(self, request, context):
+        self.ep.shm.unregister(request.name, cuda=True)
+        return self.m["CudaSharedMemoryUnregisterResponse"]()
 
     # -- inference ---------------------------------------------------------------------------
 

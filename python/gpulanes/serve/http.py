@@ -278,9 +278,26 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
         ep.shm.unregister(request.path_params.get("region"))
         return JSONResponse({})
 
-    async def cuda_shm(request: Request):
-        raise InvalidInput("CUDA shared memory is not supported by this server (system shared "
-                           "memory is)")
+    async def cuda_status(request: Request):
+        return JSONResponse(ep.shm.status(request.path_params.get("region"), cuda=True))
+
+    async def cuda_register(request: Request):
+        from .cuda_shared_memory import decode_handle
+
+        doc = await json_object(request)
+        if (not isinstance(doc, dict) or set(doc) - {"raw_handle", "device_id", "byte_size"}
+                or not isinstance(doc.get("raw_handle"), dict)):
+            raise InvalidInput('the body must be an object with "raw_handle": {"b64": ...}, '
+                               '"device_id" and "byte_size"')
+        handle = decode_handle(doc["raw_handle"].get("b64"), base64_encoded=True)
+        ep.shm.register_cuda(request.path_params["region"], handle, doc.get("device_id"),
+                             doc.get("byte_size"))
+        return JSONResponse({})
+
+    async def cuda_unregister(request: Request):
+        await json_object(request)  # read (and bounded), nothing in it is used
+        ep.shm.unregister(request.path_params.get("region"), cuda=True)
+        return JSONResponse({})
 
     async def model_ready(request: Request):
         name, up = model_of(request), ep.ready()
@@ -351,8 +368,14 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
                     guarded(shm_unregister), methods=["POST"]),
               Route("/v2/systemsharedmemory/unregister", guarded(shm_unregister),
                     methods=["POST"]),
-              Route("/v2/cudasharedmemory/{rest:path}", guarded(cuda_shm),
-                    methods=["GET", "POST"])]
+              Route("/v2/cudasharedmemory/status", guarded(cuda_status)),
+              Route("/v2/cudasharedmemory/region/{region}/status", guarded(cuda_status)),
+              Route("/v2/cudasharedmemory/region/{region}/register", guarded(cuda_register),
+                    methods=["POST"]),
+              Route("/v2/cudasharedmemory/region/{region}/unregister",
+                    guarded(cuda_unregister), methods=["POST"]),
+              Route("/v2/cudasharedmemory/unregister", guarded(cuda_unregister),
+                    methods=["POST"])]
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         routes += [Route(prefix, guarded(model_metadata)),
                    Route(prefix + "/ready", guarded(model_ready)),

@@ -350,6 +350,8 @@ class Endpoint:
         only where the runtime keeps them (not the Ray ingress over replicas)."""
         names = ["binary_tensor_data", "model_repository", "model_repository(unload_dependents)",
                  "model_configuration", "parameters", "statistics", "system_shared_memory"]
+        if torch.cuda.is_available():  # where a CUDA IPC handle can be opened
+            names.append("cuda_shared_memory")
         return [e for e in names
                 if e != "statistics" or callable(getattr(self.runtime, "stats", None))]
 
