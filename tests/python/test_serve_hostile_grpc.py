@@ -100,7 +100,9 @@ def test_2000_concurrent_calls_are_each_served_or_refused_never_cancelled(tmp_pa
     import asyncio
     from collections import Counter
     grpc = pytest.importorskip("grpc")
-    model = "slow" if max_queue < 1000 else "affine"
+    # The short queue's model is slow enough (tens of ms a batch) that 2,000 calls fill its 64
+    # places whatever this machine's speed.
+    model = "slower" if max_queue < 1000 else "affine"
     srv = ServerProcess(write_config(tmp_path, [model], server=f'grpc_frontend = "{frontend}"',
                                      max_queue=max_queue))
     try:
@@ -127,7 +129,7 @@ def test_2000_concurrent_calls_are_each_served_or_refused_never_cancelled(tmp_pa
         assert codes == Counter(OK=2000), codes
     else:  # a short queue: the rest are refused as such
         assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED", "UNAVAILABLE"}, codes
-        assert codes["OK"] >= 64 and codes["RESOURCE_EXHAUSTED"] > 0, codes
+        assert codes["OK"] >= 64 and codes["RESOURCE_EXHAUSTED"] + codes["UNAVAILABLE"] > 0, codes
 
 
 # -- TLS -----------------------------------------------------------------------------------------
