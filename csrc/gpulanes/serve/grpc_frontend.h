@@ -1,8 +1,9 @@
 // The KServe v2 gRPC front end in the core (grpc++'s callback server): ModelInfer for the models
-// it was told about runs here from the wire to Runtime::submit and back without Python; every
-// other call (metadata, readiness, repository load/unload, and inference for a model it does
-// not know) goes, as its serialized request, to a forward hook that answers it later from any
-// thread. Why: grpcio's own per-call cost in Python was most of a tiny request's time
+// it was told about runs here from the wire to Runtime::submit and back without Python, and so
+// does every request of a ModelStreamInfer stream (grpc_stream.cpp); every other call
+// (metadata, readiness, repository load/unload, shared-memory regions, and inference for a model
+// it does not know or with tensors in shared memory) goes, as its serialized request, to a
+// forward hook that answers it later from any thread. Why: grpcio's own per-call cost in Python was most of a tiny request's time
 // (benchmarks/serve.py --floors), so the hot path moved below it.
 //
 // Threads: grpc++'s callback threads read requests, check the bearer token, decode and submit;
