@@ -254,3 +254,25 @@ def test_perf_analyzer_with_system_shared_memory(server, protocol, tmp_path):
     assert float(row["Inferences/Second"]) > 0, row
     # perf_analyzer unregisters what it registered
     assert th.InferenceServerClient(server.http).get_system_shared_memory_status() == []
+
+
+@pytest.mark.parametrize("kind", ["http", "grpc"])
+def test_tritonclients_asyncio_clients_with_shared_memory(server, regions, kind):
+    import asyncio
+    lib = pytest.importorskip(f"tritonclient.{kind}.aio")
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    key, handle = regions.make(x.nbytes)
+    shm.set_shared_memory_region(handle, [x])
+
+    async def run():
+        c = lib.InferenceServerClient(server.http if kind == "http" else server.grpc)
+        try:
+            await c.register_system_shared_memory(f"aio-{kind}", key, x.nbytes)
+            inp = lib.InferInput("INPUT__0", [2, 4], "FP32")
+            inp.set_shared_memory(f"aio-{kind}", x.nbytes)
+            result = await c.infer("affine", [inp])
+            await c.unregister_system_shared_memory(f"aio-{kind}")
+            return result.as_numpy("OUTPUT__0")
+        finally:
+            await c.close()
+    np.testing.assert_array_equal(asyncio.run(run()), 2 * x + 1)

@@ -250,3 +250,30 @@ def test_perf_analyzer_drives_gpulanes_serve_over_grpc(tmp_path, frontend, strea
     inference = stats["model_stats"][0]["inference_stats"]
     assert int(inference["success"]["count"]) >= 600  # three windows of 200, none failed
     assert int(inference.get("fail", {}).get("count", 0)) == 0, inference
+
+
+def test_tritonclients_asyncio_stream(server):
+    import asyncio
+
+    import tritonclient.grpc.aio as tga
+
+    async def run():
+        client = tga.InferenceServerClient(server.address)
+
+        async def requests():
+            for i in range(50):
+                x = tga.InferInput("INPUT__0", [1, 4], "FP32")
+                x.set_data_from_numpy(np.full((1, 4), i, np.float32))
+                yield {"model_name": "affine", "inputs": [x], "request_id": str(i)}
+        seen = {}
+        try:
+            async for result, error in client.stream_infer(requests()):
+                assert error is None, error
+                seen[result.get_response().id] = result.as_numpy("OUTPUT__0")
+        finally:
+            await client.close()
+        return seen
+    seen = asyncio.run(run())
+    assert sorted(seen, key=int) == [str(i) for i in range(50)]
+    for rid, out in seen.items():
+        assert np.array_equal(out, np.full((1, 4), 2.0 * int(rid) + 1.0, np.float32))
