@@ -1,7 +1,7 @@
 // The core's KServe v2 gRPC front end: the request rules (decode_infer / encode_outputs) and the
 // server driven by a grpc++ client: results, forwarded calls answered from another thread or
 // dropped, the bearer token, client deadlines and cancellations racing the runtime's answer,
-// and stop() with calls in flight. Each call must be answered exactly once, which the
+// stop() with calls in flight, and ModelStreamInfer streams (answered, cancelled, stopped). Each call must be answered exactly once, which the
 // sanitizer builds (scripts/sanitize.sh) check as well.
 #include <gtest/gtest.h>
 #include <grpcpp/generic/generic_stub.h>
@@ -10,6 +10,7 @@
 #include <torch/script.h>
 
 #include <future>
+#include <set>
 #include <thread>
 
 #include "gpulanes/runtime/runtime.h"
@@ -311,6 +312,107 @@ TEST(GrpcFrontend, ClientDeadlinesRaceTheRuntimeAndStopEndsCallsInFlight) {
   std::this_thread::sleep_for(std::chrono::milliseconds(5));
   s.frontend->stop(0);
   for (auto& t : late) t.join();
+  s.rt->shutdown(true);
+  EXPECT_EQ(s.rt->stats().at(0).in_flight, 0u);
+}
+
+namespace {
+
+// A ModelStreamInfer call from a grpc++ callback client: writes every request, then closes its
+// side; collects every answer; `cancel_after` > 0 cancels the call after that many answers.
+class StreamClient final
+    : public grpc::ClientBidiReactor<google::protobuf::Message, google::protobuf::Message> {
+ public:
+  StreamClient(const std::shared_ptr<grpc::Channel>& ch,
+               std::vector<std::shared_ptr<inference::ModelInferRequest>> requests,
+               int cancel_after = 0)
+      : stub_(ch), requests_(std::move(requests)), cancel_after_(cancel_after) {
+    stub_.PrepareBidiStreamingCall(&ctx_, "/inference.GRPCInferenceService/ModelStreamInfer",
+                                   grpc::StubOptions(), this);
+    StartRead(&in_);
+    write_next();
+    StartCall();
+  }
+  // Blocks until the call ends; its status.
+  grpc::Status wait() { return done_.get_future().get(); }
+  std::vector<inference::ModelStreamInferResponse> answers;  // in arrival order
+
+ private:
+  void write_next() {
+    if (next_ < requests_.size()) {
+      StartWrite(requests_[next_++].get());
+    } else {
+      StartWritesDone();
+    }
+  }
+  void OnWriteDone(bool ok) override {
+    if (ok) write_next();
+  }
+  void OnReadDone(bool ok) override {
+    if (!ok) return;
+    answers.push_back(in_);
+    if (cancel_after_ > 0 && static_cast<int>(answers.size()) == cancel_after_) ctx_.TryCancel();
+    StartRead(&in_);
+  }
+  void OnDone(const grpc::Status& s) override { done_.set_value(s); }
+
+  Stub stub_;
+  grpc::ClientContext ctx_;
+  std::vector<std::shared_ptr<inference::ModelInferRequest>> requests_;
+  std::size_t next_ = 0;
+  const int cancel_after_;
+  inference::ModelStreamInferResponse in_;
+  std::promise<grpc::Status> done_;
+};
+
+}  // namespace
+
+TEST(GrpcFrontend, AStreamAnswersEveryRequestOnceInBandErrorsIncluded) {
+  Served s(1);
+  std::vector<std::shared_ptr<inference::ModelInferRequest>> requests;
+  for (int i = 0; i < 300; ++i) {  // past the 256 read ahead of their answers
+    auto r = raw_request("INPUT__0", {1, 4}, torch::full({4}, static_cast<float>(i)));
+    r->set_model_name(i % 50 == 7 ? "other" : "affine");  // "other": forwarded, NOT_FOUND
+    if (i % 50 == 9) r->mutable_inputs(0)->set_shape(1, 5);  // refused here
+    r->set_id(std::to_string(i));
+    requests.push_back(std::move(r));
+  }
+  StreamClient client(s.channel, requests);
+  ASSERT_TRUE(client.wait().ok());
+  ASSERT_EQ(client.answers.size(), 300u);
+  std::set<std::string> ids;
+  int errors = 0;
+  for (const auto& a : client.answers) {
+    if (!a.error_message().empty()) {
+      ++errors;
+      continue;
+    }
+    const auto& r = a.infer_response();
+    EXPECT_TRUE(ids.insert(r.id()).second) << "answered twice: " << r.id();
+    const float* y = reinterpret_cast<const float*>(r.raw_output_contents(0).data());
+    EXPECT_FLOAT_EQ(y[0], 2.0f * std::stof(r.id()) + 1.0f);
+  }
+  EXPECT_EQ(errors, 12);  // 6 forwarded to no model, 6 refused
+  EXPECT_EQ(ids.size(), 288u);
+}
+
+TEST(GrpcFrontend, AStreamCancelledMidWayOrStoppedLeavesNothingBehind) {
+  Served s(5);  // a few ms per batch: answers are still in the runtime when the client leaves
+  std::vector<std::shared_ptr<inference::ModelInferRequest>> requests;
+  for (int i = 0; i < 100; ++i) {
+    auto r = raw_request("INPUT__0", {1, 4}, torch::ones({4}));
+    r->set_model_name("affine");
+    requests.push_back(std::move(r));
+  }
+  for (int round = 0; round < 3; ++round) {
+    StreamClient client(s.channel, requests, /*cancel_after=*/5);
+    const grpc::Status st = client.wait();  // CANCELLED, unless every answer beat the cancel
+    EXPECT_TRUE(st.error_code() == grpc::StatusCode::CANCELLED || st.ok()) << st.error_message();
+  }
+  StreamClient open(s.channel, requests);  // the server stops while this one is mid-way
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  s.frontend->stop(0);
+  open.wait();
   s.rt->shutdown(true);
   EXPECT_EQ(s.rt->stats().at(0).in_flight, 0u);
 }
