@@ -53,8 +53,8 @@ void ArrivalShape::Model::roll_to(std::int64_t index) {
 
 void ArrivalShape::on_arrival(int model, TimeNs now) {
   Model& m = *models_[model];
+  std::lock_guard<std::mutex> lock(m.mu);  // window too: reset_model() changes it
   const std::int64_t index = now / m.window;
-  std::lock_guard<std::mutex> lock(m.mu);
   if (index > m.current) m.roll_to(index);
   ++m.count;  // a racing earlier timestamp counts in the current window
 }
@@ -65,9 +65,11 @@ std::vector<TrafficShape> ArrivalShape::snapshot(TimeNs now) const {
   for (int i = 0; i < n; ++i) {
     const Model& m = *models_[static_cast<std::size_t>(i)];
     std::vector<std::int64_t> counts;  // newest first
+    DurationNs window = 0;
     {
       std::lock_guard<std::mutex> lock(m.mu);
-      const std::int64_t index = now / m.window;
+      window = m.window;
+      const std::int64_t index = now / window;
       if (m.current >= 0 && index > m.current) {
         // Windows elapsed since the last arrival: empty ones, then the one being counted.
         const std::int64_t empty = std::min<std::int64_t>(index - m.current - 1, kWindows);
@@ -80,7 +82,7 @@ std::vector<TrafficShape> ArrivalShape::snapshot(TimeNs now) const {
       }
     }
     TrafficShape t;
-    t.window_ns = m.window;
+    t.window_ns = window;
     t.windows = static_cast<int>(counts.size());
     if (counts.empty()) {
       out.push_back(t);
@@ -99,7 +101,7 @@ std::vector<TrafficShape> ArrivalShape::snapshot(TimeNs now) const {
     // Variance from successive differences (E (c_k - c_k-1)^2 = 2 var for independent
     // windows): a change of rate, one large step, is not mistaken for burstiness.
     const double var = counts.size() > 1 ? sq_step / (2 * (n - 1)) : 0.0;
-    const double secs = static_cast<double>(m.window) / 1e9;
+    const double secs = static_cast<double>(window) / 1e9;
     t.rate = mean / secs;
     if (t.windows >= kMinWindows && mean > 0) {
       t.dispersion = var / mean;

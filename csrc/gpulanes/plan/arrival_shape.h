@@ -49,8 +49,8 @@ class ArrivalShape {
 
  private:
   struct Model {
-    DurationNs window = 0;
     mutable std::mutex mu;                 // guards the fields below
+    DurationNs window = 0;                 // one SLO
     std::int64_t current = -1;             // index of the window being counted (-1: none yet)
     std::int64_t count = 0;                // arrivals in it
     std::vector<std::int64_t> ring;        // counts of completed windows, ring of kWindows
