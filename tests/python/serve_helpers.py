@@ -181,3 +181,22 @@ class InProcessServer:
         asyncio.run_coroutine_threadsafe(self.server.stop(1), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+def perf_analyzer_run(model: str, url: str, protocol: str, out: Path, *extra: str,
+                      concurrency: int = 2, per_window: int = 100) -> Tuple[int, str, Dict]:
+    """Triton's perf_analyzer against ``url`` as its users run it, with a count of requests per
+    window and a stability bound it always meets (so that this machine's speed cannot fail a
+    test): (exit status, its output, the last row of its CSV or {})."""
+    import csv
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from perf_analyzer import environment, perf_analyzer
+
+    r = subprocess.run(
+        [str(perf_analyzer(fetch=False)),  # scripts/bootstrap.sh fetched it: missing fails
+         "-m", model, "-u", url, "-i", protocol, "--concurrency-range", str(concurrency),
+         "--measurement-mode", "count_windows", "--measurement-request-count", str(per_window),
+         "--stability-percentage", "1000", "--max-trials", "3", "-f", str(out), *extra],
+        capture_output=True, text=True, env=environment(), timeout=300)
+    rows = list(csv.DictReader(out.open())) if out.exists() else []
+    return r.returncode, r.stdout[-2000:] + r.stderr[-2000:], rows[-1] if rows else {}

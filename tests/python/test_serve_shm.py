@@ -5,8 +5,6 @@ outside /dev/shm, symbolic links, spans past the end, sizes that lie, data given
 regions unregistered while a request holds them."""
 
 import base64
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 from gpulanes.errors import InvalidInput  # noqa: E402
 from gpulanes.serve.grpc_server import core_frontend_available  # noqa: E402
 from gpulanes.serve.shared_memory import MAX_REGIONS, SystemSharedMemory  # noqa: E402
-from serve_helpers import ServerProcess, write_config  # noqa: E402
+from serve_helpers import ServerProcess, perf_analyzer_run, write_config  # noqa: E402
 
 FRONTENDS = ["python"] + (["core"] if core_frontend_available() else [])
 
@@ -235,22 +233,11 @@ def test_at_most_max_regions_are_registered(regions):
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_perf_analyzer_with_system_shared_memory(server, protocol, tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    from perf_analyzer import environment, perf_analyzer
-
-    binary = perf_analyzer(fetch=False)  # scripts/bootstrap.sh fetched it: missing fails
-    out = tmp_path / "pa.csv"
     url = server.http if protocol == "http" else server.grpc
-    r = subprocess.run(
-        [str(binary), "-m", "affine", "-u", url, "-i", protocol, "--shape", "INPUT__0:4",
-         "--shared-memory", "system", "--output-shared-memory-size", "64",
-         "--concurrency-range", "2", "--measurement-mode", "count_windows",
-         "--measurement-request-count", "100", "--stability-percentage", "1000",
-         "--max-trials", "3", "-f", str(out)],
-        capture_output=True, text=True, env=environment(), timeout=300)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    import csv
-    row = list(csv.DictReader(out.open()))[-1]
+    rc, output, row = perf_analyzer_run("affine", url, protocol, tmp_path / "pa.csv",
+                                        "--shape", "INPUT__0:4", "--shared-memory", "system",
+                                        "--output-shared-memory-size", "64")
+    assert rc == 0, output
     assert float(row["Inferences/Second"]) > 0, row
     # perf_analyzer unregisters what it registered
     assert th.InferenceServerClient(server.http).get_system_shared_memory_status() == []

@@ -218,34 +218,20 @@ def test_perf_analyzer_drives_gpulanes_serve_over_grpc(tmp_path, frontend, strea
     # Triton's own load generator, as its users run it (`-i grpc [--streaming]`); a count of
     # requests per window and a stability bound it always meets, so that this machine's speed
     # cannot fail it.
-    import csv
-    import subprocess
-    import sys
-    from pathlib import Path
+    from serve_helpers import ServerProcess, perf_analyzer_run, write_config
 
-    from serve_helpers import ServerProcess, write_config
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    from perf_analyzer import environment, perf_analyzer
-
-    binary = perf_analyzer(fetch=False)  # scripts/bootstrap.sh fetched it: missing fails
     srv = ServerProcess(write_config(tmp_path, ["affine"],
                                      server=f'grpc_frontend = "{frontend}"'))
-    out = tmp_path / "pa.csv"
     try:
-        r = subprocess.run(
-            [str(binary), "-m", "affine", "-u", srv.grpc, "-i", "grpc", "--shape", "INPUT__0:4",
-             "--concurrency-range", "4", "--measurement-mode", "count_windows",
-             "--measurement-request-count", "200", "--stability-percentage", "1000",
-             "--max-trials", "3", "-f", str(out)] + (["--streaming"] if streaming else []),
-            capture_output=True, text=True, env=environment(), timeout=300)
+        rc, output, row = perf_analyzer_run(
+            "affine", srv.grpc, "grpc", tmp_path / "pa.csv", "--shape", "INPUT__0:4",
+            *(["--streaming"] if streaming else []), concurrency=4, per_window=200)
         import tritonclient.grpc as tgc
         stats = tgc.InferenceServerClient(srv.grpc).get_inference_statistics("affine",
                                                                              as_json=True)
     finally:
         assert srv.terminate() == 0, "".join(srv.lines)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    row = list(csv.DictReader(out.open()))[-1]
+    assert rc == 0, output
     assert float(row["Inferences/Second"]) > 0, row
     inference = stats["model_stats"][0]["inference_stats"]
     assert int(inference["success"]["count"]) >= 600  # three windows of 200, none failed

@@ -3,17 +3,13 @@ whole input and runs alone, in the Python API (TorchScript and nn.Module, thread
 lanes) and over KServe v2 (HTTP, gRPC on both front ends, perf_analyzer), where metadata and
 /config say so and a request shaped for a batched model is refused."""
 
-import csv
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import gpulanes as gl
-from serve_helpers import RowSum, ServerProcess, write_config
+from serve_helpers import RowSum, ServerProcess, perf_analyzer_run, write_config
 
 
 @pytest.mark.parametrize("isolation", ["thread", "process"])
@@ -76,16 +72,7 @@ def test_served_over_kserve_v2_with_the_whole_input(server, kind):
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_perf_analyzer_drives_a_model_without_a_batch_dimension(server, protocol, tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    from perf_analyzer import environment, perf_analyzer
-
-    out = tmp_path / "pa.csv"
-    r = subprocess.run(
-        [str(perf_analyzer(fetch=False)), "-m", "rowsum", "-i", protocol,
-         "-u", server.http if protocol == "http" else server.grpc,
-         "--concurrency-range", "2", "--measurement-mode", "count_windows",
-         "--measurement-request-count", "100", "--stability-percentage", "1000",
-         "--max-trials", "3", "-f", str(out)],
-        capture_output=True, text=True, env=environment(), timeout=300)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert float(list(csv.DictReader(out.open()))[-1]["Inferences/Second"]) > 0
+    rc, output, row = perf_analyzer_run("rowsum", server.http if protocol == "http" else
+                                        server.grpc, protocol, tmp_path / "pa.csv")
+    assert rc == 0, output
+    assert float(row["Inferences/Second"]) > 0, row
