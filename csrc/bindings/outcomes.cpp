@@ -1,10 +1,13 @@
 #include "outcomes.h"
 
+#include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include "bindings.h"
 #include "gpulanes/core/error_text.h"
+#include "gpulanes/core/string_tensor.h"
 
 namespace gpulanes::bindings {
 namespace {
@@ -37,6 +40,15 @@ void resolve(PyObject* sink_ref, Outcome&& outcome) {
 
 py::object to_python(const c10::IValue& v) {
   if (v.isTensor()) return py::cast(v.toTensor());
+  if (v.isString()) {
+    // A str when it is UTF-8 (what a TorchScript model's str holds from Python's), else the
+    // bytes as they are (a BYTES tensor's element may be any bytes).
+    const std::string& s = v.toStringRef();
+    PyObject* text = PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "strict");
+    if (text != nullptr) return py::reinterpret_steal<py::object>(text);
+    PyErr_Clear();
+    return py::bytes(s);
+  }
   if (v.isTuple()) {
     const auto& elems = v.toTupleRef().elements();
     py::tuple out(elems.size());
@@ -52,17 +64,65 @@ py::object to_python(const c10::IValue& v) {
   throw Error(ErrorCode::kModelError, "cannot convert model output of type " + v.tagKind());
 }
 
-std::vector<at::Tensor> tensors_from(const py::sequence& seq, const char* what) {
+namespace {
+
+// A str as its UTF-8 bytes, a bytes-like object as it is; nullopt for anything else.
+std::optional<std::string> string_of(py::handle item) {
+  if (PyUnicode_Check(item.ptr())) {
+    Py_ssize_t size = 0;
+    const char* data = PyUnicode_AsUTF8AndSize(item.ptr(), &size);
+    if (data == nullptr) throw py::error_already_set();  // lone surrogates: not UTF-8
+    return std::string(data, static_cast<std::size_t>(size));
+  }
+  if (PyBytes_Check(item.ptr()) || PyByteArray_Check(item.ptr())) {
+    return std::string(py::bytes(py::reinterpret_borrow<py::object>(item)));
+  }
+  return std::nullopt;
+}
+
+// `item` (a str, bytes, or a list/tuple of them) as a string tensor; nullopt when it is none.
+std::optional<at::Tensor> strings_of(py::handle item) {
+  std::vector<std::string> strings;
+  if (auto one = string_of(item)) {
+    strings.push_back(std::move(*one));
+  } else if (PyList_Check(item.ptr()) || PyTuple_Check(item.ptr())) {
+    for (py::handle element : py::reinterpret_borrow<py::sequence>(item)) {
+      auto s = string_of(element);
+      if (!s) return std::nullopt;
+      strings.push_back(std::move(*s));
+    }
+  } else {
+    return std::nullopt;
+  }
+  std::vector<std::string_view> views(strings.begin(), strings.end());
+  return pack_strings(views);
+}
+
+}  // namespace
+
+std::vector<at::Tensor> inputs_from(const py::sequence& seq, const char* what) {
   std::vector<at::Tensor> out;
   out.reserve(py::len(seq));
   std::size_t i = 0;
   for (py::handle item : seq) {
-    if (!THPVariable_Check(item.ptr())) {
-      throw Error(ErrorCode::kInvalidInput, std::string(what) + " " + std::to_string(i) + " is a " +
-                                                std::string(py::str(py::type::of(item).attr("__name__"))) +
-                                                ", not a torch.Tensor");
+    const std::string which = std::string(what) + " " + std::to_string(i);
+    if (THPVariable_Check(item.ptr())) {
+      out.push_back(THPVariable_Unpack(item.ptr()));
+    } else {
+      std::optional<at::Tensor> strings;
+      try {
+        strings = strings_of(item);
+      } catch (py::error_already_set& e) {
+        throw Error(ErrorCode::kInvalidInput, which + " holds a str that is not valid UTF-8");
+      }
+      if (!strings) {
+        throw Error(ErrorCode::kInvalidInput,
+                    which + " is a " + std::string(py::str(py::type::of(item).attr("__name__"))) +
+                        ", not a torch.Tensor (or, for a string input, a str, bytes or a "
+                        "list of them)");
+      }
+      out.push_back(std::move(*strings));
     }
-    out.push_back(THPVariable_Unpack(item.ptr()));
     ++i;
   }
   return out;

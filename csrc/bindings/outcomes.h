@@ -1,4 +1,4 @@
-// How a request's tensors come in from Python and its outcome goes back: inputs as tensors,
+// How a request's inputs come in from Python and its outcome goes back: inputs as tensors,
 // outputs as Python objects, and PendingSink, which holds an accepted request's Python sink (a
 // concurrent.futures.Future or an asyncio adapter) until its outcome resolves it.
 #pragma once
@@ -17,10 +17,13 @@ namespace gpulanes::bindings {
 
 namespace py = pybind11;
 
-// A model output (tensor, tuple, list, None) as the Python object it stands for.
+// A model output (tensor, str, tuple, list, None) as the Python object it stands for; a string
+// that is not UTF-8 comes back as bytes.
 py::object to_python(const c10::IValue& v);
-// `seq`'s items as tensors; Error(kInvalidInput) naming "`what` i" for an item that is none.
-std::vector<at::Tensor> tensors_from(const py::sequence& seq, const char* what);
+// `seq`'s items as the core's inputs: tensors as they are, and a str, bytes or list/tuple of
+// them as a string tensor (string_tensor.h; a str as UTF-8). Error(kInvalidInput) naming
+// "`what` i" for an item that is neither.
+std::vector<at::Tensor> inputs_from(const py::sequence& seq, const char* what);
 // Sets the poll flags of the futures this thread resolved in its current delivery. Call after
 // the delivery, so that a polling waiter that sees its flag can take the GIL at once.
 void publish_resolved();

@@ -25,6 +25,7 @@
 #include "waiting.h"
 #include "gpulanes/core/error_text.h"
 #include "gpulanes/core/serving_thread.h"
+#include "gpulanes/core/string_tensor.h"
 #include "gpulanes/exec/green_context.h"
 #include "gpulanes/metrics/prometheus.h"
 #include "gpulanes/model/aoti_package.h"
@@ -101,7 +102,7 @@ class PyRuntime {
   // and raised.
   std::vector<at::Tensor> request_tensors(const std::string& model, const py::sequence& inputs) {
     try {
-      return tensors_from(inputs, "input");
+      return inputs_from(inputs, "input");
     } catch (const Error& e) {
       core_->refuse(model, e.code(), e.what());
     }
@@ -137,7 +138,7 @@ class PyRuntime {
                      const py::sequence& example_inputs, std::int64_t slo_ns, int max_batch_size,
                      std::int64_t max_queue) {
     if (core_->running()) check_not_own_thread("register()");  // it waits for new lanes
-    std::vector<at::Tensor> examples = tensors_from(example_inputs, "example input");
+    std::vector<at::Tensor> examples = inputs_from(example_inputs, "example input");
     ModelSpec spec;
     spec.name = name;
     spec.slo = slo_ns;
@@ -148,6 +149,17 @@ class PyRuntime {
     std::vector<at::Tensor> samples;
     for (std::size_t i = 0; i < examples.size(); ++i) {
       const at::Tensor& t = examples[i];
+      if (is_string_tensor(t)) {  // a list of strings: a batch of them, or the whole input
+        spec.inputs.push_back({spec.batched ? std::vector<std::int64_t>{}
+                                            : std::vector<std::int64_t>{-1},
+                               kStringDtype});
+        const std::string which = "example input " + std::to_string(i) + " of model '" + name + "'";
+        if (spec.batched && count_strings(t, which) < 1) {
+          throw Error(ErrorCode::kInvalidInput, which + " needs at least one string");
+        }
+        samples.push_back(spec.batched ? slice_strings(t, 0, 1) : t);
+        continue;
+      }
       if (!spec.batched) {
         spec.inputs.push_back({t.sizes().vec(), t.scalar_type()});
         samples.push_back(t.detach().to(c10::kCPU).clone());

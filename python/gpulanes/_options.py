@@ -139,6 +139,20 @@ _MAX_BATCH = 65536            # largest max_batch_size
 _MAX_BATCH_BYTES = 4 * 2**30  # largest batch of inputs warm-up may stack
 
 
+def _is_strings(x: Any) -> bool:
+    """A string input's example: a list or tuple of str or bytes."""
+    return isinstance(x, (list, tuple)) and all(isinstance(s, (str, bytes)) for s in x)
+
+
+def _sample_bytes(example: Any, max_batch_size: int) -> int:
+    """The bytes of one sample of an example (the whole example without a batch dimension)."""
+    if not hasattr(example, "numel"):  # strings: the first one, or all without a batch dimension
+        return sum(map(len, example[:1] if max_batch_size else example))
+    t = example
+    rows = 1 if max_batch_size == 0 or not t.dim() or not t.shape[0] else t.shape[0]
+    return t.numel() // rows * t.element_size()
+
+
 def _register_args(name: Any, example_inputs: Any, slo_ms: Any, max_batch_size: Any,
                    max_queue: Any) -> Tuple[Tuple[Any, ...], float, int, int]:
     """register()'s arguments checked: (example_inputs as a tuple, slo_ms, max_batch_size,
@@ -147,17 +161,6 @@ def _register_args(name: Any, example_inputs: Any, slo_ms: Any, max_batch_size: 
 
     if not isinstance(name, str) or not name:
         raise InvalidInput(f"name must be a non-empty str, got {name!r}")
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
-    if not isinstance(example_inputs, (tuple, list)) or not all(
-            isinstance(t, torch.Tensor) for t in example_inputs):
-        raise InvalidInput(f"example_inputs of {name!r} must be a tensor or a tuple/list of "
-                           f"tensors, got {type(example_inputs).__name__}")
-    for i, t in enumerate(example_inputs):
-        if t.is_meta or t.layout != torch.strided:
-            raise InvalidInput(f"example_inputs[{i}] of {name!r} is a "
-                               f"{'meta' if t.is_meta else str(t.layout).split('.')[-1]} tensor; "
-                               "give dense tensors with data (on the CPU or a GPU)")
     slo_ms = _number("slo_ms", slo_ms)
     if not 0 < slo_ms <= _MAX_DEADLINE_S * 1e3:
         raise InvalidInput(f"slo_ms must be > 0 and at most 30 days, got {slo_ms}")
@@ -166,12 +169,32 @@ def _register_args(name: Any, example_inputs: Any, slo_ms: Any, max_batch_size: 
     if not 0 <= max_batch_size <= _MAX_BATCH:
         raise InvalidInput(f"max_batch_size must be in [0, {_MAX_BATCH}] (0: the model has no "
                            f"batch dimension), got {max_batch_size}")
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(
+            isinstance(t, (str, bytes)) for t in example_inputs):
+        raise InvalidInput(f"example_inputs of {name!r}: a string input's example is a list of "
+                           f"strings inside the tuple of inputs, e.g. example_inputs="
+                           f"({list(example_inputs)[:2]!r},)")
+    if not isinstance(example_inputs, (tuple, list)) or not all(
+            isinstance(t, torch.Tensor) or _is_strings(t) for t in example_inputs):
+        raise InvalidInput(f"example_inputs of {name!r} must be a tensor or a tuple/list of "
+                           f"tensors (a string input: a list of str or bytes), got "
+                           f"{type(example_inputs).__name__}")
+    for i, t in enumerate(example_inputs):
+        if not isinstance(t, torch.Tensor):
+            if not t and max_batch_size != 0:
+                raise InvalidInput(f"example_inputs[{i}] of {name!r} is an empty list; a string "
+                                   "input's example needs at least one string")
+            continue
+        if t.is_meta or t.layout != torch.strided:
+            raise InvalidInput(f"example_inputs[{i}] of {name!r} is a "
+                               f"{'meta' if t.is_meta else str(t.layout).split('.')[-1]} tensor; "
+                               "give dense tensors with data (on the CPU or a GPU)")
     # Warm-up and profiling stack max_batch_size copies of the example: refuse what would
     # take more memory than a batch can sensibly use.
-    batch_bytes = sum(t.numel() * t.element_size() for t in example_inputs) \
-        if max_batch_size == 0 else max_batch_size * sum(
-            (t.numel() // t.shape[0] if t.dim() and t.shape[0] else t.numel()) * t.element_size()
-            for t in example_inputs)
+    batch_bytes = sum(_sample_bytes(t, max_batch_size) for t in example_inputs) * max(
+        max_batch_size, 1)
     if batch_bytes > _MAX_BATCH_BYTES:
         raise InvalidInput(f"max_batch_size={max_batch_size} makes a batch of {name!r} "
                            f"{batch_bytes / 2**30:.1f} GiB of inputs (more than "

@@ -26,7 +26,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -96,6 +96,11 @@ def resolve(model: Any, *, name: str, example_inputs: Tuple[torch.Tensor, ...],
     ModelError for a model that cannot be read, exported or compiled, InvalidInput for example
     inputs it cannot take (a ScriptModule is run once to see, unless ``run_script_module`` is
     false: process lanes keep models that may crash out of this process)."""
+    strings = [i for i, t in enumerate(example_inputs) if not isinstance(t, torch.Tensor)]
+    if strings and not isinstance(model, (torch.jit.ScriptModule, bytes, bytearray, memoryview,
+                                          str, os.PathLike)):
+        raise InvalidInput(f"example_inputs[{strings[0]}] of {name!r} is strings, which only a "
+                           "TorchScript model takes (List[str]): give torch.jit.script(model)")
     if isinstance(model, torch.jit.ScriptModule):
         if run_script_module:
             _check_script_module(model, example_inputs, max_batch_size, name)
@@ -112,6 +117,7 @@ def resolve(model: Any, *, name: str, example_inputs: Tuple[torch.Tensor, ...],
         kind = _kind_of(_zip_names(data[:2], data, None))
         if kind == _TORCHSCRIPT:
             return ModelFile("bytes", data, _sha256(data), _TORCHSCRIPT)
+        _no_strings(strings, name)
         if kind == "export":
             return _from_export_archive(io.BytesIO(data), name, example_inputs, max_batch_size,
                                         device, progress)
@@ -133,6 +139,8 @@ def resolve(model: Any, *, name: str, example_inputs: Tuple[torch.Tensor, ...],
         names = _zip_names(data[:2], data, None)
         # An unreadable .pt2 goes to the package loader, whose error says what is wrong.
         kind = _AOTI if not names and path.endswith(".pt2") else _kind_of(names)
+        if kind != _TORCHSCRIPT:
+            _no_strings(strings, name)
         if kind == "export":
             return _from_export_archive(path, name, example_inputs, max_batch_size, device,
                                         progress)
@@ -142,18 +150,32 @@ def resolve(model: Any, *, name: str, example_inputs: Tuple[torch.Tensor, ...],
                     f"torch.export.ExportedProgram or nn.Module, not {type(model).__name__}")
 
 
+def _texts(strings: Sequence[Any]) -> List[str]:
+    """A string input's example as TorchScript's List[str] takes it from Python (bytes that are
+    not UTF-8 get replacement characters: only for this check, the core gets them as they are)."""
+    return [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in strings]
+
+
+def _no_strings(strings: List[int], name: str) -> None:
+    if strings:
+        raise InvalidInput(f"example_inputs[{strings[0]}] of {name!r} is strings, which only a "
+                           "TorchScript model takes (List[str]); this is not a TorchScript file")
+
+
 def _check_script_module(model: torch.jit.ScriptModule, examples: Tuple[torch.Tensor, ...],
                          max_batch_size: int, name: str) -> None:
     """check_examples_fit for a TorchScript module, on the device its weights are on."""
     weights = [*model.parameters(), *model.buffers()]
     where = weights[0].device if weights else torch.device("cpu")
     if max_batch_size == 0:  # no batch dimension: the examples are whole inputs
-        check_examples_fit(model, tuple(t.to(where) for t in examples), name)
+        check_examples_fit(model, tuple(t.to(where) if isinstance(t, torch.Tensor) else _texts(t)
+                                        for t in examples), name)
         return
-    if any(t.dim() == 0 or t.shape[0] == 0 for t in examples):
+    if any(isinstance(t, torch.Tensor) and (t.dim() == 0 or t.shape[0] == 0) for t in examples):
         return  # no batch to take a sample from: the core's check says what is wrong
     batch = 2 if max_batch_size >= 2 else 1
-    sample = tuple(t[:1].expand(batch, *t.shape[1:]).contiguous().to(where) for t in examples)
+    sample = tuple(t[:1].expand(batch, *t.shape[1:]).contiguous().to(where)
+                   if isinstance(t, torch.Tensor) else _texts(t[:1]) * batch for t in examples)
     check_examples_fit(model, sample, name)
 
 
@@ -256,7 +278,8 @@ def check_examples_fit(module: Any, sample: Tuple[torch.Tensor, ...], name: str)
         line = (reason[-1] if reason else "").strip()
         typed = re.match(r"^(?:builtins\.)?(\w+(?:Error|Exception)): (.*)$", line)
         kind, line = (typed.group(1), typed.group(2)) if typed else (type(e).__name__, line)
-        given = ", ".join(f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in sample)
+        given = ", ".join(f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}"
+                          if isinstance(t, torch.Tensor) else f"{len(t)} strings" for t in sample)
         raise InvalidInput(f"example_inputs of {name!r} do not fit the model: forward() on a "
                            f"batch of them ({given}) raised {kind}: {line[:300]}") from None
 

@@ -40,6 +40,14 @@ ModelSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, torch
 _live: "weakref.WeakSet[Runtime]" = weakref.WeakSet()
 
 
+def _sample_signature(example: Any, max_batch_size: int) -> Tuple[Tuple[int, ...], Any]:
+    """(shape, dtype) of one sample of an example input. A string input's is ``((), str)``: one
+    string per request; without a batch dimension ``((-1,), str)``: a list of any length."""
+    if not isinstance(example, torch.Tensor):
+        return ((-1,) if max_batch_size == 0 else ()), str
+    return tuple(example.shape[0 if max_batch_size == 0 else 1:]), example.dtype
+
+
 @atexit.register
 def _shutdown_all() -> None:
     for rt in list(_live):
@@ -181,7 +189,7 @@ class Runtime(Planning, Profiling):
                                 _isolation_config(isolation, worker_options))
         self._spin_us = spin_us
         self._slo_ms: Dict[str, float] = {}
-        self._signatures: Dict[str, List[Tuple[Tuple[int, ...], torch.dtype]]] = {}
+        self._signatures: Dict[str, List[Tuple[Tuple[int, ...], Any]]] = {}
         # Per model: what its profile depends on (a profile entry without points).
         self._profile_keys: Dict[str, Dict[str, Any]] = {}
         self._profile_source: Dict[str, str] = {}  # model -> "given", "cache" or "measured"
@@ -224,15 +232,24 @@ class Runtime(Planning, Profiling):
         archive or a ``torch.jit.save`` file; or a ``torch.jit.ScriptModule``. It is copied:
         later changes to it do not reach the runtime.
         ``example_inputs`` are batched tensors (leading batch dimension); a request is one sample
-        of each, i.e. the same shapes without the batch dimension and the same dtypes.
+        of each, i.e. the same shapes without the batch dimension and the same dtypes. A
+        TorchScript model may take ``List[str]`` inputs: their example is a list of ``str`` or
+        ``bytes`` (a batch of strings) and a request gives one ``str`` or ``bytes`` (a batch's
+        strings make the list, in order); a model that returns ``List[str]`` gives each request
+        its ``str`` (``bytes`` where it is not UTF-8). Process lanes do not carry strings.
         ``max_batch_size=0`` (Triton's meaning) is a model without a batch dimension: the
-        examples are whole inputs, a request has exactly their shapes and runs alone.
+        examples are whole inputs, a request has exactly their shapes (a string input: a list
+        of any length) and runs alone.
         Raises :class:`ModelError` for a missing or corrupt model, one that cannot be exported
         or compiled (with export's or the compiler's reason) or a package made for another
         device or torch version; :class:`InvalidInput` for bad arguments or a duplicate name.
         """
         example_inputs, slo_ms, max_batch_size, max_queue = _register_args(
             name, example_inputs, slo_ms, max_batch_size, max_queue)
+        if self.isolation == "process" and not all(isinstance(t, torch.Tensor)
+                                                   for t in example_inputs):
+            raise InvalidInput(f"{name!r} takes strings, which process lanes do not carry (their "
+                               "worker gets tensors only): use isolation='thread'")
         file = _formats.resolve(model, name=name, example_inputs=tuple(example_inputs),
                                 max_batch_size=max_batch_size, device=self._compile_device(),
                                 progress=progress, run_script_module=self.isolation != "process")
@@ -240,12 +257,11 @@ class Runtime(Planning, Profiling):
                                   int(slo_ms * 1e6), max_batch_size, max_queue)
         self._formats[name] = file.format
         self._slo_ms[name] = slo_ms
-        first = 0 if max_batch_size == 0 else 1  # where a sample's shape starts
-        self._signatures[name] = [(tuple(t.shape[first:]), t.dtype) for t in example_inputs]
+        self._signatures[name] = [_sample_signature(t, max_batch_size) for t in example_inputs]
         self._profile_keys[name] = {
             "model": name, "model_hash": file.digest, "max_batch_size": max_batch_size,
-            "inputs": [[list(t.shape[first:]), str(t.dtype).replace("torch.", "")]
-                       for t in example_inputs]}
+            "inputs": [[list(shape), getattr(dtype, "__name__", str(dtype)).replace("torch.", "")]
+                       for shape, dtype in self._signatures[name]]}
         if self._core.running:  # registered live: its profile was measured just now
             self._profile_source[name] = "measured"
             self._cache_profiles(self._profile_lane(), [name])
@@ -510,8 +526,10 @@ class Runtime(Planning, Profiling):
             raise UnknownModel(f"no model named {model!r} is registered")
         return int(self._profile_keys[model]["max_batch_size"])
 
-    def input_signature(self, model: str) -> List[Tuple[Tuple[int, ...], torch.dtype]]:
-        """(shape of one sample, dtype) of each input of a registered model."""
+    def input_signature(self, model: str) -> List[Tuple[Tuple[int, ...], Any]]:
+        """(shape of one sample, dtype) of each input of a registered model; a string input's
+        dtype is ``str`` and its shape ``()`` (one string per request) or, for a model without
+        a batch dimension, ``(-1,)`` (a list of any length)."""
         if model not in self._signatures:
             raise UnknownModel(f"no model named {model!r} is registered")
         return list(self._signatures[model])

@@ -55,6 +55,28 @@ class RowSum(nn.Module):
         return x.sum(0) * 2.0
 
 
+class Shout(nn.Module):
+    """Strings in, strings out (BYTES both ways): each text upper-cased with a "!"."""
+
+    def forward(self, texts: List[str]) -> List[str]:
+        return [t.upper() + "!" for t in texts]
+
+
+class WordCount(nn.Module):
+    """A string input and a tensor input, a tensor output: words per text times a weight."""
+
+    def forward(self, texts: List[str], weight: torch.Tensor) -> torch.Tensor:
+        counts = torch.tensor([float(len(t.split())) for t in texts])
+        return counts.unsqueeze(1) * weight
+
+
+class Reverse(nn.Module):
+    """A model without a batch dimension over strings: its whole List[str], reversed."""
+
+    def forward(self, texts: List[str]) -> List[str]:
+        return texts[::-1]
+
+
 MODELS = {
     "affine": (Affine(), '[{ name = "INPUT__0", datatype = "FP32", shape = [4] }]', ""),
     "pair": (Pair(), '[{ name = "a", datatype = "FP32", shape = [3] }, '
@@ -63,6 +85,10 @@ MODELS = {
     "slow": (Slow(40), '[{ name = "INPUT__0", datatype = "FP32", shape = [4] }]', ""),
     "slower": (Slow(400), '[{ name = "INPUT__0", datatype = "FP32", shape = [4] }]', ""),
     "rowsum": (RowSum(), '[{ name = "INPUT__0", datatype = "FP32", shape = [3, 4] }]', ""),
+    "shout": (Shout(), '[{ name = "TEXT", datatype = "BYTES", shape = [1] }]', '["LOUD"]'),
+    "wordcount": (WordCount(), '[{ name = "TEXT", datatype = "BYTES", shape = [1] }, '
+                               '{ name = "WEIGHT", datatype = "FP32", shape = [1] }]', ""),
+    "reverse": (Reverse(), '[{ name = "TEXTS", datatype = "BYTES", shape = [-1] }]', ""),
 }
 
 

@@ -255,7 +255,7 @@ def test_what_an_attacker_sends_gets_a_4xx_and_the_server_keeps_serving(client):
     ("UINT64", [2**63 - 1, 0], True), ("UINT64", [-1], False), ("UINT64", [0.5], False),
 ])
 def test_json_values_the_datatype_cannot_hold_are_refused(datatype, data, fits):
-    from gpulanes.serve.protocol import DATATYPES, tensor_from_list
+    from gpulanes.serve.codec import DATATYPES, tensor_from_list
 
     dtype = DATATYPES[datatype]
     if fits:
@@ -268,7 +268,7 @@ def test_json_values_the_datatype_cannot_hold_are_refused(datatype, data, fits):
 
 
 def test_a_fraction_beside_big_integers_is_still_refused():
-    from gpulanes.serve.protocol import tensor_from_list
+    from gpulanes.serve.codec import tensor_from_list
 
     # Read as float32, 16777217.5 would round to a whole 16777218 and pass as an integer.
     with pytest.raises(gl.InvalidInput, match="values must be integers"):

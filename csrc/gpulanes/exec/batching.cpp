@@ -5,6 +5,7 @@
 #include <string>
 
 #include "gpulanes/core/error.h"
+#include "gpulanes/core/string_tensor.h"
 #include "gpulanes/exec/executor.h"
 
 namespace gpulanes {
@@ -24,14 +25,40 @@ std::vector<c10::IValue> stack_inputs(std::span<const RequestPtr> requests) {
   std::vector<at::Tensor> column(requests.size());
   for (std::size_t k = 0; k < arity; ++k) {
     for (std::size_t i = 0; i < requests.size(); ++i) column[i] = requests[i]->inputs[k];
-    out.emplace_back(at::stack(column, 0));
+    out.emplace_back(is_string_tensor(column[0]) ? stack_strings(column) : at::stack(column, 0));
   }
   return out;
 }
 
+c10::IValue stack_strings(std::span<const at::Tensor> column) {
+  c10::List<std::string> list;
+  for (const at::Tensor& t : column) unpack_strings(t, list);
+  return list;
+}
+
 namespace {
 
+// A list of strings (a batched model's List[str] output) or of string lists (what an unbatched
+// model's wrapper makes of one): row i is element i.
+bool is_string_rows(const c10::IValue& v) {
+  if (!v.isList()) return false;
+  const c10::TypePtr element = v.toList().elementType();
+  if (element->kind() == c10::TypeKind::StringType) return true;
+  const auto list = element->cast<c10::ListType>();
+  return list && list->getElementType()->kind() == c10::TypeKind::StringType;
+}
+
 c10::IValue slice_row(const c10::IValue& v, std::size_t n, std::int64_t row, bool copy) {
+  if (is_string_rows(v)) {
+    const c10::List<c10::IValue> rows = v.toList();
+    if (rows.size() != n) {
+      throw Error(ErrorCode::kModelError,
+                  "model output is a list of " + std::to_string(rows.size()) +
+                      " strings; it must hold one per request of the batch (" +
+                      std::to_string(n) + ")");
+    }
+    return rows.get(static_cast<std::size_t>(row));
+  }
   if (v.isTensor()) {
     const at::Tensor& t = v.toTensor();
     if (t.dim() == 0 || t.size(0) != static_cast<std::int64_t>(n)) {
@@ -59,8 +86,9 @@ c10::IValue slice_row(const c10::IValue& v, std::size_t n, std::int64_t row, boo
     return parts;
   }
   throw Error(ErrorCode::kModelError, "model output of type " + v.tagKind() +
-                                          " is not supported; return a tensor or a tuple/list "
-                                          "of tensors with the batch as first dimension");
+                                          " is not supported; return a tensor, a tuple/list "
+                                          "of tensors with the batch as first dimension, or a "
+                                          "list of strings with one per request");
 }
 
 }  // namespace

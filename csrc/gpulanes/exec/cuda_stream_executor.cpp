@@ -27,6 +27,7 @@
 #include <type_traits>
 #include <unordered_map>
 
+#include "gpulanes/core/string_tensor.h"
 #include "gpulanes/exec/batching.h"
 #include "gpulanes/model/program.h"
 #endif
@@ -199,7 +200,9 @@ class CudaStreamExecutor final : public Executor {
         column[i] = requests[i]->inputs[k];
         on_host = on_host && !column[i].is_cuda();
       }
-      if (on_host) {
+      if (is_string_tensor(column[0])) {
+        out.emplace_back(stack_strings(column));  // a List[str]: TorchScript reads it on the host
+      } else if (on_host) {
         std::vector<std::int64_t> sizes = column[0].sizes().vec();
         sizes.insert(sizes.begin(), static_cast<std::int64_t>(n));
         at::Tensor host = at::empty(sizes, column[0].options().pinned_memory(true));

@@ -34,6 +34,7 @@
 #include <map>
 #include <thread>
 
+#include "gpulanes/core/string_tensor.h"
 #include "gpulanes/exec/batching.h"
 #include "gpulanes/exec/executor.h"
 #include "gpulanes/exec/mps.h"
@@ -103,10 +104,13 @@ class ProcessExecutor final : public Executor {
   }
 
   c10::IValue run(int index, std::vector<c10::IValue> inputs) override {
-    ensure_worker();
     std::vector<at::Tensor> tensors;
     tensors.reserve(inputs.size());
-    for (const c10::IValue& in : inputs) tensors.push_back(in.toTensor());
+    for (const c10::IValue& in : inputs) {
+      if (!in.isTensor()) refuse_strings();
+      tensors.push_back(in.toTensor());
+    }
+    ensure_worker();
     return run_written(index, worker::write_tensors(arena_, 0, tensors), /*copy=*/true);
   }
 
@@ -120,6 +124,7 @@ class ProcessExecutor final : public Executor {
     const auto n = static_cast<std::int64_t>(requests.size());
     std::vector<worker::TensorShape> shapes;
     for (const at::Tensor& t : requests.front()->inputs) {
+      if (is_string_tensor(t)) refuse_strings();
       std::vector<std::int64_t> sizes{n};
       sizes.insert(sizes.end(), t.sizes().begin(), t.sizes().end());
       shapes.emplace_back(std::move(sizes), t.scalar_type());
@@ -136,6 +141,14 @@ class ProcessExecutor final : public Executor {
     // from reuse while their submitters' streams read them, before they are handed out.
     if (options_.outputs_on_device) hand_out_on_device(rows, requests, options_.device);
     return rows;
+  }
+
+  // The worker protocol moves tensors through shared memory, not TorchScript's strings; a
+  // model that takes them fails its warm-up here, so no lane of this kind ever serves it.
+  [[noreturn]] static void refuse_strings() {
+    throw Error(ErrorCode::kInvalidInput,
+                "the model takes strings, which process and MPS lanes do not carry (their "
+                "worker process gets tensors only): serve it on thread lanes");
   }
 
   void close() override { stop_worker(); }

@@ -5,10 +5,14 @@
 #include <sstream>
 
 #include "gpulanes/core/error.h"
+#include "gpulanes/core/string_tensor.h"
 
 namespace gpulanes {
 
+bool TensorSpec::strings() const { return dtype == kStringDtype; }
+
 std::string describe(const TensorSpec& spec) {
+  if (spec.strings()) return spec.shape.empty() ? "one string" : "a list of strings";
   std::ostringstream os;
   os << c10::toString(spec.dtype) << "[";
   for (std::size_t i = 0; i < spec.shape.size(); ++i) os << (i ? ", " : "") << spec.shape[i];
@@ -29,9 +33,21 @@ void validate_inputs(const ModelSpec& spec, const std::vector<at::Tensor>& input
       throw Error(ErrorCode::kInvalidInput,
                   "model '" + spec.name + "' input " + std::to_string(i) + " is undefined");
     }
+    const std::string which = "model '" + spec.name + "' input " + std::to_string(i);
+    if (want.strings()) {
+      const std::size_t n = count_strings(t, which);
+      if (want.shape.empty() && n != 1) {
+        throw Error(ErrorCode::kInvalidInput, which + " must be one string per request, got " +
+                                                  std::to_string(n));
+      }
+      continue;
+    }
+    if (is_string_tensor(t)) {
+      throw Error(ErrorCode::kInvalidInput, which + " takes a tensor, " + describe(want) +
+                                                " (one sample, no batch dimension), not strings");
+    }
     // Checked before sizes(): a nested tensor has none, and a lane cannot stack a sparse, mkldnn
     // or meta tensor into a batch.
-    const std::string which = "model '" + spec.name + "' input " + std::to_string(i);
     if (t.is_nested() || t.layout() != c10::kStrided) {
       std::ostringstream os;
       os << which << " must be a dense (strided) tensor, got ";

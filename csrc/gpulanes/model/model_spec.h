@@ -15,9 +15,14 @@ namespace at { class Tensor; }
 
 namespace gpulanes {
 
+// One input of one request. A string input (forward() takes List[str]) has dtype kStringDtype
+// (string_tensor.h) and shape {} (one string per request; a batch's strings make the list) or,
+// for a model without a batch dimension, {-1} (a request is the whole list, of any length).
 struct TensorSpec {
   std::vector<std::int64_t> shape;  // per-sample shape (no batch dimension)
   c10::ScalarType dtype = c10::ScalarType::Float;
+
+  bool strings() const;
 };
 
 struct ModelSpec {

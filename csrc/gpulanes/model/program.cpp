@@ -47,8 +47,16 @@ class TorchScriptProgram final : public ModelProgram {
   const torch::jit::Module module_;  // as loaded, on the CPU
 };
 
+// The output of a batch of one: tensors get a leading dimension of 1; a string or a list of
+// strings becomes a list of one (splitting gives the request element 0).
 c10::IValue with_rows(const c10::IValue& v) {
   if (v.isTensor()) return v.toTensor().unsqueeze(0);
+  if (v.isString()) return c10::List<std::string>({v.toStringRef()});
+  if (v.isList() && v.toList().elementType()->kind() == c10::TypeKind::StringType) {
+    c10::impl::GenericList out(c10::ListType::create(c10::StringType::get()));
+    out.push_back(v);
+    return out;
+  }
   if (v.isTuple()) {
     std::vector<c10::IValue> out;
     for (const auto& x : v.toTupleRef().elements()) out.push_back(with_rows(x));
@@ -68,7 +76,7 @@ class UnbatchedInstance final : public ModelInstance {
 
   c10::IValue forward(std::vector<c10::IValue> inputs, void* stream) override {
     for (c10::IValue& v : inputs) {
-      if (!v.isTensor()) continue;
+      if (!v.isTensor()) continue;  // a string input's list is the request's whole list
       const at::Tensor& t = v.toTensor();
       if (t.dim() == 0 || t.size(0) != 1) {
         throw Error(ErrorCode::kModelError,

@@ -15,6 +15,7 @@
 #include "gpulanes/exec/mps.h"
 #include "gpulanes/core/error.h"
 #include "gpulanes/core/serving_thread.h"
+#include "gpulanes/core/string_tensor.h"
 #include "gpulanes/runtime/runtime.h"
 
 namespace gpulanes {
@@ -332,6 +333,10 @@ namespace {
 std::vector<c10::IValue> example_batch(const RegisteredModel& model, int b) {
   std::vector<c10::IValue> batched;
   for (const at::Tensor& sample : model.example) {
+    if (is_string_tensor(sample)) {
+      batched.emplace_back(stack_strings(std::vector<at::Tensor>(b, sample)));
+      continue;
+    }
     std::vector<std::int64_t> reps(sample.dim() + 1, 1);
     reps[0] = b;
     batched.emplace_back(sample.unsqueeze(0).repeat(reps));

@@ -12,6 +12,7 @@
 #include <regex>
 #include <set>
 
+#include "gpulanes/core/string_tensor.h"
 #include "gpulanes/runtime/runtime.h"
 #include "gpulanes/serve/grpc_calls.h"
 
@@ -211,6 +212,11 @@ class InferJob {
   static std::vector<at::Tensor> tensors_of(const c10::IValue& v) {
     std::vector<at::Tensor> out;
     auto add = [&](const c10::IValue& x) {
+      if (x.isString()) {  // a string output: this row's element of a BYTES tensor
+        const std::string_view s = x.toStringRef();
+        out.push_back(pack_strings({&s, 1}));
+        return;
+      }
       if (!x.isTensor()) throw Error(ErrorCode::kModelError, "the model returned a non-tensor output");
       out.push_back(x.toTensor());
     };

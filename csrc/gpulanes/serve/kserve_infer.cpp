@@ -10,6 +10,8 @@
 #include <set>
 #include <sstream>
 
+#include "gpulanes/core/string_tensor.h"
+
 namespace gpulanes::serve {
 namespace {
 
@@ -26,6 +28,8 @@ constexpr Datatype kDatatypes[] = {
     // torch >= 2.3 has unsigned 16-64 bit tensors (few operators work on them: a model that
     // takes them must not need more)
     {"UINT16", at::kUInt16}, {"UINT32", at::kUInt32}, {"UINT64", at::kUInt64},
+    // strings (a TorchScript List[str] input): each row carries one, as a string tensor
+    {"BYTES", kStringDtype},
 };
 
 [[noreturn]] void invalid(const std::string& why) { throw Error(ErrorCode::kInvalidInput, why); }
@@ -182,6 +186,11 @@ at::Tensor from_contents(const inference::ModelInferRequest_InferInputTensor& t,
     }
   };
   const char* dt = t.datatype().c_str();
+  if (dtype == kStringDtype) {
+    count(c.bytes_contents_size(), "bytes_contents");
+    std::vector<std::string_view> strings(c.bytes_contents().begin(), c.bytes_contents().end());
+    return pack_strings(strings);
+  }
   switch (dtype) {
     case at::kBool: count(c.bool_contents_size(), "bool_contents");
       return from_field<bool>(c.bool_contents(), shape, dtype, name, dt);
@@ -293,7 +302,12 @@ DecodedInfer decode_infer(const std::string& model_name, const ServedModel& mode
     check_shape(t, dtype, model.samples[k], max_rows);
     std::vector<std::int64_t> shape(t.shape().begin(), t.shape().end());
     at::Tensor x;
-    if (raw != 0) {
+    if (raw != 0 && dtype == kStringDtype) {
+      std::string* bytes = req.mutable_raw_input_contents(i);
+      // A view of the message's bytes, which are already in the string tensor's form.
+      x = at::from_blob(bytes->data(), {static_cast<std::int64_t>(bytes->size())},
+                        [keep = request](void*) {}, at::TensorOptions().dtype(dtype));
+    } else if (raw != 0) {
       std::string* bytes = req.mutable_raw_input_contents(i);
       const std::int64_t need = c10::multiply_integers(shape) *
                                 static_cast<std::int64_t>(c10::elementSize(dtype));
@@ -312,6 +326,14 @@ DecodedInfer decode_infer(const std::string& model_name, const ServedModel& mode
     } else {
       x = from_contents(t, shape, dtype);
     }
+    if (dtype == kStringDtype) {
+      const std::size_t n = count_strings(x, "input " + py_repr(t.name()));
+      const std::int64_t want = c10::multiply_integers(shape);
+      if (static_cast<std::int64_t>(n) != want) {
+        invalid("input " + py_repr(t.name()) + ": " + std::to_string(n) + " strings for shape " +
+                listed(shape) + " (" + std::to_string(want) + " expected)");
+      }
+    }
     row_counts.insert(shape[0]);
     batch.push_back(std::move(x));
   }
@@ -326,10 +348,13 @@ DecodedInfer decode_infer(const std::string& model_name, const ServedModel& mode
   DecodedInfer out;
   read_parameters(req, &out);
   for (const auto& o : req.outputs()) out.requested.push_back(o.name());
-  const std::int64_t rows = batch.empty() ? 0 : batch[0].size(0);
+  const std::int64_t rows = *row_counts.begin();
   out.rows.resize(rows);
   for (std::int64_t r = 0; r < rows; ++r) {
-    for (auto& x : batch) out.rows[r].push_back(x.select(0, r));
+    for (auto& x : batch) {
+      // a BYTES input's shape is [rows, 1]: row r is string r
+      out.rows[r].push_back(is_string_tensor(x) ? slice_strings(x, r, 1) : x.select(0, r));
+    }
   }
   return out;
 }
@@ -377,10 +402,21 @@ void encode_outputs(const std::string& model_name, const ServedModel& model,
       }
       column.push_back(row[k]);
     }
+    auto* o = reply->add_outputs();
+    if (is_string_tensor(column[0])) {  // one string per row: BYTES of shape [rows, 1]
+      o->set_name(names[k]);
+      o->set_datatype("BYTES");
+      o->add_shape(static_cast<std::int64_t>(column.size()));
+      o->add_shape(1);
+      std::string* raw = reply->add_raw_output_contents();
+      for (const at::Tensor& s : column) {
+        raw->append(static_cast<const char*>(s.const_data_ptr()), s.nbytes());
+      }
+      continue;
+    }
     at::Tensor t = (column.size() == 1 ? column[0].unsqueeze(0) : at::stack(column))
                        .to(at::kCPU)
                        .contiguous();
-    auto* o = reply->add_outputs();
     o->set_name(names[k]);
     o->set_datatype(datatype_name(t.scalar_type()));
     for (auto d : t.sizes()) o->add_shape(d);

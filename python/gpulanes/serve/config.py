@@ -34,7 +34,9 @@ shows every section.
     max_batch_size = 16         # 0: the model has no batch dimension (a request is its whole
                                 # input, run alone), as Triton's max_batch_size 0
     max_queue = 1000
-    inputs = [{ name = "INPUT__0", datatype = "FP32", shape = [4] }]
+    inputs = [{ name = "INPUT__0", datatype = "FP32", shape = [4] }]  # BYTES (a List[str]
+                                # input): shape [1], one string per request; [-1] for a model
+                                # without a batch dimension (the whole list)
     outputs = [{ name = "OUTPUT__0", datatype = "FP32", shape = [4] }]  # or just names
     load = true                 # false: declared only, loaded by a repository `load` request
 """
@@ -51,7 +53,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 
 from ..errors import InvalidInput, UnknownModel
-from .protocol import DATATYPES, ModelIO
+from .codec import DATATYPES
+from .protocol import ModelIO
 
 try:
     import tomllib
@@ -97,11 +100,13 @@ class ModelConfig:
             message = e.args[0] if e.args else str(e)
             raise type(e)(f"[models.{self.name}]: {message}") from None
 
-    def example_inputs(self) -> List[torch.Tensor]:
-        """A batch of two zero samples of every input (zeros are valid indices, too); for a
-        model without a batch dimension (max_batch_size 0), one whole input of zeros."""
+    def example_inputs(self) -> List[Any]:
+        """A batch of two zero samples of every input (zeros are valid indices, too; a BYTES
+        input's are the string "0", which a model that parses numbers takes too); for a model
+        without a batch dimension (max_batch_size 0), one whole input of zeros."""
         rows = () if self.max_batch_size == 0 else (2,)
-        return [torch.zeros((*rows, *t["shape"]), dtype=DATATYPES[t["datatype"]])
+        return [["0"] * 2 if t["datatype"] == "BYTES" else
+                torch.zeros((*rows, *t["shape"]), dtype=DATATYPES[t["datatype"]])
                 for t in self.inputs]
 
 
@@ -246,8 +251,9 @@ def _tensors(items: Any, where: str, names_only: bool) -> List[Dict[str, Any]]:
             shape = item.get("shape")
             if not isinstance(shape, list) or not all(
                     isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-                raise InvalidInput(f"config: {at}.shape must be a list of sizes of one sample "
-                                   f"(no batch dimension), got {shape!r}")
+                if not (item.get("datatype") == "BYTES" and shape == [-1]):
+                    raise InvalidInput(f"config: {at}.shape must be a list of sizes of one "
+                                       f"sample (no batch dimension), got {shape!r}")
         out.append(item)
     names = [t["name"] for t in out]
     if len(set(names)) != len(names):
@@ -279,6 +285,15 @@ def _model(name: str, table: Any, base: Path) -> ModelConfig:
                if "outputs" in table else [])
     max_batch_size = _int(table, "max_batch_size", where, 32, 0, 65536)  # 0: no batch dimension
     rows = [] if max_batch_size == 0 else [-1]
+    strings = [1] if max_batch_size else [-1]  # one string per request, or the whole list
+    for i, t in enumerate([*inputs, *outputs]):
+        if t.get("datatype") == "BYTES" and t.get("shape", strings) != strings:
+            at = f"{where}.inputs[{i}]" if i < len(inputs) else f"{where}.outputs[{i - len(inputs)}]"
+            raise InvalidInput(f"config: {at}: a BYTES tensor of a model "
+                               f"{'with' if max_batch_size else 'without'} a batch dimension "
+                               f"has shape {strings} (TorchScript's List[str] holds "
+                               f"{'one string per request' if max_batch_size else 'the whole list'})"
+                               f", got {t.get('shape')}")
     meta = ([{"name": o["name"], "datatype": o["datatype"], "shape": [*rows, *o["shape"]]}
              for o in outputs] if outputs and all("datatype" in o and "shape" in o for o in outputs)
             else [])

@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 
 from ..errors import GpuLanesError, InvalidInput
 from .grpc_server import InferenceService, Refused
-from .protocol import NAMES, Endpoint, grpc_code, public_error
+from .protocol import NAMES, Endpoint, grpc_code, protocol_sample, public_error
 
 
 class _Deadline:
@@ -72,7 +72,8 @@ class CoreGrpcServer:
             sig = rt.input_signature(model)
             io = self.ep.io.get(model)
             self._frontend.set_model(model, self.ep.input_names(model),
-                                     [NAMES[d] for _, d in sig], [list(s) for s, _ in sig],
+                                     [NAMES[d] for _, d in sig],
+                                     [list(protocol_sample(s, d)) for s, d in sig],
                                      list(io.outputs) if io and io.outputs else [],
                                      self.ep.rows_limit(model))
         for model in self._told - served:

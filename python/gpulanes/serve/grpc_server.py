@@ -33,8 +33,8 @@ import torch
 
 from .. import __version__
 from ..errors import GpuLanesError, InvalidInput, UnknownModel
-from .protocol import (NAMES, Endpoint, check_shape, client_message, grpc_code, public_error,
-                       tensor_bytes, tensor_from_bytes)
+from . import codec
+from .protocol import Endpoint, check_shape, client_message, grpc_code, public_error
 from .shared_memory import uses_shared_memory
 
 SERVICE = "inference.GRPCInferenceService"
@@ -367,12 +367,12 @@ class InferenceService:
             shape = check_shape(t.name, t.datatype, list(t.shape), sample, dtype,
                                 self.ep.rows_limit(model))
             if t.name in shared:
-                tensors[t.name] = tensor_from_bytes(
+                tensors[t.name] = codec.decode_bytes(
                     t.name, shape, dtype, self.ep.shm.read(f"input {t.name!r}", shared[t.name],
-                                                           math.prod(shape) * dtype.itemsize))
+                                                           codec.byte_size(shape, dtype)))
             elif raw:
-                tensors[t.name] = tensor_from_bytes(t.name, shape, dtype,
-                                                    memoryview(bytearray(next(contents))))
+                tensors[t.name] = codec.decode_bytes(t.name, shape, dtype,
+                                                     memoryview(bytearray(next(contents))))
             else:
                 tensors[t.name] = _from_contents(t, shape, dtype)
         params = {k: _param(v) for k, v in request.parameters.items()}
@@ -388,21 +388,28 @@ class InferenceService:
         shared_out = {o.name: {k: _param(v) for k, v in o.parameters.items()}
                       for o in request.outputs if uses_shared_memory(o.parameters)}
         for name, t in self.ep.select_outputs(model, outputs, requested):
-            out = reply.outputs.add(name=name, datatype=NAMES[t.dtype], shape=list(t.shape))
+            out = reply.outputs.add(name=name, datatype=codec.datatype_of(t), shape=list(t.shape))
             if name in shared_out:
                 # written into the region; an empty entry keeps raw_output_contents aligned
                 # with outputs (tritonclient indexes them together)
-                written = self.ep.shm.write(f"output {name!r}", shared_out[name], tensor_bytes(t))
+                written = self.ep.shm.write(f"output {name!r}", shared_out[name],
+                                            codec.encode_bytes(t))
                 out.parameters["shared_memory_region"].string_param = \
                     shared_out[name]["shared_memory_region"]
                 out.parameters["shared_memory_byte_size"].int64_param = written
                 reply.raw_output_contents.append(b"")
             else:
-                reply.raw_output_contents.append(tensor_bytes(t))
+                reply.raw_output_contents.append(codec.encode_bytes(t))
         return reply
 
 
-def _from_contents(t, shape, dtype: torch.dtype) -> torch.Tensor:
+def _from_contents(t, shape, dtype: Any) -> Any:
+    if dtype is str:  # BYTES: contents.bytes_contents, one element each
+        values = list(t.contents.bytes_contents)
+        if len(values) != math.prod(shape):
+            raise InvalidInput(f"input {t.name!r}: {len(values)} values in contents.bytes_contents "
+                               f"for shape {list(shape)} ({math.prod(shape)} expected)")
+        return codec.strings_array(values, tuple(shape))
     field = _CONTENTS.get(t.datatype)
     if field is None:
         raise InvalidInput(f"input {t.name!r}: {t.datatype} must come in raw_input_contents")

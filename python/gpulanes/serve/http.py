@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import hmac
 import json
-import math
 import re
 import zlib
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-import torch
-
 from ..errors import GpuLanesError, InvalidInput
-from .protocol import (NAMES, Endpoint, ModelIO, TooLarge, check_shape, client_message,
-                       http_status, public_error, tensor_bytes, tensor_from_bytes,
-                       tensor_from_list)
+from . import codec
+from .protocol import (Endpoint, ModelIO, TooLarge, check_shape, client_message, http_status,
+                       public_error)
 from .shared_memory import uses_shared_memory
 
 _HEADER_LENGTH = "inference-header-content-length"
@@ -122,19 +119,19 @@ def _decode_inputs(endpoint: Endpoint, model: str, specs: Any, binary: memoryvie
             if size is not None or "data" in spec:
                 raise InvalidInput(f"input {name!r} names a shared-memory region and carries "
                                    "data: give its data one way")
-            tensors[name] = tensor_from_bytes(
+            tensors[name] = codec.decode_bytes(
                 name, shape, dtype,
-                endpoint.shm.read(f"input {name!r}", params, math.prod(shape) * dtype.itemsize))
+                endpoint.shm.read(f"input {name!r}", params, codec.byte_size(shape, dtype)))
             continue
         if size is None:
-            tensors[name] = tensor_from_list(name, shape, dtype, spec.get("data"))
+            tensors[name] = codec.decode_list(name, shape, dtype, spec.get("data"))
             continue
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise InvalidInput(f"input {name!r}: binary_data_size must be a byte count, got {size!r}")
         if offset + size > len(binary):
             raise InvalidInput(f"input {name!r}: binary_data_size {size} runs past the "
                                f"{len(binary)} bytes of binary data")
-        tensors[name] = tensor_from_bytes(name, shape, dtype, binary[offset:offset + size])
+        tensors[name] = codec.decode_bytes(name, shape, dtype, binary[offset:offset + size])
         offset += size
     if offset != len(binary):
         raise InvalidInput(f"the body carries {len(binary)} bytes of binary data but the inputs "
@@ -328,23 +325,18 @@ def app(runtime: Any, *, io: Optional[Dict[str, ModelIO]] = None,
             reply["id"] = doc["id"]
         raw: List[bytes] = []
         for name, t in ep.select_outputs(model, outputs, requested):
-            entry: Dict[str, Any] = {"name": name, "datatype": NAMES[t.dtype],
+            entry: Dict[str, Any] = {"name": name, "datatype": codec.datatype_of(t),
                                      "shape": list(t.shape)}
             if name in shared:
                 # No data and no parameters, as Triton answers: Triton's C++ HTTP client (and
                 # perf_analyzer) reads every output's parameters as binary_data_size.
-                ep.shm.write(f"output {name!r}", shared[name], tensor_bytes(t))
+                ep.shm.write(f"output {name!r}", shared[name], codec.encode_bytes(t))
             elif binary_all or name in binary_names:
-                data = tensor_bytes(t)
+                data = codec.encode_bytes(t)
                 entry["parameters"] = {"binary_data_size": len(data)}
                 raw.append(data)
             else:
-                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                    raise InvalidInput(
-                        f"output {name!r} holds NaN or infinity, which JSON cannot carry: ask "
-                        "for it as binary data (parameters.binary_data_output = true, or the "
-                        "output's binary_data)")
-                entry["data"] = t.detach().cpu().flatten().tolist()
+                entry["data"] = codec.encode_list(name, t)
             reply["outputs"].append(entry)
         head_out = json.dumps(reply, separators=(",", ":"), allow_nan=False).encode()
         if not raw:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
 import secrets
 import time
@@ -26,19 +25,9 @@ import torch
 
 from ..errors import (DeadlineExceeded, GpuLanesError, InvalidInput, ModelError, Overloaded,
                       QueueFull, RuntimeClosed, UnknownModel)
+from . import codec
+from .codec import NAMES
 from .shared_memory import SystemSharedMemory
-
-# KServe v2 datatypes and the torch dtypes they carry (BYTES has no tensor equivalent).
-DATATYPES: Dict[str, torch.dtype] = {
-    "BOOL": torch.bool, "UINT8": torch.uint8, "INT8": torch.int8, "INT16": torch.int16,
-    "INT32": torch.int32, "INT64": torch.int64, "FP16": torch.float16, "BF16": torch.bfloat16,
-    "FP32": torch.float32, "FP64": torch.float64,
-}
-# torch >= 2.3 has unsigned 16-64 bit tensors (few operators work on them).
-DATATYPES.update({name: getattr(torch, attr) for name, attr in
-                  (("UINT16", "uint16"), ("UINT32", "uint32"), ("UINT64", "uint64"))
-                  if hasattr(torch, attr)})
-NAMES: Dict[torch.dtype, str] = {v: k for k, v in DATATYPES.items()}
 
 _log = logging.getLogger("gpulanes.serve")
 # Triton's sequence batcher keeps state per sequence; gpulanes serves stateless models, so a
@@ -120,19 +109,27 @@ class ModelIO:
     output_meta: List[Dict[str, Any]] = field(default_factory=list)  # datatype/shape per output
 
 
+def protocol_sample(shape: Tuple[int, ...], dtype: Any) -> Tuple[int, ...]:
+    """One sample's shape as the protocol states it: a string input that takes one string per
+    request is ``[1]`` (Triton's dims for a libtorch model's string input); ``-1`` is any size."""
+    return (1,) if dtype is str and shape == () else tuple(shape)
+
+
 def check_shape(name: str, datatype: Any, shape: Any, sample: Tuple[int, ...],
-                dtype: torch.dtype, max_rows: int) -> Tuple[int, ...]:
+                dtype: Any, max_rows: int) -> Tuple[int, ...]:
     """Checks a protocol tensor's datatype and shape ([rows, *sample]; ``sample`` itself when
-    ``max_rows`` is 0: a model without a batch dimension) against the model."""
+    ``max_rows`` is 0: a model without a batch dimension) against the model. ``sample`` is the
+    protocol's (:func:`protocol_sample`); a -1 in it takes any size."""
     if datatype != NAMES.get(dtype):
         raise InvalidInput(f"input {name!r} has datatype {datatype!r}; the model takes "
                            f"{NAMES.get(dtype, str(dtype))}")
     if max_rows == 0:
         if (not isinstance(shape, (list, tuple)) or len(shape) != len(sample)
-                or any(isinstance(d, bool) or d != s for d, s in zip(shape, sample))):
+                or any(isinstance(d, bool) or not isinstance(d, int) or d < 0
+                       or s not in (-1, d) for d, s in zip(shape, sample))):
             raise InvalidInput(f"input {name!r} has shape {shape!r}; the model (no batch "
                                f"dimension) takes {list(sample)}")
-        return tuple(sample)
+        return tuple(shape)
     if (not isinstance(shape, (list, tuple)) or not shape
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
         raise InvalidInput(f"input {name!r}: shape must be a non-empty list of sizes, got {shape!r}")
@@ -143,69 +140,6 @@ def check_shape(name: str, datatype: Any, shape: Any, sample: Tuple[int, ...],
         raise InvalidInput(f"input {name!r} has {shape[0]} rows; a request may carry at most "
                            f"{max_rows}")
     return tuple(shape)
-
-
-def tensor_from_list(name: str, shape: Tuple[int, ...], dtype: torch.dtype, data: Any) -> torch.Tensor:
-    if not isinstance(data, list):
-        raise InvalidInput(f"input {name!r}: data must be a list")
-    try:
-        # Parsed wide first, then checked: a value the datatype cannot hold is refused, never
-        # wrapped (UINT8 -1), truncated (INT64 1.5), overflowed (FP32 1e39) or coerced (BOOL 2).
-        src = torch.tensor(data, dtype=torch.float64 if dtype.is_floating_point else None)
-        if src.is_floating_point() and src.dtype != torch.float64:  # torch's default float32
-            src = torch.tensor(data, dtype=torch.float64)  # would round what the check reads
-        t = _checked(name, src, dtype).flatten()
-    except (TypeError, ValueError, RuntimeError, OverflowError, RecursionError) as e:
-        raise InvalidInput(f"input {name!r}: data does not fit {NAMES[dtype]}: {e}") from None
-    if t.numel() != math.prod(shape):
-        raise InvalidInput(f"input {name!r}: {t.numel()} values for shape {list(shape)} "
-                           f"({math.prod(shape)} expected)")
-    return t.reshape(shape)
-
-
-def _checked(name: str, src: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`src` (JSON values as torch parsed them) as `dtype`, when every value fits it."""
-    def refuse(why: str):
-        raise InvalidInput(f"input {name!r}: {why} for {NAMES[dtype]}")
-
-    if src.numel() == 0:
-        return src.to(dtype)
-    if dtype == torch.bool:
-        if src.dtype != torch.bool:
-            refuse("values must be true or false")
-    elif dtype.is_floating_point:
-        if bool((src.abs() > torch.finfo(dtype).max).any()):
-            refuse(f"a value is beyond +-{torch.finfo(dtype).max:g}")
-    else:
-        if src.dtype == torch.bool or src.is_floating_point():
-            whole = src.dtype != torch.bool and bool((src == src.round()).all())
-            if not whole:
-                refuse("values must be integers")
-        info = torch.iinfo(dtype)
-        # int64 values compared with UINT64's top would overflow the comparison: none is above it
-        hi = min(info.max, torch.iinfo(torch.int64).max) if src.dtype == torch.int64 else info.max
-        if bool((src < info.min).any()) or bool((src > hi).any()):
-            refuse(f"a value is outside [{info.min}, {info.max}]")
-    return src.to(dtype)
-
-
-def tensor_from_bytes(name: str, shape: Tuple[int, ...], dtype: torch.dtype, raw) -> torch.Tensor:
-    """A view of ``raw`` (little-endian, row-major; writable, so no copy is needed)."""
-    size = math.prod(shape) * dtype.itemsize
-    if len(raw) != size:
-        raise InvalidInput(f"input {name!r}: {len(raw)} bytes of binary data; shape "
-                           f"{list(shape)} of {NAMES[dtype]} needs {size}")
-    if size == 0:
-        return torch.empty(shape, dtype=dtype)
-    return torch.frombuffer(raw, dtype=dtype).reshape(shape)
-
-
-def tensor_bytes(t: torch.Tensor) -> bytes:
-    if t.device.type != "cpu":
-        t = t.cpu()
-    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: the same bytes as int16
-        t = t.view(torch.int16)
-    return t.numpy().tobytes()  # row-major, whatever the tensor's strides
 
 
 class Endpoint:
@@ -266,7 +200,8 @@ class Endpoint:
         sig = self.runtime.input_signature(model)
         rows = self._rows(model)
         return {"name": model, "versions": ["1"], "platform": "pytorch_torchscript",
-                "inputs": [{"name": n, "datatype": NAMES.get(d, str(d)), "shape": [*rows, *s]}
+                "inputs": [{"name": n, "datatype": NAMES.get(d, str(d)),
+                            "shape": [*rows, *protocol_sample(s, d)]}
                            for n, (s, d) in zip(self.input_names(model), sig)],
                 "outputs": await self._output_meta(model)}
 
@@ -278,13 +213,13 @@ class Endpoint:
             # What the model returns is known once it ran: run one sample of zeros, once.
             try:
                 sig = self.runtime.input_signature(model)
-                out = await self.runtime.infer_async(
-                    model, *(torch.zeros(s, dtype=d) for s, d in sig))
-                outs = list(out) if isinstance(out, (tuple, list)) else [out]
+                out = await self.runtime.infer_async(model, *(
+                    torch.zeros(s, dtype=d) if d is not str else ["0"] if s else "0" for s, d in sig))
+                outs = _outputs_of(out)
                 self._probed[model] = [
-                    {"name": n, "datatype": NAMES.get(t.dtype, ""),
-                     "shape": [*self._rows(model), *t.shape]}
-                    for n, t in zip(self.output_names(model, len(outs)), outs)]
+                    {"name": n, "datatype": datatype, "shape": [*self._rows(model), *shape]}
+                    for n, (datatype, shape) in zip(self.output_names(model, len(outs)),
+                                                    map(_output_type, outs))]
             except Exception:  # noqa: BLE001 - metadata must not fail because a probe did
                 return [{"name": n, "datatype": "", "shape": []} for n in self.output_names(model)]
         return self._probed[model]
@@ -446,42 +381,43 @@ class Endpoint:
         missing = [n for n in names if n not in given]
         if missing:
             raise InvalidInput(f"missing input(s) {missing}; {model!r} takes {names}")
-        return [(n, s, d) for n, (s, d) in zip(names, self.runtime.input_signature(model))]
+        return [(n, protocol_sample(s, d), d)
+                for n, (s, d) in zip(names, self.runtime.input_signature(model))]
 
-    async def run(self, model: str, batch: Sequence[torch.Tensor], deadline_ms: Optional[float],
-                  priority: int) -> List[torch.Tensor]:
-        """Serves ``batch`` (one tensor per input, rows first; for a model without a batch
-        dimension, its whole inputs) and returns its outputs stacked (as they are). Fails with
-        the first error any row got; every row's request resolves either way."""
+    async def run(self, model: str, batch: Sequence[Any], deadline_ms: Optional[float],
+                  priority: int) -> List[Any]:
+        """Serves ``batch`` (one tensor or BYTES array per input, rows first; for a model
+        without a batch dimension, its whole inputs) and returns its outputs stacked (as they
+        are). Fails with the first error any row got; every row's request resolves either way."""
         if self.rows_limit(model) == 0:
-            out = await self.runtime.infer_async(model, *batch, deadline_ms=deadline_ms,
-                                                 priority=priority)
-            return list(out) if isinstance(out, (tuple, list)) else [out]
+            out = await self.runtime.infer_async(
+                model, *(list(t.reshape(-1)) if codec.is_strings(t) else t for t in batch),
+                deadline_ms=deadline_ms, priority=priority)
+            return [_whole_output(o) for o in _outputs_of(out)]
         rows = {t.shape[0] for t in batch}
         if len(rows) != 1:
             raise InvalidInput(f"inputs disagree on the batch size: {sorted(rows)}")
         n = rows.pop()
-        if n == 1:  # the common case: no tasks to gather, no stacking
-            out = await self.runtime.infer_async(model, *(t[0] for t in batch),
-                                                 deadline_ms=deadline_ms, priority=priority)
-            return [t.unsqueeze(0) for t in out] if isinstance(out, (tuple, list)) else [out.unsqueeze(0)]
-        jobs = [self.runtime.infer_async(model, *(t[i] for t in batch), deadline_ms=deadline_ms,
-                                         priority=priority) for i in range(n)]
-        results = await asyncio.gather(*jobs, return_exceptions=True)
-        failed = next((r for r in results if isinstance(r, BaseException)), None)
-        if failed is not None:
-            raise failed
-        first = results[0]
-        if isinstance(first, (tuple, list)):
-            return [torch.stack([r[k] for r in results]) for k in range(len(first))]
-        return [torch.stack(results)]
+        jobs = [self.runtime.infer_async(model, *(t[i, 0] if codec.is_strings(t) else t[i]
+                                                  for t in batch),
+                                         deadline_ms=deadline_ms, priority=priority)
+                for i in range(n)]
+        if n == 1:  # the common case: no tasks to gather
+            results = [await jobs[0]]
+        else:
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+            failed = next((r for r in results if isinstance(r, BaseException)), None)
+            if failed is not None:
+                raise failed
+        per_row = [_outputs_of(r) for r in results]
+        return [_stack_rows([row[k] for row in per_row]) for k in range(len(per_row[0]))]
 
     def select_outputs(self, model: str, outputs: List[torch.Tensor],
                        requested: Optional[Sequence[str]]) -> List[Tuple[str, torch.Tensor]]:
         """(name, tensor) of the outputs a request asked for (all when it named none)."""
         named = list(zip(self.output_names(model, len(outputs)), outputs))
         for name, t in named:
-            if t.dtype not in NAMES:
+            if not codec.datatype_of(t):
                 raise ModelError(f"output {name!r} has dtype {t.dtype}, which KServe v2 cannot carry")
         if not requested:
             return named
@@ -490,3 +426,40 @@ class Endpoint:
         if unknown:
             raise InvalidInput(f"unknown output(s) {unknown}; {model!r} has {list(by_name)}")
         return [(r, by_name[r]) for r in requested]
+
+
+def _is_text(v: Any) -> bool:
+    return isinstance(v, (str, bytes))
+
+
+def _outputs_of(out: Any) -> List[Any]:
+    """A request's result as its list of outputs: a tuple, or a list that is not one string
+    output (an unbatched model's List[str]), holds several."""
+    if isinstance(out, tuple) or (isinstance(out, list) and out and not all(map(_is_text, out))):
+        return list(out)
+    return [out]
+
+
+def _output_type(out: Any) -> Tuple[str, List[int]]:
+    """(datatype, shape of one request's output) for metadata; a string is ``[1]``, an unbatched
+    model's list of strings ``[-1]``."""
+    if _is_text(out):
+        return "BYTES", [1]
+    if isinstance(out, list):
+        return "BYTES", [-1]
+    return NAMES.get(out.dtype, ""), list(out.shape)
+
+
+def _whole_output(out: Any) -> Any:
+    """An unbatched model's output as the protocol carries it (a list of strings: ``[n]``)."""
+    if isinstance(out, list):
+        return codec.strings_array(out, (len(out),))
+    return codec.strings_array([out], (1,)) if _is_text(out) else out
+
+
+def _stack_rows(outs: List[Any]) -> Any:
+    """One output of every row, stacked: tensors along a new first dimension, strings as
+    ``[rows, 1]``."""
+    if _is_text(outs[0]):
+        return codec.strings_array(outs, (len(outs), 1))
+    return outs[0].unsqueeze(0) if len(outs) == 1 else torch.stack(outs)

@@ -162,11 +162,12 @@ class SystemSharedMemory:
         start = region.offset + offset if isinstance(region, Region) else offset
         return region, start, size
 
-    def read(self, what: str, params: Mapping[str, Any], expected: int):
+    def read(self, what: str, params: Mapping[str, Any], expected: Optional[int]):
         """The bytes of an input that ``params`` place in a region (a copy, writable); its size
-        is checked against the ``expected`` bytes before anything is copied."""
+        is checked against the ``expected`` bytes before anything is copied (None: BYTES data,
+        whose size only its strings say, checked as they are decoded; the region bounds it)."""
         region, start, size = self._span(what, params)
-        if size != expected:
+        if expected is not None and size != expected:
             raise InvalidInput(f"{what}: shared_memory_byte_size is {size}; its shape and "
                                f"datatype take {expected} bytes")
         if not isinstance(region, Region):
