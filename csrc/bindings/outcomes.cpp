@@ -74,8 +74,13 @@ std::optional<std::string> string_of(py::handle item) {
     if (data == nullptr) throw py::error_already_set();  // lone surrogates: not UTF-8
     return std::string(data, static_cast<std::size_t>(size));
   }
-  if (PyBytes_Check(item.ptr()) || PyByteArray_Check(item.ptr())) {
-    return std::string(py::bytes(py::reinterpret_borrow<py::object>(item)));
+  if (PyBytes_Check(item.ptr())) {
+    return std::string(PyBytes_AS_STRING(item.ptr()),
+                       static_cast<std::size_t>(PyBytes_GET_SIZE(item.ptr())));
+  }
+  if (PyByteArray_Check(item.ptr())) {
+    return std::string(PyByteArray_AS_STRING(item.ptr()),
+                       static_cast<std::size_t>(PyByteArray_GET_SIZE(item.ptr())));
   }
   return std::nullopt;
 }

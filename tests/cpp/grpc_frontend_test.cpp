@@ -13,6 +13,7 @@
 #include <set>
 #include <thread>
 
+#include "gpulanes/core/string_tensor.h"
 #include "gpulanes/runtime/runtime.h"
 #include "gpulanes/serve/grpc_frontend.h"
 #include "test_support.h"
@@ -62,6 +63,46 @@ TEST(KserveInfer, RawBytesBecomeOneViewPerRow) {
   EXPECT_TRUE(torch::equal(d.rows[1][0], torch::arange(4, 8, torch::kFloat)));
   EXPECT_FALSE(d.timeout_ms.has_value());
   EXPECT_EQ(d.priority, 0);
+}
+
+TEST(KserveInfer, BytesRowsAreStringTensorsAndStringOutputsAreBytes) {
+  const std::string raw("\x02\x00\x00\x00" "ab" "\x00\x00\x00\x00" "\x01\x00\x00\x00" "\xff", 15);
+  auto r = std::make_shared<inference::ModelInferRequest>();
+  auto* t = r->add_inputs();
+  t->set_name("TEXT");
+  t->set_datatype("BYTES");
+  t->add_shape(3);
+  t->add_shape(1);
+  r->add_raw_input_contents(raw);
+  ServedModel io{{"TEXT"}, {kStringDtype}, {{1}}, {}};
+  DecodedInfer d = decode_infer("m", io, r, 4);
+  ASSERT_EQ(d.rows.size(), 3u);
+  c10::List<std::string> row2;
+  unpack_strings(d.rows[2][0], row2);
+  ASSERT_EQ(row2.size(), 1u);
+  EXPECT_EQ(row2.get(0), "\xff");
+  EXPECT_EQ(count_strings(d.rows[1][0], "row 1"), 1u);
+
+  r->set_raw_input_contents(0, raw.substr(0, 14));  // the last string's byte is missing
+  EXPECT_NE(refusal(r, io).find("input 'TEXT': string 2 says it has 1 bytes, 0 are left"),
+            std::string::npos);
+  r->set_raw_input_contents(0, raw.substr(0, 10));  // two strings for three rows
+  EXPECT_NE(refusal(r, io).find("input 'TEXT': 2 strings for shape [3, 1] (3 expected)"),
+            std::string::npos);
+  r->clear_raw_input_contents();
+  for (const char* s : {"x", "y"}) t->mutable_contents()->add_bytes_contents(s);
+  EXPECT_NE(refusal(r, io).find("2 values in contents.bytes_contents"), std::string::npos);
+  t->mutable_contents()->add_bytes_contents("z");
+  EXPECT_EQ(decode_infer("m", io, r, 4).rows.size(), 3u);
+
+  inference::ModelInferResponse reply;
+  const std::string_view a = "A", b = "";
+  encode_outputs("m", io, {}, {{pack_strings({&a, 1})}, {pack_strings({&b, 1})}}, &reply);
+  ASSERT_EQ(reply.outputs_size(), 1);
+  EXPECT_EQ(reply.outputs(0).datatype(), "BYTES");
+  EXPECT_EQ(reply.outputs(0).shape_size(), 2);
+  EXPECT_EQ(reply.outputs(0).shape(0), 2);
+  EXPECT_EQ(reply.raw_output_contents(0), std::string("\x01\x00\x00\x00" "A" "\x00\x00\x00\x00", 9));
 }
 
 TEST(KserveInfer, TypedContentsAndTheirLimits) {

@@ -161,7 +161,7 @@ def strings_from_list(name: str, shape: Tuple[int, ...], data: Any) -> np.ndarra
         if item is StopIteration:
             pending.pop()
         elif isinstance(item, list):
-            if len(pending) > len(shape):
+            if len(pending) >= len(shape):
                 raise InvalidInput(f"input {name!r}: data is nested deeper than shape "
                                    f"{list(shape)}")
             pending.append(iter(item))

@@ -340,8 +340,9 @@ class Endpoint:
         meta = await self.metadata(model)
         skip = len(self._rows(model))
 
-        def tensors(items):
-            return [{"name": t["name"], "data_type": f"TYPE_{t['datatype'] or 'INVALID'}",
+        def tensors(items):  # Triton's config names BYTES TYPE_STRING
+            return [{"name": t["name"], "data_type": "TYPE_STRING" if t["datatype"] == "BYTES"
+                     else f"TYPE_{t['datatype'] or 'INVALID'}",
                      "dims": list(t["shape"][skip:])} for t in items]
         return {"name": model, "platform": "pytorch_libtorch", "backend": "pytorch",
                 "max_batch_size": self.rows_limit(model), "input": tensors(meta["inputs"]),
