@@ -132,13 +132,16 @@ class ClusterRuntime:
     plan places, their signatures from the config, and ``infer_async`` routed with retries."""
 
     def __init__(self, cfg: Any, replicas: Mapping[str, Any], route: Mapping[str, Mapping[str, float]]) -> None:
-        from .serve.protocol import DATATYPES
+        from .serve.codec import DATATYPES
 
         self.cfg = cfg
         self.replicas = dict(replicas)
         self.route: Dict[str, Dict[str, float]] = {}
         self.set_route(route)
-        self._signatures = {m.name: [(tuple(t["shape"]), DATATYPES[t["datatype"]]) for t in m.inputs]
+        # as Runtime.input_signature: a batched model's string input is one string, shape ()
+        self._signatures = {m.name: [(() if t["datatype"] == "BYTES" and m.max_batch_size
+                                      else tuple(t["shape"]), DATATYPES[t["datatype"]])
+                                     for t in m.inputs]
                             for m in cfg.models}
         self._slo_ms = {m.name: m.slo_ms for m in cfg.models}
         self.counters = {"requests": 0, "retries": 0, "replica_failures": 0, "errors": 0}
