@@ -57,6 +57,17 @@ bool in_arena(const w::Arena& arena, const at::Tensor& t) {
   return p >= arena.data() && p < arena.data() + arena.size();
 }
 
+// What a process lane's outputs must be, and what they were (strings stay in thread lanes).
+[[noreturn]] void not_tensors(const c10::IValue& v) {
+  const bool strings = v.isString() || (v.isList() && v.toList().elementType()->kind() ==
+                                                          c10::TypeKind::StringType);
+  throw std::runtime_error(strings ? "the model returns strings, which process and MPS lanes do "
+                                     "not carry (their worker sends tensors only): serve it on "
+                                     "thread lanes"
+                                   : "outputs must be a tensor or a tuple/list of tensors, got " +
+                                         v.tagKind());
+}
+
 // The batch's outputs as flat tensors, and whether they were one tensor, a tuple or a list.
 std::vector<at::Tensor> flatten(const c10::IValue& out, std::uint32_t* kind) {
   if (out.isTensor()) {
@@ -67,7 +78,7 @@ std::vector<at::Tensor> flatten(const c10::IValue& out, std::uint32_t* kind) {
   if (out.isTuple()) {
     *kind = w::kTuple;
     for (const c10::IValue& v : out.toTupleRef().elements()) {
-      if (!v.isTensor()) throw std::runtime_error("outputs must be a tensor or a tuple/list of tensors");
+      if (!v.isTensor()) not_tensors(v);
       flat.push_back(v.toTensor());
     }
     return flat;
@@ -77,8 +88,7 @@ std::vector<at::Tensor> flatten(const c10::IValue& out, std::uint32_t* kind) {
     for (const at::Tensor& t : out.toTensorVector()) flat.push_back(t);
     return flat;
   }
-  throw std::runtime_error("outputs must be a tensor or a tuple/list of tensors, got " +
-                           out.tagKind());
+  not_tensors(out);
 }
 
 // The arena's pages registered with CUDA (pinned) while a GPU worker maps them; registered

@@ -123,6 +123,31 @@ def test_a_list_output_of_the_wrong_length_fails_the_warm_up():
     runtime.shutdown()
 
 
+class Label(torch.nn.Module):
+    """Tensors in, strings out."""
+
+    def forward(self, x: torch.Tensor) -> List[str]:
+        return ["pos" if float(v) > 0 else "neg" for v in x.sum(1)]
+
+
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+def test_a_model_that_returns_strings_for_tensors(isolation):
+    runtime = gl.Runtime(device="cpu", isolation=isolation, profile_cache=False,
+                         warmup_rounds=1, profile_reps=3)
+    runtime.register("label", torch.jit.script(Label()), slo_ms=60_000,
+                     example_inputs=torch.zeros(2, 3))
+    try:
+        if isolation == "process":  # the worker sends tensors only: refused at warm-up
+            with pytest.raises(gl.ModelError, match="returns strings, which process and MPS"):
+                runtime.start()
+            return
+        runtime.start()
+        futures = [runtime.submit("label", torch.full((3,), float(i - 5))) for i in range(10)]
+        assert [f.result(timeout=60) for f in futures] == ["neg"] * 6 + ["pos"] * 4
+    finally:
+        runtime.shutdown()
+
+
 def test_process_lanes_refuse_string_models_at_register():
     runtime = gl.Runtime(device="cpu", isolation="process", profile_cache=False)
     with pytest.raises(gl.InvalidInput, match="process lanes do not carry"):
