@@ -29,7 +29,8 @@ into a virtual environment of its own (~/.cache/gpulanes/pytriton-venv): it pins
 and its Python backend stub links the system's libpython, so the environment is made from the
 system's Python (/usr/bin/python3, same minor version as this one, whose torch it borrows).
 
-    python benchmarks/serve.py [--interval-ms 3000] [--lanes 1] [--quick] [--no-triton]
+    python benchmarks/serve.py [--interval-ms 3000] [--lanes 1] [--quick] [--models tiny,cnn]
+                               [--no-triton]
     python benchmarks/serve.py --floors     # what the front ends cost without the runtime
 """
 
@@ -356,7 +357,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--interval-ms", type=int, default=3000)
     p.add_argument("--lanes", type=int, default=1)
-    p.add_argument("--quick", action="store_true", help="concurrency 1 and 16 only, tiny only")
+    p.add_argument("--quick", action="store_true",
+                   help="concurrency 1 and 16 only, tiny only (unless --models says)")
+    p.add_argument("--models", default=None,
+                   help="comma-separated: which of tiny, cnn (default: both; tiny with --quick)")
     p.add_argument("--no-triton", action="store_true", help="leave out the PyTriton server")
     p.add_argument("--floors", action="store_true",
                    help="only the front ends' floors (tiny model; written as serve-floors-*.json)")
@@ -381,8 +385,10 @@ def main(argv: Optional[List[str]] = None) -> None:
                             else f"python, grpcio {grpc.__version__}")
     results: Dict[str, Any] = {"lanes": args.lanes, "interval_ms": args.interval_ms, "points": []}
     models = {"tiny": "INPUT__0:4", "cnn": "INPUT__0:3,224,224"}
-    if args.quick:
-        models = {"tiny": models["tiny"]}
+    chosen = (args.models or ("tiny" if args.quick else "tiny,cnn")).split(",")
+    if any(m not in models for m in chosen):
+        p.error(f"--models takes {sorted(models)}, got {args.models!r}")
+    models = {m: models[m] for m in chosen}
     concurrency = (1, 16) if args.quick else CONCURRENCY
     with tempfile.TemporaryDirectory() as tmp:
         cfg = write_models(Path(tmp), args.lanes)
@@ -427,7 +433,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         b = base.get((p["model"], p["load"]))
         if b and "p50_us" in p and p is not b:
             p["added_p50_us"] = p["p50_us"] - b["p50_us"]
-    path = write_result("serve", env, results, args.out)
+    # a chosen subset of the models is a result of its own (a full run is not overwritten)
+    path = write_result("serve" if args.models is None else "serve-" + "-".join(models), env,
+                        results, args.out)
     print(f"wrote {path}")
 
 
