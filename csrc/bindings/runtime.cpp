@@ -41,9 +41,10 @@ class PyRuntime {
   PyRuntime(std::string device, std::string policy, const py::dict& policy_options, int cpu_lanes,
             bool outputs_on_device, int warmup_rounds, double spin_us, int profile_reps,
             bool trace, const py::dict& predictor, std::string partitioning,
-            const py::object& replan, const py::dict& isolation)
+            const py::object& replan, const py::dict& isolation, std::string layout_changes)
       : spin_ns_(from_us(spin_us)) {
     RuntimeOptions o;
+    o.layout_changes = std::move(layout_changes);
     o.isolation = isolation["mode"].cast<std::string>();
     o.worker_path = isolation["worker_path"].cast<std::string>();
     o.worker_watchdog_s = isolation["watchdog_s"].cast<double>();
@@ -415,6 +416,7 @@ class PyRuntime {
       d["device"] = l.device;
       d["sms"] = l.sms;
       d["models"] = l.models;
+      d["loads"] = l.loads;
       if (l.kind == "cpu-process" || l.kind == "cuda-process" || l.kind == "cuda-mps") {
         d["worker_pid"] = l.worker_pid;
         d["worker_restarts"] = l.worker_restarts;
@@ -484,11 +486,12 @@ std::shared_ptr<Runtime> runtime_core(const py::handle& runtime) {
 void init_runtime(py::module_& m) {
   py::class_<PyRuntime>(m, "Runtime")
       .def(py::init<std::string, std::string, py::dict, int, bool, int, double, int, bool,
-                    py::dict, std::string, py::object, py::dict>(),
+                    py::dict, std::string, py::object, py::dict, std::string>(),
            py::arg("device"), py::arg("policy"), py::arg("policy_options"), py::arg("cpu_lanes"),
            py::arg("outputs_on_device"), py::arg("warmup_rounds"), py::arg("spin_us"),
            py::arg("profile_reps"), py::arg("trace"), py::arg("predictor"),
-           py::arg("partitioning"), py::arg("replan"), py::arg("isolation"))
+           py::arg("partitioning"), py::arg("replan"), py::arg("isolation"),
+           py::arg("layout_changes") = "incremental")
       .def("predictor_weights", [](const PyRuntime& r) { return r.predictor_weights(); })
       .def("register_model", &PyRuntime::register_model, py::arg("name"), py::arg("kind"),
            py::arg("source"), py::arg("example_inputs"), py::arg("slo_ns"),
@@ -509,6 +512,7 @@ void init_runtime(py::module_& m) {
       .def("stats", &PyRuntime::stats)
       .def("lane_stats", &PyRuntime::lane_stats)
       .def("lanes", &PyRuntime::lanes)
+      .def("model_loads", [](PyRuntime& r) { return r.core().model_loads(); })
       .def("set_lanes", &PyRuntime::set_lanes, py::arg("layout"))
       .def("unregister_model", &PyRuntime::unregister_model, py::arg("name"), py::arg("drain"))
       .def("model_names", &PyRuntime::model_names, py::arg("unregistered"))

@@ -136,6 +136,12 @@ class Runtime(Planning, Profiling):
             call, that each worker loads before any model; what ``torch.ops.load_library``
             does in this process) and ``spin_us`` (0; how long lane and worker poll for each
             other's next message before they sleep: pays only with cores to spare).
+        layout_changes: what :meth:`register` and :meth:`unregister` do while serving.
+            ``"incremental"`` (default): only the changed model is loaded (warmed up and
+            measured on the serving lanes beside the others) or unloaded, and the lanes keep
+            serving their other models, where the lanes allow it (CPU thread lanes); GPU,
+            process and MPS lanes are still built anew. ``"rebuild"``: every change builds new
+            lanes that load and warm up every model (kept for comparison).
         profile_cache: where measured latency profiles are kept between runs, keyed by model
             bytes, input signature, device, torch version and lane share (see
             :mod:`gpulanes.profiles`): ``True`` (default) for ``$GPULANES_CACHE_DIR`` or
@@ -164,6 +170,7 @@ class Runtime(Planning, Profiling):
         replan: Optional[Dict[str, Any]] = None,
         isolation: str = "thread",
         worker_options: Optional[Dict[str, Any]] = None,
+        layout_changes: str = "incremental",
     ) -> None:
         self.policy_options = _policy_options(policy, policy_options)
         if partitioning not in _PARTITIONING:
@@ -178,6 +185,9 @@ class Runtime(Planning, Profiling):
         self.isolation = isolation
         self.policy = policy
         self.predictor = predictor
+        if layout_changes not in ("incremental", "rebuild"):
+            raise InvalidInput(f"layout_changes must be 'incremental' or 'rebuild', got "
+                               f"{layout_changes!r}")
         spin_us = _number("spin_us", spin_us)
         self._core = _C.Runtime(device, policy, self.policy_options,
                                 _number("cpu_lanes", cpu_lanes, integer=True),
@@ -186,7 +196,7 @@ class Runtime(Planning, Profiling):
                                 _number("profile_reps", profile_reps, integer=True),
                                 _flag("trace", trace), self.predictor_options,
                                 partitioning, _replan_config(replan, _RUNTIME_PLANNER),
-                                _isolation_config(isolation, worker_options))
+                                _isolation_config(isolation, worker_options), layout_changes)
         self._spin_us = spin_us
         self._slo_ms: Dict[str, float] = {}
         self._signatures: Dict[str, List[Tuple[Tuple[int, ...], Any]]] = {}
@@ -219,11 +229,12 @@ class Runtime(Planning, Profiling):
     ) -> None:
         """Registers a model, before :meth:`start` or while serving.
 
-        While serving, the model is added to every lane (new lanes load and warm up all their
-        models and measure the new one's latency profile while the current lanes keep serving,
-        then take over as in :meth:`set_lanes`); ``submit`` knows the model once this returns.
-        Other models are served throughout. Its profile is measured (not read from the profile
-        cache) and then cached.
+        While serving, the model is added to every lane: on CPU thread lanes (with
+        ``layout_changes="incremental"``) it alone is loaded, warmed up and its latency profile
+        measured there while they keep serving; other lanes are built anew with every model
+        while the current ones serve, then take over as in :meth:`set_lanes`. ``submit`` knows
+        the model once this returns; other models are served throughout. Its profile is
+        measured (not read from the profile cache) and then cached.
 
         ``model`` is, in any of the formats of :mod:`gpulanes.formats`: an ``nn.Module`` or a
         ``torch.export.ExportedProgram`` (exported with a dynamic batch dimension and compiled
@@ -470,18 +481,28 @@ class Runtime(Planning, Profiling):
         return _trace_frame(cols, cols.pop("names"))
 
     def lanes(self) -> List[Dict[str, Any]]:
-        """The lanes serving now: index, kind, device, sms (SMs owned; 0 on the CPU) and the
-        models each serves."""
+        """The lanes serving now: index, kind, device, sms (SMs owned; 0 on the CPU), the
+        models each serves and ``loads``, the model instances it loaded over its life (what
+        layout changes cost it)."""
         return self._core.lanes()
+
+    @property
+    def model_loads(self) -> int:
+        """Model instances loaded on lanes so far: one per (lane, model) at :meth:`start`, and
+        what each later change loaded (with ``layout_changes="incremental"`` on CPU thread
+        lanes, registering a model while serving loads it once per lane and nothing else)."""
+        return self._core.model_loads()
 
     def set_lanes(self, layout: Sequence[Dict[str, Any]]) -> None:
         """Sets the lane layout: a list of ``{"device": "cpu" | N | "cuda:N", "sms": n,
         "models": [...]}`` (``sms``: SMs of the lane's GPU partition, default the whole device;
         ``models``: default every model). Before :meth:`start` it is what start creates. While
-        serving, the new lanes are built and warmed up first; then the runtime stops handing
-        out batches, lets running ones finish, swaps the layout in and resumes: queued requests
-        stay queued and none is lost (per-lane statistics restart). A model that no lane serves
-        is refused at submit with :class:`InvalidInput`."""
+        serving, the new lanes are built and warmed up first (on CPU thread lanes with
+        ``layout_changes="incremental"``, a lane that holds models of a new lane's list is kept
+        for it and loads only the models it gains); then the runtime stops handing out batches,
+        lets running ones finish, swaps the layout in and resumes: queued requests stay queued
+        and none is lost (per-lane statistics restart when lanes come, go or move). A model that
+        no lane serves is refused at submit with :class:`InvalidInput`."""
         specs = _lane_specs(layout, self._slo_ms)
         self._core.set_lanes(specs)
         self._layout = specs
@@ -494,9 +515,10 @@ class Runtime(Planning, Profiling):
         From now on ``submit`` raises :class:`UnknownModel` for it. ``drain=True`` (default)
         lets its queued requests run (each still within its deadline); ``drain=False`` fails
         them with :class:`RuntimeClosed`. Returns once none of its requests is in flight and
-        new lanes without it serve (built and warmed up while the current lanes keep serving
-        the other models, then swapped in as in :meth:`set_lanes`): the memory the lanes held
-        for it is freed. A lane that served only this model goes. Its statistics leave
+        the lanes no longer hold it (CPU thread lanes with ``layout_changes="incremental"``
+        unload it and load nothing; other lanes are built anew without it while the current
+        ones serve the other models, then swapped in as in :meth:`set_lanes`): the memory the
+        lanes held for it is freed. A lane that served only this model goes. Its statistics leave
         :meth:`stats`; its trace records keep its name. The name may be registered again.
         Not from a done-callback of this runtime (:class:`InvalidInput`): it waits for the
         runtime's own threads."""

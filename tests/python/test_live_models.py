@@ -1,7 +1,9 @@
-"""Models registered while serving (issue 15, item 3): new lanes load and warm up every model and
-measure the new one while the old lanes keep serving; other models never stop; a model that fails
-its warm-up leaves no trace."""
+"""Models registered and unregistered while serving (issue 15, item 3; issue 32): the new model is
+loaded, warmed up and measured while the lanes keep serving the others (on CPU thread lanes
+beside them, on the same lanes: only it is loaded; elsewhere on new lanes); other models never
+stop; a model that fails its warm-up leaves no trace; a new layout loads only what moves."""
 
+import contextlib
 import threading
 
 import pytest
@@ -215,3 +217,95 @@ def test_unregister_before_start_and_its_refusals():
         assert rt.models == ["affine"]
     with pytest.raises(gl.RuntimeClosed):
         rt.unregister("affine")  # the runtime is shut down
+
+
+# -- changes that touch only the model that changed (issue 32) -----------------------------------
+
+def mlp_set(rt, n: int) -> None:
+    for i in range(n):
+        torch.manual_seed(i)
+        rt.register(f"m{i}", scripted(Mlp()), slo_ms=60_000, example_inputs=torch.zeros(2, 16))
+
+
+@contextlib.contextmanager
+def model_load(rt, models):
+    """Submits each of `models` in turn from a thread while the body runs; yields (model,
+    future) pairs."""
+    futures, stop = [], threading.Event()
+
+    def load():
+        while not stop.is_set():
+            for name in models:
+                futures.append((name, rt.submit(name, torch.ones(16))))
+            stop.wait(0.002)
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        yield futures
+    finally:
+        stop.set()
+        t.join()
+
+
+@pytest.mark.parametrize("mode, loads", [("incremental", 2), ("rebuild", 22)])
+def test_registering_an_eleventh_model_loads_only_it(mode, loads):
+    rt = runtime(layout_changes=mode)
+    mlp_set(rt, 10)
+    rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(2, 4))
+    rt.unregister("affine")  # registered before start: nothing loaded, nothing unloaded
+    rt.start()
+    assert rt.model_loads == 20  # ten models on two lanes
+    expected = {f"m{i}": rt.infer(f"m{i}", torch.ones(16)) for i in range(10)}
+    with model_load(rt, list(expected)) as futures:  # the ten keep being asked for
+        rt.register("affine", scripted(Affine()), slo_ms=60_000, example_inputs=torch.zeros(2, 4))
+    assert rt.model_loads == 20 + loads  # one per lane; a rebuild loads all eleven on each
+    for name, f in futures:  # none failed, none late, each its own model's answer
+        assert torch.equal(f.result(timeout=60), expected[name])
+    stats = rt.stats()
+    assert all(stats[name]["missed"] == 0 and stats[name]["failed"] == 0 for name in expected)
+    assert torch.equal(rt.infer("affine", torch.ones(4)), torch.full((4,), 3.0))
+    assert all("affine" in lane["models"] for lane in rt.lanes())
+    rt.shutdown()
+
+
+def test_unregistering_loads_nothing_and_the_rest_keep_their_lanes():
+    rt = runtime()
+    mlp_set(rt, 4)
+    rt.start()
+    before = [(lane["index"], lane["loads"]) for lane in rt.lanes()]
+    rt.unregister("m2")
+    assert rt.model_loads == 8 and [(lane["index"], lane["loads"]) for lane in rt.lanes()] == before
+    assert all(lane["models"] == ["m0", "m1", "m3"] for lane in rt.lanes())
+    with pytest.raises(gl.UnknownModel):
+        rt.submit("m2", torch.ones(16))
+    rt.register("m2", scripted(Mlp()), slo_ms=60_000, example_inputs=torch.zeros(2, 16))
+    assert rt.model_loads == 10 and rt.infer("m2", torch.ones(16)).shape == (8,)
+    rt.shutdown()
+
+
+def test_set_lanes_loads_only_what_moves_and_keeps_serving():
+    rt = runtime()
+    mlp_set(rt, 6)
+    rt.start()
+    expected = {f"m{i}": rt.infer(f"m{i}", torch.ones(16)) for i in range(6)}
+    rt.set_lanes([{"device": "cpu", "models": ["m0", "m1", "m2"]},
+                  {"device": "cpu", "models": ["m3", "m4", "m5"]}])
+    assert rt.model_loads == 12  # each lane already held its three
+    rt.set_lanes([{"device": "cpu", "models": ["m0", "m1", "m2", "m3"]},
+                  {"device": "cpu", "models": ["m4", "m5"]}])
+    assert rt.model_loads == 13  # m3 moved: loaded once, on its new lane
+    with model_load(rt, list(expected)) as futures:
+        rt.set_lanes([{"device": "cpu", "models": ["m4", "m5"]},
+                      {"device": "cpu", "models": ["m0", "m1", "m2", "m3"]},
+                      {"device": "cpu", "models": ["m0"]}])
+    assert rt.model_loads == 14  # a third lane, for m0 alone; the others kept, in a new order
+    assert [(lane["models"], lane["loads"]) for lane in rt.lanes()] == [
+        (["m4", "m5"], 6), (["m0", "m1", "m2", "m3"], 7), (["m0"], 1)]
+    for name, f in futures:
+        assert torch.equal(f.result(timeout=60), expected[name])
+    rt.shutdown()
+
+
+def test_layout_changes_is_checked():
+    with pytest.raises(gl.InvalidInput, match="layout_changes must be 'incremental' or 'rebuild'"):
+        gl.Runtime(device="cpu", layout_changes="lazy")

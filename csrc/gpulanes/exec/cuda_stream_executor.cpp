@@ -114,6 +114,12 @@ class CudaStreamExecutor final : public Executor {
   void load(int index, const ModelProgram& program) override {
     c10::cuda::CUDAGuard guard(device_);
     instances_.insert_or_assign(index, program.instantiate(device_));
+    loads_.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  void unload(int index) override {
+    c10::cuda::CUDAGuard guard(device_);
+    instances_.erase(index);  // its memory goes back to the caching allocator
   }
 
   c10::IValue run(int index, std::vector<c10::IValue> inputs) override {

@@ -6,6 +6,7 @@
 
 #include <ATen/core/ivalue.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -28,6 +29,15 @@ class Executor {
   virtual std::string device() const = 0;
   // Makes model `index` runnable here: this lane's instance of the program on its device.
   virtual void load(int index, const ModelProgram& program) = 0;
+  // Frees this lane's instance of model `index` (nothing when it has none). Called while the
+  // lane runs nothing of that model.
+  virtual void unload(int /*index*/) {}
+  // Whether load(), unload() and run() of one model may be called from another thread while
+  // the lane's worker runs batches of the others: then a model is added to a serving lane in
+  // place (loaded, warmed up and measured beside it) instead of on a new lane.
+  virtual bool live_loads() const { return false; }
+  // Models loaded here over the executor's life: what layout changes cost (tests, lanes()).
+  int loads() const { return loads_.load(std::memory_order_relaxed); }
   // Runs forward on a batch whose inputs are stacked tensors (on any device). Returns the output
   // with tensors on the CPU, or on the executor's device when outputs_on_device was asked for.
   // Throws whatever the model throws.
@@ -54,6 +64,9 @@ class Executor {
   // pipe directory it connects to.
   virtual int mps_thread_percentage() const { return 0; }
   virtual std::string mps_pipe_dir() const { return {}; }
+
+ protected:
+  std::atomic<int> loads_{0};  // load() calls that succeeded; each executor's load() adds one
 };
 
 // A forward pass lost with the process that ran it (killed, crashed, or stuck past the

@@ -37,8 +37,20 @@ WorkerLane::WorkerLane(int index, std::string kind, std::unique_ptr<Executor> ex
       placement_(std::move(placement)) {}
 
 bool WorkerLane::serves(int model) const {
+  std::lock_guard<std::mutex> lock(serves_mu_);
   const auto& s = placement_.serves;
   return s.empty() || (model >= 0 && model < static_cast<int>(s.size()) && s[model]);
+}
+
+std::vector<char> WorkerLane::serves_list() const {
+  std::lock_guard<std::mutex> lock(serves_mu_);
+  return placement_.serves;
+}
+
+void WorkerLane::relocate(int index, std::vector<char> serves) {
+  index_.store(index, std::memory_order_relaxed);
+  std::lock_guard<std::mutex> lock(serves_mu_);
+  placement_.serves = std::move(serves);
 }
 
 double WorkerLane::sm_share() const {
@@ -119,7 +131,7 @@ void WorkerLane::worker() {
 
 void WorkerLane::run_batch(Batch&& batch) {
   BatchReport report;
-  report.lane = index_;
+  report.lane = index();
   report.start = clock_.now();
   report.predicted_ns = batch.predicted_ns;
   std::vector<Outcome> outcomes(batch.requests.size());

@@ -93,11 +93,17 @@ class WorkerLane final : public Lane {
   WorkerLane(const WorkerLane&) = delete;
   WorkerLane& operator=(const WorkerLane&) = delete;
 
-  int index() const override { return index_; }
+  int index() const override { return index_.load(std::memory_order_relaxed); }
   const std::string& kind() const override { return kind_; }
   std::string device() const override { return executor_->device(); }
   Executor* executor() override { return executor_.get(); }
   bool serves(int model) const override;
+  // A layout change that keeps this lane: its position in the new lane list and the models it
+  // serves there (by index; empty: every model). Only while the lane is idle and the event
+  // loop paused (EventLoop::swap_lanes), so no batch sees either change half way.
+  void relocate(int index, std::vector<char> serves);
+  // The models it serves, by index (empty: every model).
+  std::vector<char> serves_list() const;
   int device_index() const override { return placement_.device; }
   int sms() const override { return placement_.sms; }
   double sm_share() const override;
@@ -119,13 +125,14 @@ class WorkerLane final : public Lane {
   void run_part(const Batch& batch, std::size_t lo, std::size_t hi, std::vector<Outcome>& outcomes,
                 BatchReport& report);
 
-  const int index_;                     // position in the runtime's lane list
+  std::atomic<int> index_;              // position in the runtime's lane list (relocate())
   const std::string kind_;              // "cpu", "cuda-stream", ...
   std::unique_ptr<Executor> executor_;  // device-specific forward
   const Clock& clock_;                  // the runtime's clock
   LaneListener* listener_ = nullptr;    // receives finished batches; set by start()
   const DurationNs spin_ns_;            // idle polling budget before sleeping
-  const LanePlacement placement_;       // device, SMs, models served
+  LanePlacement placement_;             // device and SMs (fixed), models served (relocate())
+  mutable std::mutex serves_mu_;        // guards placement_.serves: read by control calls
   std::atomic<bool> has_next_{false};   // next_ is set; lets the idle worker poll without mu_
   std::atomic<bool> stopping_{false};   // stop() was called; ends idle polling early
 

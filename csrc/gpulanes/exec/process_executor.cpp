@@ -101,6 +101,7 @@ class ProcessExecutor final : public Executor {
     } else {
       ensure_worker();  // starts one, which loads every model of the lane, this one too
     }
+    loads_.fetch_add(1, std::memory_order_relaxed);
   }
 
   c10::IValue run(int index, std::vector<c10::IValue> inputs) override {

@@ -283,12 +283,16 @@ void Runtime::set_lanes(std::vector<LaneSpec> layout) {
       layout_ = std::move(layout);
       return;
     }
-    std::vector<std::unique_ptr<Lane>> fresh = make_lanes(layout);
-    start_lanes(fresh, nullptr);  // warm-up while the old lanes keep serving
-    loop_->pause_until_idle();
-    std::vector<std::unique_ptr<Lane>> old = install_lanes(std::move(fresh), orphans);
-    layout_ = std::move(layout);
-    for (auto& lane : old) lane->stop();
+    if (set_lanes_in_place(layout, orphans)) {
+      layout_ = std::move(layout);
+    } else {
+      std::vector<std::unique_ptr<Lane>> fresh = make_lanes(layout);
+      start_lanes(fresh, nullptr);  // warm-up while the old lanes keep serving
+      loop_->pause_until_idle();
+      std::vector<std::unique_ptr<Lane>> old = install_lanes(std::move(fresh), orphans);
+      layout_ = std::move(layout);
+      for (auto& lane : old) lane->stop();
+    }
   }
   fail_orphans(std::move(orphans));  // no core lock held: their callbacks may call back in
 }
@@ -387,43 +391,47 @@ void Runtime::prepare_lane(Lane& lane, const std::vector<char>& measure,
                       : 0);
   }
   for (int m = 0; m < models_.staged_size(); ++m) {
-    if (!lane.serves(m)) continue;
-    const RegisteredModel& model = models_.at(m);
-    std::string step = "warm-up " + model.spec.name;
-    try {
-      if (progress) progress(done, total, step);
-      lane.executor()->load(m, *model.program);
-      // Every profiled size, also when a profile was given: TorchScript specializes on the
-      // shapes it sees, and the first call at a new batch size is slow (a compiled package
-      // shows here that it does not take a size the model's max_batch_size allows).
-      for (int round = 0; round < std::max(1, options_.warmup_rounds); ++round) {
-        for (int b : profiled_sizes(model.spec.max_batch_size)) {
-          split_output(lane.executor()->run(m, example_batch(model, b)), static_cast<std::size_t>(b));
-        }
-      }
-      ++done;
-      if (!measure[m]) continue;  // kMeasureDefault and/or kMeasurePartition
-      std::vector<LatencyPoint> points;
-      for (int b : profiled_sizes(model.spec.max_batch_size)) {
-        step = "profile " + model.spec.name + " batch " + std::to_string(b);
-        if (progress) progress(done, total, step);
-        points.push_back(measure_batch(lane, m, b));
-        ++done;
-      }
-      std::lock_guard<std::mutex> lock(partition_mu_);
-      if (measure[m] & kMeasureDefault) {
-        profiles_[m] = LatencyProfile(points);
-        const bool part = lane.sm_share() < 1;
-        profile_origins_[m] = ProfileOrigin{lane.kind(), part ? lane.sms() : 0, lane.sm_share()};
-      }
-      if (measure[m] & kMeasurePartition) partition_profiles_[{m, lane.sms()}] = LatencyProfile(points);
-    } catch (const std::exception& e) {
-      throw Error(ErrorCode::kModelError, "model '" + model.spec.name + "' failed its " + step +
-                                              " on " + lane.device() + ": " +
-                                              error_text(e, 4000));
-    }
+    if (lane.serves(m)) prepare_model(lane, m, measure[m], progress, done, total);
   }
   if (progress) progress(done, total, "ready");
+}
+
+void Runtime::prepare_model(Lane& lane, int m, char measure, const ProgressFn& progress,
+                            int& done, int total) {
+  const RegisteredModel& model = models_.at(m);
+  std::string step = "warm-up " + model.spec.name;
+  try {
+    if (progress) progress(done, total, step);
+    lane.executor()->load(m, *model.program);
+    model_loads_.fetch_add(1, std::memory_order_relaxed);
+    // Every profiled size, also when a profile was given: TorchScript specializes on the
+    // shapes it sees, and the first call at a new batch size is slow (a compiled package
+    // shows here that it does not take a size the model's max_batch_size allows).
+    for (int round = 0; round < std::max(1, options_.warmup_rounds); ++round) {
+      for (int b : profiled_sizes(model.spec.max_batch_size)) {
+        split_output(lane.executor()->run(m, example_batch(model, b)), static_cast<std::size_t>(b));
+      }
+    }
+    ++done;
+    if (!measure) return;  // kMeasureDefault and/or kMeasurePartition
+    std::vector<LatencyPoint> points;
+    for (int b : profiled_sizes(model.spec.max_batch_size)) {
+      step = "profile " + model.spec.name + " batch " + std::to_string(b);
+      if (progress) progress(done, total, step);
+      points.push_back(measure_batch(lane, m, b));
+      ++done;
+    }
+    std::lock_guard<std::mutex> lock(partition_mu_);
+    if (measure & kMeasureDefault) {
+      profiles_[m] = LatencyProfile(points);
+      const bool part = lane.sm_share() < 1;
+      profile_origins_[m] = ProfileOrigin{lane.kind(), part ? lane.sms() : 0, lane.sm_share()};
+    }
+    if (measure & kMeasurePartition) partition_profiles_[{m, lane.sms()}] = LatencyProfile(points);
+  } catch (const std::exception& e) {
+    throw Error(ErrorCode::kModelError, "model '" + model.spec.name + "' failed its " + step +
+                                            " on " + lane.device() + ": " + error_text(e, 4000));
+  }
 }
 
 void Runtime::build_profile_book() {
@@ -505,6 +513,7 @@ std::vector<LaneInfo> Runtime::lanes() const {
       info.broken = e->broken();
       info.mps_thread_percentage = e->mps_thread_percentage();
       info.mps_pipe_dir = e->mps_pipe_dir();
+      info.loads = e->loads();
     }
     out.push_back(std::move(info));
   }

@@ -122,6 +122,16 @@ int Runtime::register_live(ModelSpec spec, std::shared_ptr<const ModelProgram> p
   for (LaneSpec& lane : layout) {
     if (!lane.models.empty()) lane.models.push_back(s.name);  // empty: every model already
   }
+  if (changes_in_place()) {
+    try {
+      register_in_place(m, orphans);
+    } catch (...) {
+      unstage_model(m);  // not committed: as if never added
+      throw;
+    }
+    if (!layout_.empty()) layout_ = std::move(layout);
+    return m;
+  }
   std::vector<std::unique_ptr<Lane>> old;
   try {
     std::vector<std::unique_ptr<Lane>> fresh = make_lanes(layout);
@@ -180,15 +190,18 @@ void Runtime::unregister_model(const std::string& name, bool drain) {
     // Queued requests run (or miss their deadlines) as usual; none can join them now. Counted
     // before their completions run: those are waited for below.
     while (metrics_[m]->in_flight() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    // New lanes without it free what the old ones loaded for it once they stop.
-    std::vector<LaneSpec> layout = layout_without(name);
-    std::vector<std::unique_ptr<Lane>> fresh = make_lanes(layout.empty() ? default_layout() : layout);
-    start_lanes(fresh, nullptr);
-    std::lock_guard<std::mutex> planning(plan_mu_);
-    loop_->pause_until_idle();
-    std::vector<std::unique_ptr<Lane>> old = install_lanes(std::move(fresh), orphans);
-    if (!layout_.empty()) layout_ = std::move(layout);
-    for (auto& lane : old) lane->stop();
+    if (!(changes_in_place() && unregister_in_place(m, name, orphans))) {
+      // New lanes without it free what the old ones loaded for it once they stop.
+      std::vector<LaneSpec> layout = layout_without(name);
+      std::vector<std::unique_ptr<Lane>> fresh =
+          make_lanes(layout.empty() ? default_layout() : layout);
+      start_lanes(fresh, nullptr);
+      std::lock_guard<std::mutex> planning(plan_mu_);
+      loop_->pause_until_idle();
+      std::vector<std::unique_ptr<Lane>> old = install_lanes(std::move(fresh), orphans);
+      if (!layout_.empty()) layout_ = std::move(layout);
+      for (auto& lane : old) lane->stop();
+    }
   }
   fail_orphans(std::move(orphans));  // none expected: the others keep their lanes
   // Completions of its requests have run: lanes call them before going idle, the delivery

@@ -63,6 +63,12 @@ struct RuntimeOptions {
   double worker_retry_after_s = 30;  // a lane that gave up tries a new worker after this
   double worker_spin_us = 0;         // lane and worker poll this long for each other's next
                                      // message before sleeping (pays only with spare cores)
+  std::string layout_changes = "incremental";  // registering or unregistering a model while
+                                     // serving: "incremental" changes only the lanes' models
+                                     // (the new one loaded, warmed up and measured on the
+                                     // serving lanes) where their executors allow it (CPU
+                                     // thread lanes); "rebuild" builds every lane anew with
+                                     // every model (and is what other lanes still do)
   bool outputs_on_device = false; // CUDA lanes: leave outputs on the GPU
   int warmup_rounds = 2;          // forward passes per (lane, model, batch size) at start()
   double spin_us = 50;            // idle lane polls this long for work before sleeping
@@ -108,6 +114,7 @@ struct LaneInfo {
   bool broken = false;              // ...gave up: its batches fail at once
   int mps_thread_percentage = 0;    // MPS lanes: the worker's CUDA_MPS_ACTIVE_THREAD_PERCENTAGE
   std::string mps_pipe_dir;         // ...and the daemon's pipe directory it connects to
+  int loads = 0;                    // model instances loaded on it over its life
 };
 
 class Runtime final : private LaneListener, private LoopSink {
@@ -198,6 +205,9 @@ class Runtime final : private LaneListener, private LoopSink {
   // Every finished request so far, when options.trace is on (empty otherwise).
   std::vector<TraceRecord> trace() const { return trace_.snapshot(); }
   std::vector<LaneInfo> lanes() const;
+  // Model instances loaded on lanes so far: one per (lane, model) at start(), and what every
+  // later change (register, unregister, set_lanes, a re-plan) loaded.
+  std::uint64_t model_loads() const { return model_loads_.load(std::memory_order_relaxed); }
   // The CUDA stream lane `index` runs on (a cudaStream_t), null for CPU and virtual lanes.
   void* lane_stream(int index) const;
   // The latency profile `model` is scheduled with (empty before start()); with `lane`, the one
@@ -288,6 +298,30 @@ class Runtime final : private LaneListener, private LoopSink {
   int register_live(ModelSpec spec, std::shared_ptr<const ModelProgram> program,
                     std::vector<at::Tensor> example,
                     Orphans& orphans);
+  // Whether a model can be added or removed by changing what the serving lanes serve (every
+  // lane a WorkerLane whose executor takes live loads, options.layout_changes "incremental").
+  // control_mu_ held.
+  bool changes_in_place() const;
+  // register_live() without new lanes: model `m` (staged) is loaded, warmed up and measured on
+  // every lane while they serve, then committed and served by them. control_mu_ held.
+  void register_in_place(int m, Orphans& orphans);
+  // unregister_model() without new lanes: the lanes stop serving model `m` (a lane of an
+  // explicit layout left with no model goes) and unload it. control_mu_ held, `m` drained.
+  // False (nothing done) where it cannot: a rebuild does it instead.
+  bool unregister_in_place(int m, const std::string& name, Orphans& orphans);
+  // set_lanes() keeping the lanes that stay (same device, CPU thread lanes): each keeps its
+  // instances, loads (and warms up) the models it gains while it serves and unloads those it
+  // loses; lanes for the rest are new, started while the old ones serve. control_mu_ held.
+  // False (nothing done) where it cannot: a rebuild does it instead.
+  bool set_lanes_in_place(const std::vector<LaneSpec>& layout, Orphans& orphans);
+  // With the loop paused and every lane idle: serves with `order` (lanes_ and `fresh`, in their
+  // new order, indices already set) after `change` ran, rebuilds the profile book and resumes;
+  // lanes not in `order` are returned (to stop). Lane metrics restart only when the lanes
+  // changed. Fills `orphans` as install_lanes() does.
+  std::vector<std::unique_ptr<Lane>> keep_lanes(const std::vector<Lane*>& order,
+                                                std::vector<std::unique_ptr<Lane>> fresh,
+                                                Orphans& orphans,
+                                                const std::function<void()>& change);
   // Lanes for `layout`, indexed from 0, not started.
   std::vector<std::unique_ptr<Lane>> make_lanes(const std::vector<LaneSpec>& layout);
   // A process lane's worker settings from the options, its worker on `device` (-1: the CPU).
@@ -312,6 +346,11 @@ class Runtime final : private LaneListener, private LoopSink {
   // On the lane's thread: load and warm up the models it serves; measure the missing profiles of
   // those `measure` says.
   void prepare_lane(Lane& lane, const std::vector<char>& measure, const ProgressFn& progress);
+  // prepare_lane() for one model `m`: loads it on the lane, warms it up at every profiled batch
+  // size and measures what `measure` says. `done` counts its steps for `progress` (of `total`).
+  // Throws Error(kModelError) naming the model, the step and the lane.
+  void prepare_model(Lane& lane, int m, char measure, const ProgressFn& progress, int& done,
+                     int total);
   LatencyPoint measure_batch(Lane& lane, int model, int batch_size);
   SchedulingState scheduling_state();
   // try_submit() with submit_mu_ held shared (released before waking the loop).
@@ -335,6 +374,7 @@ class Runtime final : private LaneListener, private LoopSink {
   const RuntimeOptions options_;
   std::shared_ptr<Clock> clock_;                     // SteadyClock unless a test injects one
   ModelRegistry models_;                             // grows while serving (register_live)
+  std::atomic<std::uint64_t> model_loads_{0};        // prepare_model() loads, all lanes
   // Per model, indexed below models_.size() by other threads; capacity reserved for every model
   // the registry can hold, so appending while serving never moves them.
   std::vector<std::unique_ptr<RequestQueue>> queues_;          // per model
