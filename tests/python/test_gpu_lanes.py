@@ -115,3 +115,35 @@ def test_partition_lanes_are_profiled_at_their_own_sm_count():
         batch32 = [next(p["p50_us"] for p in prof if p["batch_size"] == 32) for prof in (small, large)]
         assert batch32[0] > 1.5 * batch32[1]  # compute-bound: 6x the SMs is much faster
         assert rt.infer("r", torch.randn(3, 224, 224).half()).shape == (1000,)
+
+
+def test_lanes_of_one_gpu_hold_a_models_weights_once_and_unregister_frees_them():
+    from torch import nn
+
+    weights = 4096 * 4096 * 4 + 4096 * 4  # one Linear(4096, 4096) in float32: 64 MiB
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated(0)
+    rt = gl.Runtime(device="cuda", partitioning="streams", profile_cache=False, warmup_rounds=1,
+                    profile_reps=3)
+    torch.manual_seed(0)
+    model = nn.Linear(4096, 4096).eval()
+    rt.register("big", scripted(model), slo_ms=10_000, example_inputs=torch.randn(1, 4096))
+    rt.register("small", scripted(Mlp()), slo_ms=10_000, example_inputs=torch.randn(1, 16))
+    rt.set_lanes([{"device": 0, "models": ["big", "small"]}] * 4)
+    with rt:
+        assert [lane["kind"] for lane in rt.lanes()] == ["cuda-stream"] * 4
+        torch.cuda.synchronize()
+        held = torch.cuda.memory_allocated(0) - before
+        # four lanes, one copy (activations and workspaces of batches are small next to it)
+        assert weights <= held < 1.5 * weights, held / weights
+        x = torch.randn(4096)
+        with torch.no_grad():
+            want = model(x)
+        outs = [rt.submit("big", x) for _ in range(64)]  # spread over the four lanes
+        for f in outs:
+            torch.testing.assert_close(f.result(timeout=60), want, rtol=1e-4, atol=1e-4)
+        rt.unregister("big")
+        torch.cuda.synchronize()
+        assert torch.cuda.memory_allocated(0) - before < 0.5 * weights  # its copy is gone
+        assert rt.infer("small", torch.randn(16)).shape == (8,)

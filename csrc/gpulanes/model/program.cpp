@@ -2,6 +2,9 @@
 
 #include <torch/script.h>
 
+#include <map>
+#include <memory>
+#include <mutex>
 #include <sstream>
 #include <utility>
 
@@ -12,39 +15,52 @@ namespace {
 
 class TorchScriptInstance final : public ModelInstance {
  public:
-  explicit TorchScriptInstance(torch::jit::Module module) : module_(std::move(module)) {}
+  explicit TorchScriptInstance(std::shared_ptr<torch::jit::Module> module)
+      : module_(std::move(module)) {}
 
-  // TorchScript runs on the current stream, which the lane has set.
+  // TorchScript runs on the current stream, which the lane has set. forward() may run on
+  // several threads at once (lanes share the module): it only reads the weights.
   c10::IValue forward(std::vector<c10::IValue> inputs, void* /*stream*/) override {
-    return module_.forward(std::move(inputs));
+    return module_->forward(std::move(inputs));
   }
 
  private:
-  torch::jit::Module module_;  // the shared CPU module, or this lane's copy on its GPU
+  std::shared_ptr<torch::jit::Module> module_;  // shared by every lane of its device
 };
 
 class TorchScriptProgram final : public ModelProgram {
  public:
-  explicit TorchScriptProgram(torch::jit::Module module) : module_(std::move(module)) {}
+  explicit TorchScriptProgram(torch::jit::Module module)
+      : module_(std::make_shared<torch::jit::Module>(std::move(module))) {}
 
   std::string format() const override { return "torchscript"; }
 
+  // Lanes of one device share one copy of the weights (CPU lanes the loaded module itself);
+  // each lane's instance keeps it alive, so it is freed once the last lane unloads it.
   std::unique_ptr<ModelInstance> instantiate(const c10::Device& device) const override {
-    if (device.is_cpu()) return std::make_unique<TorchScriptInstance>(module_);  // shared
-    torch::jit::Module copy = module_.clone();
-    copy.to(device);
-    copy.eval();
-    return std::make_unique<TorchScriptInstance>(std::move(copy));
+    if (device.is_cpu()) return std::make_unique<TorchScriptInstance>(module_);
+    std::lock_guard<std::mutex> lock(mu_);
+    std::shared_ptr<torch::jit::Module> shared = on_device_[device.index()].lock();
+    if (!shared) {
+      torch::jit::Module copy = module_->clone();
+      copy.to(device);
+      copy.eval();
+      shared = std::make_shared<torch::jit::Module>(std::move(copy));
+      on_device_[device.index()] = shared;
+    }
+    return std::make_unique<TorchScriptInstance>(std::move(shared));
   }
 
   ProgramSource source() const override {
     std::ostringstream out;
-    module_.save(out);
+    module_->save(out);
     return {format(), "", out.str()};
   }
 
  private:
-  const torch::jit::Module module_;  // as loaded, on the CPU
+  const std::shared_ptr<torch::jit::Module> module_;  // as loaded, on the CPU
+  mutable std::mutex mu_;  // guards on_device_: lanes instantiate from their own threads
+  mutable std::map<int, std::weak_ptr<torch::jit::Module>> on_device_;  // GPU -> its copy
 };
 
 // The output of a batch of one: tensors get a leading dimension of 1; a string or a list of

@@ -50,7 +50,8 @@ class ModelProgram {
 };
 
 // A TorchScript module (on the CPU) as a program: CPU lanes share it (TorchScript's forward may
-// be called from several threads), each GPU lane runs its own copy on its device.
+// be called from several threads), and the lanes of one GPU share one copy on it, made by the
+// first and freed with the last instance.
 std::shared_ptr<const ModelProgram> torchscript_program(torch::jit::Module module);
 
 // A model without a batch dimension (ModelSpec::batched false) as a program of batches of one:
