@@ -108,15 +108,15 @@ class Picky(nn.Module):
 
 
 @contextlib.contextmanager
-def affine_load(rt, model: str = "affine", gap_s: float = 0.0005):
-    """Submits samples i = 0, 1, 2, ... of an Affine model from a thread while the body runs;
-    yields the list of (i, future) it fills. Each result must be 2i + 1."""
+def background_load(submit_one, gap_s: float = 0.0005):
+    """Calls ``submit_one(i)`` for i = 0, 1, 2, ... from a thread while the body runs, ``gap_s``
+    apart; yields the list of what it returned."""
     futures, stop = [], threading.Event()
 
     def load():
         i = 0
         while not stop.is_set():
-            futures.append((i, rt.submit(model, torch.full((4,), float(i)))))
+            futures.append(submit_one(i))
             i += 1
             stop.wait(gap_s)
 
@@ -127,6 +127,12 @@ def affine_load(rt, model: str = "affine", gap_s: float = 0.0005):
     finally:
         stop.set()
         t.join()
+
+
+def affine_load(rt, model: str = "affine", gap_s: float = 0.0005):
+    """Submits samples i = 0, 1, 2, ... of an Affine model from a thread while the body runs;
+    yields the list of (i, future) it fills. Each result must be 2i + 1."""
+    return background_load(lambda i: (i, rt.submit(model, torch.full((4,), float(i)))), gap_s)
 
 
 def two_lanes_at_once(rt, n: int = 30) -> Tuple[float, float]:

@@ -3,14 +3,13 @@ loaded, warmed up and measured while the lanes keep serving the others (on CPU t
 beside them, on the same lanes: only it is loaded; elsewhere on new lanes); other models never
 stop; a model that fails its warm-up leaves no trace; a new layout loads only what moves."""
 
-import contextlib
 import threading
 
 import pytest
 import torch
 
 import gpulanes as gl
-from conftest import Affine, Busy, Mlp, Picky, affine_load, saved, scripted
+from conftest import Affine, Busy, Mlp, Picky, affine_load, background_load, saved, scripted
 
 
 def runtime(**options):
@@ -227,24 +226,11 @@ def mlp_set(rt, n: int) -> None:
         rt.register(f"m{i}", scripted(Mlp()), slo_ms=60_000, example_inputs=torch.zeros(2, 16))
 
 
-@contextlib.contextmanager
 def model_load(rt, models):
     """Submits each of `models` in turn from a thread while the body runs; yields (model,
     future) pairs."""
-    futures, stop = [], threading.Event()
-
-    def load():
-        while not stop.is_set():
-            for name in models:
-                futures.append((name, rt.submit(name, torch.ones(16))))
-            stop.wait(0.002)
-    t = threading.Thread(target=load)
-    t.start()
-    try:
-        yield futures
-    finally:
-        stop.set()
-        t.join()
+    return background_load(lambda i: (models[i % len(models)],
+                                      rt.submit(models[i % len(models)], torch.ones(16))), 0.0005)
 
 
 @pytest.mark.parametrize("mode, loads", [("incremental", 2), ("rebuild", 22)])

@@ -300,27 +300,9 @@ void Runtime::set_lanes(std::vector<LaneSpec> layout) {
 std::vector<std::unique_ptr<Lane>> Runtime::install_lanes(std::vector<std::unique_ptr<Lane>> fresh,
                                                           Orphans& orphans,
                                                           const std::function<void()>& first) {
-  std::vector<Lane*> ptrs;
-  for (auto& lane : fresh) ptrs.push_back(lane.get());
-  std::vector<std::unique_ptr<Lane>> old;
-  // Submitters wait here for a moment; lock order submit_mu_ -> loop, as in submit().
-  std::unique_lock<std::shared_mutex> writing(submit_mu_);
-  loop_->swap_lanes(ptrs, [&] {
-    if (first) first();
-    old = std::move(lanes_);
-    lanes_ = std::move(fresh);
-    lane_metrics_.clear();
-    for (auto& lane : lanes_) {
-      lane_metrics_.push_back(std::make_unique<LaneMetrics>(lane->index(), lane->kind(), lane->device()));
-    }
-    build_profile_book();
-    // What is queued for a model no new lane serves would never run; submit refuses new ones.
-    for (int m = 0; m < models_.size(); ++m) {
-      if (book_.served(m) || queues_[m]->size() == 0) continue;
-      orphans.emplace_back(m, queues_[m]->pop_up_to(queues_[m]->size()));
-    }
-  });
-  return old;
+  std::vector<Lane*> order;
+  for (auto& lane : fresh) order.push_back(lane.get());
+  return keep_lanes(order, std::move(fresh), orphans, first ? first : [] {});
 }
 
 void Runtime::fail_orphans(Orphans&& orphans) {
