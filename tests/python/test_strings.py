@@ -227,7 +227,9 @@ def test_output_that_is_not_utf8_is_refused_in_json_and_served_binary(http):
     ("shout", struct.pack("<I", 9) + b"abc", [1, 1], "string 0 says it has 9 bytes, 3 are left"),
     ("shout", struct.pack("<I", 0xFFFFFFFF), [1, 1], "says it has 4294967295 bytes"),
     ("shout", struct.pack("<I", 1) + b"a" + b"\x02\x00", [1, 1], "length is cut off"),
-    ("shout", serialized([b"a", b"b"]), [1, 1], "2 strings for shape [1, 1] (1 expected)"),
+    ("shout", serialized([b"a", b"b"]), [1, 1], "strings for shape [1, 1] (1 expected)"),
+    ("shout", serialized([b""] * 100_000), [1, 1], "strings for shape [1, 1] (1 expected)"),
+    ("reverse", serialized([b""] * 70_000), [70_000], "a BYTES input may hold at most 65536"),
     ("shout", serialized([b"a"]), [2, 1], "1 strings for shape [2, 1] (2 expected)"),
     ("shout", serialized([b"a", b"b"]), [1, 2], "has shape [1, 2]; the model takes [batch >= 1, 1]"),
     ("reverse", serialized([b"a", b"b"]), [3], "2 strings for shape [3] (3 expected)"),
@@ -244,6 +246,8 @@ def test_binary_bytes_that_lie_are_refused_naming_the_input(http, model, data, s
     ({"datatype": "BYTES", "shape": [1, 1], "data": [5]}, "BYTES data must be strings, got int"),
     ({"datatype": "BYTES", "shape": [1, 1], "data": [[["x"]]]}, "nested deeper than shape"),
     ({"datatype": "BYTES", "shape": [2, 1], "data": ["x"]}, "1 strings for shape [2, 1]"),
+    ({"datatype": "BYTES", "shape": [1, 1], "data": ["x", "y"]},
+     "more than 1 strings for shape [1, 1] (1 expected)"),
     ({"datatype": "BYTES", "shape": [1, 1], "data": "x"}, "data must be a list"),
     ({"datatype": "FP32", "shape": [1, 1], "data": [1.0]}, "the model takes BYTES"),
 ])
@@ -295,7 +299,7 @@ def raw_call(server, payload: bytes) -> bytes:
 @pytest.mark.parametrize("raw, contents, shape, says", [
     (struct.pack("<I", 9) + b"abc", None, [1, 1], "string 0 says it has 9 bytes, 3 are left"),
     (struct.pack("<I", 1) + b"a\x01", None, [1, 1], "length is cut off"),
-    (serialized([b"a", b"b", b"c"]), None, [2, 1], "3 strings for shape [2, 1] (2 expected)"),
+    (serialized([b"a", b"b", b"c"]), None, [2, 1], "strings for shape [2, 1] (2 expected)"),
     (None, [b"a"], [2, 1], "1 values in contents.bytes_contents for shape [2, 1]"),
 ])
 def test_grpc_bytes_that_lie_are_invalid_argument(grpc_server, raw, contents, shape, says):

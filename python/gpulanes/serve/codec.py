@@ -150,10 +150,24 @@ def encode_list(name: str, x: Any) -> List[Any]:
     return x.detach().cpu().flatten().tolist()
 
 
+# Strings one BYTES input may hold: decoding is a Python loop per string, so a body of a million
+# empty strings (4 bytes each) must not hold the server's event loop for seconds.
+MAX_STRINGS = 65536
+
+
+def _check_count(name: str, shape: Tuple[int, ...]) -> int:
+    want = math.prod(shape)
+    if want > MAX_STRINGS:
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} holds {want} strings; a BYTES "
+                           f"input may hold at most {MAX_STRINGS}")
+    return want
+
+
 def strings_from_list(name: str, shape: Tuple[int, ...], data: Any) -> np.ndarray:
     """A BYTES input from JSON: a list (nested as the shape, or flat) of strings, as UTF-8."""
     if not isinstance(data, list):
         raise InvalidInput(f"input {name!r}: data must be a list")
+    want = _check_count(name, shape)
     flat: List[bytes] = []
     pending = [iter(data)]
     while pending:  # depth-first without recursion: nesting is bounded by the body size only
@@ -166,6 +180,9 @@ def strings_from_list(name: str, shape: Tuple[int, ...], data: Any) -> np.ndarra
                                    f"{list(shape)}")
             pending.append(iter(item))
         elif isinstance(item, str):
+            if len(flat) == want:  # one more than the shape holds: the rest need not be read
+                raise InvalidInput(f"input {name!r}: more than {want} strings for shape "
+                                   f"{list(shape)} ({want} expected)")
             try:
                 flat.append(item.encode("utf-8"))
             except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape
@@ -179,12 +196,16 @@ def strings_from_list(name: str, shape: Tuple[int, ...], data: Any) -> np.ndarra
 def strings_from_bytes(name: str, shape: Tuple[int, ...], raw: Any) -> np.ndarray:
     """A BYTES input from binary data: exactly prod(shape) length-prefixed strings."""
     raw = memoryview(raw).cast("B")
+    want = _check_count(name, shape)
     flat: List[bytes] = []
     at = 0
     while at < len(raw):
         if len(raw) - at < 4:
             raise InvalidInput(f"input {name!r}: a string's length is cut off "
                                f"({len(raw) - at} bytes left)")
+        if len(flat) == want:  # one more than the shape holds: the rest need not be read
+            raise InvalidInput(f"input {name!r}: more than {want} strings for shape "
+                               f"{list(shape)} ({want} expected)")
         (n,) = struct.unpack_from("<I", raw, at)
         at += 4
         if n > len(raw) - at:
