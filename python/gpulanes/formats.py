@@ -97,10 +97,9 @@ def resolve(model: Any, *, name: str, example_inputs: Tuple[torch.Tensor, ...],
     inputs it cannot take (a ScriptModule is run once to see, unless ``run_script_module`` is
     false: process lanes keep models that may crash out of this process)."""
     strings = [i for i, t in enumerate(example_inputs) if not isinstance(t, torch.Tensor)]
-    if strings and not isinstance(model, (torch.jit.ScriptModule, bytes, bytearray, memoryview,
-                                          str, os.PathLike)):
-        raise InvalidInput(f"example_inputs[{strings[0]}] of {name!r} is strings, which only a "
-                           "TorchScript model takes (List[str]): give torch.jit.script(model)")
+    if not isinstance(model, (torch.jit.ScriptModule, bytes, bytearray, memoryview, str,
+                              os.PathLike)):
+        _no_strings(strings, name, "give torch.jit.script(model)")
     if isinstance(model, torch.jit.ScriptModule):
         if run_script_module:
             _check_script_module(model, example_inputs, max_batch_size, name)
@@ -117,7 +116,7 @@ def resolve(model: Any, *, name: str, example_inputs: Tuple[torch.Tensor, ...],
         kind = _kind_of(_zip_names(data[:2], data, None))
         if kind == _TORCHSCRIPT:
             return ModelFile("bytes", data, _sha256(data), _TORCHSCRIPT)
-        _no_strings(strings, name)
+        _no_strings(strings, name, "this is not a TorchScript file")
         if kind == "export":
             return _from_export_archive(io.BytesIO(data), name, example_inputs, max_batch_size,
                                         device, progress)
@@ -140,7 +139,7 @@ def resolve(model: Any, *, name: str, example_inputs: Tuple[torch.Tensor, ...],
         # An unreadable .pt2 goes to the package loader, whose error says what is wrong.
         kind = _AOTI if not names and path.endswith(".pt2") else _kind_of(names)
         if kind != _TORCHSCRIPT:
-            _no_strings(strings, name)
+            _no_strings(strings, name, "this is not a TorchScript file")
         if kind == "export":
             return _from_export_archive(path, name, example_inputs, max_batch_size, device,
                                         progress)
@@ -156,10 +155,12 @@ def _texts(strings: Sequence[Any]) -> List[str]:
     return [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in strings]
 
 
-def _no_strings(strings: List[int], name: str) -> None:
+def _no_strings(strings: List[int], name: str, instead: str) -> None:
+    """InvalidInput when an example is strings (`strings`: their indices) for a model that is not
+    TorchScript; `instead` says what to do."""
     if strings:
         raise InvalidInput(f"example_inputs[{strings[0]}] of {name!r} is strings, which only a "
-                           "TorchScript model takes (List[str]); this is not a TorchScript file")
+                           f"TorchScript model takes (List[str]): {instead}")
 
 
 def _check_script_module(model: torch.jit.ScriptModule, examples: Tuple[torch.Tensor, ...],

@@ -375,3 +375,14 @@ def test_perf_analyzer_drives_a_bytes_model(server, tmp_path, protocol):
         tmp_path / "pa.csv", "--string-length", "24")
     assert code == 0, output
     assert float(row["Inferences/Second"]) > 0, output
+
+
+def test_grpc_typed_bytes_past_the_bound_are_refused_before_they_are_read(grpc_server):
+    m = messages()
+    req = m["ModelInferRequest"](model_name="reverse")  # no batch dimension: any list length
+    t = req.inputs.add(name="INPUT__0", datatype="BYTES", shape=[70_000])
+    t.contents.bytes_contents.extend([b""] * 70_000)
+    with pytest.raises(grpc.RpcError) as e:
+        raw_call(grpc_server, req.SerializeToString())
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "a BYTES input may hold at most 65536" in e.value.details()

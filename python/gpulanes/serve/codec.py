@@ -155,7 +155,8 @@ def encode_list(name: str, x: Any) -> List[Any]:
 MAX_STRINGS = 65536
 
 
-def _check_count(name: str, shape: Tuple[int, ...]) -> int:
+def check_count(name: str, shape: Tuple[int, ...]) -> int:
+    """prod(shape), the strings a BYTES input of `shape` holds; InvalidInput past MAX_STRINGS."""
     want = math.prod(shape)
     if want > MAX_STRINGS:
         raise InvalidInput(f"input {name!r}: shape {list(shape)} holds {want} strings; a BYTES "
@@ -167,7 +168,7 @@ def strings_from_list(name: str, shape: Tuple[int, ...], data: Any) -> np.ndarra
     """A BYTES input from JSON: a list (nested as the shape, or flat) of strings, as UTF-8."""
     if not isinstance(data, list):
         raise InvalidInput(f"input {name!r}: data must be a list")
-    want = _check_count(name, shape)
+    want = check_count(name, shape)
     flat: List[bytes] = []
     pending = [iter(data)]
     while pending:  # depth-first without recursion: nesting is bounded by the body size only
@@ -196,7 +197,7 @@ def strings_from_list(name: str, shape: Tuple[int, ...], data: Any) -> np.ndarra
 def strings_from_bytes(name: str, shape: Tuple[int, ...], raw: Any) -> np.ndarray:
     """A BYTES input from binary data: exactly prod(shape) length-prefixed strings."""
     raw = memoryview(raw).cast("B")
-    want = _check_count(name, shape)
+    want = check_count(name, shape)
     flat: List[bytes] = []
     at = 0
     while at < len(raw):

@@ -405,6 +405,7 @@ class InferenceService:
 
 def _from_contents(t, shape, dtype: Any) -> Any:
     if dtype is str:  # BYTES: contents.bytes_contents, one element each
+        codec.check_count(t.name, shape)
         values = list(t.contents.bytes_contents)
         if len(values) != math.prod(shape):
             raise InvalidInput(f"input {t.name!r}: {len(values)} values in contents.bytes_contents "
